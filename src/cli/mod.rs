@@ -1,0 +1,285 @@
+//! `sspctl`: the admin CLI. Verbs run offline on a stopped pool (the pool directory's lock
+//! keeps them away from a running server).
+
+use crate::pool::dir::{parse_size, PoolDir, PvSpec};
+use crate::pool::{CreateOptions, LuInfo, Options, PoolStatus};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "sspctl", version, about = "Administer an ssp shared storage pool")]
+pub struct Cli {
+    /// Pool directory (holds the pool's configuration and lock; PVs may live anywhere)
+    #[arg(long, global = true, env = "SSP_POOL")]
+    pub pool: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a pool or show its state
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Logical units: create, list, resize, remove, import, export
+    #[command(subcommand)]
+    Lu(LuCmd),
+    /// Full consistency check (every checksum, map entry and counter)
+    Check,
+    /// Reclaim space from overwritten and trimmed blocks now
+    Gc(GcArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Create a new pool on one or more PVs
+    Create(PoolCreate),
+    /// Show size, free space, provisioning and PVs
+    Status,
+}
+
+#[derive(Args, Debug)]
+pub struct PoolCreate {
+    /// PV as PATH (existing file or block device) or PATH:SIZE (new sparse file), repeatable
+    #[arg(long = "pv", required = true)]
+    pub pvs: Vec<PvSpec>,
+    /// Pool name
+    #[arg(long, default_value = "ssp")]
+    pub name: String,
+    /// Journal size per PV in MiB
+    #[arg(long, default_value_t = 16)]
+    pub journal_mb: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LuCmd {
+    /// Create a thin LU
+    Create {
+        name: String,
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+    },
+    /// List LUs (name, size, unused space, UDID)
+    List,
+    /// Change an LU's size (shrinking discards the tail)
+    Resize {
+        name: String,
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+    },
+    /// Remove an LU and return its space
+    Remove { name: String },
+    /// Copy a file into an LU (all-zero blocks stay unallocated)
+    Import {
+        name: String,
+        file: PathBuf,
+        #[arg(long, value_parser = size_arg, default_value = "0")]
+        offset: u64,
+    },
+    /// Copy an LU's contents to a file
+    Export { name: String, file: PathBuf },
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Segments to clean at most
+    #[arg(long, default_value_t = 1024)]
+    pub max_segments: usize,
+}
+
+fn size_arg(s: &str) -> std::result::Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn pool_dir(cli: &Cli) -> Result<PathBuf> {
+    cli.pool.clone().context("no pool given: use --pool DIR (or set SSP_POOL)")
+}
+
+fn open(cli: &Cli) -> Result<PoolDir> {
+    let dir = pool_dir(cli)?;
+    Ok(PoolDir::open(&dir, Options::default())?)
+}
+
+/// Run one command, writing its output to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
+    match &cli.command {
+        Command::Pool(PoolCmd::Create(c)) => {
+            let dir = pool_dir(cli)?;
+            let copts = CreateOptions { name: c.name.clone(), journal_blocks: c.journal_mb * 256 };
+            let pd = PoolDir::create(&dir, &c.pvs, &copts, Options::default())?;
+            let st = pd.pool.status();
+            pd.pool.close()?;
+            if cli.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
+            } else {
+                writeln!(out, "created pool {} ({} MiB on {} PVs) in {}", st.name, st.total_bytes >> 20, st.pvs.len(), dir.display())?;
+            }
+        }
+        Command::Pool(PoolCmd::Status) => {
+            let pd = open(cli)?;
+            let st = pd.pool.status();
+            pd.pool.close()?;
+            print_status(cli.json, &st, out)?;
+        }
+        Command::Lu(cmd) => lu(cli, cmd, out)?,
+        Command::Check => {
+            let pd = open(cli)?;
+            let rep = pd.pool.check()?;
+            pd.pool.close()?;
+            if cli.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rep)?)?;
+            } else {
+                for e in &rep.errors {
+                    writeln!(out, "ERROR: {e}")?;
+                }
+                writeln!(
+                    out,
+                    "checked {} LUs, {} map nodes, {} data blocks, {} table pages, {} segments: {}",
+                    rep.volumes,
+                    rep.map_nodes,
+                    rep.data_blocks,
+                    rep.table_pages,
+                    rep.segments,
+                    if rep.ok() { "OK".to_string() } else { format!("{} errors", rep.errors.len()) }
+                )?;
+            }
+            if !rep.ok() {
+                bail!("the pool is inconsistent: {} errors", rep.errors.len());
+            }
+        }
+        Command::Gc(a) => {
+            let pd = open(cli)?;
+            let st = pd.pool.gc(a.max_segments)?;
+            pd.pool.close()?;
+            if cli.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
+            } else {
+                writeln!(out, "cleaned {} segments, moved {} blocks", st.segments_cleaned, st.blocks_moved)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
+    let pd = open(cli)?;
+    let p = &pd.pool;
+    match cmd {
+        LuCmd::Create { name, size } => {
+            let info = p.lu_create(name, *size)?;
+            print_lus(cli.json, &p.status(), &[info], out)?;
+        }
+        LuCmd::List => print_lus(cli.json, &p.status(), &p.lu_list(), out)?,
+        LuCmd::Resize { name, size } => {
+            let info = p.lu_resize(name, *size)?;
+            print_lus(cli.json, &p.status(), &[info], out)?;
+        }
+        LuCmd::Remove { name } => {
+            p.lu_remove(name)?;
+            if cli.json {
+                writeln!(out, "{}", serde_json::json!({ "removed": name }))?;
+            } else {
+                writeln!(out, "removed LU {name}")?;
+            }
+        }
+        LuCmd::Import { name, file, offset } => {
+            let id = p.lu_id(name)?;
+            let mut f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut pos = *offset;
+            let mut written = 0u64;
+            loop {
+                let n = read_full(&mut f, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                // Keep the LU thin: all-zero 4 KiB blocks become unmapped zero ranges.
+                for (i, chunk) in buf[..n].chunks(4096).enumerate() {
+                    let at = pos + (i * 4096) as u64;
+                    if chunk.len() == 4096 && chunk.iter().all(|&b| b == 0) {
+                        p.write_zeroes(id, at, 4096, false)?;
+                    } else {
+                        p.write(id, at, chunk, false)?;
+                        written += chunk.len() as u64;
+                    }
+                }
+                pos += n as u64;
+            }
+            p.flush()?;
+            writeln!(out, "imported {} bytes into {name} ({} bytes of data)", pos - offset, written)?;
+        }
+        LuCmd::Export { name, file } => {
+            let id = p.lu_id(name)?;
+            let size = p.lu_get(name)?.size;
+            let mut f = std::fs::File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut pos = 0u64;
+            while pos < size {
+                let n = (size - pos).min(buf.len() as u64) as usize;
+                p.read(id, pos, &mut buf[..n])?;
+                f.write_all(&buf[..n])?;
+                pos += n as u64;
+            }
+            f.sync_all()?;
+            writeln!(out, "exported {size} bytes of {name} to {}", file.display())?;
+        }
+    }
+    pd.pool.close()?;
+    Ok(())
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        let k = f.read(&mut buf[n..])?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
+fn print_lus(json: bool, st: &PoolStatus, lus: &[LuInfo], out: &mut dyn Write) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(lus)?)?;
+        return Ok(());
+    }
+    writeln!(out, "POOL_NAME: {}", st.name)?;
+    writeln!(out, "TIER_NAME: SYSTEM")?;
+    writeln!(out, "{:<32} {:>12} {:>12}  UDID", "LU_NAME", "SIZE(MB)", "UNUSED(MB)")?;
+    for l in lus {
+        writeln!(out, "{:<32} {:>12} {:>12}  {}", l.name, l.size_mb, l.unused_mb, l.udid)?;
+    }
+    Ok(())
+}
+
+fn print_status(json: bool, st: &PoolStatus, out: &mut dyn Write) -> Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(st)?)?;
+        return Ok(());
+    }
+    let mb = |b: u64| b >> 20;
+    writeln!(out, "Pool Name:         {}", st.name)?;
+    writeln!(out, "Pool Id:           {}", st.pool_id)?;
+    writeln!(out, "Mirror State:      {}", st.mirror_state)?;
+    writeln!(out, "Pool Size(MB):     {}", mb(st.total_bytes))?;
+    writeln!(out, "Free Space(MB):    {}", mb(st.free_bytes))?;
+    writeln!(out, "Used(MB):          {}", mb(st.used_bytes))?;
+    writeln!(out, "Provisioned(MB):   {}", mb(st.provisioned_bytes))?;
+    writeln!(out, "Overcommit(MB):    {}", mb(st.overcommit_bytes))?;
+    writeln!(out, "LUs:               {}", st.lus)?;
+    writeln!(out, "Block Size:        {}", st.block_size)?;
+    writeln!(out)?;
+    writeln!(out, "{:<6} {:<12} {:<40} {:>10}  UDID", "PV", "FAILGRP", "PATH", "SIZE(MB)")?;
+    for p in &st.pvs {
+        writeln!(out, "{:<6} {:<12} {:<40} {:>10}  {}", p.index, p.failure_group, p.name, mb(p.size), p.udid)?;
+    }
+    Ok(())
+}

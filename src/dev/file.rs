@@ -1,0 +1,194 @@
+//! [`FileDev`]: a regular file or a block device.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::Path;
+
+use super::mem::check_range;
+use super::BlockDev;
+
+/// A regular file or block device. All I/O is positional (`pread`/`pwrite`), so concurrent
+/// `&self` calls never race on a shared file cursor.
+#[derive(Debug)]
+pub struct FileDev {
+    file: File,
+    name: String,
+    /// Size at open time: a PV does not change size under a running pool.
+    len: u64,
+}
+
+impl FileDev {
+    /// Open an existing file or block device for reading and writing (never creates).
+    pub fn open(path: &Path) -> io::Result<FileDev> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| annotate(path, "open", e))?;
+        Self::from_file(file, path)
+    }
+
+    /// Create a sparse regular file of `size` bytes; an existing regular file is truncated, so
+    /// its old content is discarded. An existing block device is opened as is (its content is
+    /// kept), and refused if it is smaller than `size`.
+    pub fn create(path: &Path, size: u64) -> io::Result<FileDev> {
+        let is_blockdev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        if is_blockdev {
+            let dev = Self::open(path)?;
+            if dev.len < size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: block device has {} bytes, smaller than the requested {size}",
+                        dev.name, dev.len
+                    ),
+                ));
+            }
+            return Ok(dev);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| annotate(path, "create", e))?;
+        file.set_len(size)
+            .map_err(|e| annotate(path, "set size", e))?;
+        // Make the new file's size and directory entry durable, or a crash could lose the PV.
+        file.sync_all().map_err(|e| annotate(path, "sync", e))?;
+        sync_parent_dir(path).map_err(|e| annotate(path, "sync parent directory of", e))?;
+        Self::from_file(file, path)
+    }
+
+    fn from_file(file: File, path: &Path) -> io::Result<FileDev> {
+        // Seeking to the end sizes block devices too (their metadata length is 0). The cursor is
+        // otherwise unused since all I/O is positional.
+        let len = (&file)
+            .seek(SeekFrom::End(0))
+            .map_err(|e| annotate(path, "get size of", e))?;
+        Ok(FileDev {
+            file,
+            name: path.display().to_string(),
+            len,
+        })
+    }
+
+    fn io_error(&self, op: &str, len: usize, offset: u64, e: io::Error) -> io::Error {
+        io::Error::new(
+            e.kind(),
+            format!("{}: {op} of {len} bytes at offset {offset}: {e}", self.name),
+        )
+    }
+}
+
+impl BlockDev for FileDev {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        check_range(&self.name, "read", offset, buf.len(), self.len)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| self.io_error("read", buf.len(), offset, e))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        // Refuse to grow a regular file past its size, like a real disk would.
+        check_range(&self.name, "write", offset, buf.len(), self.len)?;
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| self.io_error("write", buf.len(), offset, e))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: sync: {e}", self.name)))
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+fn annotate(path: &Path, op: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+}
+
+fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::mem::suite;
+
+    const SIZE: u64 = 64 * 1024;
+
+    #[test]
+    fn file_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        let dev = FileDev::create(&path, SIZE).unwrap();
+        suite::run(&dev, SIZE);
+        assert_eq!(dev.name(), path.display().to_string());
+    }
+
+    #[test]
+    fn reopen_sees_data_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        let dev = FileDev::create(&path, SIZE).unwrap();
+        dev.write_at(b"hello", 4093).unwrap();
+        dev.sync().unwrap();
+        drop(dev);
+
+        let dev = FileDev::open(&path).unwrap();
+        assert_eq!(dev.len(), SIZE);
+        let mut buf = [0; 5];
+        dev.read_at(&mut buf, 4093).unwrap();
+        assert_eq!(&buf, b"hello");
+        // Writes past the end must not grow the file.
+        assert!(dev.write_at(b"x", SIZE).is_err());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SIZE);
+    }
+
+    #[test]
+    fn create_truncates_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        std::fs::write(&path, vec![0xAB; 100_000]).unwrap();
+        let dev = FileDev::create(&path, 8192).unwrap();
+        assert_eq!(dev.len(), 8192);
+        let mut buf = [0xFF; 8192];
+        dev.read_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn errors_name_path_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        let dev = FileDev::create(&path, 4096).unwrap();
+        let err = dev.read_at(&mut [0; 8], 4090).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("4090"),
+            "{msg}"
+        );
+
+        let missing = dir.path().join("missing");
+        let err = FileDev::open(&missing).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}

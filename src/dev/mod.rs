@@ -1,0 +1,38 @@
+//! Device I/O: the only code that touches file descriptors.
+//!
+//! A [`BlockDev`] is a byte-addressed device (a PV). It knows nothing of the pool format.
+//! Contract (every backend, every test relies on it):
+//! - `read_at`/`write_at` transfer the whole buffer or fail; offsets and lengths are any value
+//!   within `len()` (the pool always uses 4096-byte aligned I/O, but backends must not assume it).
+//! - A `write_at` is *not* durable until a later `sync` returns `Ok`. After a crash, any subset of
+//!   unsynced writes may be lost, and a lost write may be torn at any 512-byte sector boundary.
+//! - A failed `sync` is never retried as if it had worked: the caller treats the device as failed.
+//! - Methods take `&self`: backends are safe to call from several threads at once.
+
+use std::io;
+
+mod fault;
+mod file;
+mod mem;
+
+pub use fault::{CrashMode, FaultControl, FaultDev};
+pub use file::FileDev;
+pub use mem::MemDev;
+
+/// Sector size used for torn-write simulation and the durability contract.
+pub const SECTOR: u64 = 512;
+
+/// A positional block device: a file, a block device, memory, or a fault-injecting wrapper.
+#[allow(clippy::len_without_is_empty)] // a device is never meaningfully "empty"
+pub trait BlockDev: Send + Sync {
+    /// Read exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset` (not durable until [`BlockDev::sync`]).
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every completed write durable (fdatasync).
+    fn sync(&self) -> io::Result<()>;
+    /// Size of the device in bytes.
+    fn len(&self) -> u64;
+    /// Human-readable name for error messages (usually the path).
+    fn name(&self) -> &str;
+}

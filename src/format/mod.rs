@@ -1,0 +1,203 @@
+//! On-disk encoding: pure, no I/O, one module per structure, 1:1 with `ondisk-format/FORMAT.md`.
+//!
+//! Conventions: every integer is little-endian; the pool block is 4096 bytes; every structure
+//! carries a CRC-32C (Castagnoli) that is *seeded with the pool id* so a block from another pool
+//! (or another format) never verifies. Decoding never panics: it returns [`FormatError`].
+
+pub mod checkpoint;
+pub mod journal;
+pub mod node;
+pub mod superblock;
+mod vectors;
+
+use thiserror::Error;
+
+/// Pool block size in bytes. Every data block and metadata node is one pool block.
+pub const BLOCK: usize = 4096;
+/// Pool block size as u64, for offset arithmetic.
+pub const BLOCK_U64: u64 = BLOCK as u64;
+/// On-disk format version written by this code.
+pub const FORMAT_VERSION: u32 = 1;
+/// Incompatible feature bits this code understands (none yet).
+pub const INCOMPAT_SUPPORTED: u64 = 0;
+/// Blocks per segment (1 MiB segments): the unit of allocation, cleaning and mirroring.
+pub const SEG_BLOCKS: u64 = 256;
+/// Writer identity stamped on every node, journal block and checkpoint (multi-host fencing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Writer {
+    /// Host id of the writer (single-host pools: 1).
+    pub host_id: u32,
+    /// Incarnation of the writer process on that host (bumped at every open).
+    pub incarnation: u32,
+    /// Fencing epoch granted by the lease service (single-host pools: 1).
+    pub fencing_epoch: u64,
+}
+
+/// Errors from decoding on-disk bytes.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("bad magic {found:#x} (expected {expected:#x} for {what})")]
+    BadMagic { what: &'static str, found: u64, expected: u64 },
+    #[error("{what}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    BadChecksum { what: &'static str, stored: u32, computed: u32 },
+    #[error("{what}: unsupported format version {found} (this build reads {FORMAT_VERSION})")]
+    BadVersion { what: &'static str, found: u32 },
+    #[error("{what}: unsupported incompatible features {bits:#x}")]
+    Incompatible { what: &'static str, bits: u64 },
+    #[error("{what}: buffer of {len} bytes is too short (need {need})")]
+    Short { what: &'static str, len: usize, need: usize },
+    #[error("{what}: invalid field {field}: {detail}")]
+    Invalid { what: &'static str, field: &'static str, detail: String },
+}
+
+/// CRC-32C of `data` seeded with the pool id.
+pub fn crc_seeded(pool_id: &[u8; 16], data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(pool_id), data)
+}
+
+/// CRC-32C of a block whose 4-byte crc field at `crc_at` is treated as zero.
+pub fn crc_with_hole(pool_id: &[u8; 16], data: &[u8], crc_at: usize) -> u32 {
+    let head = data.get(..crc_at).unwrap_or(data);
+    let tail = data.get(crc_at + 4..).unwrap_or(&[]);
+    let c = crc32c::crc32c_append(crc32c::crc32c(pool_id), head);
+    let c = crc32c::crc32c_append(c, &[0u8; 4]);
+    crc32c::crc32c_append(c, tail)
+}
+
+/// Checksum of a data block: CRC-32C seeded with the pool id.
+pub fn data_crc(pool_id: &[u8; 16], block: &[u8]) -> u32 {
+    crc_seeded(pool_id, block)
+}
+
+/// Little-endian reader over a byte slice that never panics.
+pub struct Rd<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Rd<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Rd { buf, pos: 0, what }
+    }
+    pub fn at(buf: &'a [u8], pos: usize, what: &'static str) -> Self {
+        Rd { buf, pos, what }
+    }
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
+        let end = self.pos.checked_add(n).ok_or(FormatError::Short {
+            what: self.what,
+            len: self.buf.len(),
+            need: usize::MAX,
+        })?;
+        let s = self.buf.get(self.pos..end).ok_or(FormatError::Short {
+            what: self.what,
+            len: self.buf.len(),
+            need: end,
+        })?;
+        self.pos = end;
+        Ok(s)
+    }
+    pub fn arr<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8, FormatError> {
+        Ok(self.arr::<1>()?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, FormatError> {
+        Ok(u16::from_le_bytes(self.arr()?))
+    }
+    pub fn u32(&mut self) -> Result<u32, FormatError> {
+        Ok(u32::from_le_bytes(self.arr()?))
+    }
+    pub fn u64(&mut self) -> Result<u64, FormatError> {
+        Ok(u64::from_le_bytes(self.arr()?))
+    }
+    pub fn skip(&mut self, n: usize) -> Result<(), FormatError> {
+        self.bytes(n).map(|_| ())
+    }
+}
+
+/// Little-endian writer appending to a Vec.
+#[derive(Default)]
+pub struct Wr {
+    pub buf: Vec<u8>,
+}
+
+impl Wr {
+    pub fn with_capacity(n: usize) -> Self {
+        Wr { buf: Vec::with_capacity(n) }
+    }
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(b);
+        self
+    }
+    pub fn zeros(&mut self, n: usize) -> &mut Self {
+        self.buf.resize(self.buf.len() + n, 0);
+        self
+    }
+    /// Pad with zeros up to `len` bytes total.
+    pub fn pad_to(&mut self, len: usize) -> &mut Self {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        self
+    }
+    /// Store a u32 at a fixed position (used for crc fields filled in last).
+    pub fn put_u32_at(&mut self, at: usize, v: u32) {
+        if let Some(s) = self.buf.get_mut(at..at + 4) {
+            s.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// Fixed-size, NUL-padded UTF-8 name field.
+pub fn encode_name(w: &mut Wr, name: &str, len: usize) {
+    let b = name.as_bytes();
+    let n = b.len().min(len);
+    w.bytes(&b[..n]).zeros(len - n);
+}
+
+/// Decode a NUL-padded name field.
+pub fn decode_name(raw: &[u8], what: &'static str) -> Result<String, FormatError> {
+    let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    std::str::from_utf8(&raw[..end]).map(str::to_owned).map_err(|e| FormatError::Invalid {
+        what,
+        field: "name",
+        detail: e.to_string(),
+    })
+}
+
+/// Parse a hex string of the golden vectors (whitespace and `#` comments ignored).
+#[cfg(test)]
+pub fn hex_fixture(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let digits: String = line.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        for i in (0..digits.len()).step_by(2) {
+            out.push(u8::from_str_radix(&digits[i..i + 2], 16).expect("hex"));
+        }
+    }
+    out
+}

@@ -1,0 +1,14 @@
+//! ssp: a shared storage pool of thin LUs, snapshots and linked clones, served over NBD.
+//!
+//! Layers (each depends only on those below it):
+//! ```text
+//!   cli (sspctl)          admin verbs, offline on a stopped pool
+//!   pool                  log-structured pool: journal, checkpoints, maps, cleaner, check
+//!   format                on-disk structures: pure encode/decode, no I/O
+//!   dev                   block devices: file, memory, fault-injecting
+//! ```
+
+pub mod cli;
+pub mod dev;
+pub mod format;
+pub mod pool;

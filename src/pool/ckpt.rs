@@ -1,0 +1,263 @@
+//! Checkpoints: write every dirty metadata node to a new place, then commit by writing the
+//! checkpoint slot on every PV. Nothing the previous checkpoint references is overwritten, and
+//! segments emptied since then become reusable only after the new checkpoint is durable.
+
+use super::error::Result;
+use super::inner::{Inner, StreamId};
+use super::pvs::split;
+use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
+use crate::format::node::{encode_node, encode_u64s, node_crc, NodeHeader, NodeKind, Ptr, SEG_FREE};
+use crate::format::BLOCK;
+use std::collections::BTreeSet;
+
+impl Inner {
+    /// Reserve the next metadata block; its content is filled in by [`Inner::put_block`].
+    fn alloc_meta(&mut self) -> Result<u64> {
+        self.append(StreamId::Meta, &[0u8; BLOCK])
+    }
+
+    /// Fill a block reserved earlier (still buffered, or already written out).
+    fn put_block(&mut self, pba: u64, buf: &[u8]) -> Result<()> {
+        let (seg, slot) = split(pba);
+        let s = &mut self.streams[StreamId::Meta as usize];
+        if s.seg == seg && slot >= s.buf_slot && slot < s.next {
+            let at = ((slot - s.buf_slot) as usize) * BLOCK;
+            s.buf[at..at + BLOCK].copy_from_slice(buf);
+            return Ok(());
+        }
+        let (pv, off) = self.locate(pba)?;
+        self.pvs.write(pv, off, buf)
+    }
+
+    /// Write a whole node to the metadata stream; returns (pba, crc).
+    fn write_node(&mut self, h: &NodeHeader, payload: &[u8]) -> Result<(u64, u32)> {
+        let buf = encode_node(&self.pool_id, h, payload);
+        let crc = node_crc(&self.pool_id, &buf);
+        let pba = self.append(StreamId::Meta, &buf)?;
+        self.counters.meta_blocks_written += 1;
+        Ok((pba, crc))
+    }
+
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.check_writable()?;
+        let r = self.checkpoint_inner();
+        if let Err(e) = &r {
+            tracing::error!("checkpoint failed, pool poisoned: {e}");
+            self.poisoned = Some(format!("checkpoint failed: {e}"));
+        }
+        r
+    }
+
+    fn checkpoint_inner(&mut self) -> Result<()> {
+        let gen = self.generation + 1;
+        self.write_out(StreamId::Data)?;
+        self.write_out(StreamId::Gc)?;
+        self.journal_write_block()?;
+        let (jseq, jpos) = (self.journal.seq, self.journal.pos);
+
+        // 1. Block-map nodes: addressed by VBA, so only their VBA entries change.
+        let mut dirty: Vec<u64> = self.maps.iter().filter(|(_, n)| n.dirty).map(|(k, _)| *k).collect();
+        dirty.sort_unstable();
+        for vba in dirty {
+            let Some(n) = self.maps.get(&vba) else { continue };
+            let h = NodeHeader {
+                kind: NodeKind::Map,
+                level: n.level,
+                count: n.count,
+                id: vba,
+                generation: gen,
+                writer: self.writer,
+                owner: n.owner,
+            };
+            let payload = encode_u64s(&n.entries);
+            let (pba, crc) = self.write_node(&h, &payload)?;
+            let old = self.vba_get(vba)?;
+            self.live_dec(old.pba);
+            self.vba_set(vba, Ptr { pba, crc, aux: old.aux })?;
+            self.live_inc(pba);
+            if let Some(n) = self.maps.get_mut(&vba) {
+                n.dirty = false;
+            }
+        }
+
+        // 2. Segments emptied since the last checkpoint are recorded free now and handed to
+        //    the allocator once this checkpoint is durable.
+        let mut to_free = Vec::new();
+        for seg in 1..self.segs.len() as u64 {
+            let e = self.segs[seg as usize];
+            if e.state != SEG_FREE && e.live == 0 && !self.is_open(seg) {
+                to_free.push(seg);
+            }
+        }
+        for &seg in &to_free {
+            let old_summary = self.segs[seg as usize].summary;
+            self.live_dec(old_summary);
+            let e = self.seg_mut(seg);
+            e.state = SEG_FREE;
+            e.summary = 0;
+            e.summary_crc = 0;
+            self.summaries.remove(&seg);
+        }
+
+        // 3. Summaries of data segments that gained blocks.
+        let mut sdirty: Vec<u64> =
+            self.summaries.iter().filter(|(_, s)| s.dirty).map(|(k, _)| *k).collect();
+        sdirty.sort_unstable();
+        for seg in sdirty {
+            let Some(s) = self.summaries.get(&seg) else { continue };
+            let h = NodeHeader {
+                kind: NodeKind::Summary,
+                level: 0,
+                count: s.tags.iter().filter(|&&t| t != 0).count() as u32,
+                id: seg,
+                generation: gen,
+                writer: self.writer,
+                owner: 0,
+            };
+            let payload = encode_u64s(&s.tags);
+            let (pba, crc) = self.write_node(&h, &payload)?;
+            let old = self.segs[seg as usize].summary;
+            self.live_dec(old);
+            self.live_inc(pba);
+            let e = self.seg_mut(seg);
+            e.summary = pba;
+            e.summary_crc = crc;
+            if let Some(s) = self.summaries.get_mut(&seg) {
+                s.dirty = false;
+            }
+        }
+        // Keep only the open segments' summaries resident.
+        let open: BTreeSet<u64> = self.streams.iter().map(|s| s.seg).collect();
+        self.summaries.retain(|k, _| open.contains(k));
+
+        // 4. Volume directory.
+        let vdirty = std::mem::take(&mut self.vols_dirty);
+        let mut voldir = std::mem::take(&mut self.voldir);
+        let mut r = Ok(());
+        for id in vdirty {
+            let rec = self.vols.get(&id).cloned().unwrap_or_default();
+            r = r.and(voldir.set(self, id, rec));
+        }
+        self.voldir = voldir;
+        r?;
+        self.flush_tree(TreeId::VolDir, gen)?;
+
+        // 5. VBA table (map nodes and summaries changed it above).
+        self.flush_tree(TreeId::Vba, gen)?;
+
+        // 6. Segment table: writing its own pages changes live counts it records, so assign
+        //    places until no new page turns dirty, then encode bottom-up.
+        let mut segtab = std::mem::take(&mut self.segtab);
+        let mut r = Ok(());
+        loop {
+            let dirty = std::mem::take(&mut self.segs_dirty);
+            for seg in &dirty {
+                let e = self.segs[*seg as usize];
+                if let Err(e) = segtab.set(self, *seg, e) {
+                    r = Err(e);
+                }
+            }
+            let moves = segtab.prepare(&mut || self.alloc_meta());
+            match moves {
+                Ok(m) if m.is_empty() && self.segs_dirty.is_empty() => break,
+                Ok(m) => {
+                    for (old, new) in m {
+                        self.live_dec(old);
+                        self.live_inc(new);
+                    }
+                }
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        let blocks = segtab.encode(&self.pool_id, gen, self.writer);
+        self.segtab = segtab;
+        r?;
+        for (pba, buf) in blocks {
+            self.put_block(pba, &buf)?;
+            self.counters.meta_blocks_written += 1;
+        }
+
+        // 7. Make everything durable, then commit.
+        self.write_out(StreamId::Meta)?;
+        self.pvs.sync_all()?;
+        let ck = Checkpoint {
+            generation: gen,
+            pool_id: self.pool_id,
+            writer: self.writer,
+            journal_seq: jseq,
+            journal_pos: jpos,
+            next_vba: self.next_vba,
+            next_node_vba: self.next_node_vba,
+            next_volume_id: self.next_volume_id,
+            epoch: self.epoch,
+            vba_root: self.vba.root(),
+            segtab_root: self.segtab.root(),
+            voldir_root: self.voldir.root(),
+            pool_segments: self.segs.len() as u64 - 1,
+            pv_count: self.pvs.pvs.len() as u32,
+            journal_pv: u32::from(self.journal.pv),
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let buf = ck.encode();
+        let slot = CKPT_OFFSETS[(gen % 2) as usize];
+        for i in 0..self.pvs.pvs.len() {
+            self.pvs.write(i as u16, slot, &buf)?;
+        }
+        self.pvs.sync_all()?;
+
+        self.generation = gen;
+        self.journal.start_seq = jseq;
+        self.journal.start_pos = jpos;
+        self.free.extend(to_free);
+        self.writes_since_ckpt = 0;
+        self.counters.checkpoints += 1;
+        self.evict_maps();
+        self.vba.evict();
+        Ok(())
+    }
+
+    /// Assign places to a tree's dirty pages, account the moves, encode and write them.
+    fn flush_tree(&mut self, which: TreeId, gen: u64) -> Result<()> {
+        macro_rules! run {
+            ($field:ident) => {{
+                let mut t = std::mem::take(&mut self.$field);
+                let moves = t.prepare(&mut || self.alloc_meta());
+                let blocks = if moves.is_ok() { t.encode(&self.pool_id, gen, self.writer) } else { vec![] };
+                self.$field = t;
+                for (old, new) in moves? {
+                    self.live_dec(old);
+                    self.live_inc(new);
+                }
+                for (pba, buf) in blocks {
+                    self.put_block(pba, &buf)?;
+                    self.counters.meta_blocks_written += 1;
+                }
+                Ok(())
+            }};
+        }
+        match which {
+            TreeId::Vba => run!(vba),
+            TreeId::VolDir => run!(voldir),
+        }
+    }
+
+    /// Whether enough has changed since the last checkpoint to take one now.
+    pub fn checkpoint_due(&self) -> bool {
+        self.journal.used() * 2 >= self.journal.blocks
+            || self.writes_since_ckpt >= self.opts.checkpoint_writes
+            || self.maps.len() + self.vba.cached_pages() > self.opts.map_cache_nodes + self.opts.vba_cache_pages + self.opts.dirty_limit
+    }
+
+}
+
+#[derive(Clone, Copy)]
+enum TreeId {
+    Vba,
+    VolDir,
+}

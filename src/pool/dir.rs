@@ -1,0 +1,198 @@
+//! The pool directory: its configuration (which PVs make the pool) and its lock.
+//!
+//! `DIR/ssp-pool.json` lists the PV paths (non-normative: the PVs' superblocks are the truth,
+//! and opening checks that every listed PV belongs to the pool). `DIR/lock` is held with an
+//! exclusive `flock` while the pool is open, so a second process gets a clear error.
+
+use super::error::{PoolError, Result};
+use super::{CreateOptions, Options, Pool};
+use crate::dev::{BlockDev, FileDev};
+use fs2::FileExt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const CONFIG_FILE: &str = "ssp-pool.json";
+pub const LOCK_FILE: &str = "lock";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Config {
+    format: u32,
+    name: String,
+    pvs: Vec<PathBuf>,
+}
+
+/// A PV named on the command line: a path and, for a new file, its size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PvSpec {
+    pub path: PathBuf,
+    pub size: Option<u64>,
+}
+
+impl std::str::FromStr for PvSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.rsplit_once(':') {
+            Some((p, sz)) if !p.is_empty() => {
+                Ok(PvSpec { path: p.into(), size: Some(parse_size(sz).map_err(|e| e.to_string())?) })
+            }
+            _ => Ok(PvSpec { path: s.into(), size: None }),
+        }
+    }
+}
+
+/// Parse a size like `10G`, `512M`, `4096`, `1.5T` (binary units; `B` suffix optional).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let t = t.strip_suffix(['i']).unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                'P' => 1 << 50,
+                _ => return Err(PoolError::Invalid(format!("bad size {s:?}: unknown unit {c:?} (use K, M, G, T or P)"))),
+            };
+            (&t[..t.len() - 1], m)
+        }
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| PoolError::Invalid(format!("bad size {s:?}: expected a number with an optional K/M/G/T/P unit")))?;
+    if !v.is_finite() || v < 0.0 || v * mult as f64 > u64::MAX as f64 / 2.0 {
+        return Err(PoolError::Invalid(format!("bad size {s:?}")));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+/// An open pool with its directory lock held.
+pub struct PoolDir {
+    pub dir: PathBuf,
+    pub pool: Pool,
+    _lock: File,
+}
+
+fn lock(dir: &Path) -> Result<File> {
+    let p = dir.join(LOCK_FILE);
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| PoolError::Config(format!("cannot open {}: {e}", p.display())))?;
+    f.try_lock_exclusive().map_err(|_| PoolError::Locked(p.display().to_string()))?;
+    Ok(f)
+}
+
+fn open_dev(path: &Path) -> Result<Arc<dyn BlockDev>> {
+    let d = FileDev::open(path).map_err(|e| PoolError::Config(format!("cannot open PV {}: {e}", path.display())))?;
+    Ok(Arc::new(d))
+}
+
+impl PoolDir {
+    /// Whether `dir` holds a pool configuration.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(CONFIG_FILE).exists()
+    }
+
+    /// Create a pool: new files are made sparse at the given size; existing block devices or
+    /// files without a size are used as they are.
+    pub fn create(dir: &Path, pvs: &[PvSpec], copts: &CreateOptions, opts: Options) -> Result<PoolDir> {
+        if pvs.is_empty() {
+            return Err(PoolError::Invalid("give at least one --pv PATH[:SIZE]".into()));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PoolError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        if Self::exists(dir) {
+            return Err(PoolError::Exists(format!("{} already holds a pool", dir.display())));
+        }
+        let l = lock(dir)?;
+        let mut devs: Vec<Arc<dyn BlockDev>> = Vec::new();
+        let mut paths = Vec::new();
+        for spec in pvs {
+            if paths.contains(&spec.path) {
+                return Err(PoolError::Invalid(format!("PV {} is given twice", spec.path.display())));
+            }
+            let dev: Arc<dyn BlockDev> = match spec.size {
+                Some(size) => {
+                    if spec.path.exists() && !is_block_device(&spec.path) {
+                        return Err(PoolError::Exists(format!(
+                            "{} already exists; give a new file or an existing PV without a size",
+                            spec.path.display()
+                        )));
+                    }
+                    Arc::new(FileDev::create(&spec.path, size).map_err(|e| {
+                        PoolError::Config(format!("cannot create PV {}: {e}", spec.path.display()))
+                    })?)
+                }
+                None => open_dev(&spec.path)?,
+            };
+            paths.push(spec.path.clone());
+            devs.push(dev);
+        }
+        let pool = Pool::create(devs, copts, opts)?;
+        let abs: Vec<PathBuf> = paths.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
+        let cfg = Config { format: 1, name: copts.name.clone(), pvs: abs };
+        write_config(dir, &cfg)?;
+        Ok(PoolDir { dir: dir.to_owned(), pool, _lock: l })
+    }
+
+    /// Open the pool in `dir` (takes the lock, replays the journal).
+    pub fn open(dir: &Path, opts: Options) -> Result<PoolDir> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            PoolError::Config(format!("{} is not a pool directory ({}: {e})", dir.display(), cfg_path.display()))
+        })?;
+        let cfg: Config = serde_json::from_str(&text)
+            .map_err(|e| PoolError::Config(format!("{}: {e}", cfg_path.display())))?;
+        let l = lock(dir)?;
+        let devs = cfg.pvs.iter().map(|p| open_dev(p)).collect::<Result<Vec<_>>>()?;
+        let pool = Pool::open(devs, opts)?;
+        Ok(PoolDir { dir: dir.to_owned(), pool, _lock: l })
+    }
+}
+
+fn write_config(dir: &Path, cfg: &Config) -> Result<()> {
+    let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
+    let body = serde_json::to_string_pretty(cfg).map_err(|e| PoolError::Config(e.to_string()))?;
+    std::fs::write(&tmp, body + "\n")
+        .and_then(|_| File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, dir.join(CONFIG_FILE)))
+        .map_err(|e| PoolError::Config(format!("cannot write {}: {e}", dir.display())))
+}
+
+fn is_block_device(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).map(|m| m.file_type().is_block_device()).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("1.5K").unwrap(), 1536);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("10Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("G").is_err());
+    }
+
+    #[test]
+    fn pv_specs() {
+        let s: PvSpec = "/tmp/a.img:1G".parse().unwrap();
+        assert_eq!(s, PvSpec { path: "/tmp/a.img".into(), size: Some(1 << 30) });
+        let s: PvSpec = "/dev/sdb".parse().unwrap();
+        assert_eq!(s.size, None);
+        assert!("/tmp/a.img:10Q".parse::<PvSpec>().is_err());
+    }
+}

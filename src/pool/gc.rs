@@ -1,0 +1,151 @@
+//! The segment cleaner. It picks sealed segments with the fewest live blocks, copies live data
+//! blocks to the cleaner's head (journaled as `GcMove`, so only the VBA moves), and marks live
+//! metadata nodes dirty so the next checkpoint rewrites them elsewhere. A cleaned segment becomes
+//! free once a checkpoint no longer references it.
+
+use super::error::Result;
+use super::inner::{Inner, StreamId};
+use super::pvs::seg_start;
+use crate::format::journal::Record;
+use crate::format::node::{decode_node, NodeKind, SEG_DATA, SEG_FREE, SEG_META};
+use crate::format::{data_crc, SEG_BLOCKS};
+
+/// What one cleaning pass did.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct GcStats {
+    pub segments_cleaned: u64,
+    pub blocks_moved: u64,
+    pub nodes_relocated: u64,
+}
+
+impl Inner {
+    /// Sealed segments worth cleaning, emptiest first. A segment more than `max_live` full is
+    /// not worth the copy.
+    fn gc_candidates(&self, max_live: u32) -> Vec<u64> {
+        let mut c: Vec<(u32, u64)> = (1..self.segs.len() as u64)
+            .filter(|&s| {
+                let e = &self.segs[s as usize];
+                e.state != SEG_FREE && !self.is_open(s) && e.live > 0 && e.live <= max_live
+            })
+            .map(|s| (self.segs[s as usize].live, s))
+            .collect();
+        c.sort_unstable();
+        c.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Clean up to `max_segments` segments. The caller checkpoints afterwards to free them.
+    pub fn gc_run(&mut self, max_segments: usize) -> Result<GcStats> {
+        self.check_writable()?;
+        let mut st = GcStats::default();
+        // Never copy more than the reserve can absorb in one pass.
+        let max_live = (SEG_BLOCKS * 7 / 8) as u32;
+        for seg in self.gc_candidates(max_live).into_iter().take(max_segments) {
+            if self.free_for(StreamId::Gc) == 0 && self.needs_segment(StreamId::Gc) {
+                break;
+            }
+            match self.segs[seg as usize].state {
+                SEG_DATA => st.blocks_moved += self.gc_data_segment(seg)?,
+                SEG_META => st.nodes_relocated += self.gc_meta_segment(seg)?,
+                _ => continue,
+            }
+            st.segments_cleaned += 1;
+            self.counters.segments_cleaned += 1;
+        }
+        Ok(st)
+    }
+
+    fn gc_data_segment(&mut self, seg: u64) -> Result<u64> {
+        self.load_summary(seg)?;
+        let tags = self.summaries.get(&seg).map(|s| s.tags.clone()).unwrap_or_default();
+        let mut moved = 0;
+        for (slot, &vba) in tags.iter().enumerate() {
+            if vba == 0 {
+                continue;
+            }
+            let pba = seg_start(seg) + slot as u64;
+            let p = self.vba_get(vba)?;
+            if p.pba != pba {
+                continue; // overwritten or freed since
+            }
+            let data = self.read_block(pba)?;
+            if data_crc(&self.pool_id, &data) != p.crc {
+                // Never launder a damaged block into a fresh checksum; leave it for check/scrub.
+                let (dev, off) = self.describe(pba);
+                tracing::error!("cleaner: checksum mismatch on {dev} at {off}; block left in place");
+                continue;
+            }
+            let new = self.append(StreamId::Gc, &data)?;
+            self.log_and_apply(Record::GcMove { vba, old_pba: pba, new_pba: new, crc: p.crc })?;
+            self.counters.gc_blocks_moved += 1;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    fn gc_meta_segment(&mut self, seg: u64) -> Result<u64> {
+        let mut touched = 0;
+        for slot in 0..SEG_BLOCKS {
+            let pba = seg_start(seg) + slot;
+            let Ok(buf) = self.read_block(pba) else { continue };
+            let Ok((h, _)) = decode_node(&buf, &self.pool_id) else { continue };
+            let live = match h.kind {
+                NodeKind::Map => {
+                    if self.vba_get(h.id)?.pba == pba {
+                        self.map_node(h.id, h.level)?.dirty = true;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                NodeKind::Summary => {
+                    let seg_of = h.id as usize;
+                    if self.segs.get(seg_of).is_some_and(|e| e.summary == pba) {
+                        self.load_summary(h.id)?;
+                        if let Some(s) = self.summaries.get_mut(&h.id) {
+                            s.dirty = true;
+                        }
+                        true
+                    } else {
+                        false
+                    }
+                }
+                NodeKind::Vba => self.touch_page(TreeSel::Vba, h.level, h.id, pba)?,
+                NodeKind::SegTab => self.touch_page(TreeSel::Seg, h.level, h.id, pba)?,
+                NodeKind::VolDir => self.touch_page(TreeSel::Vol, h.level, h.id, pba)?,
+            };
+            if live {
+                touched += 1;
+            }
+        }
+        Ok(touched)
+    }
+
+    fn touch_page(&mut self, which: TreeSel, level: u8, id: u64, pba: u64) -> Result<bool> {
+        macro_rules! go {
+            ($f:ident) => {{
+                let mut t = std::mem::take(&mut self.$f);
+                let r = (|| {
+                    if t.page_ptr(self, level, id)?.pba == pba {
+                        t.touch(self, level, id)?;
+                        Ok(true)
+                    } else {
+                        Ok(false)
+                    }
+                })();
+                self.$f = t;
+                r
+            }};
+        }
+        match which {
+            TreeSel::Vba => go!(vba),
+            TreeSel::Seg => go!(segtab),
+            TreeSel::Vol => go!(voldir),
+        }
+    }
+}
+
+enum TreeSel {
+    Vba,
+    Seg,
+    Vol,
+}

@@ -1,0 +1,197 @@
+//! The LU data path: read, write (with read-modify-write of partial blocks), unmap.
+
+use super::error::{PoolError, Result};
+use super::inner::{Inner, StreamId};
+use super::pvs::split;
+use crate::format::journal::Record;
+use crate::format::{data_crc, BLOCK, BLOCK_U64};
+
+impl Inner {
+    /// Size of a volume in bytes.
+    pub fn vol_size(&self, vol: u64) -> Result<u64> {
+        self.vols.get(&vol).map(|v| v.size).ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))
+    }
+
+    pub fn check_range(&self, vol: u64, offset: u64, len: u64) -> Result<()> {
+        let size = self.vol_size(vol)?;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(PoolError::Invalid(format!(
+                "range {offset}+{len} is beyond the end of the LU ({size} bytes)"
+            ))),
+        }
+    }
+
+    /// Read `buf.len()` bytes at byte `offset` of `vol`. Unmapped blocks read as zeroes; every
+    /// mapped block's checksum is verified.
+    pub fn read(&mut self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(vol, offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        buf.fill(0);
+        let first = offset / BLOCK_U64;
+        let last = (offset + buf.len() as u64 - 1) / BLOCK_U64;
+        let mapped = self.map_range(vol, first, last - first + 1)?;
+        // Resolve to physical blocks, then read runs of adjacent blocks with one I/O each.
+        let mut locs = Vec::with_capacity(mapped.len());
+        for (lba, vba) in mapped {
+            let p = self.vba_get(vba)?;
+            locs.push((lba, p.pba, p.crc));
+        }
+        let mut i = 0;
+        while i < locs.len() {
+            let mut j = i + 1;
+            while j < locs.len()
+                && locs[j].0 == locs[j - 1].0 + 1
+                && locs[j].1 == locs[j - 1].1 + 1
+                && split(locs[j].1).0 == split(locs[i].1).0
+                && j - i < 256
+            {
+                j += 1;
+            }
+            let mut run = vec![0u8; (j - i) * BLOCK];
+            self.read_run(locs[i].1, &mut run)?;
+            for (k, blk) in run.chunks(BLOCK).enumerate() {
+                let (lba, pba, crc) = locs[i + k];
+                let got = data_crc(&self.pool_id, blk);
+                if got != crc {
+                    let (dev, off) = self.describe(pba);
+                    return Err(PoolError::Checksum {
+                        dev,
+                        offset: off,
+                        what: format!("data block {lba} of {}", self.vol_name(vol)),
+                        stored: crc,
+                        computed: got,
+                    });
+                }
+                copy_block_part(buf, offset, lba, blk);
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    pub fn vol_name(&self, vol: u64) -> String {
+        self.vols.get(&vol).map(|v| v.name.clone()).unwrap_or_else(|| format!("volume {vol}"))
+    }
+
+    /// Write `data` at byte `offset` of `vol`.
+    pub fn write(&mut self, vol: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(vol, offset, data.len() as u64)?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let lba = pos / BLOCK_U64;
+            let within = (pos % BLOCK_U64) as usize;
+            let n = (BLOCK - within).min(data.len() - done);
+            if n == BLOCK {
+                self.write_block(vol, lba, &data[done..done + BLOCK])?;
+            } else {
+                let mut blk = vec![0u8; BLOCK];
+                self.read(vol, lba * BLOCK_U64, &mut blk)?;
+                blk[within..within + n].copy_from_slice(&data[done..done + n]);
+                self.write_block(vol, lba, &blk)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Write one whole block.
+    fn write_block(&mut self, vol: u64, lba: u64, block: &[u8]) -> Result<()> {
+        let crc = data_crc(&self.pool_id, block);
+        let (old, exclusive) = self.map_lookup(vol, lba)?;
+        self.ensure_data_space()?;
+        let pba = self.append(StreamId::Data, block)?;
+        // A block only this volume holds keeps its VBA; a shared or new one gets a fresh VBA.
+        let vba = if old != 0 && exclusive { old } else { self.alloc_data_vba() };
+        self.log_and_apply(Record::Write { vol, lba, vba, pba, crc })?;
+        if self.checkpoint_due() {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Unmap whole blocks and zero partial ones in `[offset, offset+len)`. With `zero_partial`
+    /// false (TRIM), partial blocks are left alone.
+    pub fn unmap(&mut self, vol: u64, offset: u64, len: u64, zero_partial: bool) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(vol, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let first_full = offset.div_ceil(BLOCK_U64);
+        let end_full = end / BLOCK_U64;
+        if zero_partial {
+            let head_end = (first_full * BLOCK_U64).min(end);
+            if offset < head_end {
+                self.write(vol, offset, &vec![0u8; (head_end - offset) as usize])?;
+            }
+            let tail_start = (end_full * BLOCK_U64).max(head_end);
+            if tail_start < end {
+                self.write(vol, tail_start, &vec![0u8; (end - tail_start) as usize])?;
+            }
+        }
+        if end_full > first_full {
+            // Chunk so one record never covers an unbounded amount of work.
+            let mut lba = first_full;
+            while lba < end_full {
+                let n = (end_full - lba).min(1 << 20);
+                self.log_and_apply(Record::Unmap { vol, lba, count: n })?;
+                lba += n;
+                if self.checkpoint_due() {
+                    self.checkpoint()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Make everything written so far durable.
+    pub fn flush(&mut self) -> Result<()> {
+        self.check_writable()?;
+        self.write_out_all()?;
+        self.journal_write_block()?;
+        let r = self.pvs.sync_all();
+        self.poison(r)
+    }
+
+    /// Make sure the data stream can take one more block, cleaning if the pool is short.
+    fn ensure_data_space(&mut self) -> Result<()> {
+        if !self.needs_segment(StreamId::Data) || self.free_for(StreamId::Data) > 0 {
+            return Ok(());
+        }
+        for _ in 0..8 {
+            let cleaned = self.gc_run(4)?;
+            self.checkpoint()?;
+            if self.free_for(StreamId::Data) > 0 {
+                return Ok(());
+            }
+            if cleaned.segments_cleaned == 0 {
+                break;
+            }
+        }
+        let (total, _, live) = self.space();
+        Err(PoolError::NoSpace(format!(
+            "{} of {} MiB hold live data and nothing more can be reclaimed",
+            live * BLOCK_U64 >> 20,
+            total * BLOCK_U64 >> 20
+        )))
+    }
+}
+
+/// Copy the part of block `lba` that falls inside `buf` (which starts at byte `offset`).
+fn copy_block_part(buf: &mut [u8], offset: u64, lba: u64, blk: &[u8]) {
+    let bstart = lba * BLOCK_U64;
+    let bend = bstart + BLOCK_U64;
+    let end = offset + buf.len() as u64;
+    let s = bstart.max(offset);
+    let e = bend.min(end);
+    if s < e {
+        let src = &blk[(s - bstart) as usize..(e - bstart) as usize];
+        buf[(s - offset) as usize..(e - offset) as usize].copy_from_slice(src);
+    }
+}

@@ -1,0 +1,405 @@
+//! The log-structured storage pool: PVs, thin LUs, journal, checkpoints, cleaner and check.
+//!
+//! ```text
+//!   LU block ──map tree (per volume, COW, VBA-addressed nodes)──▶ data VBA
+//!   VBA ──VBA table (pba, crc32c, refcount)──▶ pool block ──segment──▶ PV + offset
+//! ```
+//! Every change is journaled before it is applied in memory; a checkpoint writes the dirty
+//! metadata copy-on-write and commits it by writing a checkpoint slot on every PV. Opening a pool
+//! replays only the journal written since the last checkpoint.
+
+mod check;
+mod ckpt;
+pub mod dir;
+pub mod error;
+mod gc;
+mod inner;
+mod io;
+mod journal;
+mod maps;
+mod open;
+mod ops;
+mod ptree;
+pub mod pvs;
+
+pub use check::CheckReport;
+pub use error::{PoolError, Result};
+pub use gc::GcStats;
+pub use inner::Counters;
+pub use open::{read_superblock, CreateOptions};
+
+use crate::dev::BlockDev;
+use crate::format::journal::Record;
+use crate::format::node::{VOL_LU};
+use crate::format::{BLOCK_U64, SEG_BLOCKS};
+use inner::Inner;
+use rand::RngCore;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Tunables of an open pool.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Clean block-map nodes kept in memory (4 KiB each).
+    pub map_cache_nodes: usize,
+    /// Clean VBA-table pages kept in memory (4 KiB each).
+    pub vba_cache_pages: usize,
+    /// Dirty nodes allowed before a checkpoint is forced.
+    pub dirty_limit: usize,
+    /// Data blocks written between checkpoints (bounds replay time after a crash).
+    pub checkpoint_writes: u64,
+    /// Open without writing anything (no replay commit, no changes).
+    pub read_only: bool,
+    /// Writer host id stamped on metadata (multi-host fencing; 1 for single-host pools).
+    pub host_id: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            map_cache_nodes: 16384,
+            vba_cache_pages: 16384,
+            dirty_limit: 8192,
+            checkpoint_writes: 65536,
+            read_only: false,
+            host_id: 1,
+        }
+    }
+}
+
+/// One LU as listed by `lu list`.
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct LuInfo {
+    pub name: String,
+    pub id: u64,
+    pub size: u64,
+    pub size_mb: u64,
+    pub unused_mb: u64,
+    pub udid: String,
+    pub mapped_blocks: u64,
+    pub owned_blocks: u64,
+}
+
+/// One PV as shown by `pool status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PvInfo {
+    pub index: u32,
+    pub name: String,
+    pub size: u64,
+    pub failure_group: String,
+    pub segments: u64,
+    pub udid: String,
+}
+
+/// Pool-wide figures.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub pool_id: String,
+    pub pvs: Vec<PvInfo>,
+    pub block_size: u64,
+    pub segment_size: u64,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub used_bytes: u64,
+    pub provisioned_bytes: u64,
+    pub overcommit_bytes: u64,
+    pub lus: u64,
+    pub mirror_state: String,
+    pub checkpoint_generation: u64,
+    pub counters: Counters,
+    pub write_amplification: f64,
+}
+
+/// An open pool. All methods may be called from several threads.
+pub struct Pool {
+    inner: Mutex<Inner>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Check an LU name: printable, no '@' or '/', at most 128 bytes.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(PoolError::Invalid(format!("LU name must be 1 to 128 bytes long: {name:?}")));
+    }
+    if name.chars().any(|c| c == '@' || c == '/' || c.is_control() || c.is_whitespace()) {
+        return Err(PoolError::Invalid(format!(
+            "LU name {name:?} may not contain '@', '/', spaces or control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Largest LU: the map tree and VBA space are far larger; this keeps sizes sane (1 PiB).
+pub const MAX_LU_SIZE: u64 = 1 << 50;
+
+impl Pool {
+    /// Create a new pool on `devs` (their current content is overwritten).
+    pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options) -> Result<Pool> {
+        let inner = open::create(devs, copts, opts)?;
+        Ok(Pool { inner: Mutex::new(inner) })
+    }
+
+    /// Open an existing pool from all of its PVs (any order).
+    pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Pool> {
+        let inner = open::open(devs, opts)?;
+        Ok(Pool { inner: Mutex::new(inner) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves state unknown: refuse to go on.
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => {
+                let mut g = p.into_inner();
+                g.poisoned.get_or_insert_with(|| "a thread panicked inside the pool".into());
+                g
+            }
+        }
+    }
+
+    fn lu_info(v: &crate::format::node::VolRecord) -> LuInfo {
+        let used = v.mapped_blocks * BLOCK_U64;
+        LuInfo {
+            name: v.name.clone(),
+            id: v.id,
+            size: v.size,
+            size_mb: v.size >> 20,
+            unused_mb: v.size.saturating_sub(used) >> 20,
+            udid: hex(&v.udid),
+            mapped_blocks: v.mapped_blocks,
+            owned_blocks: v.owned_blocks,
+        }
+    }
+
+    /// Create a thin LU of `size` bytes (a multiple of 4096 is not required; I/O past the size
+    /// is refused).
+    pub fn lu_create(&self, name: &str, size: u64) -> Result<LuInfo> {
+        validate_name(name)?;
+        if size == 0 || size > MAX_LU_SIZE {
+            return Err(PoolError::Invalid(format!("LU size must be between 1 byte and 1 PiB, not {size}")));
+        }
+        let mut g = self.lock();
+        if g.names.contains_key(name) {
+            return Err(PoolError::Exists(format!("an LU named {name} already exists")));
+        }
+        let id = g.next_volume_id;
+        let mut udid = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut udid);
+        g.log_and_apply(Record::VolCreate { id, kind: VOL_LU, size, udid, name: name.to_owned() })?;
+        g.flush()?;
+        let v = g.vols.get(&id).cloned().ok_or_else(|| PoolError::NotFound(name.into()))?;
+        Ok(Self::lu_info(&v))
+    }
+
+    pub fn lu_list(&self) -> Vec<LuInfo> {
+        let g = self.lock();
+        let mut v: Vec<LuInfo> = g.vols.values().map(Self::lu_info).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn lu_get(&self, name: &str) -> Result<LuInfo> {
+        let g = self.lock();
+        let id = *g.names.get(name).ok_or_else(|| PoolError::NotFound(name.into()))?;
+        Ok(Self::lu_info(&g.vols[&id]))
+    }
+
+    /// Volume id of an LU, for the data path.
+    pub fn lu_id(&self, name: &str) -> Result<u64> {
+        self.lock().names.get(name).copied().ok_or_else(|| PoolError::NotFound(name.into()))
+    }
+
+    pub fn lu_resize(&self, name: &str, size: u64) -> Result<LuInfo> {
+        if size == 0 || size > MAX_LU_SIZE {
+            return Err(PoolError::Invalid(format!("LU size must be between 1 byte and 1 PiB, not {size}")));
+        }
+        let mut g = self.lock();
+        let id = *g.names.get(name).ok_or_else(|| PoolError::NotFound(name.into()))?;
+        g.log_and_apply(Record::VolResize { id, size })?;
+        g.flush()?;
+        Ok(Self::lu_info(&g.vols[&id]))
+    }
+
+    pub fn lu_remove(&self, name: &str) -> Result<()> {
+        let mut g = self.lock();
+        let id = *g.names.get(name).ok_or_else(|| PoolError::NotFound(name.into()))?;
+        g.log_and_apply(Record::VolRemove { id })?;
+        g.flush()?;
+        if g.checkpoint_due() {
+            g.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.lock().read(vol, offset, buf)
+    }
+
+    /// Write; with `fua` the data is durable when this returns.
+    pub fn write(&self, vol: u64, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        let mut g = self.lock();
+        g.write(vol, offset, data)?;
+        if fua {
+            g.flush()?;
+        }
+        Ok(())
+    }
+
+    /// TRIM: whole blocks in the range are unmapped and their space returned.
+    pub fn trim(&self, vol: u64, offset: u64, len: u64) -> Result<()> {
+        self.lock().unmap(vol, offset, len, false)
+    }
+
+    /// WRITE_ZEROES: the range reads as zeroes afterwards; whole blocks use no space.
+    pub fn write_zeroes(&self, vol: u64, offset: u64, len: u64, fua: bool) -> Result<()> {
+        let mut g = self.lock();
+        g.unmap(vol, offset, len, true)?;
+        if fua {
+            g.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Make every completed write durable.
+    pub fn flush(&self) -> Result<()> {
+        self.lock().flush()
+    }
+
+    /// Which 4 KiB blocks of `[offset, offset+len)` hold data: sorted (lba, mapped) runs as
+    /// (start byte, length, mapped).
+    pub fn extents(&self, vol: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        let mut g = self.lock();
+        g.check_range(vol, offset, len)?;
+        if len == 0 {
+            return Ok(vec![]);
+        }
+        let first = offset / BLOCK_U64;
+        let last = (offset + len - 1) / BLOCK_U64;
+        let mapped = g.map_range(vol, first, last - first + 1)?;
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        let mut push = |start: u64, end: u64, m: bool| {
+            let (s, e) = (start.max(offset), end.min(offset + len));
+            if s >= e {
+                return;
+            }
+            match out.last_mut() {
+                Some(l) if l.2 == m && l.0 + l.1 == s => l.1 += e - s,
+                _ => out.push((s, e - s, m)),
+            }
+        };
+        let mut cur = first;
+        for (lba, _) in mapped {
+            if lba > cur {
+                push(cur * BLOCK_U64, lba * BLOCK_U64, false);
+            }
+            push(lba * BLOCK_U64, (lba + 1) * BLOCK_U64, true);
+            cur = lba + 1;
+        }
+        if cur <= last {
+            push(cur * BLOCK_U64, (last + 1) * BLOCK_U64, false);
+        }
+        Ok(out)
+    }
+
+    /// Commit all metadata now (also bounds the next replay).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.lock().checkpoint()
+    }
+
+    /// Clean up to `max_segments` segments and commit, returning the space they held.
+    pub fn gc(&self, max_segments: usize) -> Result<GcStats> {
+        let mut g = self.lock();
+        let st = g.gc_run(max_segments)?;
+        g.checkpoint()?;
+        Ok(st)
+    }
+
+    /// Background upkeep: clean while free space is below a quarter of the pool.
+    pub fn maintenance(&self) -> Result<GcStats> {
+        let mut g = self.lock();
+        let total = g.segs.len() as u64 - 1;
+        if (g.free.len() as u64) * 4 >= total || g.poisoned.is_some() {
+            return Ok(GcStats::default());
+        }
+        let st = g.gc_run(4)?;
+        if st.segments_cleaned > 0 {
+            g.checkpoint()?;
+        }
+        Ok(st)
+    }
+
+    /// Run [`Pool::maintenance`] every `period` on a thread until the pool is dropped.
+    pub fn spawn_cleaner(self: &Arc<Self>, period: std::time::Duration) -> std::thread::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(period);
+            let Some(p) = weak.upgrade() else { return };
+            if let Err(e) = p.maintenance() {
+                tracing::warn!("cleaner: {e}");
+            }
+        })
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let g = self.lock();
+        let (total, free, live) = g.space();
+        let provisioned: u64 = g.vols.values().map(|v| v.size).sum();
+        let total_bytes = total * BLOCK_U64;
+        let c = g.counters;
+        let user = c.user_blocks_written.max(1) as f64;
+        let wa = (c.user_blocks_written + c.gc_blocks_moved + c.meta_blocks_written + c.journal_blocks_written) as f64 / user;
+        PoolStatus {
+            name: g.pvs.pvs[0].sb.pool_name.clone(),
+            pool_id: hex(&g.pool_id),
+            pvs: g
+                .pvs
+                .pvs
+                .iter()
+                .map(|p| PvInfo {
+                    index: p.sb.pv_index,
+                    name: p.dev.name().to_owned(),
+                    size: p.sb.pv_size,
+                    failure_group: p.sb.fg_name.clone(),
+                    segments: p.sb.pv_segments,
+                    udid: hex(&p.sb.pv_id),
+                })
+                .collect(),
+            block_size: BLOCK_U64,
+            segment_size: SEG_BLOCKS * BLOCK_U64,
+            total_bytes,
+            free_bytes: free * BLOCK_U64,
+            used_bytes: live * BLOCK_U64,
+            provisioned_bytes: provisioned,
+            overcommit_bytes: provisioned.saturating_sub(total_bytes),
+            lus: g.vols.len() as u64,
+            mirror_state: "NOT_MIRRORED".into(),
+            checkpoint_generation: g.generation,
+            counters: c,
+            write_amplification: if c.user_blocks_written == 0 { 0.0 } else { wa },
+        }
+    }
+
+    /// Full consistency check of the pool as it is now.
+    pub fn check(&self) -> Result<CheckReport> {
+        self.lock().check()
+    }
+
+    /// Checkpoint and release (the pool is also usable after a crash without this).
+    pub fn close(self) -> Result<()> {
+        let mut g = self.lock();
+        if g.opts.read_only || g.poisoned.is_some() {
+            return Ok(());
+        }
+        g.flush()?;
+        g.checkpoint()
+    }
+
+    /// Debug: cache occupancy (map nodes, VBA pages).
+    pub fn cache_usage(&self) -> (usize, usize) {
+        let g = self.lock();
+        (g.maps.len(), g.vba.cached_pages())
+    }
+}

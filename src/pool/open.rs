@@ -1,0 +1,330 @@
+//! Creating a pool on fresh PVs, and opening one: pick the newest valid superblock and
+//! checkpoint, load the tables, replay the journal, and commit a fresh checkpoint.
+
+use super::error::{PoolError, Result};
+use super::inner::{Counters, Inner, Stream};
+use super::journal::Journal;
+use super::ptree::PhysTree;
+use super::pvs::{geometry, Pv, PvSet};
+use super::Options;
+use crate::dev::BlockDev;
+use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
+use crate::format::node::{SegEntry, VolRecord, SEG_FREE};
+use crate::format::superblock::{Superblock, SB_OFFSETS};
+use crate::format::{Writer, BLOCK, SEG_BLOCKS};
+use rand::RngCore;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Parameters of a new pool.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    pub name: String,
+    /// Journal ring size in blocks, reserved on every PV.
+    pub journal_blocks: u64,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions { name: "ssp".into(), journal_blocks: 4096 }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Write superblocks and an empty first checkpoint to `devs`. Returns the pool id.
+pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options) -> Result<Inner> {
+    if devs.is_empty() {
+        return Err(PoolError::Invalid("a pool needs at least one PV".into()));
+    }
+    if copts.journal_blocks < 64 {
+        return Err(PoolError::Invalid("the journal needs at least 64 blocks".into()));
+    }
+    let mut pool_id = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut pool_id);
+    let writer = Writer { host_id: opts.host_id, incarnation: 1, fencing_epoch: 1 };
+    let mut pvs = Vec::new();
+    let mut first = 1u64;
+    for (i, dev) in devs.into_iter().enumerate() {
+        let g = geometry(dev.len(), copts.journal_blocks)
+            .map_err(|e| PoolError::Invalid(format!("{}: {e}", dev.name())))?;
+        let mut pv_id = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut pv_id);
+        let sb = Superblock {
+            incompat: 0,
+            compat: 0,
+            ro_compat: 0,
+            generation: 1,
+            pool_id,
+            pv_id,
+            pv_index: i as u32,
+            fg_id: 0,
+            fg_name: "Default".into(),
+            pv_size: dev.len(),
+            block_size: BLOCK as u32,
+            seg_blocks: SEG_BLOCKS as u32,
+            journal_offset: g.journal_offset,
+            journal_blocks: g.journal_blocks,
+            data_offset: g.data_offset,
+            pv_segments: g.pv_segments,
+            first_pool_segment: first,
+            created: now(),
+            writer,
+            pool_name: copts.name.clone(),
+        };
+        first += g.pv_segments;
+        let buf = sb.encode();
+        let io = |off| {
+            dev.write_at(&buf, off).map_err(|e| PoolError::Io {
+                dev: dev.name().to_owned(),
+                offset: off,
+                source: e,
+            })
+        };
+        for off in SB_OFFSETS {
+            io(off)?;
+        }
+        // Clear both checkpoint slots so nothing from an earlier pool is ever considered.
+        for off in CKPT_OFFSETS {
+            dev.write_at(&[0u8; BLOCK], off).map_err(|e| PoolError::Io {
+                dev: dev.name().to_owned(),
+                offset: off,
+                source: e,
+            })?;
+        }
+        pvs.push(Pv { dev, sb });
+    }
+    let total = first - 1;
+    let segs = (0..=total).map(|_| SegEntry::default()).collect::<Vec<_>>();
+    let ck = Checkpoint {
+        generation: 0,
+        pool_id,
+        writer,
+        journal_seq: 1,
+        journal_pos: 0,
+        next_vba: 2,
+        next_node_vba: 1,
+        next_volume_id: 1,
+        epoch: 0,
+        ..Default::default()
+    };
+    let mut inner = assemble(PvSet { pvs }, &ck, opts, segs, BTreeMap::new())?;
+    inner.segs_dirty = (1..=total).collect();
+    inner.checkpoint()?;
+    Ok(inner)
+}
+
+/// Build the in-memory state around a checkpoint.
+fn assemble(
+    pvs: PvSet,
+    ck: &Checkpoint,
+    opts: Options,
+    segs: Vec<SegEntry>,
+    vols: BTreeMap<u64, VolRecord>,
+) -> Result<Inner> {
+    let jpv = ck.journal_pv as u16;
+    let jsb = &pvs.pv(jpv)?.sb;
+    let journal = Journal {
+        pv: jpv,
+        offset: jsb.journal_offset,
+        blocks: jsb.journal_blocks,
+        seq: ck.journal_seq,
+        pos: ck.journal_pos,
+        start_seq: ck.journal_seq,
+        start_pos: ck.journal_pos,
+        pending: Vec::new(),
+        pending_bytes: 0,
+    };
+    let free: BTreeSet<u64> =
+        (1..segs.len() as u64).filter(|&s| segs[s as usize].state == SEG_FREE).collect();
+    let names: HashMap<String, u64> = vols.values().map(|v| (v.name.clone(), v.id)).collect();
+    let total = segs.len() as u64 - 1;
+    // Room for a full checkpoint of the dirty limit plus the cleaner's head.
+    let reserve = (opts.dirty_limit as u64 / SEG_BLOCKS + 3).min(total / 4).max(2);
+    Ok(Inner {
+        pool_id: ck.pool_id,
+        writer: ck.writer,
+        pvs,
+        generation: ck.generation,
+        next_vba: ck.next_vba.max(2),
+        next_node_vba: ck.next_node_vba.max(1),
+        free_vbas: BTreeSet::new(),
+        free_node_vbas: BTreeSet::new(),
+        next_volume_id: ck.next_volume_id.max(1),
+        epoch: ck.epoch,
+        vba: PhysTree::new(ck.vba_root, opts.vba_cache_pages),
+        segtab: PhysTree::new(ck.segtab_root, usize::MAX),
+        voldir: PhysTree::new(ck.voldir_root, usize::MAX),
+        segs,
+        segs_dirty: BTreeSet::new(),
+        free,
+        vols,
+        vols_dirty: BTreeSet::new(),
+        names,
+        maps: HashMap::new(),
+        map_tick: 0,
+        summaries: HashMap::new(),
+        streams: [Stream::default(), Stream::default(), Stream::default()],
+        journal,
+        counters: Counters::default(),
+        poisoned: None,
+        writes_since_ckpt: 0,
+        reserve,
+        opts,
+    })
+}
+
+/// Read both superblock copies; the valid one with the highest generation wins.
+pub fn read_superblock(dev: &dyn BlockDev) -> Result<Superblock> {
+    let mut best: Option<Superblock> = None;
+    let mut last_err = None;
+    for off in SB_OFFSETS {
+        let mut buf = vec![0u8; BLOCK];
+        if let Err(e) = dev.read_at(&mut buf, off) {
+            last_err = Some(PoolError::Io { dev: dev.name().to_owned(), offset: off, source: e });
+            continue;
+        }
+        match Superblock::decode(&buf) {
+            Ok(sb) => {
+                if best.as_ref().is_none_or(|b| sb.generation > b.generation) {
+                    best = Some(sb);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("{}: superblock copy at {off} is unusable: {e}", dev.name());
+                last_err = Some(PoolError::Corrupt { dev: dev.name().to_owned(), offset: off, source: e });
+            }
+        }
+    }
+    best.ok_or_else(|| last_err.unwrap_or_else(|| PoolError::Invalid("no superblock".into())))
+}
+
+/// Open a pool from its PVs (in any order), replay the journal and commit a fresh checkpoint.
+pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
+    if devs.is_empty() {
+        return Err(PoolError::Invalid("no PVs given".into()));
+    }
+    let mut pvs: Vec<Pv> = Vec::new();
+    for dev in devs {
+        let sb = read_superblock(dev.as_ref())?;
+        if dev.len() < sb.pv_size {
+            return Err(PoolError::Invalid(format!(
+                "{} is truncated: {} bytes, the superblock says {}",
+                dev.name(),
+                dev.len(),
+                sb.pv_size
+            )));
+        }
+        pvs.push(Pv { dev, sb });
+    }
+    let pool_id = pvs[0].sb.pool_id;
+    if let Some(p) = pvs.iter().find(|p| p.sb.pool_id != pool_id) {
+        return Err(PoolError::Config(format!("{} belongs to another pool", p.dev.name())));
+    }
+    pvs.sort_by_key(|p| p.sb.pv_index);
+    for (i, p) in pvs.iter().enumerate() {
+        if p.sb.pv_index as usize != i {
+            return Err(PoolError::Config(format!(
+                "PV index {i} is missing (found {} as index {})",
+                p.dev.name(),
+                p.sb.pv_index
+            )));
+        }
+    }
+    // The newest valid checkpoint on any PV.
+    let mut best: Option<Checkpoint> = None;
+    for p in &pvs {
+        for off in CKPT_OFFSETS {
+            let mut buf = vec![0u8; BLOCK];
+            if p.dev.read_at(&mut buf, off).is_err() {
+                continue;
+            }
+            if let Ok(c) = Checkpoint::decode(&buf, &pool_id) {
+                if best.as_ref().is_none_or(|b| c.generation > b.generation) {
+                    best = Some(c);
+                }
+            }
+        }
+    }
+    let ck = best.ok_or_else(|| PoolError::Config("no valid checkpoint on any PV".into()))?;
+    if ck.pv_count as usize != pvs.len() {
+        return Err(PoolError::Config(format!(
+            "the pool has {} PVs but {} were given",
+            ck.pv_count,
+            pvs.len()
+        )));
+    }
+    let total: u64 = pvs.iter().map(|p| p.sb.pv_segments).sum();
+    let pvset = PvSet { pvs };
+    let read_only = opts.read_only;
+    let mut inner = assemble(pvset, &ck, opts, vec![SegEntry::default(); total as usize + 1], BTreeMap::new())?;
+
+    // Load the segment table and volume directory (small, kept whole in memory).
+    let mut segtab = std::mem::take(&mut inner.segtab);
+    let mut segs = std::mem::take(&mut inner.segs);
+    let r = segtab.for_each(&inner, &mut |i, e| {
+        if let Some(s) = segs.get_mut(i as usize) {
+            *s = *e;
+        }
+    });
+    inner.segtab = segtab;
+    inner.segs = segs;
+    r?;
+    let mut voldir = std::mem::take(&mut inner.voldir);
+    let mut vols = BTreeMap::new();
+    let r = voldir.for_each(&inner, &mut |_, v| {
+        vols.insert(v.id, v.clone());
+    });
+    inner.voldir = voldir;
+    r?;
+    inner.names = vols.values().map(|v| (v.name.clone(), v.id)).collect();
+    inner.vols = vols;
+    inner.free = (1..inner.segs.len() as u64).filter(|&s| inner.segs[s as usize].state == SEG_FREE).collect();
+
+    // Replay.
+    let blocks = inner.journal_read();
+    let mut applied = 0u64;
+    let mut skipped = 0u64;
+    for jb in &blocks {
+        for rec in &jb.records {
+            if inner.apply(rec, true)? {
+                applied += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+    }
+    // Segments that were free at the checkpoint but received blocks since are in use now.
+    for seg in 1..inner.segs.len() as u64 {
+        if inner.segs[seg as usize].state == SEG_FREE && inner.segs[seg as usize].live > 0 {
+            inner.free.remove(&seg);
+            let gen = inner.generation;
+            let e = inner.seg_mut(seg);
+            e.state = crate::format::node::SEG_DATA;
+            e.seq = gen;
+        }
+    }
+    let last_seq = blocks.last().map(|b| b.seq).unwrap_or(ck.journal_seq - 1);
+    tracing::info!(
+        "opened pool: checkpoint {} , replayed {} journal blocks ({applied} records applied, {skipped} skipped)",
+        ck.generation,
+        blocks.len()
+    );
+    // New journal blocks continue after the replayed ones, with sequence numbers no block
+    // left in the ring can carry, so a stale block can never be mistaken for a successor.
+    inner.journal.pos = (ck.journal_pos + blocks.len() as u64) % inner.journal.blocks;
+    inner.journal.seq = last_seq + 1 + inner.journal.blocks;
+    inner.journal.start_seq = inner.journal.seq;
+    inner.journal.start_pos = inner.journal.pos;
+    inner.writer.incarnation = ck.writer.incarnation.wrapping_add(1);
+    if !read_only {
+        inner.checkpoint()?;
+    }
+    Ok(inner)
+}
+

@@ -1,0 +1,172 @@
+//! Applying journal records to the pool state. The live path journals a record and then applies
+//! it; replay applies the same records after a crash, so both share this code.
+
+use super::error::{PoolError, Result};
+use super::inner::Inner;
+use super::maps::depth_for;
+use crate::format::journal::Record;
+use crate::format::node::{Ptr, VolRecord};
+use crate::format::{data_crc, BLOCK_U64};
+
+impl Inner {
+    /// Apply one record. During replay a record whose data block did not reach the disk is
+    /// skipped (its write was never acknowledged); returns whether it was applied.
+    pub fn apply(&mut self, rec: &Record, replay: bool) -> Result<bool> {
+        match rec {
+            Record::Write { vol, lba, vba, pba, crc } => {
+                if replay {
+                    if !self.vols.contains_key(vol) || !self.data_matches(*pba, *crc) {
+                        return Ok(false);
+                    }
+                    self.next_vba = self.next_vba.max(vba + 2);
+                    self.free_vbas.remove(vba);
+                }
+                self.apply_write(*vol, *lba, *vba, *pba, *crc)?;
+                Ok(true)
+            }
+            Record::Unmap { vol, lba, count } => {
+                if !self.vols.contains_key(vol) {
+                    return Ok(false);
+                }
+                self.apply_unmap(*vol, *lba, *count)?;
+                Ok(true)
+            }
+            Record::VolCreate { id, kind, size, udid, name } => {
+                self.next_volume_id = self.next_volume_id.max(id + 1);
+                self.epoch += 1;
+                let rec = VolRecord {
+                    id: *id,
+                    kind: *kind,
+                    flags: 0,
+                    map_depth: depth_for(size.div_ceil(BLOCK_U64)),
+                    size: *size,
+                    udid: *udid,
+                    map_root: 0,
+                    parent: 0,
+                    family: *id,
+                    created_epoch: self.epoch,
+                    created_time: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                    mapped_blocks: 0,
+                    owned_blocks: 0,
+                    name: name.clone(),
+                };
+                self.names.insert(name.clone(), *id);
+                self.vols.insert(*id, rec);
+                self.vols_dirty.insert(*id);
+                Ok(true)
+            }
+            Record::VolResize { id, size } => {
+                let Some(v) = self.vols.get(id) else { return Ok(false) };
+                let (old_blocks, new_blocks) = (v.size.div_ceil(BLOCK_U64), size.div_ceil(BLOCK_U64));
+                if new_blocks < old_blocks {
+                    self.apply_unmap(*id, new_blocks, old_blocks - new_blocks)?;
+                } else {
+                    self.map_grow(*id, new_blocks)?;
+                }
+                if let Some(v) = self.vols.get_mut(id) {
+                    v.size = *size;
+                }
+                self.vols_dirty.insert(*id);
+                Ok(true)
+            }
+            Record::VolRemove { id } => {
+                let Some(v) = self.vols.get(id).cloned() else { return Ok(false) };
+                if v.map_root != 0 {
+                    self.decref(v.map_root, Some(v.map_depth - 1))?;
+                }
+                self.names.remove(&v.name);
+                self.vols.remove(id);
+                self.vols_dirty.insert(*id);
+                Ok(true)
+            }
+            Record::GcMove { vba, old_pba, new_pba, crc } => {
+                let mut p = self.vba_get(*vba)?;
+                if p.pba != *old_pba || (replay && !self.data_matches(*new_pba, *crc)) {
+                    return Ok(false);
+                }
+                p.pba = *new_pba;
+                self.vba_set(*vba, p)?;
+                self.live_dec(*old_pba);
+                self.live_inc(*new_pba);
+                self.tag(*new_pba, *vba)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether the block at `pba` holds data with checksum `crc`.
+    fn data_matches(&self, pba: u64, crc: u32) -> bool {
+        self.read_block(pba).map(|b| data_crc(&self.pool_id, &b) == crc).unwrap_or(false)
+    }
+
+    fn apply_write(&mut self, vol: u64, lba: u64, vba: u64, pba: u64, crc: u32) -> Result<()> {
+        let (old, _) = self.map_lookup(vol, lba)?;
+        if old == vba {
+            // Overwrite of a block this volume alone holds: only its VBA moves.
+            let mut p = self.vba_get(vba)?;
+            self.live_dec(p.pba);
+            p.pba = pba;
+            p.crc = crc;
+            self.vba_set(vba, p)?;
+        } else {
+            self.map_set(vol, lba, vba)?;
+            self.vba_set(vba, Ptr { pba, crc, aux: 1 })?;
+            self.bump_counts(vol, 1, 1);
+            if old != 0 {
+                self.drop_data_ref(vol, old)?;
+            }
+        }
+        self.live_inc(pba);
+        self.tag(pba, vba)?;
+        self.counters.user_blocks_written += 1;
+        self.writes_since_ckpt += 1;
+        Ok(())
+    }
+
+    /// Unmap `[lba, lba+count)` of `vol`, dropping references to the data blocks.
+    pub fn apply_unmap(&mut self, vol: u64, lba: u64, count: u64) -> Result<()> {
+        for (l, v) in self.map_range(vol, lba, count)? {
+            self.map_set(vol, l, 0)?;
+            self.drop_data_ref(vol, v)?;
+        }
+        Ok(())
+    }
+
+    /// `vol` no longer references data VBA `vba`.
+    fn drop_data_ref(&mut self, vol: u64, vba: u64) -> Result<()> {
+        let owned = self.vba_get(vba)?.aux <= 1;
+        self.decref(vba, None)?;
+        self.bump_counts(vol, -1, if owned { -1 } else { 0 });
+        Ok(())
+    }
+
+    fn bump_counts(&mut self, vol: u64, mapped: i64, owned: i64) {
+        if let Some(v) = self.vols.get_mut(&vol) {
+            v.mapped_blocks = v.mapped_blocks.saturating_add_signed(mapped);
+            v.owned_blocks = v.owned_blocks.saturating_add_signed(owned);
+            self.vols_dirty.insert(vol);
+        }
+    }
+
+    /// Journal a record and apply it.
+    pub fn log_and_apply(&mut self, rec: Record) -> Result<()> {
+        self.check_writable()?;
+        self.journal_append(rec.clone())?;
+        let r = self.apply(&rec, false);
+        self.poison_any(r).map(|_| ())
+    }
+
+    /// Any failure while applying a journaled record leaves memory and journal apart.
+    fn poison_any<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if !matches!(e, PoolError::NoSpace(_)) {
+                tracing::error!("pool poisoned while applying a record: {e}");
+                self.poisoned = Some(e.to_string());
+            }
+        }
+        r
+    }
+}

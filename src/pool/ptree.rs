@@ -1,0 +1,450 @@
+//! A copy-on-write radix tree of fixed-size entries over physically addressed pages.
+//!
+//! Used for the VBA table, the segment table and the volume directory. Pages are loaded on demand
+//! through [`NodeIo`] and kept in a bounded cache; dirty pages (and, by invariant, all their
+//! ancestors) stay pinned until a checkpoint writes them to new places, bottom-up, so each parent
+//! records its children's new address and checksum.
+
+use super::error::Result;
+use crate::format::checkpoint::Root;
+use crate::format::node::{
+    decode_node, decode_ptrs, encode_node, encode_ptrs, node_crc, NodeHeader, NodeKind, Ptr,
+    PTR_FANOUT,
+};
+use crate::format::{FormatError, Writer};
+use std::collections::HashMap;
+
+/// Reads a node by pointer, verifying its checksum and identity.
+pub trait NodeIo {
+    /// Return the verified 4096-byte node at `ptr`.
+    fn read_node(&self, ptr: Ptr, kind: NodeKind, level: u8, id: u64) -> Result<Vec<u8>>;
+    fn pool_id(&self) -> &[u8; 16];
+}
+
+/// Fixed-size entry stored in the leaves of a [`PhysTree`].
+pub trait Entry: Clone + Default + PartialEq + std::fmt::Debug {
+    const PER_PAGE: usize;
+    const KIND: NodeKind;
+    fn encode_page(entries: &[Self]) -> Vec<u8>;
+    fn decode_page(payload: &[u8]) -> Result<Vec<Self>, FormatError>;
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+enum Page<E> {
+    Leaf(Vec<E>),
+    Interior(Vec<Ptr>),
+}
+
+struct Cached<E> {
+    page: Page<E>,
+    dirty: bool,
+    /// New address chosen by `prepare` during a checkpoint.
+    assigned: u64,
+    /// Address the page was read from (0 if never written).
+    old: u64,
+    tick: u64,
+}
+
+/// The tree. Keys of cached pages are (level, index within level).
+pub struct PhysTree<E: Entry> {
+    root: Root,
+    depth: u8,
+    pages: HashMap<(u8, u64), Cached<E>>,
+    capacity: usize,
+    tick: u64,
+}
+
+impl<E: Entry> Default for PhysTree<E> {
+    fn default() -> Self {
+        PhysTree::new(Root::default(), 0)
+    }
+}
+
+impl<E: Entry> PhysTree<E> {
+    pub fn new(root: Root, capacity: usize) -> Self {
+        PhysTree { root, depth: root.depth, pages: HashMap::new(), capacity, tick: 0 }
+    }
+
+    /// Root as of the last `encode` (what a checkpoint records).
+    pub fn root(&self) -> Root {
+        self.root
+    }
+
+    fn span(level: u8) -> u64 {
+        // Entries covered by one page at `level`.
+        let mut s = E::PER_PAGE as u64;
+        for _ in 0..level {
+            s = s.saturating_mul(PTR_FANOUT as u64);
+        }
+        s
+    }
+
+    /// Entries the tree can index at its current depth.
+    pub fn capacity_entries(&self) -> u64 {
+        if self.depth == 0 {
+            0
+        } else {
+            Self::span(self.depth - 1)
+        }
+    }
+
+    fn empty_page(level: u8) -> Page<E> {
+        if level == 0 {
+            Page::Leaf(vec![E::default(); E::PER_PAGE])
+        } else {
+            Page::Interior(vec![Ptr::default(); PTR_FANOUT])
+        }
+    }
+
+    /// Pointer to page (level, idx) as recorded by its parent (or the root).
+    fn ptr_to(&mut self, io: &dyn NodeIo, level: u8, idx: u64) -> Result<Ptr> {
+        if level + 1 >= self.depth {
+            if level + 1 == self.depth && idx == 0 && self.root.depth == self.depth {
+                return Ok(Ptr { pba: self.root.pba, crc: self.root.crc, aux: 0 });
+            }
+            return Ok(Ptr::default());
+        }
+        let pidx = idx / PTR_FANOUT as u64;
+        if !self.load(io, level + 1, pidx, false)? {
+            return Ok(Ptr::default());
+        }
+        let slot = (idx % PTR_FANOUT as u64) as usize;
+        match self.pages.get(&(level + 1, pidx)).map(|c| &c.page) {
+            Some(Page::Interior(p)) => Ok(p.get(slot).copied().unwrap_or_default()),
+            _ => Ok(Ptr::default()),
+        }
+    }
+
+    /// Ensure page (level, idx) is cached. With `create`, a missing page is created empty;
+    /// otherwise returns false when the page does not exist.
+    fn load(&mut self, io: &dyn NodeIo, level: u8, idx: u64, create: bool) -> Result<bool> {
+        self.tick += 1;
+        if let Some(c) = self.pages.get_mut(&(level, idx)) {
+            c.tick = self.tick;
+            return Ok(true);
+        }
+        let ptr = self.ptr_to(io, level, idx)?;
+        let page = if ptr.is_none() {
+            if !create {
+                return Ok(false);
+            }
+            Self::empty_page(level)
+        } else {
+            let buf = io.read_node(ptr, E::KIND, level, idx)?;
+            let (_, payload) = decode_node(&buf, io.pool_id()).map_err(|e| {
+                super::error::PoolError::Invalid(format!("page {level}/{idx}: {e}"))
+            })?;
+            if level == 0 {
+                Page::Leaf(E::decode_page(payload).map_err(|e| {
+                    super::error::PoolError::Invalid(format!("page {level}/{idx}: {e}"))
+                })?)
+            } else {
+                Page::Interior(decode_ptrs(payload, PTR_FANOUT).map_err(|e| {
+                    super::error::PoolError::Invalid(format!("page {level}/{idx}: {e}"))
+                })?)
+            }
+        };
+        let tick = self.tick;
+        self.pages.insert((level, idx), Cached { page, dirty: false, assigned: 0, old: ptr.pba, tick });
+        Ok(true)
+    }
+
+    /// Read entry `index` (default when absent).
+    pub fn get(&mut self, io: &dyn NodeIo, index: u64) -> Result<E> {
+        if index >= self.capacity_entries() {
+            return Ok(E::default());
+        }
+        let pidx = index / E::PER_PAGE as u64;
+        if !self.load(io, 0, pidx, false)? {
+            return Ok(E::default());
+        }
+        match self.pages.get(&(0, pidx)).map(|c| &c.page) {
+            Some(Page::Leaf(v)) => Ok(v[(index % E::PER_PAGE as u64) as usize].clone()),
+            _ => Ok(E::default()),
+        }
+    }
+
+    /// Grow the tree until `index` fits.
+    fn grow(&mut self, index: u64) {
+        while index >= self.capacity_entries() {
+            if self.depth == 0 {
+                self.pages.insert(
+                    (0, 0),
+                    Cached { page: Self::empty_page(0), dirty: true, assigned: 0, old: 0, tick: self.tick },
+                );
+                self.depth = 1;
+                continue;
+            }
+            let mut ptrs = vec![Ptr::default(); PTR_FANOUT];
+            // The old root becomes child 0 of the new root; if it was on disk, point at it.
+            if self.root.depth == self.depth {
+                ptrs[0] = Ptr { pba: self.root.pba, crc: self.root.crc, aux: 0 };
+            }
+            self.pages.insert(
+                (self.depth, 0),
+                Cached { page: Page::Interior(ptrs), dirty: true, assigned: 0, old: 0, tick: self.tick },
+            );
+            self.depth += 1;
+        }
+    }
+
+    fn mark_dirty_path(&mut self, level: u8, idx: u64) {
+        let (mut l, mut i) = (level, idx);
+        while l < self.depth {
+            match self.pages.get_mut(&(l, i)) {
+                Some(c) if c.dirty => {}
+                Some(c) => c.dirty = true,
+                None => {}
+            }
+            l += 1;
+            i /= PTR_FANOUT as u64;
+        }
+    }
+
+    /// Load the whole path to page (level, idx), creating missing pages.
+    fn load_path(&mut self, io: &dyn NodeIo, level: u8, idx: u64) -> Result<()> {
+        // Top-down so that each page's parent is cached before it.
+        let mut l = self.depth - 1;
+        loop {
+            let i = idx / (PTR_FANOUT as u64).pow(u32::from(l - level));
+            self.load(io, l, i, true)?;
+            if l == level {
+                return Ok(());
+            }
+            l -= 1;
+        }
+    }
+
+    /// Write entry `index`.
+    pub fn set(&mut self, io: &dyn NodeIo, index: u64, e: E) -> Result<()> {
+        self.grow(index);
+        let pidx = index / E::PER_PAGE as u64;
+        self.load_path(io, 0, pidx)?;
+        if let Some(Cached { page: Page::Leaf(v), .. }) = self.pages.get_mut(&(0, pidx)) {
+            v[(index % E::PER_PAGE as u64) as usize] = e;
+        }
+        self.mark_dirty_path(0, pidx);
+        Ok(())
+    }
+
+    /// Address of page (level, idx) as recorded by its parent; used by the cleaner.
+    pub fn page_ptr(&mut self, io: &dyn NodeIo, level: u8, idx: u64) -> Result<Ptr> {
+        if level >= self.depth {
+            return Ok(Ptr::default());
+        }
+        self.ptr_to(io, level, idx)
+    }
+
+    /// Force page (level, idx) to be rewritten at the next checkpoint (cleaner relocation).
+    pub fn touch(&mut self, io: &dyn NodeIo, level: u8, idx: u64) -> Result<()> {
+        if level >= self.depth {
+            return Ok(());
+        }
+        self.load_path(io, level, idx)?;
+        self.mark_dirty_path(level, idx);
+        Ok(())
+    }
+
+    /// Give every dirty page without one a new address; returns (old, new) pairs so the caller
+    /// can move live-block counts. May be called again after more pages became dirty.
+    pub fn prepare(&mut self, alloc: &mut dyn FnMut() -> Result<u64>) -> Result<Vec<(u64, u64)>> {
+        let mut keys: Vec<(u8, u64)> =
+            self.pages.iter().filter(|(_, c)| c.dirty && c.assigned == 0).map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        let mut moves = Vec::with_capacity(keys.len());
+        for k in keys {
+            let new = alloc()?;
+            if let Some(c) = self.pages.get_mut(&k) {
+                c.assigned = new;
+                moves.push((c.old, new));
+            }
+        }
+        Ok(moves)
+    }
+
+    /// Encode every dirty page bottom-up (after `prepare`), fixing parent pointers and the root.
+    /// Returns the blocks to write.
+    pub fn encode(&mut self, pool_id: &[u8; 16], generation: u64, writer: Writer) -> Vec<(u64, Vec<u8>)> {
+        let mut keys: Vec<(u8, u64)> =
+            self.pages.iter().filter(|(_, c)| c.dirty).map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        let mut out = Vec::with_capacity(keys.len());
+        for (level, idx) in keys {
+            let Some(c) = self.pages.get_mut(&(level, idx)) else { continue };
+            debug_assert!(c.assigned != 0, "encode without prepare");
+            let (payload, count) = match &c.page {
+                Page::Leaf(v) => (E::encode_page(v), v.iter().filter(|e| !e.is_empty()).count()),
+                Page::Interior(p) => (encode_ptrs(p), p.iter().filter(|x| !x.is_none()).count()),
+            };
+            let h = NodeHeader {
+                kind: E::KIND,
+                level,
+                count: count as u32,
+                id: idx,
+                generation,
+                writer,
+                owner: 0,
+            };
+            let buf = encode_node(pool_id, &h, &payload);
+            let crc = node_crc(pool_id, &buf);
+            let pba = c.assigned;
+            c.old = pba;
+            c.assigned = 0;
+            c.dirty = false;
+            out.push((pba, buf));
+            if level + 1 == self.depth {
+                self.root = Root { pba, crc, depth: self.depth };
+            } else if let Some(Cached { page: Page::Interior(p), .. }) =
+                self.pages.get_mut(&(level + 1, idx / PTR_FANOUT as u64))
+            {
+                p[(idx % PTR_FANOUT as u64) as usize] = Ptr { pba, crc, aux: 0 };
+            }
+        }
+        out
+    }
+
+    /// Drop clean pages beyond the cache capacity, least recently used first.
+    pub fn evict(&mut self) {
+        if self.pages.len() <= self.capacity {
+            return;
+        }
+        let mut clean: Vec<((u8, u64), u64)> =
+            self.pages.iter().filter(|(_, c)| !c.dirty).map(|(k, c)| (*k, c.tick)).collect();
+        clean.sort_unstable_by_key(|(_, t)| *t);
+        let excess = self.pages.len() - self.capacity;
+        for (k, _) in clean.into_iter().take(excess) {
+            self.pages.remove(&k);
+        }
+    }
+
+    pub fn cached_pages(&self) -> usize {
+        self.pages.len()
+    }
+
+
+    /// Visit every non-empty entry (index order is not guaranteed). Loads pages as needed.
+    pub fn for_each(&mut self, io: &dyn NodeIo, f: &mut dyn FnMut(u64, &E)) -> Result<()> {
+        let leaves = self.capacity_entries().div_ceil(E::PER_PAGE as u64);
+        self.walk(io, self.depth.saturating_sub(1), 0, leaves, f)
+    }
+
+    fn walk(
+        &mut self,
+        io: &dyn NodeIo,
+        level: u8,
+        idx: u64,
+        leaves: u64,
+        f: &mut dyn FnMut(u64, &E),
+    ) -> Result<()> {
+        if self.depth == 0 || !self.load(io, level, idx, false)? {
+            return Ok(());
+        }
+        if level == 0 {
+            if let Some(Cached { page: Page::Leaf(v), .. }) = self.pages.get(&(0, idx)) {
+                let base = idx * E::PER_PAGE as u64;
+                for (i, e) in v.iter().enumerate() {
+                    if !e.is_empty() {
+                        f(base + i as u64, e);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let children: Vec<u64> = match self.pages.get(&(level, idx)).map(|c| &c.page) {
+            Some(Page::Interior(p)) => p
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| !x.is_none())
+                .map(|(i, _)| idx * PTR_FANOUT as u64 + i as u64)
+                .collect(),
+            _ => Vec::new(),
+        };
+        // Also visit cached children not yet written (their pointer is still empty).
+        let mut all: Vec<u64> = children;
+        for &(l, i) in self.pages.keys() {
+            if l + 1 == level && i / PTR_FANOUT as u64 == idx && !all.contains(&i) {
+                all.push(i);
+            }
+        }
+        for c in all {
+            self.walk(io, level - 1, c, leaves, f)?;
+        }
+        Ok(())
+    }
+
+    /// Visit every page that is on disk: (level, idx, ptr). Used by `check` and the cleaner.
+    pub fn for_each_page(&mut self, io: &dyn NodeIo, f: &mut dyn FnMut(u8, u64, Ptr)) -> Result<()> {
+        if self.depth == 0 {
+            return Ok(());
+        }
+        let mut stack = vec![(self.depth - 1, 0u64)];
+        while let Some((level, idx)) = stack.pop() {
+            let ptr = self.ptr_to(io, level, idx)?;
+            if !ptr.is_none() {
+                f(level, idx, ptr);
+            }
+            if level == 0 || !self.load(io, level, idx, false)? {
+                continue;
+            }
+            if let Some(Page::Interior(p)) = self.pages.get(&(level, idx)).map(|c| &c.page) {
+                for (i, x) in p.iter().enumerate() {
+                    if !x.is_none() {
+                        stack.push((level - 1, idx * PTR_FANOUT as u64 + i as u64));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Entry implementations for the pool's tables.
+mod entries {
+    use super::*;
+    use crate::format::node::{SegEntry, VolRecord, SEG_PER_PAGE, VOL_PER_PAGE};
+    use crate::format::{Rd, Wr};
+
+    impl Entry for Ptr {
+        const PER_PAGE: usize = PTR_FANOUT;
+        const KIND: NodeKind = NodeKind::Vba;
+        fn encode_page(e: &[Self]) -> Vec<u8> {
+            encode_ptrs(e)
+        }
+        fn decode_page(p: &[u8]) -> Result<Vec<Self>, FormatError> {
+            decode_ptrs(p, PTR_FANOUT)
+        }
+    }
+
+    impl Entry for SegEntry {
+        const PER_PAGE: usize = SEG_PER_PAGE;
+        const KIND: NodeKind = NodeKind::SegTab;
+        fn encode_page(e: &[Self]) -> Vec<u8> {
+            let mut w = Wr::with_capacity(e.len() * SegEntry::SIZE);
+            e.iter().for_each(|x| x.encode(&mut w));
+            w.buf
+        }
+        fn decode_page(p: &[u8]) -> Result<Vec<Self>, FormatError> {
+            let mut r = Rd::new(p, "segment table page");
+            (0..SEG_PER_PAGE).map(|_| SegEntry::decode(&mut r)).collect()
+        }
+    }
+
+    impl Entry for VolRecord {
+        const PER_PAGE: usize = VOL_PER_PAGE;
+        const KIND: NodeKind = NodeKind::VolDir;
+        fn encode_page(e: &[Self]) -> Vec<u8> {
+            let mut w = Wr::with_capacity(e.len() * VolRecord::SIZE);
+            e.iter().for_each(|x| x.encode(&mut w));
+            w.buf
+        }
+        fn decode_page(p: &[u8]) -> Result<Vec<Self>, FormatError> {
+            let mut r = Rd::new(p, "volume directory page");
+            (0..VOL_PER_PAGE).map(|_| VolRecord::decode(&mut r)).collect()
+        }
+        fn is_empty(&self) -> bool {
+            self.id == 0
+        }
+    }
+}
