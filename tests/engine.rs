@@ -1,0 +1,182 @@
+//! Engine behaviour through the public `Pool` API on in-memory and file devices.
+
+mod common;
+use common::*;
+use ssp::dev::{BlockDev, FaultDev};
+use ssp::pool::{Options, Pool, PoolError};
+use std::sync::Arc;
+
+#[test]
+fn write_read_reopen() {
+    let (pool, dev) = mem_pool(64 * MB, small_opts());
+    let lu = pool.lu_create("vm1", 16 * MB).unwrap();
+    assert_eq!(lu.udid.len(), 32);
+    for lba in 0..100 {
+        pool.write(lu.id, lba * 4096, &pattern(lba, 1), false).unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    pool.read(lu.id, 5 * 4096, &mut buf).unwrap();
+    assert_eq!(buf, pattern(5, 1));
+    pool.flush().unwrap();
+    assert_check(&pool);
+    pool.close().unwrap();
+    let pool = Pool::open(vec![dev], small_opts()).unwrap();
+    for lba in 0..100 {
+        pool.read(lu.id, lba * 4096, &mut buf).unwrap();
+        assert_eq!(buf, pattern(lba, 1), "lba {lba}");
+    }
+    pool.read(lu.id, 200 * 4096, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    assert_check(&pool);
+}
+
+#[test]
+fn unaligned_io_and_zeroes() {
+    let (pool, _) = mem_pool(64 * MB, small_opts());
+    let id = pool.lu_create("a", 1 * MB).unwrap().id;
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    pool.write(id, 1234, &data, true).unwrap();
+    let mut back = vec![0u8; data.len()];
+    pool.read(id, 1234, &mut back).unwrap();
+    assert_eq!(back, data);
+    pool.write_zeroes(id, 2000, 5000, false).unwrap();
+    let mut all = vec![0u8; 16384];
+    pool.read(id, 0, &mut all).unwrap();
+    for (i, &b) in all.iter().enumerate() {
+        let want = if (1234..11234).contains(&i) && !(2000..7000).contains(&i) { (((i - 1234) % 251) as u8) } else { 0 };
+        assert_eq!(b, want, "byte {i}");
+    }
+    assert_check(&pool);
+}
+
+#[test]
+fn trim_and_remove_return_space() {
+    let (pool, _) = mem_pool(64 * MB, small_opts());
+    let id = pool.lu_create("a", 8 * MB).unwrap().id;
+    let data = vec![7u8; 4 * MB as usize];
+    pool.write(id, 0, &data, true).unwrap();
+    let info = pool.lu_get("a").unwrap();
+    assert_eq!(info.mapped_blocks, 1024);
+    assert_eq!(info.unused_mb, 4);
+    pool.trim(id, 0, 2 * MB).unwrap();
+    assert_eq!(pool.lu_get("a").unwrap().mapped_blocks, 512);
+    let ext = pool.extents(id, 0, 8 * MB).unwrap();
+    assert_eq!(ext, vec![(0, 2 * MB, false), (2 * MB, 2 * MB, true), (4 * MB, 4 * MB, false)]);
+    let used_before = pool.status().used_bytes;
+    pool.lu_remove("a").unwrap();
+    pool.checkpoint().unwrap();
+    let st = pool.status();
+    assert!(st.used_bytes < used_before - 2 * MB, "{} vs {}", st.used_bytes, used_before);
+    assert!(matches!(pool.lu_id("a"), Err(PoolError::NotFound(_))));
+    assert_check(&pool);
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let (pool, _) = mem_pool(64 * MB, small_opts());
+    let id = pool.lu_create("a", 1 * MB).unwrap().id;
+    assert!(matches!(pool.lu_create("a", MB), Err(PoolError::Exists(_))));
+    assert!(matches!(pool.lu_create("b@c", MB), Err(PoolError::Invalid(_))));
+    assert!(matches!(pool.lu_create("b", 0), Err(PoolError::Invalid(_))));
+    assert!(matches!(pool.write(id, MB - 10, &[1u8; 20], false), Err(PoolError::Invalid(_))));
+    let mut b = [0u8; 10];
+    assert!(pool.read(id, u64::MAX - 5, &mut b).is_err());
+    assert!(matches!(pool.lu_resize("nope", MB), Err(PoolError::NotFound(_))));
+}
+
+#[test]
+fn resize_shrinks_and_grows() {
+    let (pool, _) = mem_pool(64 * MB, small_opts());
+    let id = pool.lu_create("a", 4 * MB).unwrap().id;
+    pool.write(id, 0, &vec![9u8; 4 * MB as usize], false).unwrap();
+    pool.lu_resize("a", 2 * MB).unwrap();
+    assert_eq!(pool.lu_get("a").unwrap().mapped_blocks, 512);
+    // Grow far enough to need a deeper map tree.
+    pool.lu_resize("a", 4 << 30).unwrap();
+    let mut b = vec![0u8; 4096];
+    pool.read(id, 3 * MB, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0), "shrunk tail must not come back");
+    pool.write(id, (4 << 30) - 4096, &pattern(1, 1), false).unwrap();
+    pool.read(id, MB, &mut b).unwrap();
+    assert_eq!(b, vec![9u8; 4096]);
+    assert_check(&pool);
+}
+
+#[test]
+fn full_pool_gives_enospc_and_keeps_data() {
+    let (pool, _) = mem_pool(24 * MB, small_opts());
+    let id = pool.lu_create("big", 64 * MB).unwrap().id;
+    let mut written = 0u64;
+    let err = loop {
+        match pool.write(id, written * 4096, &pattern(written, 0), false) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 16384, "a 24 MiB pool cannot hold 64 MiB");
+    };
+    assert!(matches!(err, PoolError::NoSpace(_)), "{err}");
+    assert_eq!(err.errno(), libc_enospc());
+    let mut b = vec![0u8; 4096];
+    for lba in (0..written).step_by(37) {
+        pool.read(id, lba * 4096, &mut b).unwrap();
+        assert_eq!(b, pattern(lba, 0));
+    }
+    // Freeing space makes writes possible again.
+    pool.trim(id, 0, written * 4096 / 2).unwrap();
+    pool.gc(64).unwrap();
+    pool.write(id, 0, &pattern(0, 9), false).unwrap();
+    assert_check(&pool);
+}
+
+fn libc_enospc() -> i32 {
+    28
+}
+
+#[test]
+fn overwrites_are_cleaned() {
+    let (pool, _) = mem_pool(32 * MB, small_opts());
+    let id = pool.lu_create("a", 4 * MB).unwrap().id;
+    // Overwrite 4 MiB at random many times in a 32 MiB pool: segments stay partly live, so
+    // only the cleaner makes room.
+    let mut version = vec![0u64; 1024];
+    let mut x = 12345u64;
+    for i in 0..20_000u64 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let lba = (x >> 33) % 1024;
+        version[lba as usize] = i + 1;
+        pool.write(id, lba * 4096, &pattern(lba, i + 1), false).unwrap();
+    }
+    let mut b = vec![0u8; 4096];
+    for lba in 0..1024u64 {
+        pool.read(id, lba * 4096, &mut b).unwrap();
+        let v = version[lba as usize];
+        let want = if v == 0 { vec![0u8; 4096] } else { pattern(lba, v) };
+        assert_eq!(b, want, "lba {lba}");
+    }
+    let st = pool.status();
+    assert!(st.counters.segments_cleaned > 0);
+    assert_check(&pool);
+}
+
+#[test]
+fn corrupt_data_block_is_an_io_error_naming_the_pv() {
+    let (dev, ctl) = FaultDev::new("pv-under-test", 64 * MB);
+    let dev: Arc<dyn BlockDev> = Arc::new(dev);
+    let pool = Pool::create(vec![dev.clone()], &copts(), Options::default()).unwrap();
+    let id = pool.lu_create("a", MB).unwrap().id;
+    pool.write(id, 0, &pattern(0, 0), true).unwrap();
+    pool.checkpoint().unwrap();
+    // Find the data block on the device and flip a bit in it.
+    let image = ctl.crash_image(ssp::dev::CrashMode::KeepAll, 0);
+    let want = pattern(0, 0);
+    let off = image.chunks(4096).position(|c| c == want.as_slice()).unwrap() as u64 * 4096;
+    ctl.corrupt(off + 100, 1);
+    let mut b = vec![0u8; 4096];
+    let err = pool.read(id, 0, &mut b).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PoolError::Checksum { .. }), "{msg}");
+    assert!(msg.contains("pv-under-test") && msg.contains(&off.to_string()), "{msg}");
+    let rep = pool.check().unwrap();
+    assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
+    assert!(rep.errors[0].contains("data block 0 of a"), "{:?}", rep.errors);
+}
