@@ -156,7 +156,11 @@ impl Inner {
         self.write_out_all()?;
         self.journal_write_block()?;
         let r = self.pvs.sync_all();
-        self.poison(r)
+        self.poison(r)?;
+        if self.checkpoint_due() {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     /// Make sure the data stream can take one more block, cleaning if the pool is short.

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Run the engine benchmarks (benches/engine.rs) and print a compact summary: mean time,
+# throughput and operations per second of each benchmark, plus engine/baseline ratios.
+#
+# Usage: scripts/bench-engine.sh [criterion args...]
+#   e.g. scripts/bench-engine.sh random_write_4k     (only benchmarks matching a filter)
+# Environment: CARGO_TARGET_DIR / CRITERION_HOME locate criterion's output as criterion does;
+# SSP_BENCH_DIR sets where the bench pools are created (default: the target's tmp dir).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=/usr/bin/python3
+[[ -x $PYTHON ]] || PYTHON=python3
+
+# Criterion writes to $CRITERION_HOME, else $CARGO_TARGET_DIR/criterion, else the cargo target
+# directory (from `cargo metadata`)/criterion.
+if [[ -n ${CRITERION_HOME:-} ]]; then
+    crit_dir=$CRITERION_HOME
+elif [[ -n ${CARGO_TARGET_DIR:-} ]]; then
+    crit_dir=$CARGO_TARGET_DIR/criterion
+else
+    target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null ||
+        echo target)
+    crit_dir=$target_dir/criterion
+fi
+
+# Only report results written by this run (older ones may linger in the criterion dir).
+stamp=$(mktemp)
+trap 'rm -f "$stamp"' EXIT
+
+# --noplot: criterion 0.8 accepts it (built without plotters/gnuplot there is nothing to plot
+# anyway; this just skips the attempt).
+cargo bench --bench engine -- --noplot "$@"
+
+"$PYTHON" - "$crit_dir" "$stamp" <<'PY'
+import json, os, sys
+
+crit_dir, stamp = sys.argv[1], sys.argv[2]
+since = os.path.getmtime(stamp)
+rows = {}
+for root, dirs, files in os.walk(crit_dir):
+    if os.path.basename(root) != "new" or "estimates.json" not in files:
+        continue
+    est_path = os.path.join(root, "estimates.json")
+    if os.path.getmtime(est_path) < since:
+        continue
+    with open(est_path) as f:
+        est = json.load(f)
+    try:
+        with open(os.path.join(root, "benchmark.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        meta = {}
+    name = meta.get("function_id") or meta.get("full_id") or os.path.basename(os.path.dirname(root))
+    group = meta.get("group_id", "")
+    tp = meta.get("throughput") or {}
+    nbytes = tp.get("Bytes") or tp.get("BytesDecimal")
+    mean = est["mean"]["point_estimate"]  # ns per iteration
+    ci = est["mean"].get("confidence_interval", {})
+    rows[name] = dict(group=group, mean=mean, lo=ci.get("lower_bound", mean),
+                      hi=ci.get("upper_bound", mean), bytes=nbytes)
+
+if not rows:
+    sys.exit(f"no criterion results newer than this run under {crit_dir}")
+
+def fmt_time(ns):
+    for unit, div in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= div:
+            return f"{ns / div:.3f} {unit}"
+    return f"{ns:.1f} ns"
+
+def fmt_rate(bps):
+    if bps >= 1 << 30:
+        return f"{bps / (1 << 30):.2f} GiB/s"
+    return f"{bps / (1 << 20):.1f} MiB/s"
+
+def fmt_ops(ops):
+    if ops >= 1e6:
+        return f"{ops / 1e6:.2f} M/s"
+    if ops >= 1e3:
+        return f"{ops / 1e3:.1f} k/s"
+    return f"{ops:.2f} /s"
+
+order = ["write_4k_random", "pwrite_4k_random", "read_4k_random", "pread_4k_random",
+         "write_1m_seq", "pwrite_1m_seq", "read_1m_seq", "pread_1m_seq", "open_1m_blocks"]
+names = [n for n in order if n in rows] + sorted(n for n in rows if n not in order)
+
+hdr = f"{'benchmark':<18} {'group':<16} {'mean':>11} {'95% CI of mean':>23} {'throughput':>12} {'ops':>10}"
+print()
+print(hdr)
+print("-" * len(hdr))
+for n in names:
+    r = rows[n]
+    ci = f"{fmt_time(r['lo'])} .. {fmt_time(r['hi'])}"
+    tput = fmt_rate(r["bytes"] * 1e9 / r["mean"]) if r["bytes"] else "-"
+    print(f"{n:<18} {r['group']:<16} {fmt_time(r['mean']):>11} {ci:>23} {tput:>12} "
+          f"{fmt_ops(1e9 / r['mean']):>10}")
+
+pairs = [("write_4k_random", "pwrite_4k_random", 0.80),
+         ("read_4k_random", "pread_4k_random", None),
+         ("write_1m_seq", "pwrite_1m_seq", None),
+         ("read_1m_seq", "pread_1m_seq", None)]
+lines = []
+for eng, base, target in pairs:
+    if eng in rows and base in rows:
+        ratio = rows[base]["mean"] / rows[eng]["mean"]  # engine throughput / baseline throughput
+        note = ""
+        if target is not None:
+            note = f"  (target >= {target:.0%}: {'met' if ratio >= target else 'NOT met'})"
+        lines.append(f"{eng + ' / ' + base:<36} {ratio:7.1%}{note}")
+if lines:
+    print()
+    print("engine / baseline throughput")
+    for line in lines:
+        print(line)
+PY
