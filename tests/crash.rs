@@ -21,7 +21,10 @@ struct Model {
 
 impl Model {
     fn new() -> Self {
-        Model { acked: vec![0; LU_BLOCKS as usize], since_flush: vec![BTreeSet::new(); LU_BLOCKS as usize] }
+        Model {
+            acked: vec![0; LU_BLOCKS as usize],
+            since_flush: vec![BTreeSet::new(); LU_BLOCKS as usize],
+        }
     }
     fn wrote(&mut self, lba: u64, v: u64) {
         self.since_flush[lba as usize].insert(v);
@@ -35,7 +38,13 @@ impl Model {
 
 fn block_version(b: &[u8], lba: u64, cands: &BTreeSet<u64>, acked: u64) -> Option<u64> {
     let all: Vec<u64> = cands.iter().copied().chain([acked]).collect();
-    all.into_iter().find(|&v| if v == 0 { b.iter().all(|&x| x == 0) } else { b == pattern(lba, v).as_slice() })
+    all.into_iter().find(|&v| {
+        if v == 0 {
+            b.iter().all(|&x| x == 0)
+        } else {
+            b == pattern(lba, v).as_slice()
+        }
+    })
 }
 
 struct Rng(u64);
@@ -52,7 +61,13 @@ impl Rng {
 }
 
 fn opts() -> Options {
-    Options { map_cache_nodes: 4, vba_cache_pages: 4, dirty_limit: 256, checkpoint_writes: 97, ..Options::default() }
+    Options {
+        map_cache_nodes: 4,
+        vba_cache_pages: 4,
+        dirty_limit: 256,
+        checkpoint_writes: 97,
+        ..Options::default()
+    }
 }
 
 fn run_seed(seed: u64) {
@@ -67,7 +82,11 @@ fn run_seed(seed: u64) {
     for cycle in 0..4 {
         let p = pool.take().unwrap();
         let ops = 50 + rng.below(400);
-        let fail_at = if rng.below(2) == 0 { Some(rng.below(ops)) } else { None };
+        let fail_at = if rng.below(2) == 0 {
+            Some(rng.below(ops))
+        } else {
+            None
+        };
         for op in 0..ops {
             if Some(op) == fail_at {
                 // Power fails at some device write inside the next operations.
@@ -132,17 +151,27 @@ fn run_seed(seed: u64) {
             for lba in 0..LU_BLOCKS {
                 p.read(id, lba * 4096, &mut buf).unwrap();
                 let v = current[lba as usize];
-                let want = if v == 0 { vec![0u8; 4096] } else { pattern(lba, v) };
+                let want = if v == 0 {
+                    vec![0u8; 4096]
+                } else {
+                    pattern(lba, v)
+                };
                 assert!(buf == want, "seed {seed} cycle {cycle}: live block {lba} is wrong before the crash (want {v})");
             }
         }
-        let mode = [CrashMode::RandomTorn, CrashMode::Random, CrashMode::DropAll, CrashMode::KeepAll][cycle % 4];
+        let mode = [
+            CrashMode::RandomTorn,
+            CrashMode::Random,
+            CrashMode::DropAll,
+            CrashMode::KeepAll,
+        ][cycle % 4];
         let image = ctl.crash_image(mode, rng.next());
         drop(p);
         let (dev, c2) = FaultDev::from_image("crashpv", image);
         ctl = c2;
         let dev: Arc<dyn BlockDev> = Arc::new(dev);
-        let p = Pool::open(vec![dev], opts()).unwrap_or_else(|e| panic!("seed {seed} cycle {cycle}: open failed: {e}"));
+        let p = Pool::open(vec![dev], opts())
+            .unwrap_or_else(|e| panic!("seed {seed} cycle {cycle}: open failed: {e}"));
         let rep = p.check().unwrap();
         assert!(rep.ok(), "seed {seed} cycle {cycle}: {:#?}", rep.errors);
         let mut buf = vec![0u8; 4096];
@@ -152,7 +181,13 @@ fn run_seed(seed: u64) {
             match block_version(&buf, lba, &model.since_flush[i], model.acked[i]) {
                 Some(v) => current[i] = v,
                 None => {
-                    let found = (0..=version).find(|&v| if v == 0 { buf.iter().all(|&x| x == 0) } else { buf == pattern(lba, v) });
+                    let found = (0..=version).find(|&v| {
+                        if v == 0 {
+                            buf.iter().all(|&x| x == 0)
+                        } else {
+                            buf == pattern(lba, v)
+                        }
+                    });
                     panic!(
                         "seed {seed} cycle {cycle}: block {lba} reads as {found:?}, neither its flushed version {} nor any later one {:?}",
                         model.acked[i], model.since_flush[i]
@@ -167,7 +202,10 @@ fn run_seed(seed: u64) {
 
 #[test]
 fn random_crashes_lose_nothing_flushed() {
-    let seeds: u64 = std::env::var("SSP_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let seeds: u64 = std::env::var("SSP_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
     for seed in 1..=seeds {
         run_seed(seed);
     }
@@ -211,7 +249,11 @@ fn superblock_damage_is_survived_and_reported() {
     let p = Pool::open(vec![dev.clone()], opts()).unwrap();
     let rep = p.check().unwrap();
     assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
-    assert!(rep.errors[0].contains("superblock copy at 0"), "{:?}", rep.errors);
+    assert!(
+        rep.errors[0].contains("superblock copy at 0"),
+        "{:?}",
+        rep.errors
+    );
     drop(p);
     ctl.corrupt(4096 + 100, 1); // both copies gone: a clear error
     let err = Pool::open(vec![dev], opts()).err().expect("must not open");
@@ -222,7 +264,10 @@ fn superblock_damage_is_survived_and_reported() {
 fn wrong_magic_and_truncated_pv_are_clear_errors() {
     let (dev, ctl) = FaultDev::new("pv", 32 * MB);
     let dev: Arc<dyn BlockDev> = Arc::new(dev);
-    Pool::create(vec![dev.clone()], &copts(), opts()).unwrap().close().unwrap();
+    Pool::create(vec![dev.clone()], &copts(), opts())
+        .unwrap()
+        .close()
+        .unwrap();
     let img = ctl.crash_image(CrashMode::KeepAll, 0);
     let (short, _) = FaultDev::from_image("short", img[..16 * MB as usize].to_vec());
     let err = Pool::open(vec![Arc::new(short)], opts()).err().unwrap();
@@ -254,7 +299,13 @@ fn corrupt_metadata_node_is_reported_by_check() {
     let p = Pool::open(vec![dev], Options::default()).unwrap();
     let rep = p.check().unwrap();
     assert!(!rep.ok());
-    assert!(rep.errors.iter().any(|e| e.contains("map node") && e.contains("checksum")), "{:?}", rep.errors);
+    assert!(
+        rep.errors
+            .iter()
+            .any(|e| e.contains("map node") && e.contains("checksum")),
+        "{:?}",
+        rep.errors
+    );
     let mut b = vec![0u8; 4096];
     let err = p.read(id, 0, &mut b).unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");

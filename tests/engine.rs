@@ -12,7 +12,8 @@ fn write_read_reopen() {
     let lu = pool.lu_create("vm1", 16 * MB).unwrap();
     assert_eq!(lu.udid.len(), 32);
     for lba in 0..100 {
-        pool.write(lu.id, lba * 4096, &pattern(lba, 1), false).unwrap();
+        pool.write(lu.id, lba * 4096, &pattern(lba, 1), false)
+            .unwrap();
     }
     let mut buf = vec![0u8; 4096];
     pool.read(lu.id, 5 * 4096, &mut buf).unwrap();
@@ -33,7 +34,7 @@ fn write_read_reopen() {
 #[test]
 fn unaligned_io_and_zeroes() {
     let (pool, _) = mem_pool(64 * MB, small_opts());
-    let id = pool.lu_create("a", 1 * MB).unwrap().id;
+    let id = pool.lu_create("a", MB).unwrap().id;
     let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
     pool.write(id, 1234, &data, true).unwrap();
     let mut back = vec![0u8; data.len()];
@@ -43,7 +44,11 @@ fn unaligned_io_and_zeroes() {
     let mut all = vec![0u8; 16384];
     pool.read(id, 0, &mut all).unwrap();
     for (i, &b) in all.iter().enumerate() {
-        let want = if (1234..11234).contains(&i) && !(2000..7000).contains(&i) { (((i - 1234) % 251) as u8) } else { 0 };
+        let want = if (1234..11234).contains(&i) && !(2000..7000).contains(&i) {
+            ((i - 1234) % 251) as u8
+        } else {
+            0
+        };
         assert_eq!(b, want, "byte {i}");
     }
     assert_check(&pool);
@@ -61,12 +66,24 @@ fn trim_and_remove_return_space() {
     pool.trim(id, 0, 2 * MB).unwrap();
     assert_eq!(pool.lu_get("a").unwrap().mapped_blocks, 512);
     let ext = pool.extents(id, 0, 8 * MB).unwrap();
-    assert_eq!(ext, vec![(0, 2 * MB, false), (2 * MB, 2 * MB, true), (4 * MB, 4 * MB, false)]);
+    assert_eq!(
+        ext,
+        vec![
+            (0, 2 * MB, false),
+            (2 * MB, 2 * MB, true),
+            (4 * MB, 4 * MB, false)
+        ]
+    );
     let used_before = pool.status().used_bytes;
     pool.lu_remove("a").unwrap();
     pool.checkpoint().unwrap();
     let st = pool.status();
-    assert!(st.used_bytes < used_before - 2 * MB, "{} vs {}", st.used_bytes, used_before);
+    assert!(
+        st.used_bytes < used_before - 2 * MB,
+        "{} vs {}",
+        st.used_bytes,
+        used_before
+    );
     assert!(matches!(pool.lu_id("a"), Err(PoolError::NotFound(_))));
     assert_check(&pool);
 }
@@ -74,21 +91,31 @@ fn trim_and_remove_return_space() {
 #[test]
 fn bad_arguments_are_refused() {
     let (pool, _) = mem_pool(64 * MB, small_opts());
-    let id = pool.lu_create("a", 1 * MB).unwrap().id;
+    let id = pool.lu_create("a", MB).unwrap().id;
     assert!(matches!(pool.lu_create("a", MB), Err(PoolError::Exists(_))));
-    assert!(matches!(pool.lu_create("b@c", MB), Err(PoolError::Invalid(_))));
+    assert!(matches!(
+        pool.lu_create("b@c", MB),
+        Err(PoolError::Invalid(_))
+    ));
     assert!(matches!(pool.lu_create("b", 0), Err(PoolError::Invalid(_))));
-    assert!(matches!(pool.write(id, MB - 10, &[1u8; 20], false), Err(PoolError::Invalid(_))));
+    assert!(matches!(
+        pool.write(id, MB - 10, &[1u8; 20], false),
+        Err(PoolError::Invalid(_))
+    ));
     let mut b = [0u8; 10];
     assert!(pool.read(id, u64::MAX - 5, &mut b).is_err());
-    assert!(matches!(pool.lu_resize("nope", MB), Err(PoolError::NotFound(_))));
+    assert!(matches!(
+        pool.lu_resize("nope", MB),
+        Err(PoolError::NotFound(_))
+    ));
 }
 
 #[test]
 fn resize_shrinks_and_grows() {
     let (pool, _) = mem_pool(64 * MB, small_opts());
     let id = pool.lu_create("a", 4 * MB).unwrap().id;
-    pool.write(id, 0, &vec![9u8; 4 * MB as usize], false).unwrap();
+    pool.write(id, 0, &vec![9u8; 4 * MB as usize], false)
+        .unwrap();
     pool.lu_resize("a", 2 * MB).unwrap();
     assert_eq!(pool.lu_get("a").unwrap().mapped_blocks, 512);
     // Grow far enough to need a deeper map tree.
@@ -96,7 +123,8 @@ fn resize_shrinks_and_grows() {
     let mut b = vec![0u8; 4096];
     pool.read(id, 3 * MB, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 0), "shrunk tail must not come back");
-    pool.write(id, (4 << 30) - 4096, &pattern(1, 1), false).unwrap();
+    pool.write(id, (4 << 30) - 4096, &pattern(1, 1), false)
+        .unwrap();
     pool.read(id, MB, &mut b).unwrap();
     assert_eq!(b, vec![9u8; 4096]);
     assert_check(&pool);
@@ -141,16 +169,23 @@ fn overwrites_are_cleaned() {
     let mut version = vec![0u64; 1024];
     let mut x = 12345u64;
     for i in 0..20_000u64 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let lba = (x >> 33) % 1024;
         version[lba as usize] = i + 1;
-        pool.write(id, lba * 4096, &pattern(lba, i + 1), false).unwrap();
+        pool.write(id, lba * 4096, &pattern(lba, i + 1), false)
+            .unwrap();
     }
     let mut b = vec![0u8; 4096];
     for lba in 0..1024u64 {
         pool.read(id, lba * 4096, &mut b).unwrap();
         let v = version[lba as usize];
-        let want = if v == 0 { vec![0u8; 4096] } else { pattern(lba, v) };
+        let want = if v == 0 {
+            vec![0u8; 4096]
+        } else {
+            pattern(lba, v)
+        };
         assert_eq!(b, want, "lba {lba}");
     }
     let st = pool.status();
@@ -169,14 +204,55 @@ fn corrupt_data_block_is_an_io_error_naming_the_pv() {
     // Find the data block on the device and flip a bit in it.
     let image = ctl.crash_image(ssp::dev::CrashMode::KeepAll, 0);
     let want = pattern(0, 0);
-    let off = image.chunks(4096).position(|c| c == want.as_slice()).unwrap() as u64 * 4096;
+    let off = image
+        .chunks(4096)
+        .position(|c| c == want.as_slice())
+        .unwrap() as u64
+        * 4096;
     ctl.corrupt(off + 100, 1);
     let mut b = vec![0u8; 4096];
     let err = pool.read(id, 0, &mut b).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, PoolError::Checksum { .. }), "{msg}");
-    assert!(msg.contains("pv-under-test") && msg.contains(&off.to_string()), "{msg}");
+    assert!(
+        msg.contains("pv-under-test") && msg.contains(&off.to_string()),
+        "{msg}"
+    );
     let rep = pool.check().unwrap();
     assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
-    assert!(rep.errors[0].contains("data block 0 of a"), "{:?}", rep.errors);
+    assert!(
+        rep.errors[0].contains("data block 0 of a"),
+        "{:?}",
+        rep.errors
+    );
+}
+
+#[test]
+fn read_only_open_writes_nothing() {
+    let (dev, ctl) = FaultDev::new("ro", 32 * MB);
+    let dev: Arc<dyn BlockDev> = Arc::new(dev);
+    let pool = Pool::create(vec![dev.clone()], &copts(), small_opts()).unwrap();
+    let id = pool.lu_create("a", MB).unwrap().id;
+    pool.write(id, 0, &pattern(0, 1), true).unwrap();
+    drop(pool); // crash: the journal must be replayed
+    let writes = ctl.writes();
+    let ro = Pool::open(
+        vec![dev],
+        Options {
+            read_only: true,
+            ..small_opts()
+        },
+    )
+    .unwrap();
+    let mut b = vec![0u8; 4096];
+    ro.read(id, 0, &mut b).unwrap();
+    assert_eq!(b, pattern(0, 1));
+    assert!(matches!(
+        ro.write(id, 0, &b, false),
+        Err(PoolError::ReadOnly)
+    ));
+    assert!(matches!(ro.lu_create("b", MB), Err(PoolError::ReadOnly)));
+    ro.flush().unwrap();
+    ro.close().unwrap();
+    assert_eq!(ctl.writes(), writes, "a read-only open must not write");
 }

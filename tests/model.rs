@@ -54,7 +54,13 @@ fn name(l: u8) -> String {
 }
 
 fn opts() -> Options {
-    Options { map_cache_nodes: 6, vba_cache_pages: 6, dirty_limit: 200, checkpoint_writes: 150, ..Options::default() }
+    Options {
+        map_cache_nodes: 6,
+        vba_cache_pages: 6,
+        dirty_limit: 200,
+        checkpoint_writes: 150,
+        ..Options::default()
+    }
 }
 
 struct World {
@@ -72,10 +78,6 @@ impl World {
         }
     }
 
-    fn pool(&self) -> &Pool {
-        self.pool.as_ref().unwrap()
-    }
-
     /// Reads every LU and resolves each block to one allowed version.
     fn verify(&mut self, exact: bool) {
         let mut buf = vec![0u8; 4096];
@@ -86,25 +88,46 @@ impl World {
             for lba in 0..lu.blocks {
                 pool.read(info.id, lba * 4096, &mut buf).unwrap();
                 let acked = lu.acked.get(&lba).copied().unwrap_or(0);
-                let mut allowed: Vec<u64> = vec![if exact { lu.current.get(&lba).copied().unwrap_or(0) } else { acked }];
+                let mut allowed: Vec<u64> = vec![if exact {
+                    lu.current.get(&lba).copied().unwrap_or(0)
+                } else {
+                    acked
+                }];
                 if !exact {
                     allowed.extend(lu.since.get(&lba).into_iter().flatten().copied());
                 }
                 let got = allowed.iter().copied().find(|&v| {
-                    if v == 0 { buf.iter().all(|&b| b == 0) } else { buf == pattern(lba, v) }
+                    if v == 0 {
+                        buf.iter().all(|&b| b == 0)
+                    } else {
+                        buf == pattern(lba, v)
+                    }
                 });
                 match got {
-                    Some(v) if v == 0 => {
+                    Some(0) => {
                         lu.current.remove(&lba);
                     }
                     Some(v) => {
                         lu.current.insert(lba, v);
                     }
-                    None => panic!("{} block {lba}: none of the allowed versions {allowed:?}", name(*l)),
+                    None => panic!(
+                        "{} block {lba}: none of the allowed versions {allowed:?}",
+                        name(*l)
+                    ),
                 }
             }
-            assert_eq!(info.mapped_blocks, lu.current.len() as u64, "{}: mapped blocks", name(*l));
-            assert_eq!(info.owned_blocks, lu.current.len() as u64, "{}: owned blocks", name(*l));
+            assert_eq!(
+                info.mapped_blocks,
+                lu.current.len() as u64,
+                "{}: mapped blocks",
+                name(*l)
+            );
+            assert_eq!(
+                info.owned_blocks,
+                lu.current.len() as u64,
+                "{}: owned blocks",
+                name(*l)
+            );
         }
         assert_eq!(pool.lu_list().len(), self.lus.len());
         let rep = pool.check().unwrap();
@@ -120,12 +143,20 @@ impl World {
                 let r = p.lu_create(&name(l), u64::from(b) * 4096);
                 assert_eq!(r.is_ok(), !self.lus.contains_key(&l));
                 if r.is_ok() {
-                    self.lus.insert(l, Lu { blocks: u64::from(b), ..Default::default() });
+                    self.lus.insert(
+                        l,
+                        Lu {
+                            blocks: u64::from(b),
+                            ..Default::default()
+                        },
+                    );
                     self.flushed();
                 }
             }
             Op::Write(l, a, n, fua) => {
-                let Some(lu) = self.lus.get_mut(&l) else { return };
+                let Some(lu) = self.lus.get_mut(&l) else {
+                    return;
+                };
                 let (a, n) = (u64::from(a), u64::from(n));
                 if a + n > lu.blocks {
                     return;
@@ -144,7 +175,9 @@ impl World {
                 }
             }
             Op::Trim(l, a, n) | Op::Zero(l, a, n) => {
-                let Some(lu) = self.lus.get_mut(&l) else { return };
+                let Some(lu) = self.lus.get_mut(&l) else {
+                    return;
+                };
                 let (a, n) = (u64::from(a), u64::from(n));
                 if a + n > lu.blocks {
                     return;
@@ -165,7 +198,9 @@ impl World {
                 self.flushed();
             }
             Op::Resize(l, b) => {
-                let Some(lu) = self.lus.get_mut(&l) else { return };
+                let Some(lu) = self.lus.get_mut(&l) else {
+                    return;
+                };
                 let b = u64::from(b);
                 p.lu_resize(&name(l), b * 4096).unwrap();
                 lu.blocks = b;
@@ -191,7 +226,12 @@ impl World {
                 self.verify(true);
             }
             Op::Crash(m) => {
-                let mode = [CrashMode::DropAll, CrashMode::KeepAll, CrashMode::Random, CrashMode::RandomTorn][m as usize];
+                let mode = [
+                    CrashMode::DropAll,
+                    CrashMode::KeepAll,
+                    CrashMode::Random,
+                    CrashMode::RandomTorn,
+                ][m as usize];
                 let img = self.ctl.crash_image(mode, self.version);
                 drop(self.pool.take());
                 let (dev, ctl) = FaultDev::from_image("model", img);

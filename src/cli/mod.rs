@@ -1,6 +1,8 @@
 //! `sspctl`: the admin CLI. Verbs run offline on a stopped pool (the pool directory's lock
 //! keeps them away from a running server).
 
+pub mod debug;
+
 use crate::pool::dir::{parse_size, PoolDir, PvSpec};
 use crate::pool::{CreateOptions, LuInfo, Options, PoolStatus};
 use anyhow::{bail, Context, Result};
@@ -9,7 +11,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "sspctl", version, about = "Administer an ssp shared storage pool")]
+#[command(
+    name = "sspctl",
+    version,
+    about = "Administer an ssp shared storage pool"
+)]
 pub struct Cli {
     /// Pool directory (holds the pool's configuration and lock; PVs may live anywhere)
     #[arg(long, global = true, env = "SSP_POOL")]
@@ -33,6 +39,28 @@ pub enum Command {
     Check,
     /// Reclaim space from overwritten and trimmed blocks now
     Gc(GcArgs),
+    /// Test helpers
+    #[command(subcommand, hide = true)]
+    Debug(DebugCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCmd {
+    /// Write a deterministic sequence of blocks with periodic flushes until killed
+    WriteLoop {
+        #[arg(long)]
+        lu: String,
+        #[arg(long)]
+        blocks: u64,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long, default_value_t = 16)]
+        flush_every: u64,
+        #[arg(long)]
+        ack_file: PathBuf,
+        #[arg(long, default_value_t = 10_000_000)]
+        max_writes: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,7 +125,9 @@ fn size_arg(s: &str) -> std::result::Result<u64, String> {
 }
 
 fn pool_dir(cli: &Cli) -> Result<PathBuf> {
-    cli.pool.clone().context("no pool given: use --pool DIR (or set SSP_POOL)")
+    cli.pool
+        .clone()
+        .context("no pool given: use --pool DIR (or set SSP_POOL)")
 }
 
 fn open(cli: &Cli) -> Result<PoolDir> {
@@ -110,14 +140,24 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     match &cli.command {
         Command::Pool(PoolCmd::Create(c)) => {
             let dir = pool_dir(cli)?;
-            let copts = CreateOptions { name: c.name.clone(), journal_blocks: c.journal_mb * 256 };
+            let copts = CreateOptions {
+                name: c.name.clone(),
+                journal_blocks: c.journal_mb * 256,
+            };
             let pd = PoolDir::create(&dir, &c.pvs, &copts, Options::default())?;
             let st = pd.pool.status();
             pd.pool.close()?;
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
             } else {
-                writeln!(out, "created pool {} ({} MiB on {} PVs) in {}", st.name, st.total_bytes >> 20, st.pvs.len(), dir.display())?;
+                writeln!(
+                    out,
+                    "created pool {} ({} MiB on {} PVs) in {}",
+                    st.name,
+                    st.total_bytes >> 20,
+                    st.pvs.len(),
+                    dir.display()
+                )?;
             }
         }
         Command::Pool(PoolCmd::Status) => {
@@ -145,12 +185,34 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                     rep.data_blocks,
                     rep.table_pages,
                     rep.segments,
-                    if rep.ok() { "OK".to_string() } else { format!("{} errors", rep.errors.len()) }
+                    if rep.ok() {
+                        "OK".to_string()
+                    } else {
+                        format!("{} errors", rep.errors.len())
+                    }
                 )?;
             }
             if !rep.ok() {
                 bail!("the pool is inconsistent: {} errors", rep.errors.len());
             }
+        }
+        Command::Debug(DebugCmd::WriteLoop {
+            lu,
+            blocks,
+            seed,
+            flush_every,
+            ack_file,
+            max_writes,
+        }) => {
+            debug::write_loop(
+                &pool_dir(cli)?,
+                lu,
+                *blocks,
+                *seed,
+                *flush_every,
+                ack_file,
+                *max_writes,
+            )?;
         }
         Command::Gc(a) => {
             let pd = open(cli)?;
@@ -159,7 +221,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
             } else {
-                writeln!(out, "cleaned {} segments, moved {} blocks", st.segments_cleaned, st.blocks_moved)?;
+                writeln!(
+                    out,
+                    "cleaned {} segments, moved {} blocks",
+                    st.segments_cleaned, st.blocks_moved
+                )?;
             }
         }
     }
@@ -189,7 +255,8 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
         }
         LuCmd::Import { name, file, offset } => {
             let id = p.lu_id(name)?;
-            let mut f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+            let mut f = std::fs::File::open(file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
             let mut buf = vec![0u8; 1 << 20];
             let mut pos = *offset;
             let mut written = 0u64;
@@ -211,12 +278,18 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
                 pos += n as u64;
             }
             p.flush()?;
-            writeln!(out, "imported {} bytes into {name} ({} bytes of data)", pos - offset, written)?;
+            writeln!(
+                out,
+                "imported {} bytes into {name} ({} bytes of data)",
+                pos - offset,
+                written
+            )?;
         }
         LuCmd::Export { name, file } => {
             let id = p.lu_id(name)?;
             let size = p.lu_get(name)?.size;
-            let mut f = std::fs::File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
+            let mut f = std::fs::File::create(file)
+                .with_context(|| format!("cannot create {}", file.display()))?;
             let mut buf = vec![0u8; 1 << 20];
             let mut pos = 0u64;
             while pos < size {
@@ -253,9 +326,17 @@ fn print_lus(json: bool, st: &PoolStatus, lus: &[LuInfo], out: &mut dyn Write) -
     }
     writeln!(out, "POOL_NAME: {}", st.name)?;
     writeln!(out, "TIER_NAME: SYSTEM")?;
-    writeln!(out, "{:<32} {:>12} {:>12}  UDID", "LU_NAME", "SIZE(MB)", "UNUSED(MB)")?;
+    writeln!(
+        out,
+        "{:<32} {:>12} {:>12}  UDID",
+        "LU_NAME", "SIZE(MB)", "UNUSED(MB)"
+    )?;
     for l in lus {
-        writeln!(out, "{:<32} {:>12} {:>12}  {}", l.name, l.size_mb, l.unused_mb, l.udid)?;
+        writeln!(
+            out,
+            "{:<32} {:>12} {:>12}  {}",
+            l.name, l.size_mb, l.unused_mb, l.udid
+        )?;
     }
     Ok(())
 }
@@ -277,9 +358,21 @@ fn print_status(json: bool, st: &PoolStatus, out: &mut dyn Write) -> Result<()> 
     writeln!(out, "LUs:               {}", st.lus)?;
     writeln!(out, "Block Size:        {}", st.block_size)?;
     writeln!(out)?;
-    writeln!(out, "{:<6} {:<12} {:<40} {:>10}  UDID", "PV", "FAILGRP", "PATH", "SIZE(MB)")?;
+    writeln!(
+        out,
+        "{:<6} {:<12} {:<40} {:>10}  UDID",
+        "PV", "FAILGRP", "PATH", "SIZE(MB)"
+    )?;
     for p in &st.pvs {
-        writeln!(out, "{:<6} {:<12} {:<40} {:>10}  {}", p.index, p.failure_group, p.name, mb(p.size), p.udid)?;
+        writeln!(
+            out,
+            "{:<6} {:<12} {:<40} {:>10}  {}",
+            p.index,
+            p.failure_group,
+            p.name,
+            mb(p.size),
+            p.udid
+        )?;
     }
     Ok(())
 }

@@ -26,7 +26,11 @@ impl Root {
         w.u64(self.pba).u32(self.crc).u8(self.depth).zeros(3);
     }
     fn decode(r: &mut Rd) -> Result<Self, FormatError> {
-        let root = Root { pba: r.u64()?, crc: r.u32()?, depth: r.u8()? };
+        let root = Root {
+            pba: r.u64()?,
+            crc: r.u32()?,
+            depth: r.u8()?,
+        };
         r.skip(3)?;
         if root.depth > 8 {
             return Err(FormatError::Invalid {
@@ -67,14 +71,26 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Wr::with_capacity(BLOCK);
-        w.u64(CKPT_MAGIC).u32(FORMAT_VERSION).u32(0).u64(self.generation).bytes(&self.pool_id);
-        w.u32(self.writer.host_id).u32(self.writer.incarnation).u64(self.writer.fencing_epoch);
-        w.u64(self.journal_seq).u64(self.journal_pos).u64(self.next_vba).u64(self.next_node_vba);
+        w.u64(CKPT_MAGIC)
+            .u32(FORMAT_VERSION)
+            .u32(0)
+            .u64(self.generation)
+            .bytes(&self.pool_id);
+        w.u32(self.writer.host_id)
+            .u32(self.writer.incarnation)
+            .u64(self.writer.fencing_epoch);
+        w.u64(self.journal_seq)
+            .u64(self.journal_pos)
+            .u64(self.next_vba)
+            .u64(self.next_node_vba);
         w.u64(self.next_volume_id).u64(self.epoch);
         self.vba_root.encode(&mut w);
         self.segtab_root.encode(&mut w);
         self.voldir_root.encode(&mut w);
-        w.u64(self.pool_segments).u32(self.pv_count).u32(self.journal_pv).u64(self.timestamp);
+        w.u64(self.pool_segments)
+            .u32(self.pv_count)
+            .u32(self.journal_pv)
+            .u64(self.timestamp);
         w.pad_to(BLOCK);
         let crc = crc_with_hole(&self.pool_id, &w.buf, CRC_AT);
         w.put_u32_at(CRC_AT, crc);
@@ -85,26 +101,45 @@ impl Checkpoint {
     pub fn decode(buf: &[u8], pool_id: &[u8; 16]) -> Result<Self, FormatError> {
         const W: &str = "checkpoint";
         if buf.len() < BLOCK {
-            return Err(FormatError::Short { what: W, len: buf.len(), need: BLOCK });
+            return Err(FormatError::Short {
+                what: W,
+                len: buf.len(),
+                need: BLOCK,
+            });
         }
         let mut r = Rd::new(buf, W);
         let magic = r.u64()?;
         if magic != CKPT_MAGIC {
-            return Err(FormatError::BadMagic { what: W, found: magic, expected: CKPT_MAGIC });
+            return Err(FormatError::BadMagic {
+                what: W,
+                found: magic,
+                expected: CKPT_MAGIC,
+            });
         }
         let version = r.u32()?;
         let stored = r.u32()?;
         let computed = crc_with_hole(pool_id, &buf[..BLOCK], CRC_AT);
         if stored != computed {
-            return Err(FormatError::BadChecksum { what: W, stored, computed });
+            return Err(FormatError::BadChecksum {
+                what: W,
+                stored,
+                computed,
+            });
         }
         if version != FORMAT_VERSION {
-            return Err(FormatError::BadVersion { what: W, found: version });
+            return Err(FormatError::BadVersion {
+                what: W,
+                found: version,
+            });
         }
         Ok(Checkpoint {
             generation: r.u64()?,
             pool_id: r.arr()?,
-            writer: Writer { host_id: r.u32()?, incarnation: r.u32()?, fencing_epoch: r.u64()? },
+            writer: Writer {
+                host_id: r.u32()?,
+                incarnation: r.u32()?,
+                fencing_epoch: r.u64()?,
+            },
             journal_seq: r.u64()?,
             journal_pos: r.u64()?,
             next_vba: r.u64()?,
@@ -130,16 +165,32 @@ pub(crate) mod tests {
         Checkpoint {
             generation: 7,
             pool_id: *b"pool-id-0123456\0",
-            writer: Writer { host_id: 1, incarnation: 3, fencing_epoch: 1 },
+            writer: Writer {
+                host_id: 1,
+                incarnation: 3,
+                fencing_epoch: 1,
+            },
             journal_seq: 1234,
             journal_pos: 17,
             next_vba: 5000,
             next_node_vba: 5001,
             next_volume_id: 4,
             epoch: 99,
-            vba_root: Root { pba: 0x1_0203, crc: 0xdead_beef, depth: 2 },
-            segtab_root: Root { pba: 0x1_0204, crc: 0x1234_5678, depth: 1 },
-            voldir_root: Root { pba: 0x1_0205, crc: 0x0bad_f00d, depth: 1 },
+            vba_root: Root {
+                pba: 0x1_0203,
+                crc: 0xdead_beef,
+                depth: 2,
+            },
+            segtab_root: Root {
+                pba: 0x1_0204,
+                crc: 0x1234_5678,
+                depth: 1,
+            },
+            voldir_root: Root {
+                pba: 0x1_0205,
+                crc: 0x0bad_f00d,
+                depth: 1,
+            },
             pool_segments: 63,
             pv_count: 1,
             journal_pv: 0,

@@ -6,8 +6,8 @@
 //! in ring order from the checkpoint's position while each one verifies and carries the next
 //! expected sequence number; the first that does not ends the journal (a torn tail is cut off).
 
-use super::{crc_with_hole, decode_name, encode_name, FormatError, Rd, Wr, Writer, BLOCK};
 use super::FORMAT_VERSION;
+use super::{crc_with_hole, decode_name, encode_name, FormatError, Rd, Wr, Writer, BLOCK};
 
 /// "SSPJ" as a little-endian u32.
 pub const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"SSPJ");
@@ -23,17 +23,34 @@ pub const MAX_NAME: usize = 128;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     /// LU block `lba` of volume `vol` now holds the data at `pba` (checksum `crc`), through `vba`.
-    Write { vol: u64, lba: u64, vba: u64, pba: u64, crc: u32 },
+    Write {
+        vol: u64,
+        lba: u64,
+        vba: u64,
+        pba: u64,
+        crc: u32,
+    },
     /// Blocks `[lba, lba+count)` of `vol` are unmapped (TRIM, WRITE_ZEROES): they read as zeroes.
     Unmap { vol: u64, lba: u64, count: u64 },
     /// A volume was created.
-    VolCreate { id: u64, kind: u8, size: u64, udid: [u8; 16], name: String },
+    VolCreate {
+        id: u64,
+        kind: u8,
+        size: u64,
+        udid: [u8; 16],
+        name: String,
+    },
     /// A volume's size changed (shrinking unmaps the tail).
     VolResize { id: u64, size: u64 },
     /// A volume was removed; its references are dropped.
     VolRemove { id: u64 },
     /// The cleaner moved the block behind `vba` from `old_pba` to `new_pba`.
-    GcMove { vba: u64, old_pba: u64, new_pba: u64, crc: u32 },
+    GcMove {
+        vba: u64,
+        old_pba: u64,
+        new_pba: u64,
+        crc: u32,
+    },
 }
 
 const T_WRITE: u8 = 1;
@@ -60,7 +77,13 @@ impl Record {
         let start = w.buf.len();
         w.u8(0).u16(0);
         let ty = match self {
-            Record::Write { vol, lba, vba, pba, crc } => {
+            Record::Write {
+                vol,
+                lba,
+                vba,
+                pba,
+                crc,
+            } => {
                 w.u64(*vol).u64(*lba).u64(*vba).u64(*pba).u32(*crc);
                 T_WRITE
             }
@@ -68,7 +91,13 @@ impl Record {
                 w.u64(*vol).u64(*lba).u64(*count);
                 T_UNMAP
             }
-            Record::VolCreate { id, kind, size, udid, name } => {
+            Record::VolCreate {
+                id,
+                kind,
+                size,
+                udid,
+                name,
+            } => {
                 let n = name.len().min(MAX_NAME);
                 w.u64(*id).u8(*kind).u64(*size).bytes(udid).u8(n as u8);
                 encode_name(w, name, n);
@@ -82,7 +111,12 @@ impl Record {
                 w.u64(*id);
                 T_VOL_REMOVE
             }
-            Record::GcMove { vba, old_pba, new_pba, crc } => {
+            Record::GcMove {
+                vba,
+                old_pba,
+                new_pba,
+                crc,
+            } => {
                 w.u64(*vba).u64(*old_pba).u64(*new_pba).u32(*crc);
                 T_GC_MOVE
             }
@@ -106,7 +140,11 @@ impl Record {
                 pba: b.u64()?,
                 crc: b.u32()?,
             },
-            T_UNMAP => Record::Unmap { vol: b.u64()?, lba: b.u64()?, count: b.u64()? },
+            T_UNMAP => Record::Unmap {
+                vol: b.u64()?,
+                lba: b.u64()?,
+                count: b.u64()?,
+            },
             T_VOL_CREATE => {
                 let id = b.u64()?;
                 let kind = b.u8()?;
@@ -114,9 +152,18 @@ impl Record {
                 let udid = b.arr()?;
                 let n = usize::from(b.u8()?);
                 let name = decode_name(b.bytes(n)?, W)?;
-                Record::VolCreate { id, kind, size, udid, name }
+                Record::VolCreate {
+                    id,
+                    kind,
+                    size,
+                    udid,
+                    name,
+                }
             }
-            T_VOL_RESIZE => Record::VolResize { id: b.u64()?, size: b.u64()? },
+            T_VOL_RESIZE => Record::VolResize {
+                id: b.u64()?,
+                size: b.u64()?,
+            },
             T_VOL_REMOVE => Record::VolRemove { id: b.u64()? },
             T_GC_MOVE => Record::GcMove {
                 vba: b.u64()?,
@@ -155,9 +202,14 @@ impl JournalBlock {
         }
         debug_assert!(body.buf.len() <= JPAYLOAD, "journal block overflow");
         let mut w = Wr::with_capacity(BLOCK);
-        w.u32(JOURNAL_MAGIC).u16(FORMAT_VERSION as u16).u16(0).u32(0);
+        w.u32(JOURNAL_MAGIC)
+            .u16(FORMAT_VERSION as u16)
+            .u16(0)
+            .u32(0);
         w.u32(body.buf.len() as u32).u64(self.seq);
-        w.u32(self.writer.host_id).u32(self.writer.incarnation).u64(self.writer.fencing_epoch);
+        w.u32(self.writer.host_id)
+            .u32(self.writer.incarnation)
+            .u64(self.writer.fencing_epoch);
         w.u64(self.ckpt_generation).u32(self.records.len() as u32);
         w.pad_to(JHDR).bytes(&body.buf).pad_to(BLOCK);
         let crc = crc_with_hole(pool_id, &w.buf, CRC_AT);
@@ -168,7 +220,11 @@ impl JournalBlock {
     pub fn decode(buf: &[u8], pool_id: &[u8; 16]) -> Result<Self, FormatError> {
         const W: &str = "journal block";
         if buf.len() < BLOCK {
-            return Err(FormatError::Short { what: W, len: buf.len(), need: BLOCK });
+            return Err(FormatError::Short {
+                what: W,
+                len: buf.len(),
+                need: BLOCK,
+            });
         }
         let mut r = Rd::new(buf, W);
         let magic = r.u32()?;
@@ -184,18 +240,33 @@ impl JournalBlock {
         let stored = r.u32()?;
         let computed = crc_with_hole(pool_id, &buf[..BLOCK], CRC_AT);
         if stored != computed {
-            return Err(FormatError::BadChecksum { what: W, stored, computed });
+            return Err(FormatError::BadChecksum {
+                what: W,
+                stored,
+                computed,
+            });
         }
         if u32::from(version) != FORMAT_VERSION {
-            return Err(FormatError::BadVersion { what: W, found: version.into() });
+            return Err(FormatError::BadVersion {
+                what: W,
+                found: version.into(),
+            });
         }
         let used = r.u32()? as usize;
         let seq = r.u64()?;
-        let writer = Writer { host_id: r.u32()?, incarnation: r.u32()?, fencing_epoch: r.u64()? };
+        let writer = Writer {
+            host_id: r.u32()?,
+            incarnation: r.u32()?,
+            fencing_epoch: r.u64()?,
+        };
         let ckpt_generation = r.u64()?;
         let count = r.u32()? as usize;
         if used > JPAYLOAD {
-            return Err(FormatError::Invalid { what: W, field: "used", detail: used.to_string() });
+            return Err(FormatError::Invalid {
+                what: W,
+                field: "used",
+                detail: used.to_string(),
+            });
         }
         let body = &buf[JHDR..JHDR + used];
         let mut br = Rd::new(body, W);
@@ -210,7 +281,12 @@ impl JournalBlock {
                 detail: format!("header says {count}, found {}", records.len()),
             });
         }
-        Ok(JournalBlock { seq, writer, ckpt_generation, records })
+        Ok(JournalBlock {
+            seq,
+            writer,
+            ckpt_generation,
+            records,
+        })
     }
 }
 
@@ -221,7 +297,11 @@ pub(crate) mod tests {
     pub(crate) fn sample() -> JournalBlock {
         JournalBlock {
             seq: 42,
-            writer: Writer { host_id: 1, incarnation: 2, fencing_epoch: 1 },
+            writer: Writer {
+                host_id: 1,
+                incarnation: 2,
+                fencing_epoch: 1,
+            },
             ckpt_generation: 6,
             records: vec![
                 Record::VolCreate {
@@ -231,10 +311,28 @@ pub(crate) mod tests {
                     udid: *b"0123456789abcdef",
                     name: "vm1-rootvg".into(),
                 },
-                Record::Write { vol: 1, lba: 7, vba: 100, pba: 0x101, crc: 0xabcd_ef01 },
-                Record::Unmap { vol: 1, lba: 8, count: 16 },
-                Record::VolResize { id: 1, size: 20 << 30 },
-                Record::GcMove { vba: 100, old_pba: 0x101, new_pba: 0x2f0, crc: 0xabcd_ef01 },
+                Record::Write {
+                    vol: 1,
+                    lba: 7,
+                    vba: 100,
+                    pba: 0x101,
+                    crc: 0xabcd_ef01,
+                },
+                Record::Unmap {
+                    vol: 1,
+                    lba: 8,
+                    count: 16,
+                },
+                Record::VolResize {
+                    id: 1,
+                    size: 20 << 30,
+                },
+                Record::GcMove {
+                    vba: 100,
+                    old_pba: 0x101,
+                    new_pba: 0x2f0,
+                    crc: 0xabcd_ef01,
+                },
                 Record::VolRemove { id: 1 },
             ],
         }

@@ -18,8 +18,10 @@ pub const BLOCK: usize = 4096;
 pub const BLOCK_U64: u64 = BLOCK as u64;
 /// On-disk format version written by this code.
 pub const FORMAT_VERSION: u32 = 1;
-/// Incompatible feature bits this code understands (none yet).
+/// Incompatible feature bits this code understands (none yet): an unknown one refuses to open.
 pub const INCOMPAT_SUPPORTED: u64 = 0;
+/// Read-only-compatible feature bits this code understands: an unknown one opens read-only.
+pub const RO_COMPAT_SUPPORTED: u64 = 0;
 /// Blocks per segment (1 MiB segments): the unit of allocation, cleaning and mirroring.
 pub const SEG_BLOCKS: u64 = 256;
 /// Writer identity stamped on every node, journal block and checkpoint (multi-host fencing).
@@ -37,17 +39,33 @@ pub struct Writer {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FormatError {
     #[error("bad magic {found:#x} (expected {expected:#x} for {what})")]
-    BadMagic { what: &'static str, found: u64, expected: u64 },
+    BadMagic {
+        what: &'static str,
+        found: u64,
+        expected: u64,
+    },
     #[error("{what}: checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
-    BadChecksum { what: &'static str, stored: u32, computed: u32 },
+    BadChecksum {
+        what: &'static str,
+        stored: u32,
+        computed: u32,
+    },
     #[error("{what}: unsupported format version {found} (this build reads {FORMAT_VERSION})")]
     BadVersion { what: &'static str, found: u32 },
     #[error("{what}: unsupported incompatible features {bits:#x}")]
     Incompatible { what: &'static str, bits: u64 },
     #[error("{what}: buffer of {len} bytes is too short (need {need})")]
-    Short { what: &'static str, len: usize, need: usize },
+    Short {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
     #[error("{what}: invalid field {field}: {detail}")]
-    Invalid { what: &'static str, field: &'static str, detail: String },
+    Invalid {
+        what: &'static str,
+        field: &'static str,
+        detail: String,
+    },
 }
 
 /// CRC-32C of `data` seeded with the pool id.
@@ -130,7 +148,9 @@ pub struct Wr {
 
 impl Wr {
     pub fn with_capacity(n: usize) -> Self {
-        Wr { buf: Vec::with_capacity(n) }
+        Wr {
+            buf: Vec::with_capacity(n),
+        }
     }
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
@@ -181,11 +201,13 @@ pub fn encode_name(w: &mut Wr, name: &str, len: usize) {
 /// Decode a NUL-padded name field.
 pub fn decode_name(raw: &[u8], what: &'static str) -> Result<String, FormatError> {
     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-    std::str::from_utf8(&raw[..end]).map(str::to_owned).map_err(|e| FormatError::Invalid {
-        what,
-        field: "name",
-        detail: e.to_string(),
-    })
+    std::str::from_utf8(&raw[..end])
+        .map(str::to_owned)
+        .map_err(|e| FormatError::Invalid {
+            what,
+            field: "name",
+            detail: e.to_string(),
+        })
 }
 
 /// Parse a hex string of the golden vectors (whitespace and `#` comments ignored).

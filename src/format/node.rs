@@ -76,9 +76,16 @@ pub struct NodeHeader {
 /// Encode a node from its header and payload (payload is zero-padded to [`NPAYLOAD`]).
 pub fn encode_node(pool_id: &[u8; 16], h: &NodeHeader, payload: &[u8]) -> Vec<u8> {
     let mut w = Wr::with_capacity(BLOCK);
-    w.u32(NODE_MAGIC).u16(h.kind as u16).u8(h.level).u8(0).u32(0).u32(h.count);
+    w.u32(NODE_MAGIC)
+        .u16(h.kind as u16)
+        .u8(h.level)
+        .u8(0)
+        .u32(0)
+        .u32(h.count);
     w.u64(h.id).u64(h.generation);
-    w.u32(h.writer.host_id).u32(h.writer.incarnation).u64(h.writer.fencing_epoch);
+    w.u32(h.writer.host_id)
+        .u32(h.writer.incarnation)
+        .u64(h.writer.fencing_epoch);
     w.u64(h.owner).zeros(8);
     let n = payload.len().min(NPAYLOAD);
     w.bytes(&payload[..n]).pad_to(BLOCK);
@@ -99,12 +106,20 @@ pub fn decode_node<'a>(
 ) -> Result<(NodeHeader, &'a [u8]), FormatError> {
     const W: &str = "metadata node";
     if buf.len() < BLOCK {
-        return Err(FormatError::Short { what: W, len: buf.len(), need: BLOCK });
+        return Err(FormatError::Short {
+            what: W,
+            len: buf.len(),
+            need: BLOCK,
+        });
     }
     let mut r = Rd::new(buf, W);
     let magic = r.u32()?;
     if magic != NODE_MAGIC {
-        return Err(FormatError::BadMagic { what: W, found: magic.into(), expected: NODE_MAGIC.into() });
+        return Err(FormatError::BadMagic {
+            what: W,
+            found: magic.into(),
+            expected: NODE_MAGIC.into(),
+        });
     }
     let kind_raw = r.u16()?;
     let level = r.u8()?;
@@ -112,7 +127,11 @@ pub fn decode_node<'a>(
     let stored = r.u32()?;
     let computed = node_crc(pool_id, &buf[..BLOCK]);
     if stored != computed {
-        return Err(FormatError::BadChecksum { what: W, stored, computed });
+        return Err(FormatError::BadChecksum {
+            what: W,
+            stored,
+            computed,
+        });
     }
     let kind = NodeKind::from_u16(kind_raw).ok_or(FormatError::Invalid {
         what: W,
@@ -125,7 +144,11 @@ pub fn decode_node<'a>(
         count: r.u32()?,
         id: r.u64()?,
         generation: r.u64()?,
-        writer: Writer { host_id: r.u32()?, incarnation: r.u32()?, fencing_epoch: r.u64()? },
+        writer: Writer {
+            host_id: r.u32()?,
+            incarnation: r.u32()?,
+            fencing_epoch: r.u64()?,
+        },
         owner: r.u64()?,
     };
     Ok((h, &buf[NHDR..BLOCK]))
@@ -164,7 +187,11 @@ impl Ptr {
         w.u64(self.pba).u32(self.crc).u32(self.aux);
     }
     pub fn decode(r: &mut Rd) -> Result<Self, FormatError> {
-        Ok(Ptr { pba: r.u64()?, crc: r.u32()?, aux: r.u32()? })
+        Ok(Ptr {
+            pba: r.u64()?,
+            crc: r.u32()?,
+            aux: r.u32()?,
+        })
     }
 }
 
@@ -205,9 +232,16 @@ impl SegEntry {
     pub const SIZE: usize = 48;
     pub const NO_PV: u16 = u16::MAX;
     pub fn encode(&self, w: &mut Wr) {
-        w.u8(self.state).u8(self.flags).u16(0).u32(self.live).u64(self.seq);
+        w.u8(self.state)
+            .u8(self.flags)
+            .u16(0)
+            .u32(self.live)
+            .u64(self.seq);
         w.u64(self.summary).u32(self.summary_crc);
-        w.u16(self.copy[0].0).u16(self.copy[1].0).u32(self.copy[0].1).u32(self.copy[1].1);
+        w.u16(self.copy[0].0)
+            .u16(self.copy[1].0)
+            .u32(self.copy[0].1)
+            .u32(self.copy[1].1);
         w.zeros(8);
     }
     pub fn decode(r: &mut Rd) -> Result<Self, FormatError> {
@@ -227,7 +261,15 @@ impl SegEntry {
                 detail: state.to_string(),
             });
         }
-        Ok(SegEntry { state, flags, live, seq, summary, summary_crc, copy: [(p0, s0), (p1, s1)] })
+        Ok(SegEntry {
+            state,
+            flags,
+            live,
+            seq,
+            summary,
+            summary_crc,
+            copy: [(p0, s0), (p1, s1)],
+        })
     }
 }
 
@@ -267,9 +309,16 @@ impl VolRecord {
     pub const NAME_LEN: usize = 128;
     pub fn encode(&self, w: &mut Wr) {
         let start = w.buf.len();
-        w.u64(self.id).u8(self.kind).u8(self.flags).u8(self.map_depth);
+        w.u64(self.id)
+            .u8(self.kind)
+            .u8(self.flags)
+            .u8(self.map_depth);
         w.u8(self.name.len().min(Self::NAME_LEN) as u8).zeros(4);
-        w.u64(self.size).bytes(&self.udid).u64(self.map_root).u64(self.parent).u64(self.family);
+        w.u64(self.size)
+            .bytes(&self.udid)
+            .u64(self.map_root)
+            .u64(self.parent)
+            .u64(self.family);
         w.u64(self.created_epoch).u64(self.created_time);
         w.u64(self.mapped_blocks).u64(self.owned_blocks).zeros(16);
         encode_name(w, &self.name, Self::NAME_LEN);
@@ -308,10 +357,18 @@ impl VolRecord {
         };
         r.skip(Self::SIZE - 240)?;
         if v.id != 0 && !(VOL_LU..=VOL_IMAGE).contains(&v.kind) {
-            return Err(FormatError::Invalid { what: W, field: "kind", detail: v.kind.to_string() });
+            return Err(FormatError::Invalid {
+                what: W,
+                field: "kind",
+                detail: v.kind.to_string(),
+            });
         }
         if v.map_depth > 8 {
-            return Err(FormatError::Invalid { what: W, field: "map_depth", detail: v.map_depth.to_string() });
+            return Err(FormatError::Invalid {
+                what: W,
+                field: "map_depth",
+                detail: v.map_depth.to_string(),
+            });
         }
         Ok(v)
     }
@@ -330,7 +387,11 @@ pub(crate) mod tests {
             count: 3,
             id: 77,
             generation: 5,
-            writer: Writer { host_id: 1, incarnation: 2, fencing_epoch: 1 },
+            writer: Writer {
+                host_id: 1,
+                incarnation: 2,
+                fencing_epoch: 1,
+            },
             owner: 1,
         };
         let mut e = vec![0u64; MAP_FANOUT];
@@ -378,7 +439,10 @@ pub(crate) mod tests {
         let (sh, se) = sample_map();
         assert_eq!(h, sh);
         assert_eq!(decode_u64s(p, MAP_FANOUT).unwrap(), se);
-        assert_eq!(encode_node(&POOL, &h, &encode_u64s(&se)).as_slice(), &golden[..]);
+        assert_eq!(
+            encode_node(&POOL, &h, &encode_u64s(&se)).as_slice(),
+            &golden[..]
+        );
         assert_eq!(&golden[0..4], b"SSPN");
         assert_eq!(u64::from_le_bytes(golden[64..72].try_into().unwrap()), 100);
     }
@@ -390,7 +454,14 @@ pub(crate) mod tests {
         assert_eq!(VolRecord::decode(&mut r).unwrap(), sample_vol());
         assert_eq!(SegEntry::decode(&mut r).unwrap(), sample_seg());
         let p = Ptr::decode(&mut r).unwrap();
-        assert_eq!(p, Ptr { pba: 0x1234, crc: 0xcafe_babe, aux: 2 });
+        assert_eq!(
+            p,
+            Ptr {
+                pba: 0x1234,
+                crc: 0xcafe_babe,
+                aux: 2
+            }
+        );
         let mut w = Wr::default();
         sample_vol().encode(&mut w);
         sample_seg().encode(&mut w);
@@ -403,7 +474,10 @@ pub(crate) mod tests {
         let (h, e) = sample_map();
         let mut b = encode_node(&POOL, &h, &encode_u64s(&e));
         b[1000] ^= 4;
-        assert!(matches!(decode_node(&b, &POOL), Err(FormatError::BadChecksum { .. })));
+        assert!(matches!(
+            decode_node(&b, &POOL),
+            Err(FormatError::BadChecksum { .. })
+        ));
     }
 
     #[test]

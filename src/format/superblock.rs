@@ -49,14 +49,25 @@ impl Superblock {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Wr::with_capacity(BLOCK);
         w.u64(SB_MAGIC).u32(FORMAT_VERSION).u32(0);
-        w.u64(self.incompat).u64(self.compat).u64(self.ro_compat).u64(self.generation);
+        w.u64(self.incompat)
+            .u64(self.compat)
+            .u64(self.ro_compat)
+            .u64(self.generation);
         w.bytes(&self.pool_id).bytes(&self.pv_id);
         w.u32(self.pv_index).u32(self.fg_id);
         encode_name(&mut w, &self.fg_name, NAME_LEN);
-        w.u64(self.pv_size).u32(self.block_size).u32(self.seg_blocks);
-        w.u64(self.journal_offset).u64(self.journal_blocks).u64(self.data_offset);
-        w.u64(self.pv_segments).u64(self.first_pool_segment).u64(self.created);
-        w.u32(self.writer.host_id).u32(self.writer.incarnation).u64(self.writer.fencing_epoch);
+        w.u64(self.pv_size)
+            .u32(self.block_size)
+            .u32(self.seg_blocks);
+        w.u64(self.journal_offset)
+            .u64(self.journal_blocks)
+            .u64(self.data_offset);
+        w.u64(self.pv_segments)
+            .u64(self.first_pool_segment)
+            .u64(self.created);
+        w.u32(self.writer.host_id)
+            .u32(self.writer.incarnation)
+            .u64(self.writer.fencing_epoch);
         encode_name(&mut w, &self.pool_name, NAME_LEN);
         w.pad_to(BLOCK);
         let crc = crc_with_hole(&ZERO_SEED, &w.buf, CRC_AT);
@@ -67,25 +78,43 @@ impl Superblock {
     pub fn decode(buf: &[u8]) -> Result<Self, FormatError> {
         const W: &str = "PV superblock";
         if buf.len() < BLOCK {
-            return Err(FormatError::Short { what: W, len: buf.len(), need: BLOCK });
+            return Err(FormatError::Short {
+                what: W,
+                len: buf.len(),
+                need: BLOCK,
+            });
         }
         let mut r = Rd::new(buf, W);
         let magic = r.u64()?;
         if magic != SB_MAGIC {
-            return Err(FormatError::BadMagic { what: W, found: magic, expected: SB_MAGIC });
+            return Err(FormatError::BadMagic {
+                what: W,
+                found: magic,
+                expected: SB_MAGIC,
+            });
         }
         let version = r.u32()?;
         let stored = r.u32()?;
         let computed = crc_with_hole(&ZERO_SEED, &buf[..BLOCK], CRC_AT);
         if stored != computed {
-            return Err(FormatError::BadChecksum { what: W, stored, computed });
+            return Err(FormatError::BadChecksum {
+                what: W,
+                stored,
+                computed,
+            });
         }
         if version != FORMAT_VERSION {
-            return Err(FormatError::BadVersion { what: W, found: version });
+            return Err(FormatError::BadVersion {
+                what: W,
+                found: version,
+            });
         }
         let incompat = r.u64()?;
         if incompat & !INCOMPAT_SUPPORTED != 0 {
-            return Err(FormatError::Incompatible { what: W, bits: incompat & !INCOMPAT_SUPPORTED });
+            return Err(FormatError::Incompatible {
+                what: W,
+                bits: incompat & !INCOMPAT_SUPPORTED,
+            });
         }
         let sb = Superblock {
             incompat,
@@ -106,7 +135,11 @@ impl Superblock {
             pv_segments: r.u64()?,
             first_pool_segment: r.u64()?,
             created: r.u64()?,
-            writer: Writer { host_id: r.u32()?, incarnation: r.u32()?, fencing_epoch: r.u64()? },
+            writer: Writer {
+                host_id: r.u32()?,
+                incarnation: r.u32()?,
+                fencing_epoch: r.u64()?,
+            },
             pool_name: decode_name(r.bytes(NAME_LEN)?, W)?,
         };
         sb.check_geometry()?;
@@ -116,10 +149,17 @@ impl Superblock {
     /// Geometry must be self-consistent before any arithmetic trusts it.
     fn check_geometry(&self) -> Result<(), FormatError> {
         let bad = |field, detail: String| {
-            Err(FormatError::Invalid { what: "PV superblock", field, detail })
+            Err(FormatError::Invalid {
+                what: "PV superblock",
+                field,
+                detail,
+            })
         };
         if self.block_size as usize != BLOCK {
-            return bad("block_size", format!("{} (only 4096 is supported)", self.block_size));
+            return bad(
+                "block_size",
+                format!("{} (only 4096 is supported)", self.block_size),
+            );
         }
         if self.seg_blocks == 0 || u64::from(self.seg_blocks) != super::SEG_BLOCKS {
             return bad("seg_blocks", format!("{}", self.seg_blocks));
@@ -131,7 +171,12 @@ impl Superblock {
             .and_then(|b| b.checked_add(self.data_offset));
         match end {
             Some(end) if end <= self.pv_size => {}
-            _ => return bad("pv_segments", format!("{} segments do not fit the PV", self.pv_segments)),
+            _ => {
+                return bad(
+                    "pv_segments",
+                    format!("{} segments do not fit the PV", self.pv_segments),
+                )
+            }
         }
         let jend = self
             .journal_blocks
@@ -174,7 +219,11 @@ pub(crate) mod tests {
             pv_segments: 63,
             first_pool_segment: 1,
             created: 1_764_000_000,
-            writer: Writer { host_id: 1, incarnation: 1, fencing_epoch: 1 },
+            writer: Writer {
+                host_id: 1,
+                incarnation: 1,
+                fencing_epoch: 1,
+            },
             pool_name: "demo".into(),
         }
     }
@@ -196,21 +245,33 @@ pub(crate) mod tests {
     fn flipped_bit_is_a_checksum_error() {
         let mut b = sample().encode();
         b[200] ^= 0x10;
-        assert!(matches!(Superblock::decode(&b), Err(FormatError::BadChecksum { .. })));
+        assert!(matches!(
+            Superblock::decode(&b),
+            Err(FormatError::BadChecksum { .. })
+        ));
     }
 
     #[test]
     fn wrong_magic_and_short_buffers_are_errors() {
         let mut b = sample().encode();
         b[0] = b'X';
-        assert!(matches!(Superblock::decode(&b), Err(FormatError::BadMagic { .. })));
-        assert!(matches!(Superblock::decode(&b[..100]), Err(FormatError::Short { .. })));
+        assert!(matches!(
+            Superblock::decode(&b),
+            Err(FormatError::BadMagic { .. })
+        ));
+        assert!(matches!(
+            Superblock::decode(&b[..100]),
+            Err(FormatError::Short { .. })
+        ));
     }
 
     #[test]
     fn geometry_is_checked() {
         let mut s = sample();
         s.pv_segments = 1 << 40;
-        assert!(matches!(Superblock::decode(&s.encode()), Err(FormatError::Invalid { .. })));
+        assert!(matches!(
+            Superblock::decode(&s.encode()),
+            Err(FormatError::Invalid { .. })
+        ));
     }
 }

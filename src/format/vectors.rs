@@ -25,7 +25,12 @@ mod tests {
         let mut w = Wr::default();
         nt::sample_vol().encode(&mut w);
         nt::sample_seg().encode(&mut w);
-        Ptr { pba: 0x1234, crc: 0xcafe_babe, aux: 2 }.encode(&mut w);
+        Ptr {
+            pba: 0x1234,
+            crc: 0xcafe_babe,
+            aux: 2,
+        }
+        .encode(&mut w);
         put("entries.bin", w.buf);
     }
 }

@@ -29,7 +29,10 @@ impl CheckReport {
 
 impl Inner {
     pub fn check(&mut self) -> Result<CheckReport> {
-        let mut rep = CheckReport { segments: self.segs.len() as u64 - 1, ..Default::default() };
+        let mut rep = CheckReport {
+            segments: self.segs.len() as u64 - 1,
+            ..Default::default()
+        };
         let err = |rep: &mut CheckReport, m: String| rep.errors.push(m);
 
         // Superblocks: both copies of every PV must verify and agree.
@@ -37,10 +40,22 @@ impl Inner {
             for off in SB_OFFSETS {
                 let mut buf = vec![0u8; BLOCK];
                 let r = p.dev.read_at(&mut buf, off);
-                match r.map_err(|e| e.to_string()).and_then(|_| Superblock::decode(&buf).map_err(|e| e.to_string())) {
+                match r
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| Superblock::decode(&buf).map_err(|e| e.to_string()))
+                {
                     Ok(sb) if sb == p.sb => {}
-                    Ok(_) => err(&mut rep, format!("PV {i} ({}): superblock copy at {off} is stale", p.dev.name())),
-                    Err(e) => err(&mut rep, format!("PV {i} ({}): superblock copy at {off}: {e}", p.dev.name())),
+                    Ok(_) => err(
+                        &mut rep,
+                        format!(
+                            "PV {i} ({}): superblock copy at {off} is stale",
+                            p.dev.name()
+                        ),
+                    ),
+                    Err(e) => err(
+                        &mut rep,
+                        format!("PV {i} ({}): superblock copy at {off}: {e}", p.dev.name()),
+                    ),
                 }
             }
         }
@@ -63,7 +78,10 @@ impl Inner {
                     let entries = match self.map_node(vba, level) {
                         Ok(n) => n.entries.clone(),
                         Err(e) => {
-                            err(&mut rep, format!("LU {}: map node {vba} (level {level}): {e}", v.name));
+                            err(
+                                &mut rep,
+                                format!("LU {}: map node {vba} (level {level}): {e}", v.name),
+                            );
                             continue;
                         }
                     };
@@ -76,7 +94,13 @@ impl Inner {
                         if level == 0 {
                             mapped += 1;
                             if lba * BLOCK as u64 >= v.size {
-                                err(&mut rep, format!("LU {}: block {lba} is mapped beyond the LU's end", v.name));
+                                err(
+                                    &mut rep,
+                                    format!(
+                                        "LU {}: block {lba} is mapped beyond the LU's end",
+                                        v.name
+                                    ),
+                                );
                             }
                             if first_visit {
                                 *refs.entry(e).or_insert(0) += 1;
@@ -89,7 +113,13 @@ impl Inner {
                 }
             }
             if mapped != v.mapped_blocks {
-                err(&mut rep, format!("LU {}: records {} mapped blocks, counted {mapped}", v.name, v.mapped_blocks));
+                err(
+                    &mut rep,
+                    format!(
+                        "LU {}: records {} mapped blocks, counted {mapped}",
+                        v.name, v.mapped_blocks
+                    ),
+                );
             }
         }
 
@@ -103,7 +133,13 @@ impl Inner {
         for (vba, p) in entries {
             let counted = refs.remove(&vba).unwrap_or(0);
             if p.aux != counted {
-                err(&mut rep, format!("VBA {vba}: reference count {} but {counted} references found", p.aux));
+                err(
+                    &mut rep,
+                    format!(
+                        "VBA {vba}: reference count {} but {counted} references found",
+                        p.aux
+                    ),
+                );
             }
             if p.pba == 0 {
                 if !(vba % 2 == 1 && self.maps.get(&vba).is_some_and(|n| n.dirty)) {
@@ -131,19 +167,34 @@ impl Inner {
                             ));
                         }
                     }
-                    Err(e) => err(&mut rep, format!("data block {lba} of {}: {e}", self.vol_name(vol))),
+                    Err(e) => err(
+                        &mut rep,
+                        format!("data block {lba} of {}: {e}", self.vol_name(vol)),
+                    ),
                 }
                 let (seg, slot) = split(p.pba);
                 if self.load_summary(seg).is_ok() {
-                    let tag = self.summaries.get(&seg).map(|s| s.tags[slot as usize]).unwrap_or(0);
+                    let tag = self
+                        .summaries
+                        .get(&seg)
+                        .map(|s| s.tags[slot as usize])
+                        .unwrap_or(0);
                     if tag != vba {
-                        err(&mut rep, format!("segment {seg} summary slot {slot} names VBA {tag}, expected {vba}"));
+                        err(
+                            &mut rep,
+                            format!(
+                                "segment {seg} summary slot {slot} names VBA {tag}, expected {vba}"
+                            ),
+                        );
                     }
                 }
             }
         }
         for (vba, n) in refs {
-            err(&mut rep, format!("VBA {vba}: {n} references to an unallocated VBA"));
+            err(
+                &mut rep,
+                format!("VBA {vba}: {n} references to an unallocated VBA"),
+            );
         }
 
         // Physical pages of the three tables and the segment summaries.
@@ -162,7 +213,16 @@ impl Inner {
         for seg in 1..self.segs.len() as u64 {
             let e = self.segs[seg as usize];
             if e.summary != 0 {
-                pages.push((NodeKind::Summary, 0, seg, Ptr { pba: e.summary, crc: e.summary_crc, aux: 0 }));
+                pages.push((
+                    NodeKind::Summary,
+                    0,
+                    seg,
+                    Ptr {
+                        pba: e.summary,
+                        crc: e.summary_crc,
+                        aux: 0,
+                    },
+                ));
             }
         }
         for (kind, level, id, p) in pages {
@@ -178,17 +238,32 @@ impl Inner {
             let e = self.segs[seg as usize];
             let counted = live.remove(&seg).unwrap_or(0);
             if e.live != counted {
-                err(&mut rep, format!("segment {seg}: records {} live blocks, counted {counted}", e.live));
+                err(
+                    &mut rep,
+                    format!(
+                        "segment {seg}: records {} live blocks, counted {counted}",
+                        e.live
+                    ),
+                );
             }
             if e.state == SEG_FREE && counted > 0 {
-                err(&mut rep, format!("segment {seg} is marked free but holds {counted} live blocks"));
+                err(
+                    &mut rep,
+                    format!("segment {seg} is marked free but holds {counted} live blocks"),
+                );
             }
             if (e.state == SEG_FREE) != self.free.contains(&seg) {
-                err(&mut rep, format!("segment {seg}: free list and segment table disagree"));
+                err(
+                    &mut rep,
+                    format!("segment {seg}: free list and segment table disagree"),
+                );
             }
         }
         for (seg, n) in live {
-            err(&mut rep, format!("{n} live blocks in segment {seg}, which is outside the pool"));
+            err(
+                &mut rep,
+                format!("{n} live blocks in segment {seg}, which is outside the pool"),
+            );
         }
         Ok(rep)
     }

@@ -6,7 +6,9 @@ use super::error::Result;
 use super::inner::{Inner, StreamId};
 use super::pvs::split;
 use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
-use crate::format::node::{encode_node, encode_u64s, node_crc, NodeHeader, NodeKind, Ptr, SEG_FREE};
+use crate::format::node::{
+    encode_node, encode_u64s, node_crc, NodeHeader, NodeKind, Ptr, SEG_FREE,
+};
 use crate::format::BLOCK;
 use std::collections::BTreeSet;
 
@@ -56,10 +58,17 @@ impl Inner {
         let (jseq, jpos) = (self.journal.seq, self.journal.pos);
 
         // 1. Block-map nodes: addressed by VBA, so only their VBA entries change.
-        let mut dirty: Vec<u64> = self.maps.iter().filter(|(_, n)| n.dirty).map(|(k, _)| *k).collect();
+        let mut dirty: Vec<u64> = self
+            .maps
+            .iter()
+            .filter(|(_, n)| n.dirty)
+            .map(|(k, _)| *k)
+            .collect();
         dirty.sort_unstable();
         for vba in dirty {
-            let Some(n) = self.maps.get(&vba) else { continue };
+            let Some(n) = self.maps.get(&vba) else {
+                continue;
+            };
             let h = NodeHeader {
                 kind: NodeKind::Map,
                 level: n.level,
@@ -73,7 +82,14 @@ impl Inner {
             let (pba, crc) = self.write_node(&h, &payload)?;
             let old = self.vba_get(vba)?;
             self.live_dec(old.pba);
-            self.vba_set(vba, Ptr { pba, crc, aux: old.aux })?;
+            self.vba_set(
+                vba,
+                Ptr {
+                    pba,
+                    crc,
+                    aux: old.aux,
+                },
+            )?;
             self.live_inc(pba);
             if let Some(n) = self.maps.get_mut(&vba) {
                 n.dirty = false;
@@ -100,11 +116,17 @@ impl Inner {
         }
 
         // 3. Summaries of data segments that gained blocks.
-        let mut sdirty: Vec<u64> =
-            self.summaries.iter().filter(|(_, s)| s.dirty).map(|(k, _)| *k).collect();
+        let mut sdirty: Vec<u64> = self
+            .summaries
+            .iter()
+            .filter(|(_, s)| s.dirty)
+            .map(|(k, _)| *k)
+            .collect();
         sdirty.sort_unstable();
         for seg in sdirty {
-            let Some(s) = self.summaries.get(&seg) else { continue };
+            let Some(s) = self.summaries.get(&seg) else {
+                continue;
+            };
             let h = NodeHeader {
                 kind: NodeKind::Summary,
                 level: 0,
@@ -228,7 +250,11 @@ impl Inner {
             ($field:ident) => {{
                 let mut t = std::mem::take(&mut self.$field);
                 let moves = t.prepare(&mut || self.alloc_meta());
-                let blocks = if moves.is_ok() { t.encode(&self.pool_id, gen, self.writer) } else { vec![] };
+                let blocks = if moves.is_ok() {
+                    t.encode(&self.pool_id, gen, self.writer)
+                } else {
+                    vec![]
+                };
                 self.$field = t;
                 for (old, new) in moves? {
                     self.live_dec(old);
@@ -251,9 +277,9 @@ impl Inner {
     pub fn checkpoint_due(&self) -> bool {
         self.journal.used() * 2 >= self.journal.blocks
             || self.writes_since_ckpt >= self.opts.checkpoint_writes
-            || self.maps.len() + self.vba.cached_pages() > self.opts.map_cache_nodes + self.opts.vba_cache_pages + self.opts.dirty_limit
+            || self.maps.len() + self.vba.cached_pages()
+                > self.opts.map_cache_nodes + self.opts.vba_cache_pages + self.opts.dirty_limit
     }
-
 }
 
 #[derive(Clone, Copy)]

@@ -33,10 +33,14 @@ impl std::str::FromStr for PvSpec {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s.rsplit_once(':') {
-            Some((p, sz)) if !p.is_empty() => {
-                Ok(PvSpec { path: p.into(), size: Some(parse_size(sz).map_err(|e| e.to_string())?) })
-            }
-            _ => Ok(PvSpec { path: s.into(), size: None }),
+            Some((p, sz)) if !p.is_empty() => Ok(PvSpec {
+                path: p.into(),
+                size: Some(parse_size(sz).map_err(|e| e.to_string())?),
+            }),
+            _ => Ok(PvSpec {
+                path: s.into(),
+                size: None,
+            }),
         }
     }
 }
@@ -54,15 +58,21 @@ pub fn parse_size(s: &str) -> Result<u64> {
                 'G' => 1 << 30,
                 'T' => 1 << 40,
                 'P' => 1 << 50,
-                _ => return Err(PoolError::Invalid(format!("bad size {s:?}: unknown unit {c:?} (use K, M, G, T or P)"))),
+                _ => {
+                    return Err(PoolError::Invalid(format!(
+                        "bad size {s:?}: unknown unit {c:?} (use K, M, G, T or P)"
+                    )))
+                }
             };
             (&t[..t.len() - 1], m)
         }
         _ => (t, 1),
     };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| PoolError::Invalid(format!("bad size {s:?}: expected a number with an optional K/M/G/T/P unit")))?;
+    let v: f64 = num.parse().map_err(|_| {
+        PoolError::Invalid(format!(
+            "bad size {s:?}: expected a number with an optional K/M/G/T/P unit"
+        ))
+    })?;
     if !v.is_finite() || v < 0.0 || v * mult as f64 > u64::MAX as f64 / 2.0 {
         return Err(PoolError::Invalid(format!("bad size {s:?}")));
     }
@@ -84,12 +94,14 @@ fn lock(dir: &Path) -> Result<File> {
         .write(true)
         .open(&p)
         .map_err(|e| PoolError::Config(format!("cannot open {}: {e}", p.display())))?;
-    f.try_lock_exclusive().map_err(|_| PoolError::Locked(p.display().to_string()))?;
+    f.try_lock_exclusive()
+        .map_err(|_| PoolError::Locked(p.display().to_string()))?;
     Ok(f)
 }
 
 fn open_dev(path: &Path) -> Result<Arc<dyn BlockDev>> {
-    let d = FileDev::open(path).map_err(|e| PoolError::Config(format!("cannot open PV {}: {e}", path.display())))?;
+    let d = FileDev::open(path)
+        .map_err(|e| PoolError::Config(format!("cannot open PV {}: {e}", path.display())))?;
     Ok(Arc::new(d))
 }
 
@@ -101,21 +113,34 @@ impl PoolDir {
 
     /// Create a pool: new files are made sparse at the given size; existing block devices or
     /// files without a size are used as they are.
-    pub fn create(dir: &Path, pvs: &[PvSpec], copts: &CreateOptions, opts: Options) -> Result<PoolDir> {
+    pub fn create(
+        dir: &Path,
+        pvs: &[PvSpec],
+        copts: &CreateOptions,
+        opts: Options,
+    ) -> Result<PoolDir> {
         if pvs.is_empty() {
-            return Err(PoolError::Invalid("give at least one --pv PATH[:SIZE]".into()));
+            return Err(PoolError::Invalid(
+                "give at least one --pv PATH[:SIZE]".into(),
+            ));
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| PoolError::Config(format!("cannot create {}: {e}", dir.display())))?;
         if Self::exists(dir) {
-            return Err(PoolError::Exists(format!("{} already holds a pool", dir.display())));
+            return Err(PoolError::Exists(format!(
+                "{} already holds a pool",
+                dir.display()
+            )));
         }
         let l = lock(dir)?;
         let mut devs: Vec<Arc<dyn BlockDev>> = Vec::new();
         let mut paths = Vec::new();
         for spec in pvs {
             if paths.contains(&spec.path) {
-                return Err(PoolError::Invalid(format!("PV {} is given twice", spec.path.display())));
+                return Err(PoolError::Invalid(format!(
+                    "PV {} is given twice",
+                    spec.path.display()
+                )));
             }
             let dev: Arc<dyn BlockDev> = match spec.size {
                 Some(size) => {
@@ -135,24 +160,47 @@ impl PoolDir {
             devs.push(dev);
         }
         let pool = Pool::create(devs, copts, opts)?;
-        let abs: Vec<PathBuf> = paths.iter().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())).collect();
-        let cfg = Config { format: 1, name: copts.name.clone(), pvs: abs };
+        let abs: Vec<PathBuf> = paths
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        let cfg = Config {
+            format: 1,
+            name: copts.name.clone(),
+            pvs: abs,
+        };
         write_config(dir, &cfg)?;
-        Ok(PoolDir { dir: dir.to_owned(), pool, _lock: l })
+        Ok(PoolDir {
+            dir: dir.to_owned(),
+            pool,
+            _lock: l,
+        })
     }
 
     /// Open the pool in `dir` (takes the lock, replays the journal).
     pub fn open(dir: &Path, opts: Options) -> Result<PoolDir> {
         let cfg_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
-            PoolError::Config(format!("{} is not a pool directory ({}: {e})", dir.display(), cfg_path.display()))
+            PoolError::Config(format!(
+                "{} is not a pool directory ({}: {e})",
+                dir.display(),
+                cfg_path.display()
+            ))
         })?;
         let cfg: Config = serde_json::from_str(&text)
             .map_err(|e| PoolError::Config(format!("{}: {e}", cfg_path.display())))?;
         let l = lock(dir)?;
-        let devs = cfg.pvs.iter().map(|p| open_dev(p)).collect::<Result<Vec<_>>>()?;
+        let devs = cfg
+            .pvs
+            .iter()
+            .map(|p| open_dev(p))
+            .collect::<Result<Vec<_>>>()?;
         let pool = Pool::open(devs, opts)?;
-        Ok(PoolDir { dir: dir.to_owned(), pool, _lock: l })
+        Ok(PoolDir {
+            dir: dir.to_owned(),
+            pool,
+            _lock: l,
+        })
     }
 }
 
@@ -167,7 +215,9 @@ fn write_config(dir: &Path, cfg: &Config) -> Result<()> {
 
 fn is_block_device(p: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(p).map(|m| m.file_type().is_block_device()).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -190,7 +240,13 @@ mod tests {
     #[test]
     fn pv_specs() {
         let s: PvSpec = "/tmp/a.img:1G".parse().unwrap();
-        assert_eq!(s, PvSpec { path: "/tmp/a.img".into(), size: Some(1 << 30) });
+        assert_eq!(
+            s,
+            PvSpec {
+                path: "/tmp/a.img".into(),
+                size: Some(1 << 30)
+            }
+        );
         let s: PvSpec = "/dev/sdb".parse().unwrap();
         assert_eq!(s.size, None);
         assert!("/tmp/a.img:10Q".parse::<PvSpec>().is_err());

@@ -8,11 +8,25 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum PoolError {
     #[error("I/O error on {dev} at offset {offset}: {source}")]
-    Io { dev: String, offset: u64, source: std::io::Error },
+    Io {
+        dev: String,
+        offset: u64,
+        source: std::io::Error,
+    },
     #[error("checksum mismatch on {dev} at offset {offset} ({what}): stored {stored:#010x}, computed {computed:#010x}")]
-    Checksum { dev: String, offset: u64, what: String, stored: u32, computed: u32 },
+    Checksum {
+        dev: String,
+        offset: u64,
+        what: String,
+        stored: u32,
+        computed: u32,
+    },
     #[error("corrupt metadata on {dev} at offset {offset}: {source}")]
-    Corrupt { dev: String, offset: u64, source: FormatError },
+    Corrupt {
+        dev: String,
+        offset: u64,
+        source: FormatError,
+    },
     #[error("pool is full: {0}")]
     NoSpace(String),
     #[error("no such LU: {0}")]
@@ -25,6 +39,8 @@ pub enum PoolError {
     Locked(String),
     #[error("pool configuration: {0}")]
     Config(String),
+    #[error("the pool is open read-only")]
+    ReadOnly,
     #[error("pool was shut down after a fatal error: {0}")]
     Poisoned(String),
 }
@@ -38,6 +54,7 @@ impl PoolError {
             PoolError::Exists(_) => libc::EEXIST,
             PoolError::Invalid(_) => libc::EINVAL,
             PoolError::Locked(_) => libc::EBUSY,
+            PoolError::ReadOnly => libc::EROFS,
             _ => libc::EIO,
         }
     }

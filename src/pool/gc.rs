@@ -56,7 +56,11 @@ impl Inner {
 
     fn gc_data_segment(&mut self, seg: u64) -> Result<u64> {
         self.load_summary(seg)?;
-        let tags = self.summaries.get(&seg).map(|s| s.tags.clone()).unwrap_or_default();
+        let tags = self
+            .summaries
+            .get(&seg)
+            .map(|s| s.tags.clone())
+            .unwrap_or_default();
         let mut moved = 0;
         for (slot, &vba) in tags.iter().enumerate() {
             if vba == 0 {
@@ -71,11 +75,18 @@ impl Inner {
             if data_crc(&self.pool_id, &data) != p.crc {
                 // Never launder a damaged block into a fresh checksum; leave it for check/scrub.
                 let (dev, off) = self.describe(pba);
-                tracing::error!("cleaner: checksum mismatch on {dev} at {off}; block left in place");
+                tracing::error!(
+                    "cleaner: checksum mismatch on {dev} at {off}; block left in place"
+                );
                 continue;
             }
             let new = self.append(StreamId::Gc, &data)?;
-            self.log_and_apply(Record::GcMove { vba, old_pba: pba, new_pba: new, crc: p.crc })?;
+            self.log_and_apply(Record::GcMove {
+                vba,
+                old_pba: pba,
+                new_pba: new,
+                crc: p.crc,
+            })?;
             self.counters.gc_blocks_moved += 1;
             moved += 1;
         }
@@ -86,8 +97,12 @@ impl Inner {
         let mut touched = 0;
         for slot in 0..SEG_BLOCKS {
             let pba = seg_start(seg) + slot;
-            let Ok(buf) = self.read_block(pba) else { continue };
-            let Ok((h, _)) = decode_node(&buf, &self.pool_id) else { continue };
+            let Ok(buf) = self.read_block(pba) else {
+                continue;
+            };
+            let Ok((h, _)) = decode_node(&buf, &self.pool_id) else {
+                continue;
+            };
             let live = match h.kind {
                 NodeKind::Map => {
                     if self.vba_get(h.id)?.pba == pba {

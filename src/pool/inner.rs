@@ -6,9 +6,7 @@ use super::maps::MapNode;
 use super::ptree::{NodeIo, PhysTree};
 use super::pvs::{seg_start, split, PvSet};
 use super::Options;
-use crate::format::node::{
-    decode_node, NodeKind, Ptr, SegEntry, VolRecord, SEG_DATA, SEG_META,
-};
+use crate::format::node::{decode_node, NodeKind, Ptr, SegEntry, VolRecord, SEG_DATA, SEG_META};
 use crate::format::{Writer, BLOCK, SEG_BLOCKS};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -101,8 +99,11 @@ impl NodeIo for Inner {
     fn read_node(&self, ptr: Ptr, kind: NodeKind, level: u8, id: u64) -> Result<Vec<u8>> {
         let buf = self.read_block(ptr.pba)?;
         let (dev, off) = self.describe(ptr.pba);
-        let (h, _) = decode_node(&buf, &self.pool_id)
-            .map_err(|e| PoolError::Corrupt { dev: dev.clone(), offset: off, source: e })?;
+        let (h, _) = decode_node(&buf, &self.pool_id).map_err(|e| PoolError::Corrupt {
+            dev: dev.clone(),
+            offset: off,
+            source: e,
+        })?;
         let stored = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
         if stored != ptr.crc {
             return Err(PoolError::Checksum {
@@ -154,7 +155,9 @@ impl Inner {
                 return Ok((i as u16, off));
             }
         }
-        Err(PoolError::Invalid(format!("block address {pba} is outside the pool")))
+        Err(PoolError::Invalid(format!(
+            "block address {pba} is outside the pool"
+        )))
     }
 
     /// Read one pool block (from a stream buffer if it has not been written out yet).
@@ -173,7 +176,11 @@ impl Inner {
     /// Read `n` consecutive blocks of one segment into `out`.
     pub fn read_run(&self, pba: u64, out: &mut [u8]) -> Result<()> {
         let n = (out.len() / BLOCK) as u64;
-        if self.streams.iter().any(|s| (0..n).any(|i| s.buffered(pba + i).is_some())) {
+        if self
+            .streams
+            .iter()
+            .any(|s| (0..n).any(|i| s.buffered(pba + i).is_some()))
+        {
             for (i, chunk) in out.chunks_mut(BLOCK).enumerate() {
                 chunk.copy_from_slice(&self.read_block(pba + i as u64)?);
             }
@@ -184,6 +191,9 @@ impl Inner {
     }
 
     pub fn check_writable(&self) -> Result<()> {
+        if self.opts.read_only {
+            return Err(PoolError::ReadOnly);
+        }
         match &self.poisoned {
             Some(why) => Err(PoolError::Poisoned(why.clone())),
             None => Ok(()),
@@ -248,20 +258,40 @@ impl Inner {
             )));
         }
         let last = self.streams.iter().map(|s| s.seg).max().unwrap_or(0);
-        let seg = *self.free.range(last + 1..).next().or_else(|| self.free.iter().next()).unwrap_or(&0);
+        let seg = *self
+            .free
+            .range(last + 1..)
+            .next()
+            .or_else(|| self.free.iter().next())
+            .unwrap_or(&0);
         self.free.remove(&seg);
         let gen = self.generation;
         let e = self.seg_mut(seg);
-        e.state = if which == StreamId::Meta { SEG_META } else { SEG_DATA };
+        e.state = if which == StreamId::Meta {
+            SEG_META
+        } else {
+            SEG_DATA
+        };
         e.live = 0;
         e.seq = gen;
         e.summary = 0;
         e.summary_crc = 0;
         if which != StreamId::Meta {
-            self.summaries.insert(seg, Summary { tags: vec![0; SEG_BLOCKS as usize], dirty: true });
+            self.summaries.insert(
+                seg,
+                Summary {
+                    tags: vec![0; SEG_BLOCKS as usize],
+                    dirty: true,
+                },
+            );
         }
         let s = &mut self.streams[which as usize];
-        *s = Stream { seg, next: 0, buf_slot: 0, buf: Vec::with_capacity(64 * BLOCK) };
+        *s = Stream {
+            seg,
+            next: 0,
+            buf_slot: 0,
+            buf: Vec::with_capacity(64 * BLOCK),
+        };
         Ok(seg)
     }
 
@@ -361,15 +391,24 @@ impl Inner {
         let tags = if e.summary == 0 {
             vec![0; SEG_BLOCKS as usize]
         } else {
-            let ptr = Ptr { pba: e.summary, crc: e.summary_crc, aux: 0 };
+            let ptr = Ptr {
+                pba: e.summary,
+                crc: e.summary_crc,
+                aux: 0,
+            };
             let buf = self.read_node(ptr, NodeKind::Summary, 0, seg)?;
-            let (_, payload) = decode_node(&buf, &self.pool_id).map_err(|e2| PoolError::Corrupt {
-                dev: self.describe(ptr.pba).0,
-                offset: self.describe(ptr.pba).1,
-                source: e2,
-            })?;
+            let (_, payload) =
+                decode_node(&buf, &self.pool_id).map_err(|e2| PoolError::Corrupt {
+                    dev: self.describe(ptr.pba).0,
+                    offset: self.describe(ptr.pba).1,
+                    source: e2,
+                })?;
             crate::format::node::decode_u64s(payload, SEG_BLOCKS as usize).map_err(|e2| {
-                PoolError::Corrupt { dev: self.describe(ptr.pba).0, offset: 0, source: e2 }
+                PoolError::Corrupt {
+                    dev: self.describe(ptr.pba).0,
+                    offset: 0,
+                    source: e2,
+                }
             })?
         };
         self.summaries.insert(seg, Summary { tags, dirty: false });
@@ -388,6 +427,4 @@ impl Inner {
         let live = self.segs.iter().map(|e| u64::from(e.live)).sum();
         (total, free, live)
     }
-
-
 }

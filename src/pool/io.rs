@@ -9,7 +9,10 @@ use crate::format::{data_crc, BLOCK, BLOCK_U64};
 impl Inner {
     /// Size of a volume in bytes.
     pub fn vol_size(&self, vol: u64) -> Result<u64> {
-        self.vols.get(&vol).map(|v| v.size).ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))
+        self.vols
+            .get(&vol)
+            .map(|v| v.size)
+            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))
     }
 
     pub fn check_range(&self, vol: u64, offset: u64, len: u64) -> Result<()> {
@@ -73,7 +76,10 @@ impl Inner {
     }
 
     pub fn vol_name(&self, vol: u64) -> String {
-        self.vols.get(&vol).map(|v| v.name.clone()).unwrap_or_else(|| format!("volume {vol}"))
+        self.vols
+            .get(&vol)
+            .map(|v| v.name.clone())
+            .unwrap_or_else(|| format!("volume {vol}"))
     }
 
     /// Write `data` at byte `offset` of `vol`.
@@ -106,8 +112,18 @@ impl Inner {
         self.ensure_data_space()?;
         let pba = self.append(StreamId::Data, block)?;
         // A block only this volume holds keeps its VBA; a shared or new one gets a fresh VBA.
-        let vba = if old != 0 && exclusive { old } else { self.alloc_data_vba() };
-        self.log_and_apply(Record::Write { vol, lba, vba, pba, crc })?;
+        let vba = if old != 0 && exclusive {
+            old
+        } else {
+            self.alloc_data_vba()
+        };
+        self.log_and_apply(Record::Write {
+            vol,
+            lba,
+            vba,
+            pba,
+            crc,
+        })?;
         if self.checkpoint_due() {
             self.checkpoint()?;
         }
@@ -152,6 +168,9 @@ impl Inner {
 
     /// Make everything written so far durable.
     pub fn flush(&mut self) -> Result<()> {
+        if self.opts.read_only {
+            return Ok(());
+        }
         self.check_writable()?;
         self.write_out_all()?;
         self.journal_write_block()?;
@@ -181,8 +200,8 @@ impl Inner {
         let (total, _, live) = self.space();
         Err(PoolError::NoSpace(format!(
             "{} of {} MiB hold live data and nothing more can be reclaimed",
-            live * BLOCK_U64 >> 20,
-            total * BLOCK_U64 >> 20
+            (live * BLOCK_U64) >> 20,
+            (total * BLOCK_U64) >> 20
         )))
     }
 }

@@ -47,7 +47,9 @@ impl Inner {
         }
         if self.journal.used() + 1 >= self.journal.blocks {
             // Checkpoints are taken long before this; reaching it is a bug, not a user error.
-            return Err(super::error::PoolError::Poisoned("journal ring overflow".into()));
+            return Err(super::error::PoolError::Poisoned(
+                "journal ring overflow".into(),
+            ));
         }
         let jb = JournalBlock {
             seq: self.journal.seq,

@@ -63,14 +63,17 @@ impl Inner {
         if !self.maps.contains_key(&vba) {
             let ptr = self.vba_get(vba)?;
             if ptr.pba == 0 {
-                return Err(PoolError::Invalid(format!("map node VBA {vba} has no block")));
+                return Err(PoolError::Invalid(format!(
+                    "map node VBA {vba} has no block"
+                )));
             }
             let buf = self.read_node(ptr, NodeKind::Map, level, vba)?;
-            let (h, payload) = decode_node(&buf, &self.pool_id).map_err(|e| PoolError::Corrupt {
-                dev: self.describe(ptr.pba).0,
-                offset: self.describe(ptr.pba).1,
-                source: e,
-            })?;
+            let (h, payload) =
+                decode_node(&buf, &self.pool_id).map_err(|e| PoolError::Corrupt {
+                    dev: self.describe(ptr.pba).0,
+                    offset: self.describe(ptr.pba).1,
+                    source: e,
+                })?;
             let entries = decode_u64s(payload, MAP_FANOUT).map_err(|e| PoolError::Corrupt {
                 dev: self.describe(ptr.pba).0,
                 offset: self.describe(ptr.pba).1,
@@ -79,7 +82,14 @@ impl Inner {
             let count = entries.iter().filter(|&&e| e != 0).count() as u32;
             self.maps.insert(
                 vba,
-                MapNode { level, entries, count, dirty: false, tick: 0, owner: h.owner },
+                MapNode {
+                    level,
+                    entries,
+                    count,
+                    dirty: false,
+                    tick: 0,
+                    owner: h.owner,
+                },
             );
         }
         let tick = self.map_tick;
@@ -91,7 +101,10 @@ impl Inner {
     /// The data VBA mapped at `lba` of volume `vol` (0 = unmapped), and whether the block is
     /// referenced by this volume alone (every node on the path and the block itself unshared).
     pub fn map_lookup(&mut self, vol: u64, lba: u64) -> Result<(u64, bool)> {
-        let v = self.vols.get(&vol).ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
+        let v = self
+            .vols
+            .get(&vol)
+            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
         let (mut cur, depth) = (v.map_root, v.map_depth);
         let mut exclusive = true;
         let mut level = depth;
@@ -132,8 +145,13 @@ impl Inner {
                 continue;
             }
             if let Some(l) = lvl {
-                let children: Vec<u64> =
-                    self.map_node(v, l)?.entries.iter().copied().filter(|&e| e != 0).collect();
+                let children: Vec<u64> = self
+                    .map_node(v, l)?
+                    .entries
+                    .iter()
+                    .copied()
+                    .filter(|&e| e != 0)
+                    .collect();
                 let child_level = if l == 0 { None } else { Some(l - 1) };
                 stack.extend(children.into_iter().map(|c| (c, child_level)));
                 self.maps.remove(&v);
@@ -152,7 +170,14 @@ impl Inner {
     /// A new, empty, dirty map node at `level`; returns its VBA.
     fn new_map_node(&mut self, level: u8, owner: u64) -> Result<u64> {
         let vba = self.alloc_node_vba();
-        self.vba_set(vba, Ptr { pba: 0, crc: 0, aux: 1 })?;
+        self.vba_set(
+            vba,
+            Ptr {
+                pba: 0,
+                crc: 0,
+                aux: 1,
+            },
+        )?;
         self.maps.insert(
             vba,
             MapNode {
@@ -190,12 +215,19 @@ impl Inner {
     /// Set the entry for `lba` of `vol` to `new` (0 unmaps). Returns the previous data VBA; the
     /// caller owns the reference accounting of both data VBAs.
     pub fn map_set(&mut self, vol: u64, lba: u64, new: u64) -> Result<u64> {
-        let v = self.vols.get(&vol).ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
+        let v = self
+            .vols
+            .get(&vol)
+            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
         let (root, depth) = (v.map_root, v.map_depth);
         if root == 0 && new == 0 {
             return Ok(0);
         }
-        let root = if root == 0 { self.new_map_node(depth - 1, vol)? } else { root };
+        let root = if root == 0 {
+            self.new_map_node(depth - 1, vol)?
+        } else {
+            root
+        };
         let root = self.writable_node(root, depth - 1, vol)?;
         if let Some(v) = self.vols.get_mut(&vol) {
             if v.map_root != root {
@@ -244,7 +276,10 @@ impl Inner {
 
     /// Visit mapped entries of `vol` in `[lba, lba+count)` in order: (lba, data vba).
     pub fn map_range(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64)>> {
-        let v = self.vols.get(&vol).ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
+        let v = self
+            .vols
+            .get(&vol)
+            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
         let (root, depth) = (v.map_root, v.map_depth);
         let mut out = Vec::new();
         if root == 0 || count == 0 {
@@ -281,7 +316,10 @@ impl Inner {
     pub fn map_grow(&mut self, vol: u64, blocks: u64) -> Result<()> {
         let want = depth_for(blocks);
         loop {
-            let v = self.vols.get(&vol).ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
+            let v = self
+                .vols
+                .get(&vol)
+                .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
             if v.map_depth >= want {
                 return Ok(());
             }
@@ -308,8 +346,12 @@ impl Inner {
         if self.maps.len() <= cap {
             return;
         }
-        let mut clean: Vec<(u64, u64)> =
-            self.maps.iter().filter(|(_, n)| !n.dirty).map(|(k, n)| (*k, n.tick)).collect();
+        let mut clean: Vec<(u64, u64)> = self
+            .maps
+            .iter()
+            .filter(|(_, n)| !n.dirty)
+            .map(|(k, n)| (*k, n.tick))
+            .collect();
         clean.sort_unstable_by_key(|(_, t)| *t);
         let excess = self.maps.len() - cap;
         for (k, _) in clean.into_iter().take(excess) {

@@ -30,7 +30,7 @@ pub use open::{read_superblock, CreateOptions};
 
 use crate::dev::BlockDev;
 use crate::format::journal::Record;
-use crate::format::node::{VOL_LU};
+use crate::format::node::VOL_LU;
 use crate::format::{BLOCK_U64, SEG_BLOCKS};
 use inner::Inner;
 use rand::RngCore;
@@ -122,9 +122,14 @@ fn hex(b: &[u8]) -> String {
 /// Check an LU name: printable, no '@' or '/', at most 128 bytes.
 pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 128 {
-        return Err(PoolError::Invalid(format!("LU name must be 1 to 128 bytes long: {name:?}")));
+        return Err(PoolError::Invalid(format!(
+            "LU name must be 1 to 128 bytes long: {name:?}"
+        )));
     }
-    if name.chars().any(|c| c == '@' || c == '/' || c.is_control() || c.is_whitespace()) {
+    if name
+        .chars()
+        .any(|c| c == '@' || c == '/' || c.is_control() || c.is_whitespace())
+    {
         return Err(PoolError::Invalid(format!(
             "LU name {name:?} may not contain '@', '/', spaces or control characters"
         )));
@@ -137,15 +142,23 @@ pub const MAX_LU_SIZE: u64 = 1 << 50;
 
 impl Pool {
     /// Create a new pool on `devs` (their current content is overwritten).
-    pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options) -> Result<Pool> {
+    pub fn create(
+        devs: Vec<Arc<dyn BlockDev>>,
+        copts: &CreateOptions,
+        opts: Options,
+    ) -> Result<Pool> {
         let inner = open::create(devs, copts, opts)?;
-        Ok(Pool { inner: Mutex::new(inner) })
+        Ok(Pool {
+            inner: Mutex::new(inner),
+        })
     }
 
     /// Open an existing pool from all of its PVs (any order).
     pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Pool> {
         let inner = open::open(devs, opts)?;
-        Ok(Pool { inner: Mutex::new(inner) })
+        Ok(Pool {
+            inner: Mutex::new(inner),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -154,7 +167,8 @@ impl Pool {
             Ok(g) => g,
             Err(p) => {
                 let mut g = p.into_inner();
-                g.poisoned.get_or_insert_with(|| "a thread panicked inside the pool".into());
+                g.poisoned
+                    .get_or_insert_with(|| "a thread panicked inside the pool".into());
                 g
             }
         }
@@ -179,18 +193,32 @@ impl Pool {
     pub fn lu_create(&self, name: &str, size: u64) -> Result<LuInfo> {
         validate_name(name)?;
         if size == 0 || size > MAX_LU_SIZE {
-            return Err(PoolError::Invalid(format!("LU size must be between 1 byte and 1 PiB, not {size}")));
+            return Err(PoolError::Invalid(format!(
+                "LU size must be between 1 byte and 1 PiB, not {size}"
+            )));
         }
         let mut g = self.lock();
         if g.names.contains_key(name) {
-            return Err(PoolError::Exists(format!("an LU named {name} already exists")));
+            return Err(PoolError::Exists(format!(
+                "an LU named {name} already exists"
+            )));
         }
         let id = g.next_volume_id;
         let mut udid = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut udid);
-        g.log_and_apply(Record::VolCreate { id, kind: VOL_LU, size, udid, name: name.to_owned() })?;
+        g.log_and_apply(Record::VolCreate {
+            id,
+            kind: VOL_LU,
+            size,
+            udid,
+            name: name.to_owned(),
+        })?;
         g.flush()?;
-        let v = g.vols.get(&id).cloned().ok_or_else(|| PoolError::NotFound(name.into()))?;
+        let v = g
+            .vols
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| PoolError::NotFound(name.into()))?;
         Ok(Self::lu_info(&v))
     }
 
@@ -203,21 +231,33 @@ impl Pool {
 
     pub fn lu_get(&self, name: &str) -> Result<LuInfo> {
         let g = self.lock();
-        let id = *g.names.get(name).ok_or_else(|| PoolError::NotFound(name.into()))?;
+        let id = *g
+            .names
+            .get(name)
+            .ok_or_else(|| PoolError::NotFound(name.into()))?;
         Ok(Self::lu_info(&g.vols[&id]))
     }
 
     /// Volume id of an LU, for the data path.
     pub fn lu_id(&self, name: &str) -> Result<u64> {
-        self.lock().names.get(name).copied().ok_or_else(|| PoolError::NotFound(name.into()))
+        self.lock()
+            .names
+            .get(name)
+            .copied()
+            .ok_or_else(|| PoolError::NotFound(name.into()))
     }
 
     pub fn lu_resize(&self, name: &str, size: u64) -> Result<LuInfo> {
         if size == 0 || size > MAX_LU_SIZE {
-            return Err(PoolError::Invalid(format!("LU size must be between 1 byte and 1 PiB, not {size}")));
+            return Err(PoolError::Invalid(format!(
+                "LU size must be between 1 byte and 1 PiB, not {size}"
+            )));
         }
         let mut g = self.lock();
-        let id = *g.names.get(name).ok_or_else(|| PoolError::NotFound(name.into()))?;
+        let id = *g
+            .names
+            .get(name)
+            .ok_or_else(|| PoolError::NotFound(name.into()))?;
         g.log_and_apply(Record::VolResize { id, size })?;
         g.flush()?;
         Ok(Self::lu_info(&g.vols[&id]))
@@ -225,7 +265,10 @@ impl Pool {
 
     pub fn lu_remove(&self, name: &str) -> Result<()> {
         let mut g = self.lock();
-        let id = *g.names.get(name).ok_or_else(|| PoolError::NotFound(name.into()))?;
+        let id = *g
+            .names
+            .get(name)
+            .ok_or_else(|| PoolError::NotFound(name.into()))?;
         g.log_and_apply(Record::VolRemove { id })?;
         g.flush()?;
         if g.checkpoint_due() {
@@ -332,7 +375,10 @@ impl Pool {
     }
 
     /// Run [`Pool::maintenance`] every `period` on a thread until the pool is dropped.
-    pub fn spawn_cleaner(self: &Arc<Self>, period: std::time::Duration) -> std::thread::JoinHandle<()> {
+    pub fn spawn_cleaner(
+        self: &Arc<Self>,
+        period: std::time::Duration,
+    ) -> std::thread::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         std::thread::spawn(move || loop {
             std::thread::sleep(period);
@@ -350,7 +396,11 @@ impl Pool {
         let total_bytes = total * BLOCK_U64;
         let c = g.counters;
         let user = c.user_blocks_written.max(1) as f64;
-        let wa = (c.user_blocks_written + c.gc_blocks_moved + c.meta_blocks_written + c.journal_blocks_written) as f64 / user;
+        let wa = (c.user_blocks_written
+            + c.gc_blocks_moved
+            + c.meta_blocks_written
+            + c.journal_blocks_written) as f64
+            / user;
         PoolStatus {
             name: g.pvs.pvs[0].sb.pool_name.clone(),
             pool_id: hex(&g.pool_id),

@@ -26,7 +26,10 @@ pub struct CreateOptions {
 
 impl Default for CreateOptions {
     fn default() -> Self {
-        CreateOptions { name: "ssp".into(), journal_blocks: 4096 }
+        CreateOptions {
+            name: "ssp".into(),
+            journal_blocks: 4096,
+        }
     }
 }
 
@@ -43,11 +46,17 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
         return Err(PoolError::Invalid("a pool needs at least one PV".into()));
     }
     if copts.journal_blocks < 64 {
-        return Err(PoolError::Invalid("the journal needs at least 64 blocks".into()));
+        return Err(PoolError::Invalid(
+            "the journal needs at least 64 blocks".into(),
+        ));
     }
     let mut pool_id = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut pool_id);
-    let writer = Writer { host_id: opts.host_id, incarnation: 1, fencing_epoch: 1 };
+    let writer = Writer {
+        host_id: opts.host_id,
+        incarnation: 1,
+        fencing_epoch: 1,
+    };
     let mut pvs = Vec::new();
     let mut first = 1u64;
     for (i, dev) in devs.into_iter().enumerate() {
@@ -91,11 +100,12 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
         }
         // Clear both checkpoint slots so nothing from an earlier pool is ever considered.
         for off in CKPT_OFFSETS {
-            dev.write_at(&[0u8; BLOCK], off).map_err(|e| PoolError::Io {
-                dev: dev.name().to_owned(),
-                offset: off,
-                source: e,
-            })?;
+            dev.write_at(&[0u8; BLOCK], off)
+                .map_err(|e| PoolError::Io {
+                    dev: dev.name().to_owned(),
+                    offset: off,
+                    source: e,
+                })?;
         }
         pvs.push(Pv { dev, sb });
     }
@@ -140,12 +150,15 @@ fn assemble(
         pending: Vec::new(),
         pending_bytes: 0,
     };
-    let free: BTreeSet<u64> =
-        (1..segs.len() as u64).filter(|&s| segs[s as usize].state == SEG_FREE).collect();
+    let free: BTreeSet<u64> = (1..segs.len() as u64)
+        .filter(|&s| segs[s as usize].state == SEG_FREE)
+        .collect();
     let names: HashMap<String, u64> = vols.values().map(|v| (v.name.clone(), v.id)).collect();
     let total = segs.len() as u64 - 1;
     // Room for a full checkpoint of the dirty limit plus the cleaner's head.
-    let reserve = (opts.dirty_limit as u64 / SEG_BLOCKS + 3).min(total / 4).max(2);
+    let reserve = (opts.dirty_limit as u64 / SEG_BLOCKS + 3)
+        .min(total / 4)
+        .max(2);
     Ok(Inner {
         pool_id: ck.pool_id,
         writer: ck.writer,
@@ -186,7 +199,11 @@ pub fn read_superblock(dev: &dyn BlockDev) -> Result<Superblock> {
     for off in SB_OFFSETS {
         let mut buf = vec![0u8; BLOCK];
         if let Err(e) = dev.read_at(&mut buf, off) {
-            last_err = Some(PoolError::Io { dev: dev.name().to_owned(), offset: off, source: e });
+            last_err = Some(PoolError::Io {
+                dev: dev.name().to_owned(),
+                offset: off,
+                source: e,
+            });
             continue;
         }
         match Superblock::decode(&buf) {
@@ -197,7 +214,11 @@ pub fn read_superblock(dev: &dyn BlockDev) -> Result<Superblock> {
             }
             Err(e) => {
                 tracing::warn!("{}: superblock copy at {off} is unusable: {e}", dev.name());
-                last_err = Some(PoolError::Corrupt { dev: dev.name().to_owned(), offset: off, source: e });
+                last_err = Some(PoolError::Corrupt {
+                    dev: dev.name().to_owned(),
+                    offset: off,
+                    source: e,
+                });
             }
         }
     }
@@ -224,7 +245,10 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     }
     let pool_id = pvs[0].sb.pool_id;
     if let Some(p) = pvs.iter().find(|p| p.sb.pool_id != pool_id) {
-        return Err(PoolError::Config(format!("{} belongs to another pool", p.dev.name())));
+        return Err(PoolError::Config(format!(
+            "{} belongs to another pool",
+            p.dev.name()
+        )));
     }
     pvs.sort_by_key(|p| p.sb.pv_index);
     for (i, p) in pvs.iter().enumerate() {
@@ -260,9 +284,26 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
         )));
     }
     let total: u64 = pvs.iter().map(|p| p.sb.pv_segments).sum();
+    let mut opts = opts;
+    if let Some(p) = pvs
+        .iter()
+        .find(|p| p.sb.ro_compat & !crate::format::RO_COMPAT_SUPPORTED != 0)
+    {
+        tracing::warn!(
+            "{}: unknown read-only-compatible features: opening read-only",
+            p.dev.name()
+        );
+        opts.read_only = true;
+    }
     let pvset = PvSet { pvs };
     let read_only = opts.read_only;
-    let mut inner = assemble(pvset, &ck, opts, vec![SegEntry::default(); total as usize + 1], BTreeMap::new())?;
+    let mut inner = assemble(
+        pvset,
+        &ck,
+        opts,
+        vec![SegEntry::default(); total as usize + 1],
+        BTreeMap::new(),
+    )?;
 
     // Load the segment table and volume directory (small, kept whole in memory).
     let mut segtab = std::mem::take(&mut inner.segtab);
@@ -284,7 +325,9 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     r?;
     inner.names = vols.values().map(|v| (v.name.clone(), v.id)).collect();
     inner.vols = vols;
-    inner.free = (1..inner.segs.len() as u64).filter(|&s| inner.segs[s as usize].state == SEG_FREE).collect();
+    inner.free = (1..inner.segs.len() as u64)
+        .filter(|&s| inner.segs[s as usize].state == SEG_FREE)
+        .collect();
 
     // Replay.
     let blocks = inner.journal_read();
@@ -327,4 +370,3 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     }
     Ok(inner)
 }
-

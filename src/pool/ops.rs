@@ -13,7 +13,13 @@ impl Inner {
     /// skipped (its write was never acknowledged); returns whether it was applied.
     pub fn apply(&mut self, rec: &Record, replay: bool) -> Result<bool> {
         match rec {
-            Record::Write { vol, lba, vba, pba, crc } => {
+            Record::Write {
+                vol,
+                lba,
+                vba,
+                pba,
+                crc,
+            } => {
                 if replay {
                     if !self.vols.contains_key(vol) || !self.data_matches(*pba, *crc) {
                         return Ok(false);
@@ -31,7 +37,13 @@ impl Inner {
                 self.apply_unmap(*vol, *lba, *count)?;
                 Ok(true)
             }
-            Record::VolCreate { id, kind, size, udid, name } => {
+            Record::VolCreate {
+                id,
+                kind,
+                size,
+                udid,
+                name,
+            } => {
                 self.next_volume_id = self.next_volume_id.max(id + 1);
                 self.epoch += 1;
                 let rec = VolRecord {
@@ -59,8 +71,11 @@ impl Inner {
                 Ok(true)
             }
             Record::VolResize { id, size } => {
-                let Some(v) = self.vols.get(id) else { return Ok(false) };
-                let (old_blocks, new_blocks) = (v.size.div_ceil(BLOCK_U64), size.div_ceil(BLOCK_U64));
+                let Some(v) = self.vols.get(id) else {
+                    return Ok(false);
+                };
+                let (old_blocks, new_blocks) =
+                    (v.size.div_ceil(BLOCK_U64), size.div_ceil(BLOCK_U64));
                 if new_blocks < old_blocks {
                     self.apply_unmap(*id, new_blocks, old_blocks - new_blocks)?;
                 } else {
@@ -73,7 +88,9 @@ impl Inner {
                 Ok(true)
             }
             Record::VolRemove { id } => {
-                let Some(v) = self.vols.get(id).cloned() else { return Ok(false) };
+                let Some(v) = self.vols.get(id).cloned() else {
+                    return Ok(false);
+                };
                 if v.map_root != 0 {
                     self.decref(v.map_root, Some(v.map_depth - 1))?;
                 }
@@ -82,7 +99,12 @@ impl Inner {
                 self.vols_dirty.insert(*id);
                 Ok(true)
             }
-            Record::GcMove { vba, old_pba, new_pba, crc } => {
+            Record::GcMove {
+                vba,
+                old_pba,
+                new_pba,
+                crc,
+            } => {
                 let mut p = self.vba_get(*vba)?;
                 if p.pba != *old_pba || (replay && !self.data_matches(*new_pba, *crc)) {
                     return Ok(false);
@@ -99,7 +121,9 @@ impl Inner {
 
     /// Whether the block at `pba` holds data with checksum `crc`.
     fn data_matches(&self, pba: u64, crc: u32) -> bool {
-        self.read_block(pba).map(|b| data_crc(&self.pool_id, &b) == crc).unwrap_or(false)
+        self.read_block(pba)
+            .map(|b| data_crc(&self.pool_id, &b) == crc)
+            .unwrap_or(false)
     }
 
     fn apply_write(&mut self, vol: u64, lba: u64, vba: u64, pba: u64, crc: u32) -> Result<()> {

@@ -64,7 +64,13 @@ impl<E: Entry> Default for PhysTree<E> {
 
 impl<E: Entry> PhysTree<E> {
     pub fn new(root: Root, capacity: usize) -> Self {
-        PhysTree { root, depth: root.depth, pages: HashMap::new(), capacity, tick: 0 }
+        PhysTree {
+            root,
+            depth: root.depth,
+            pages: HashMap::new(),
+            capacity,
+            tick: 0,
+        }
     }
 
     /// Root as of the last `encode` (what a checkpoint records).
@@ -102,7 +108,11 @@ impl<E: Entry> PhysTree<E> {
     fn ptr_to(&mut self, io: &dyn NodeIo, level: u8, idx: u64) -> Result<Ptr> {
         if level + 1 >= self.depth {
             if level + 1 == self.depth && idx == 0 && self.root.depth == self.depth {
-                return Ok(Ptr { pba: self.root.pba, crc: self.root.crc, aux: 0 });
+                return Ok(Ptr {
+                    pba: self.root.pba,
+                    crc: self.root.crc,
+                    aux: 0,
+                });
             }
             return Ok(Ptr::default());
         }
@@ -147,7 +157,16 @@ impl<E: Entry> PhysTree<E> {
             }
         };
         let tick = self.tick;
-        self.pages.insert((level, idx), Cached { page, dirty: false, assigned: 0, old: ptr.pba, tick });
+        self.pages.insert(
+            (level, idx),
+            Cached {
+                page,
+                dirty: false,
+                assigned: 0,
+                old: ptr.pba,
+                tick,
+            },
+        );
         Ok(true)
     }
 
@@ -172,7 +191,13 @@ impl<E: Entry> PhysTree<E> {
             if self.depth == 0 {
                 self.pages.insert(
                     (0, 0),
-                    Cached { page: Self::empty_page(0), dirty: true, assigned: 0, old: 0, tick: self.tick },
+                    Cached {
+                        page: Self::empty_page(0),
+                        dirty: true,
+                        assigned: 0,
+                        old: 0,
+                        tick: self.tick,
+                    },
                 );
                 self.depth = 1;
                 continue;
@@ -180,11 +205,21 @@ impl<E: Entry> PhysTree<E> {
             let mut ptrs = vec![Ptr::default(); PTR_FANOUT];
             // The old root becomes child 0 of the new root; if it was on disk, point at it.
             if self.root.depth == self.depth {
-                ptrs[0] = Ptr { pba: self.root.pba, crc: self.root.crc, aux: 0 };
+                ptrs[0] = Ptr {
+                    pba: self.root.pba,
+                    crc: self.root.crc,
+                    aux: 0,
+                };
             }
             self.pages.insert(
                 (self.depth, 0),
-                Cached { page: Page::Interior(ptrs), dirty: true, assigned: 0, old: 0, tick: self.tick },
+                Cached {
+                    page: Page::Interior(ptrs),
+                    dirty: true,
+                    assigned: 0,
+                    old: 0,
+                    tick: self.tick,
+                },
             );
             self.depth += 1;
         }
@@ -222,7 +257,11 @@ impl<E: Entry> PhysTree<E> {
         self.grow(index);
         let pidx = index / E::PER_PAGE as u64;
         self.load_path(io, 0, pidx)?;
-        if let Some(Cached { page: Page::Leaf(v), .. }) = self.pages.get_mut(&(0, pidx)) {
+        if let Some(Cached {
+            page: Page::Leaf(v),
+            ..
+        }) = self.pages.get_mut(&(0, pidx))
+        {
             v[(index % E::PER_PAGE as u64) as usize] = e;
         }
         self.mark_dirty_path(0, pidx);
@@ -250,8 +289,12 @@ impl<E: Entry> PhysTree<E> {
     /// Give every dirty page without one a new address; returns (old, new) pairs so the caller
     /// can move live-block counts. May be called again after more pages became dirty.
     pub fn prepare(&mut self, alloc: &mut dyn FnMut() -> Result<u64>) -> Result<Vec<(u64, u64)>> {
-        let mut keys: Vec<(u8, u64)> =
-            self.pages.iter().filter(|(_, c)| c.dirty && c.assigned == 0).map(|(k, _)| *k).collect();
+        let mut keys: Vec<(u8, u64)> = self
+            .pages
+            .iter()
+            .filter(|(_, c)| c.dirty && c.assigned == 0)
+            .map(|(k, _)| *k)
+            .collect();
         keys.sort_unstable();
         let mut moves = Vec::with_capacity(keys.len());
         for k in keys {
@@ -266,16 +309,30 @@ impl<E: Entry> PhysTree<E> {
 
     /// Encode every dirty page bottom-up (after `prepare`), fixing parent pointers and the root.
     /// Returns the blocks to write.
-    pub fn encode(&mut self, pool_id: &[u8; 16], generation: u64, writer: Writer) -> Vec<(u64, Vec<u8>)> {
-        let mut keys: Vec<(u8, u64)> =
-            self.pages.iter().filter(|(_, c)| c.dirty).map(|(k, _)| *k).collect();
+    pub fn encode(
+        &mut self,
+        pool_id: &[u8; 16],
+        generation: u64,
+        writer: Writer,
+    ) -> Vec<(u64, Vec<u8>)> {
+        let mut keys: Vec<(u8, u64)> = self
+            .pages
+            .iter()
+            .filter(|(_, c)| c.dirty)
+            .map(|(k, _)| *k)
+            .collect();
         keys.sort_unstable();
         let mut out = Vec::with_capacity(keys.len());
         for (level, idx) in keys {
-            let Some(c) = self.pages.get_mut(&(level, idx)) else { continue };
+            let Some(c) = self.pages.get_mut(&(level, idx)) else {
+                continue;
+            };
             debug_assert!(c.assigned != 0, "encode without prepare");
             let (payload, count) = match &c.page {
-                Page::Leaf(v) => (E::encode_page(v), v.iter().filter(|e| !e.is_empty()).count()),
+                Page::Leaf(v) => (
+                    E::encode_page(v),
+                    v.iter().filter(|e| !e.is_empty()).count(),
+                ),
                 Page::Interior(p) => (encode_ptrs(p), p.iter().filter(|x| !x.is_none()).count()),
             };
             let h = NodeHeader {
@@ -295,9 +352,15 @@ impl<E: Entry> PhysTree<E> {
             c.dirty = false;
             out.push((pba, buf));
             if level + 1 == self.depth {
-                self.root = Root { pba, crc, depth: self.depth };
-            } else if let Some(Cached { page: Page::Interior(p), .. }) =
-                self.pages.get_mut(&(level + 1, idx / PTR_FANOUT as u64))
+                self.root = Root {
+                    pba,
+                    crc,
+                    depth: self.depth,
+                };
+            } else if let Some(Cached {
+                page: Page::Interior(p),
+                ..
+            }) = self.pages.get_mut(&(level + 1, idx / PTR_FANOUT as u64))
             {
                 p[(idx % PTR_FANOUT as u64) as usize] = Ptr { pba, crc, aux: 0 };
             }
@@ -310,8 +373,12 @@ impl<E: Entry> PhysTree<E> {
         if self.pages.len() <= self.capacity {
             return;
         }
-        let mut clean: Vec<((u8, u64), u64)> =
-            self.pages.iter().filter(|(_, c)| !c.dirty).map(|(k, c)| (*k, c.tick)).collect();
+        let mut clean: Vec<((u8, u64), u64)> = self
+            .pages
+            .iter()
+            .filter(|(_, c)| !c.dirty)
+            .map(|(k, c)| (*k, c.tick))
+            .collect();
         clean.sort_unstable_by_key(|(_, t)| *t);
         let excess = self.pages.len() - self.capacity;
         for (k, _) in clean.into_iter().take(excess) {
@@ -323,11 +390,9 @@ impl<E: Entry> PhysTree<E> {
         self.pages.len()
     }
 
-
     /// Visit every non-empty entry (index order is not guaranteed). Loads pages as needed.
     pub fn for_each(&mut self, io: &dyn NodeIo, f: &mut dyn FnMut(u64, &E)) -> Result<()> {
-        let leaves = self.capacity_entries().div_ceil(E::PER_PAGE as u64);
-        self.walk(io, self.depth.saturating_sub(1), 0, leaves, f)
+        self.walk(io, self.depth.saturating_sub(1), 0, f)
     }
 
     fn walk(
@@ -335,14 +400,17 @@ impl<E: Entry> PhysTree<E> {
         io: &dyn NodeIo,
         level: u8,
         idx: u64,
-        leaves: u64,
         f: &mut dyn FnMut(u64, &E),
     ) -> Result<()> {
         if self.depth == 0 || !self.load(io, level, idx, false)? {
             return Ok(());
         }
         if level == 0 {
-            if let Some(Cached { page: Page::Leaf(v), .. }) = self.pages.get(&(0, idx)) {
+            if let Some(Cached {
+                page: Page::Leaf(v),
+                ..
+            }) = self.pages.get(&(0, idx))
+            {
                 let base = idx * E::PER_PAGE as u64;
                 for (i, e) in v.iter().enumerate() {
                     if !e.is_empty() {
@@ -369,13 +437,17 @@ impl<E: Entry> PhysTree<E> {
             }
         }
         for c in all {
-            self.walk(io, level - 1, c, leaves, f)?;
+            self.walk(io, level - 1, c, f)?;
         }
         Ok(())
     }
 
     /// Visit every page that is on disk: (level, idx, ptr). Used by `check` and the cleaner.
-    pub fn for_each_page(&mut self, io: &dyn NodeIo, f: &mut dyn FnMut(u8, u64, Ptr)) -> Result<()> {
+    pub fn for_each_page(
+        &mut self,
+        io: &dyn NodeIo,
+        f: &mut dyn FnMut(u8, u64, Ptr),
+    ) -> Result<()> {
         if self.depth == 0 {
             return Ok(());
         }
@@ -427,7 +499,9 @@ mod entries {
         }
         fn decode_page(p: &[u8]) -> Result<Vec<Self>, FormatError> {
             let mut r = Rd::new(p, "segment table page");
-            (0..SEG_PER_PAGE).map(|_| SegEntry::decode(&mut r)).collect()
+            (0..SEG_PER_PAGE)
+                .map(|_| SegEntry::decode(&mut r))
+                .collect()
         }
     }
 
@@ -441,7 +515,9 @@ mod entries {
         }
         fn decode_page(p: &[u8]) -> Result<Vec<Self>, FormatError> {
             let mut r = Rd::new(p, "volume directory page");
-            (0..VOL_PER_PAGE).map(|_| VolRecord::decode(&mut r)).collect()
+            (0..VOL_PER_PAGE)
+                .map(|_| VolRecord::decode(&mut r))
+                .collect()
         }
         fn is_empty(&self) -> bool {
             self.id == 0

@@ -42,7 +42,9 @@ impl PvSet {
     pub fn offset(&self, pv: u16, pv_seg: u32, slot: u64) -> Result<u64> {
         let p = self.pv(pv)?;
         if u64::from(pv_seg) >= p.sb.pv_segments {
-            return Err(PoolError::Invalid(format!("segment {pv_seg} is beyond PV {pv}")));
+            return Err(PoolError::Invalid(format!(
+                "segment {pv_seg} is beyond PV {pv}"
+            )));
         }
         Ok(p.sb.data_offset + (u64::from(pv_seg) * SEG_BLOCKS + slot) * BLOCK_U64)
     }
@@ -78,7 +80,9 @@ impl PvSet {
 
     /// Name of a PV for messages.
     pub fn name(&self, pv: u16) -> String {
-        self.pv(pv).map(|p| p.dev.name().to_owned()).unwrap_or_else(|_| format!("pv{pv}"))
+        self.pv(pv)
+            .map(|p| p.dev.name().to_owned())
+            .unwrap_or_else(|_| format!("pv{pv}"))
     }
 
     /// Total data segments over all PVs.
@@ -108,7 +112,12 @@ pub fn geometry(size: u64, journal_blocks: u64) -> Result<Geometry> {
             data_offset + 4 * seg_bytes
         )));
     }
-    Ok(Geometry { journal_offset, journal_blocks, data_offset, pv_segments })
+    Ok(Geometry {
+        journal_offset,
+        journal_blocks,
+        data_offset,
+        pv_segments,
+    })
 }
 
 /// A zeroed block buffer.

@@ -19,7 +19,10 @@ pub fn small_opts() -> Options {
 }
 
 pub fn copts() -> CreateOptions {
-    CreateOptions { name: "test".into(), journal_blocks: 256 }
+    CreateOptions {
+        name: "test".into(),
+        journal_blocks: 256,
+    }
 }
 
 pub fn mem_pool(size: u64, opts: Options) -> (Pool, Arc<dyn BlockDev>) {
@@ -36,15 +39,7 @@ pub fn fault_pool(size: u64, opts: Options) -> (Pool, FaultControl) {
 
 /// A block whose bytes depend on (lba, version): distinguishes every write.
 pub fn pattern(lba: u64, version: u64) -> Vec<u8> {
-    let mut b = vec![0u8; 4096];
-    let mut x = lba.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ 1;
-    for chunk in b.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
-    b
+    ssp::cli::debug::pattern_block(lba, version)
 }
 
 pub fn assert_check(pool: &Pool) {
