@@ -132,7 +132,7 @@ fn random_write_4k(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(KB4))
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+        .measurement_time(Duration::from_secs(8));
     let mut rng = Rng(0x1234_5678_9abc_def1);
     g.bench_function("write_4k_random", |b| {
         let (pool, id) = engine.get_or_insert_with(|| {
@@ -288,7 +288,7 @@ fn seq_write_1m(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(MB))
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+        .measurement_time(Duration::from_secs(8));
     let mut off = 0u64;
     g.bench_function("write_1m_seq", |b| {
         let (pool, id) = engine.get_or_insert_with(|| {

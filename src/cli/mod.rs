@@ -288,18 +288,26 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
         LuCmd::Export { name, file } => {
             let id = p.lu_id(name)?;
             let size = p.lu_get(name)?.size;
-            let mut f = std::fs::File::create(file)
-                .with_context(|| format!("cannot create {}", file.display()))?;
+            let f = std::fs::File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
+            // Sparse output: only mapped extents are read and written; holes stay holes.
+            f.set_len(size)?;
             let mut buf = vec![0u8; 1 << 20];
-            let mut pos = 0u64;
-            while pos < size {
-                let n = (size - pos).min(buf.len() as u64) as usize;
-                p.read(id, pos, &mut buf[..n])?;
-                f.write_all(&buf[..n])?;
-                pos += n as u64;
+            let mut data = 0u64;
+            for (start, len, mapped) in p.extents(id, 0, size)? {
+                if !mapped {
+                    continue;
+                }
+                let mut pos = start;
+                while pos < start + len {
+                    let n = (start + len - pos).min(buf.len() as u64) as usize;
+                    p.read(id, pos, &mut buf[..n])?;
+                    std::os::unix::fs::FileExt::write_all_at(&f, &buf[..n], pos)?;
+                    pos += n as u64;
+                }
+                data += len;
             }
             f.sync_all()?;
-            writeln!(out, "exported {size} bytes of {name} to {}", file.display())?;
+            writeln!(out, "exported {size} bytes of {name} to {} ({data} bytes of data)", file.display())?;
         }
     }
     pd.pool.close()?;
