@@ -76,6 +76,13 @@ fn plain_file(path: &Path, size: u64) -> File {
     f
 }
 
+/// Write back every dirty page in the system (untimed), so a benchmark does not start while the
+/// kernel is still flushing what the previous one left behind.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() }
+}
+
 /// Deterministic non-zero filler.
 fn filler(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -142,6 +149,7 @@ fn random_write_4k(c: &mut Criterion) {
                 Options::default(),
             );
             let id = pool.lu_create("rw", WRITE_LU).expect("lu create").id;
+            settle();
             (pool, id)
         });
         b.iter(|| {
@@ -152,8 +160,11 @@ fn random_write_4k(c: &mut Criterion) {
     });
     let mut rng = Rng(0x1234_5678_9abc_def1);
     g.bench_function("pwrite_4k_random", |b| {
-        let plain =
-            plain.get_or_insert_with(|| plain_file(&dir.path().join("plain-rw.img"), WRITE_LU));
+        let plain = plain.get_or_insert_with(|| {
+            let f = plain_file(&dir.path().join("plain-rw.img"), WRITE_LU);
+            settle();
+            f
+        });
         b.iter(|| {
             let off = rng.block_off(WRITE_LU);
             plain.write_all_at(black_box(&data), off).expect("pwrite");
@@ -181,6 +192,9 @@ fn read_setup(dir: &Path) -> (Pool, u64, File) {
     }
     pool.flush().expect("flush");
     pool.checkpoint().expect("checkpoint");
+    if std::env::var_os("NOSETTLE").is_none() {
+        settle();
+    }
     eprintln!(
         "[read setup] prefilled {} MiB in {:.2?}",
         READ_FILL >> 20,
@@ -242,6 +256,7 @@ fn random_read_4k(c: &mut Criterion, st: &mut ReadState, dir: &Path) {
 
 fn seq_read_1m(c: &mut Criterion, st: &mut ReadState, dir: &Path) {
     let mut buf = vec![0u8; MB as usize];
+    eprintln!("BUFALIGN {}", buf.as_ptr() as usize % 4096);
     let mut g = c.benchmark_group("seq_read_1m");
     g.throughput(Throughput::Bytes(MB))
         .sample_size(20)
@@ -298,6 +313,7 @@ fn seq_write_1m(c: &mut Criterion) {
                 Options::default(),
             );
             let id = pool.lu_create("sw", WRITE_LU).expect("lu create").id;
+            settle();
             (pool, id)
         });
         b.iter(|| {
@@ -308,8 +324,11 @@ fn seq_write_1m(c: &mut Criterion) {
     });
     let mut off = 0u64;
     g.bench_function("pwrite_1m_seq", |b| {
-        let plain =
-            plain.get_or_insert_with(|| plain_file(&dir.path().join("plain-sw.img"), WRITE_LU));
+        let plain = plain.get_or_insert_with(|| {
+            let f = plain_file(&dir.path().join("plain-sw.img"), WRITE_LU);
+            settle();
+            f
+        });
         b.iter(|| {
             plain.write_all_at(black_box(&data), off).expect("pwrite");
             off = (off + MB) % WRITE_LU;
@@ -357,6 +376,7 @@ fn open_setup(path: &Path) -> bool {
         bytes >> 20,
         t.elapsed()
     );
+    settle();
     // Prefer a read-only open (writes nothing, so every iteration opens the same pool); fall
     // back to a normal open if the engine refuses it.
     match open_pool(path, open_opts(true)) {

@@ -210,7 +210,9 @@ impl World {
             Op::Remove(l) => {
                 let r = p.lu_remove(&name(l));
                 assert_eq!(r.is_ok(), self.lus.remove(&l).is_some());
-                self.flushed();
+                if r.is_ok() {
+                    self.flushed(); // removal is durable when it returns
+                }
             }
             Op::Gc => {
                 p.gc(3).unwrap();

@@ -288,7 +288,8 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
         LuCmd::Export { name, file } => {
             let id = p.lu_id(name)?;
             let size = p.lu_get(name)?.size;
-            let f = std::fs::File::create(file).with_context(|| format!("cannot create {}", file.display()))?;
+            let f = std::fs::File::create(file)
+                .with_context(|| format!("cannot create {}", file.display()))?;
             // Sparse output: only mapped extents are read and written; holes stay holes.
             f.set_len(size)?;
             let mut buf = vec![0u8; 1 << 20];
@@ -307,7 +308,11 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
                 data += len;
             }
             f.sync_all()?;
-            writeln!(out, "exported {size} bytes of {name} to {} ({data} bytes of data)", file.display())?;
+            writeln!(
+                out,
+                "exported {size} bytes of {name} to {} ({data} bytes of data)",
+                file.display()
+            )?;
         }
     }
     pd.pool.close()?;

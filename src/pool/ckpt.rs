@@ -115,7 +115,11 @@ impl Inner {
             self.summaries.remove(&seg);
         }
 
-        // 3. Summaries of data segments that gained blocks.
+        // 3. Summaries of data segments that gained blocks. A segment that is free again (all
+        //    its blocks died, e.g. written and trimmed during replay) needs none.
+        let segs = &self.segs;
+        self.summaries
+            .retain(|seg, _| segs[*seg as usize].state != SEG_FREE);
         let mut sdirty: Vec<u64> = self
             .summaries
             .iter()
