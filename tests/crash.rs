@@ -310,3 +310,45 @@ fn corrupt_metadata_node_is_reported_by_check() {
     let err = p.read(id, 0, &mut b).unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
 }
+
+/// Replay must not silently stop at a damaged journal block that had been acknowledged.
+#[test]
+fn damaged_acknowledged_journal_block_is_an_error_not_silent_loss() {
+    let o = Options {
+        checkpoint_writes: 1 << 30,
+        ..Options::default()
+    };
+    let (dev, ctl) = FaultDev::new("jpv", 32 * MB);
+    let dev: Arc<dyn BlockDev> = Arc::new(dev);
+    let pool = Pool::create(vec![dev.clone()], &copts(), o.clone()).unwrap();
+    let id = pool.lu_create("lu", MB).unwrap().id; // journal block at ring position 0
+    pool.write(id, 0, &pattern(0, 1), true).unwrap(); // position 1
+    pool.write(id, 4096, &pattern(1, 1), true).unwrap(); // position 2, records 1 as durable
+    drop(pool);
+    let img = ctl.crash_image(CrashMode::KeepAll, 0);
+    // Damage position 1: open must refuse, naming the PV and offset.
+    let mut bad = img.clone();
+    bad[16384 + 4096 + 300] ^= 1;
+    let (d, _) = FaultDev::from_image("jpv", bad);
+    let err = Pool::open(vec![Arc::new(d)], o.clone())
+        .err()
+        .expect("must refuse");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("jpv")
+            && msg.contains(&(16384 + 4096).to_string())
+            && msg.contains("acknowledged"),
+        "{msg}"
+    );
+    // A torn last block is an ordinary torn tail: the pool opens without it.
+    let mut torn = img;
+    for b in &mut torn[16384 + 2 * 4096 + 2048..16384 + 3 * 4096] {
+        *b = 0;
+    }
+    let (d, _) = FaultDev::from_image("jpv", torn);
+    let p = Pool::open(vec![Arc::new(d)], o).unwrap();
+    assert_check(&p);
+    let mut b = vec![0u8; 4096];
+    p.read(id, 0, &mut b).unwrap();
+    assert_eq!(b, pattern(0, 1));
+}

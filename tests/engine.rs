@@ -256,3 +256,66 @@ fn read_only_open_writes_nothing() {
     ro.close().unwrap();
     assert_eq!(ctl.writes(), writes, "a read-only open must not write");
 }
+
+#[test]
+fn metadata_cache_stays_bounded_under_reads() {
+    let o = Options {
+        map_cache_nodes: 4,
+        vba_cache_pages: 4,
+        dirty_limit: 8,
+        checkpoint_writes: 1 << 20,
+        ..Options::default()
+    };
+    let (pool, dev) = mem_pool(128 * MB, o.clone());
+    let id = pool.lu_create("a", 64 * MB).unwrap().id;
+    pool.write(id, 0, &vec![3u8; 64 * MB as usize], false)
+        .unwrap();
+    pool.close().unwrap();
+    let pool = Pool::open(vec![dev], o).unwrap();
+    let mut b = vec![0u8; 4096];
+    let mut peak = (0, 0);
+    for i in 0..16384u64 {
+        pool.read(id, (i * 7919 % 16384) * 4096, &mut b).unwrap();
+        let (m, v) = pool.cache_usage();
+        peak = (peak.0.max(m), peak.1.max(v));
+    }
+    // Budget 4 clean + 25 % + the dirty slack (8), far below the 34 map nodes and ~130 VBA
+    // pages the LU needs.
+    assert!(peak.0 <= 4 + 1 + 8 + 1, "map cache peaked at {}", peak.0);
+    assert!(peak.1 <= 4 + 1 + 8 + 1, "VBA cache peaked at {}", peak.1);
+}
+
+#[test]
+fn background_cleaner_reclaims_garbage() {
+    let (pool, _) = mem_pool(40 * MB, small_opts());
+    let pool = Arc::new(pool);
+    let id = pool.lu_create("a", 4 * MB).unwrap().id;
+    let mut x = 99u64;
+    let mut n = 0u64;
+    // Random overwrites until less than a quarter of the pool is free.
+    while pool.status().free_bytes * 4 >= pool.status().total_bytes {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let lba = (x >> 33) % 1024;
+        pool.write(id, lba * 4096, &pattern(lba, n), false).unwrap();
+        n += 1;
+        assert!(n < 200_000, "the pool never filled");
+    }
+    let before = pool.status();
+    let handle = pool.spawn_cleaner(std::time::Duration::from_millis(5));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pool.status().free_bytes * 4 < pool.status().total_bytes {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cleaner did not reclaim space"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let after = pool.status();
+    assert!(after.counters.segments_cleaned > before.counters.segments_cleaned);
+    assert!(after.free_bytes > before.free_bytes);
+    assert_check(&pool);
+    drop(pool);
+    handle.join().unwrap();
+}

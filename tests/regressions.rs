@@ -7,7 +7,13 @@ use ssp::pool::{Options, Pool};
 use std::sync::Arc;
 
 fn opts() -> Options {
-    Options { map_cache_nodes: 6, vba_cache_pages: 6, dirty_limit: 200, checkpoint_writes: 150, ..Options::default() }
+    Options {
+        map_cache_nodes: 6,
+        vba_cache_pages: 6,
+        dirty_limit: 200,
+        checkpoint_writes: 150,
+        ..Options::default()
+    }
 }
 
 fn reopen(p: Pool, ctl: &mut FaultControl, crash: Option<CrashMode>) -> Pool {

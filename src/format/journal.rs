@@ -190,6 +190,9 @@ pub struct JournalBlock {
     pub writer: Writer,
     /// Generation of the checkpoint this block was written after (diagnostics).
     pub ckpt_generation: u64,
+    /// Highest sequence number known durable when this block was written: replay uses it to
+    /// tell a torn tail (never acknowledged) from a corrupt block that was acknowledged.
+    pub durable_seq: u64,
     pub records: Vec<Record>,
 }
 
@@ -210,7 +213,9 @@ impl JournalBlock {
         w.u32(self.writer.host_id)
             .u32(self.writer.incarnation)
             .u64(self.writer.fencing_epoch);
-        w.u64(self.ckpt_generation).u32(self.records.len() as u32);
+        w.u64(self.ckpt_generation)
+            .u32(self.records.len() as u32)
+            .u64(self.durable_seq);
         w.pad_to(JHDR).bytes(&body.buf).pad_to(BLOCK);
         let crc = crc_with_hole(pool_id, &w.buf, CRC_AT);
         w.put_u32_at(CRC_AT, crc);
@@ -261,6 +266,7 @@ impl JournalBlock {
         };
         let ckpt_generation = r.u64()?;
         let count = r.u32()? as usize;
+        let durable_seq = r.u64()?;
         if used > JPAYLOAD {
             return Err(FormatError::Invalid {
                 what: W,
@@ -285,6 +291,7 @@ impl JournalBlock {
             seq,
             writer,
             ckpt_generation,
+            durable_seq,
             records,
         })
     }
@@ -303,6 +310,7 @@ pub(crate) mod tests {
                 fencing_epoch: 1,
             },
             ckpt_generation: 6,
+            durable_seq: 41,
             records: vec![
                 Record::VolCreate {
                     id: 1,

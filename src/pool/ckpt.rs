@@ -209,6 +209,7 @@ impl Inner {
         // 7. Make everything durable, then commit.
         self.write_out(StreamId::Meta)?;
         self.pvs.sync_all()?;
+        self.journal_synced();
         let ck = Checkpoint {
             generation: gen,
             pool_id: self.pool_id,

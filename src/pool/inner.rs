@@ -427,4 +427,18 @@ impl Inner {
         let live = self.segs.iter().map(|e| u64::from(e.live)).sum();
         (total, free, live)
     }
+
+    /// Keep the metadata caches within their budgets (called between operations). Dirty nodes
+    /// cannot be dropped; a checkpoint, due once they pass the dirty limit, cleans them.
+    pub fn trim_caches(&mut self) {
+        let slack = self.opts.dirty_limit;
+        if self.maps.len() > self.opts.map_cache_nodes + self.opts.map_cache_nodes / 4 + slack {
+            self.evict_maps();
+        }
+        if self.vba.cached_pages()
+            > self.opts.vba_cache_pages + self.opts.vba_cache_pages / 4 + slack
+        {
+            self.vba.evict();
+        }
+    }
 }

@@ -176,6 +176,7 @@ impl Inner {
         self.journal_write_block()?;
         let r = self.pvs.sync_all();
         self.poison(r)?;
+        self.journal_synced();
         if self.checkpoint_due() {
             self.checkpoint()?;
         }

@@ -1,7 +1,7 @@
 //! The journal ring: records are batched into 4096-byte blocks and written in sequence.
 //! A block, once written, is never rewritten while the checkpoint that precedes it is current.
 
-use super::error::Result;
+use super::error::{PoolError, Result};
 use super::inner::Inner;
 use crate::format::journal::{JournalBlock, Record, JPAYLOAD};
 use crate::format::BLOCK_U64;
@@ -20,6 +20,8 @@ pub struct Journal {
     pub start_pos: u64,
     pub pending: Vec<Record>,
     pub pending_bytes: usize,
+    /// Every block with a lower or equal sequence number is known durable (a sync covered it).
+    pub durable_seq: u64,
 }
 
 impl Journal {
@@ -55,6 +57,7 @@ impl Inner {
             seq: self.journal.seq,
             writer: self.writer,
             ckpt_generation: self.generation,
+            durable_seq: self.journal.durable_seq,
             records: std::mem::take(&mut self.journal.pending),
         };
         self.journal.pending_bytes = 0;
@@ -68,24 +71,64 @@ impl Inner {
         Ok(())
     }
 
+    /// Everything written so far was just made durable by a sync.
+    pub fn journal_synced(&mut self) {
+        self.journal.durable_seq = self.journal.seq.saturating_sub(1);
+    }
+
     /// Read the journal from the checkpoint's position while blocks verify and follow in
     /// sequence. Returns the blocks in order; the next block to write goes after the last one.
-    pub fn journal_read(&self) -> Vec<JournalBlock> {
+    ///
+    /// A block that fails is normally the torn tail of writes that were never acknowledged. But
+    /// if a later block in the ring carries the expected sequence number and records that the
+    /// failed block had been made durable, acknowledged writes were damaged: that is an error.
+    pub fn journal_read(&self) -> Result<Vec<JournalBlock>> {
         let mut out = Vec::new();
         let (mut seq, mut pos) = (self.journal.start_seq, self.journal.start_pos);
         let mut buf = vec![0u8; crate::format::BLOCK];
-        for _ in 0..self.journal.blocks {
+        let n = self.journal.blocks;
+        let mut stop = None;
+        for i in 0..n {
             let off = self.journal.offset + pos * BLOCK_U64;
-            if self.pvs.read(self.journal.pv, off, &mut buf).is_err() {
-                break;
-            }
-            match JournalBlock::decode(&buf, &self.pool_id) {
-                Ok(jb) if jb.seq == seq => out.push(jb),
-                _ => break,
+            let r = self.pvs.read(self.journal.pv, off, &mut buf);
+            match r
+                .ok()
+                .and_then(|_| JournalBlock::decode(&buf, &self.pool_id).ok())
+            {
+                Some(jb) if jb.seq == seq => out.push(jb),
+                _ => {
+                    stop = Some((i, seq, off));
+                    break;
+                }
             }
             seq += 1;
-            pos = (pos + 1) % self.journal.blocks;
+            pos = (pos + 1) % n;
         }
-        out
+        if let Some((i, bad_seq, bad_off)) = stop {
+            for j in 1..n - i {
+                let p = (pos + j) % n;
+                let off = self.journal.offset + p * BLOCK_U64;
+                if self.pvs.read(self.journal.pv, off, &mut buf).is_err() {
+                    continue;
+                }
+                if let Ok(jb) = JournalBlock::decode(&buf, &self.pool_id) {
+                    if jb.seq == bad_seq + j && jb.durable_seq >= bad_seq {
+                        return Err(PoolError::Corrupt {
+                            dev: self.pvs.name(self.journal.pv),
+                            offset: bad_off,
+                            source: crate::format::FormatError::Invalid {
+                                what: "journal block",
+                                field: "sequence",
+                                detail: format!(
+                                    "block {bad_seq} is unreadable but block {} records it as durable: acknowledged writes would be lost",
+                                    jb.seq
+                                ),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -278,13 +278,18 @@ impl Pool {
     }
 
     pub fn read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.lock().read(vol, offset, buf)
+        let mut g = self.lock();
+        let r = g.read(vol, offset, buf);
+        g.trim_caches();
+        r
     }
 
     /// Write; with `fua` the data is durable when this returns.
     pub fn write(&self, vol: u64, offset: u64, data: &[u8], fua: bool) -> Result<()> {
         let mut g = self.lock();
-        g.write(vol, offset, data)?;
+        let r = g.write(vol, offset, data);
+        g.trim_caches();
+        r?;
         if fua {
             g.flush()?;
         }

@@ -149,6 +149,7 @@ fn assemble(
         start_pos: ck.journal_pos,
         pending: Vec::new(),
         pending_bytes: 0,
+        durable_seq: ck.journal_seq.saturating_sub(1),
     };
     let free: BTreeSet<u64> = (1..segs.len() as u64)
         .filter(|&s| segs[s as usize].state == SEG_FREE)
@@ -330,7 +331,7 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
         .collect();
 
     // Replay.
-    let blocks = inner.journal_read();
+    let blocks = inner.journal_read()?;
     let mut applied = 0u64;
     let mut skipped = 0u64;
     for jb in &blocks {
