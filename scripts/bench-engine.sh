@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the engine benchmarks (benches/engine.rs) and print a compact summary: mean time,
-# throughput and operations per second of each benchmark, plus engine/baseline ratios.
+# Run the engine benchmarks (benches/engine.rs) and print a compact summary: mean (with its 95 %
+# confidence interval), slope and median time per operation, throughput and operations per
+# second of each benchmark, plus engine/baseline throughput ratios.
 #
 # Usage: scripts/bench-engine.sh [criterion args...]
 #   e.g. scripts/bench-engine.sh random_write_4k     (only benchmarks matching a filter)

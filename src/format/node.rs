@@ -278,6 +278,10 @@ pub const VOL_LU: u8 = 1;
 pub const VOL_SNAPSHOT: u8 = 2;
 pub const VOL_IMAGE: u8 = 3;
 
+/// Volume flag: some of this volume's map nodes may be shared with another volume (it has a
+/// snapshot, or is a snapshot or clone), so writes must check node reference counts.
+pub const VOL_FLAG_SHARES_NODES: u8 = 1;
+
 /// A volume (LU, snapshot, client image or clone) in the volume directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VolRecord {

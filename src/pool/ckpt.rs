@@ -176,7 +176,7 @@ impl Inner {
         let mut segtab = std::mem::take(&mut self.segtab);
         let mut r = Ok(());
         loop {
-            let dirty = std::mem::take(&mut self.segs_dirty);
+            let dirty = self.segs_dirty.take();
             for seg in &dirty {
                 let e = self.segs[*seg as usize];
                 if let Err(e) = segtab.set(self, *seg, e) {

@@ -8,7 +8,8 @@ use super::pvs::{seg_start, split, PvSet};
 use super::Options;
 use crate::format::node::{decode_node, NodeKind, Ptr, SegEntry, VolRecord, SEG_DATA, SEG_META};
 use crate::format::{Writer, BLOCK, SEG_BLOCKS};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Which append stream a block goes to: user data, metadata (checkpoints) or the cleaner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,38 @@ pub struct Counters {
     pub segments_cleaned: u64,
 }
 
+/// Set of segment numbers changed since the last checkpoint: O(1) insert on the write path.
+#[derive(Default)]
+pub struct DirtySet {
+    flags: Vec<bool>,
+    list: Vec<u64>,
+}
+
+impl DirtySet {
+    pub fn insert(&mut self, seg: u64) {
+        let i = seg as usize;
+        if i >= self.flags.len() {
+            self.flags.resize(i + 1, false);
+        }
+        if !self.flags[i] {
+            self.flags[i] = true;
+            self.list.push(seg);
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+    /// Remove and return every member, in ascending order.
+    pub fn take(&mut self) -> Vec<u64> {
+        let mut l = std::mem::take(&mut self.list);
+        for &s in &l {
+            self.flags[s as usize] = false;
+        }
+        l.sort_unstable();
+        l
+    }
+}
+
 pub struct Inner {
     pub pool_id: [u8; 16],
     pub writer: Writer,
@@ -75,7 +108,7 @@ pub struct Inner {
     pub voldir: PhysTree<VolRecord>,
     /// Authoritative segment table (index = pool segment; index 0 unused).
     pub segs: Vec<SegEntry>,
-    pub segs_dirty: BTreeSet<u64>,
+    pub segs_dirty: DirtySet,
     pub free: BTreeSet<u64>,
     /// Authoritative volume records.
     pub vols: BTreeMap<u64, VolRecord>,

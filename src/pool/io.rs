@@ -32,7 +32,6 @@ impl Inner {
         if buf.is_empty() {
             return Ok(());
         }
-        buf.fill(0);
         let first = offset / BLOCK_U64;
         let last = (offset + buf.len() as u64 - 1) / BLOCK_U64;
         let mapped = self.map_range(vol, first, last - first + 1)?;
@@ -42,6 +41,16 @@ impl Inner {
             let p = self.vba_get(vba)?;
             locs.push((lba, p.pba, p.crc));
         }
+        // Unmapped blocks read as zeroes.
+        let mut next = first;
+        for &(lba, _, _) in locs.iter().chain(std::iter::once(&(last + 1, 0, 0))) {
+            if lba > next {
+                zero_part(buf, offset, next, lba);
+            }
+            next = lba + 1;
+        }
+        let aligned = offset % BLOCK_U64 == 0;
+        let mut scratch = Vec::new();
         let mut i = 0;
         while i < locs.len() {
             let mut j = i + 1;
@@ -49,13 +58,22 @@ impl Inner {
                 && locs[j].0 == locs[j - 1].0 + 1
                 && locs[j].1 == locs[j - 1].1 + 1
                 && split(locs[j].1).0 == split(locs[i].1).0
-                && j - i < 256
             {
                 j += 1;
             }
-            let mut run = vec![0u8; (j - i) * BLOCK];
-            self.read_run(locs[i].1, &mut run)?;
-            for (k, blk) in run.chunks(BLOCK).enumerate() {
+            let (lba0, pba0) = (locs[i].0, locs[i].1);
+            let start = (lba0 * BLOCK_U64 - offset.min(lba0 * BLOCK_U64)) as usize;
+            let len = (j - i) * BLOCK;
+            // Whole blocks land straight in the caller's buffer; partial ones go via scratch.
+            let direct = aligned && start + len <= buf.len();
+            let dst: &mut [u8] = if direct {
+                &mut buf[start..start + len]
+            } else {
+                scratch.resize(len, 0);
+                &mut scratch[..]
+            };
+            self.read_run(pba0, dst)?;
+            for (k, blk) in dst.chunks(BLOCK).enumerate() {
                 let (lba, pba, crc) = locs[i + k];
                 let got = data_crc(&self.pool_id, blk);
                 if got != crc {
@@ -68,7 +86,11 @@ impl Inner {
                         computed: got,
                     });
                 }
-                copy_block_part(buf, offset, lba, blk);
+            }
+            if !direct {
+                for (k, blk) in scratch.chunks(BLOCK).enumerate() {
+                    copy_block_part(buf, offset, locs[i + k].0, blk);
+                }
             }
             i = j;
         }
@@ -117,13 +139,7 @@ impl Inner {
         } else {
             self.alloc_data_vba()
         };
-        self.log_and_apply(Record::Write {
-            vol,
-            lba,
-            vba,
-            pba,
-            crc,
-        })?;
+        self.log_and_apply_write(vol, lba, vba, pba, crc, old)?;
         if self.checkpoint_due() {
             self.checkpoint()?;
         }
@@ -189,7 +205,9 @@ impl Inner {
             return Ok(());
         }
         for _ in 0..8 {
-            let cleaned = self.gc_run(4)?;
+            // Clean a good batch per checkpoint: each round costs a checkpoint and its sync.
+            let batch = (self.segs.len() / 32).max(8);
+            let cleaned = self.gc_run(batch)?;
             self.checkpoint()?;
             if self.free_for(StreamId::Data) > 0 {
                 return Ok(());
@@ -204,6 +222,16 @@ impl Inner {
             (live * BLOCK_U64) >> 20,
             (total * BLOCK_U64) >> 20
         )))
+    }
+}
+
+/// Zero the part of blocks `[from, to)` that falls inside `buf` (which starts at byte `offset`).
+fn zero_part(buf: &mut [u8], offset: u64, from: u64, to: u64) {
+    let end = offset + buf.len() as u64;
+    let s = (from * BLOCK_U64).max(offset);
+    let e = (to * BLOCK_U64).min(end);
+    if s < e {
+        buf[(s - offset) as usize..(e - offset) as usize].fill(0);
     }
 }
 

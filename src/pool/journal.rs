@@ -6,6 +6,9 @@ use super::inner::Inner;
 use crate::format::journal::{JournalBlock, Record, JPAYLOAD};
 use crate::format::BLOCK_U64;
 
+/// How far past a failed journal block replay looks for proof that it had been acknowledged.
+pub const JOURNAL_LOOKAHEAD: u64 = 256;
+
 pub struct Journal {
     pub pv: u16,
     /// Byte offset of the ring on its PV.
@@ -105,7 +108,9 @@ impl Inner {
             pos = (pos + 1) % n;
         }
         if let Some((i, bad_seq, bad_off)) = stop {
-            for j in 1..n - i {
+            // The evidence, if any, follows within a few blocks: the block written after the
+            // sync that covered the bad one. Look a bounded distance ahead.
+            for j in 1..(n - i).min(JOURNAL_LOOKAHEAD) {
                 let p = (pos + j) % n;
                 let off = self.journal.offset + p * BLOCK_U64;
                 if self.pvs.read(self.journal.pv, off, &mut buf).is_err() {

@@ -9,7 +9,9 @@
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::ptree::NodeIo;
-use crate::format::node::{decode_node, decode_u64s, NodeKind, Ptr, MAP_FANOUT};
+use crate::format::node::{
+    decode_node, decode_u64s, NodeKind, Ptr, MAP_FANOUT, VOL_FLAG_SHARES_NODES,
+};
 
 /// A cached block-map node.
 pub struct MapNode {
@@ -106,6 +108,8 @@ impl Inner {
             .get(&vol)
             .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
         let (mut cur, depth) = (v.map_root, v.map_depth);
+        // Node reference counts matter only where snapshots or clones may share nodes.
+        let check_nodes = v.flags & VOL_FLAG_SHARES_NODES != 0;
         let mut exclusive = true;
         let mut level = depth;
         while level > 0 {
@@ -113,7 +117,9 @@ impl Inner {
                 return Ok((0, false));
             }
             level -= 1;
-            exclusive &= self.vba_get(cur)?.aux <= 1;
+            if check_nodes {
+                exclusive &= self.vba_get(cur)?.aux <= 1;
+            }
             cur = self.map_node(cur, level)?.entries[slot(lba, level)];
         }
         if cur != 0 {
@@ -290,24 +296,26 @@ impl Inner {
         let mut stack = vec![(root, depth - 1, 0u64)];
         while let Some((node, level, base)) = stack.pop() {
             let span = entry_span(level);
-            let entries = self.map_node(node, level)?.entries.clone();
+            // Only the slots that overlap [lba, end) are visited.
+            let lo = (lba.saturating_sub(base) / span) as usize;
+            let hi = ((end - base).div_ceil(span) as usize).min(MAP_FANOUT);
+            let n = self.map_node(node, level)?;
             if level == 0 {
-                for (i, &e) in entries.iter().enumerate() {
-                    let first = base + i as u64;
-                    if e != 0 && first >= lba && first < end {
-                        out.push((first, e));
+                for (i, &e) in n.entries.iter().enumerate().take(hi).skip(lo) {
+                    if e != 0 {
+                        out.push((base + i as u64, e));
                     }
                 }
                 continue;
             }
             // Push children in reverse so they pop in ascending order.
-            for (i, &e) in entries.iter().enumerate().rev() {
-                let first = base + i as u64 * span;
-                let last = first.saturating_add(span);
-                if e != 0 && last > lba && first < end {
-                    stack.push((e, level - 1, first));
+            let mark = stack.len();
+            for (i, &e) in n.entries.iter().enumerate().take(hi).skip(lo) {
+                if e != 0 {
+                    stack.push((e, level - 1, base + i as u64 * span));
                 }
             }
+            stack[mark..].reverse();
         }
         Ok(out)
     }

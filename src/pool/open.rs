@@ -13,7 +13,8 @@ use crate::format::node::{SegEntry, VolRecord, SEG_FREE};
 use crate::format::superblock::{Superblock, SB_OFFSETS};
 use crate::format::{Writer, BLOCK, SEG_BLOCKS};
 use rand::RngCore;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Parameters of a new pool.
@@ -124,7 +125,9 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
         ..Default::default()
     };
     let mut inner = assemble(PvSet { pvs }, &ck, opts, segs, BTreeMap::new())?;
-    inner.segs_dirty = (1..=total).collect();
+    for seg in 1..=total {
+        inner.segs_dirty.insert(seg);
+    }
     inner.checkpoint()?;
     Ok(inner)
 }
@@ -175,14 +178,14 @@ fn assemble(
         segtab: PhysTree::new(ck.segtab_root, usize::MAX),
         voldir: PhysTree::new(ck.voldir_root, usize::MAX),
         segs,
-        segs_dirty: BTreeSet::new(),
+        segs_dirty: Default::default(),
         free,
         vols,
         vols_dirty: BTreeSet::new(),
         names,
-        maps: HashMap::new(),
+        maps: HashMap::default(),
         map_tick: 0,
-        summaries: HashMap::new(),
+        summaries: HashMap::default(),
         streams: [Stream::default(), Stream::default(), Stream::default()],
         journal,
         counters: Counters::default(),

@@ -27,7 +27,7 @@ impl Inner {
                     self.next_vba = self.next_vba.max(vba + 2);
                     self.free_vbas.remove(vba);
                 }
-                self.apply_write(*vol, *lba, *vba, *pba, *crc)?;
+                self.apply_write(*vol, *lba, *vba, *pba, *crc, None)?;
                 Ok(true)
             }
             Record::Unmap { vol, lba, count } => {
@@ -126,8 +126,20 @@ impl Inner {
             .unwrap_or(false)
     }
 
-    fn apply_write(&mut self, vol: u64, lba: u64, vba: u64, pba: u64, crc: u32) -> Result<()> {
-        let (old, _) = self.map_lookup(vol, lba)?;
+    /// `known_old` is the current mapping when the caller just looked it up (the live path).
+    pub fn apply_write(
+        &mut self,
+        vol: u64,
+        lba: u64,
+        vba: u64,
+        pba: u64,
+        crc: u32,
+        known_old: Option<u64>,
+    ) -> Result<()> {
+        let old = match known_old {
+            Some(o) => o,
+            None => self.map_lookup(vol, lba)?.0,
+        };
         if old == vba {
             // Overwrite of a block this volume alone holds: only its VBA moves.
             let mut p = self.vba_get(vba)?;
@@ -173,6 +185,28 @@ impl Inner {
             v.owned_blocks = v.owned_blocks.saturating_add_signed(owned);
             self.vols_dirty.insert(vol);
         }
+    }
+
+    /// Journal a write record and apply it, reusing the caller's lookup of the old mapping.
+    pub fn log_and_apply_write(
+        &mut self,
+        vol: u64,
+        lba: u64,
+        vba: u64,
+        pba: u64,
+        crc: u32,
+        old: u64,
+    ) -> Result<()> {
+        self.check_writable()?;
+        self.journal_append(Record::Write {
+            vol,
+            lba,
+            vba,
+            pba,
+            crc,
+        })?;
+        let r = self.apply_write(vol, lba, vba, pba, crc, Some(old));
+        self.poison_any(r)
     }
 
     /// Journal a record and apply it.

@@ -12,7 +12,7 @@ use crate::format::node::{
     PTR_FANOUT,
 };
 use crate::format::{FormatError, Writer};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Reads a node by pointer, verifying its checksum and identity.
 pub trait NodeIo {
@@ -67,7 +67,7 @@ impl<E: Entry> PhysTree<E> {
         PhysTree {
             root,
             depth: root.depth,
-            pages: HashMap::new(),
+            pages: HashMap::default(),
             capacity,
             tick: 0,
         }
@@ -176,6 +176,17 @@ impl<E: Entry> PhysTree<E> {
             return Ok(E::default());
         }
         let pidx = index / E::PER_PAGE as u64;
+        // Fast path: a cached leaf needs one lookup.
+        self.tick += 1;
+        if let Some(Cached {
+            page: Page::Leaf(v),
+            tick,
+            ..
+        }) = self.pages.get_mut(&(0, pidx))
+        {
+            *tick = self.tick;
+            return Ok(v[(index % E::PER_PAGE as u64) as usize].clone());
+        }
         if !self.load(io, 0, pidx, false)? {
             return Ok(E::default());
         }
@@ -256,6 +267,16 @@ impl<E: Entry> PhysTree<E> {
     pub fn set(&mut self, io: &dyn NodeIo, index: u64, e: E) -> Result<()> {
         self.grow(index);
         let pidx = index / E::PER_PAGE as u64;
+        // Fast path: a cached dirty leaf already has its whole path dirty.
+        if let Some(Cached {
+            page: Page::Leaf(v),
+            dirty: true,
+            ..
+        }) = self.pages.get_mut(&(0, pidx))
+        {
+            v[(index % E::PER_PAGE as u64) as usize] = e;
+            return Ok(());
+        }
         self.load_path(io, 0, pidx)?;
         if let Some(Cached {
             page: Page::Leaf(v),
