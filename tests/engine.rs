@@ -319,3 +319,34 @@ fn background_cleaner_reclaims_garbage() {
     drop(pool);
     handle.join().unwrap();
 }
+
+#[test]
+fn nearly_full_pool_keeps_accepting_overwrites() {
+    let (pool, _) = mem_pool(64 * MB, Options::default());
+    let st = pool.status();
+    // An LU of about 70 % of the usable space, written completely, then overwritten at random.
+    let lu_blocks = st.total_bytes / 4096 * 7 / 10 * 3 / 4;
+    let id = pool.lu_create("a", lu_blocks * 4096).unwrap().id;
+    for lba in 0..lu_blocks {
+        pool.write(id, lba * 4096, &pattern(lba, 0), false).unwrap();
+    }
+    let mut version = vec![0u64; lu_blocks as usize];
+    let mut x = 5u64;
+    for i in 1..=40_000u64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let lba = (x >> 33) % lu_blocks;
+        pool.write(id, lba * 4096, &pattern(lba, i), i % 1000 == 0)
+            .unwrap_or_else(|e| panic!("write {i} failed on a pool with room: {e}"));
+        version[lba as usize] = i;
+    }
+    let mut b = vec![0u8; 4096];
+    for lba in 0..lu_blocks {
+        pool.read(id, lba * 4096, &mut b).unwrap();
+        assert_eq!(b, pattern(lba, version[lba as usize]), "lba {lba}");
+    }
+    assert_check(&pool);
+    let wa = pool.status().write_amplification;
+    assert!(wa > 1.0, "write amplification is measured: {wa}");
+}

@@ -94,6 +94,7 @@ impl Inner {
             if let Some(n) = self.maps.get_mut(&vba) {
                 n.dirty = false;
             }
+            self.maps_dirty -= 1;
         }
 
         // 2. Segments emptied since the last checkpoint are recorded free now and handed to
@@ -282,8 +283,7 @@ impl Inner {
     pub fn checkpoint_due(&self) -> bool {
         self.journal.used() * 2 >= self.journal.blocks
             || self.writes_since_ckpt >= self.opts.checkpoint_writes
-            || self.maps.len() + self.vba.cached_pages()
-                > self.opts.map_cache_nodes + self.opts.vba_cache_pages + self.opts.dirty_limit
+            || self.maps_dirty + self.vba.dirty_pages() + self.summaries.len() >= self.dirty_cap
     }
 }
 

@@ -106,7 +106,8 @@ impl Inner {
             let live = match h.kind {
                 NodeKind::Map => {
                     if self.vba_get(h.id)?.pba == pba {
-                        self.map_node(h.id, h.level)?.dirty = true;
+                        self.map_node(h.id, h.level)?;
+                        self.note_map_dirty(h.id);
                         true
                     } else {
                         false

@@ -115,6 +115,8 @@ pub struct Inner {
     pub vols_dirty: BTreeSet<u64>,
     pub names: HashMap<String, u64>,
     pub maps: HashMap<u64, MapNode>,
+    /// Dirty map nodes among `maps`.
+    pub maps_dirty: usize,
     pub map_tick: u64,
     pub summaries: HashMap<u64, Summary>,
     pub streams: [Stream; 3],
@@ -126,6 +128,8 @@ pub struct Inner {
     pub writes_since_ckpt: u64,
     /// Free segments kept back for metadata and the cleaner.
     pub reserve: u64,
+    /// Dirty metadata nodes allowed before a checkpoint: what the reserve can always absorb.
+    pub dirty_cap: usize,
 }
 
 impl NodeIo for Inner {

@@ -160,7 +160,9 @@ impl Inner {
                     .collect();
                 let child_level = if l == 0 { None } else { Some(l - 1) };
                 stack.extend(children.into_iter().map(|c| (c, child_level)));
-                self.maps.remove(&v);
+                if self.maps.remove(&v).is_some_and(|n| n.dirty) {
+                    self.maps_dirty -= 1;
+                }
             }
             self.live_dec(p.pba);
             self.vba_set(v, Ptr::default())?;
@@ -171,6 +173,16 @@ impl Inner {
             }
         }
         Ok(first_freed)
+    }
+
+    /// Mark a cached map node dirty (it is written at the next checkpoint).
+    pub fn note_map_dirty(&mut self, vba: u64) {
+        if let Some(n) = self.maps.get_mut(&vba) {
+            if !n.dirty {
+                n.dirty = true;
+                self.maps_dirty += 1;
+            }
+        }
     }
 
     /// A new, empty, dirty map node at `level`; returns its VBA.
@@ -195,6 +207,7 @@ impl Inner {
                 owner,
             },
         );
+        self.maps_dirty += 1;
         Ok(vba)
     }
 
@@ -260,7 +273,7 @@ impl Inner {
                     n.count += 1;
                 }
                 n.entries[s] = child;
-                n.dirty = true;
+                self.note_map_dirty(cur);
             }
             cur = child;
             level -= 1;
@@ -275,7 +288,7 @@ impl Inner {
                 _ => {}
             }
             n.entries[s] = new;
-            n.dirty = true;
+            self.note_map_dirty(cur);
         }
         Ok(old)
     }

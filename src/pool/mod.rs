@@ -45,7 +45,7 @@ pub struct Options {
     pub vba_cache_pages: usize,
     /// Dirty nodes allowed before a checkpoint is forced.
     pub dirty_limit: usize,
-    /// Data blocks written between checkpoints (bounds replay time after a crash).
+    /// Data blocks written between checkpoints (bounds the journal replayed after a crash).
     pub checkpoint_writes: u64,
     /// Open without writing anything (no replay commit, no changes).
     pub read_only: bool,
@@ -59,7 +59,7 @@ impl Default for Options {
             map_cache_nodes: 16384,
             vba_cache_pages: 16384,
             dirty_limit: 8192,
-            checkpoint_writes: 65536,
+            checkpoint_writes: 262_144,
             read_only: false,
             host_id: 1,
         }

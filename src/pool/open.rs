@@ -4,12 +4,13 @@
 use super::error::{PoolError, Result};
 use super::inner::{Counters, Inner, Stream};
 use super::journal::Journal;
+use super::ops::Mode;
 use super::ptree::PhysTree;
 use super::pvs::{geometry, Pv, PvSet};
 use super::Options;
 use crate::dev::BlockDev;
 use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
-use crate::format::node::{SegEntry, VolRecord, SEG_FREE};
+use crate::format::node::{SegEntry, VolRecord, SEG_FREE, SEG_PER_PAGE};
 use crate::format::superblock::{Superblock, SB_OFFSETS};
 use crate::format::{Writer, BLOCK, SEG_BLOCKS};
 use rand::RngCore;
@@ -159,10 +160,14 @@ fn assemble(
         .collect();
     let names: HashMap<String, u64> = vols.values().map(|v| (v.name.clone(), v.id)).collect();
     let total = segs.len() as u64 - 1;
-    // Room for a full checkpoint of the dirty limit plus the cleaner's head.
-    let reserve = (opts.dirty_limit as u64 / SEG_BLOCKS + 3)
-        .min(total / 4)
-        .max(2);
+    // The reserve must always hold a whole checkpoint: every dirty node (capped below), every
+    // page of the segment table and volume directory, plus heads for metadata and the cleaner.
+    let table_pages = (total / SEG_PER_PAGE as u64 + 1) * 2 + 16;
+    let want = (opts.dirty_limit as u64 + table_pages).div_ceil(SEG_BLOCKS) + 3;
+    let reserve = want.min(total / 4).max(3);
+    let dirty_cap = ((reserve - 3) * SEG_BLOCKS)
+        .saturating_sub(table_pages)
+        .clamp(32, opts.dirty_limit.max(32) as u64) as usize;
     Ok(Inner {
         pool_id: ck.pool_id,
         writer: ck.writer,
@@ -184,6 +189,7 @@ fn assemble(
         vols_dirty: BTreeSet::new(),
         names,
         maps: HashMap::default(),
+        maps_dirty: 0,
         map_tick: 0,
         summaries: HashMap::default(),
         streams: [Stream::default(), Stream::default(), Stream::default()],
@@ -192,6 +198,7 @@ fn assemble(
         poisoned: None,
         writes_since_ckpt: 0,
         reserve,
+        dirty_cap,
         opts,
     })
 }
@@ -337,9 +344,17 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     let blocks = inner.journal_read()?;
     let mut applied = 0u64;
     let mut skipped = 0u64;
+    // Blocks up to the highest sequence any block records as durable were covered by a
+    // completed sync, data included: only the tail after it needs its data verified.
+    let durable = blocks.iter().map(|b| b.durable_seq).max().unwrap_or(0);
     for jb in &blocks {
+        let mode = if jb.seq <= durable {
+            Mode::ReplayDurable
+        } else {
+            Mode::ReplayUnsure
+        };
         for rec in &jb.records {
-            if inner.apply(rec, true)? {
+            if inner.apply(rec, mode)? {
                 applied += 1;
             } else {
                 skipped += 1;

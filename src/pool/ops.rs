@@ -8,10 +8,24 @@ use crate::format::journal::Record;
 use crate::format::node::{Ptr, VolRecord};
 use crate::format::{data_crc, BLOCK_U64};
 
+/// How a record is being applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Just journaled by the live path.
+    Live,
+    /// Replayed from a journal block that a completed sync is known to have covered: its data
+    /// blocks are durable too.
+    ReplayDurable,
+    /// Replayed from the journal's unsynced tail: data blocks are verified first.
+    ReplayUnsure,
+}
+
 impl Inner {
     /// Apply one record. During replay a record whose data block did not reach the disk is
     /// skipped (its write was never acknowledged); returns whether it was applied.
-    pub fn apply(&mut self, rec: &Record, replay: bool) -> Result<bool> {
+    pub fn apply(&mut self, rec: &Record, mode: Mode) -> Result<bool> {
+        let replay = mode != Mode::Live;
+        let verify = mode == Mode::ReplayUnsure;
         match rec {
             Record::Write {
                 vol,
@@ -21,7 +35,7 @@ impl Inner {
                 crc,
             } => {
                 if replay {
-                    if !self.vols.contains_key(vol) || !self.data_matches(*pba, *crc) {
+                    if !self.vols.contains_key(vol) || (verify && !self.data_matches(*pba, *crc)) {
                         return Ok(false);
                     }
                     self.next_vba = self.next_vba.max(vba + 2);
@@ -106,7 +120,7 @@ impl Inner {
                 crc,
             } => {
                 let mut p = self.vba_get(*vba)?;
-                if p.pba != *old_pba || (replay && !self.data_matches(*new_pba, *crc)) {
+                if p.pba != *old_pba || (verify && !self.data_matches(*new_pba, *crc)) {
                     return Ok(false);
                 }
                 p.pba = *new_pba;
@@ -213,7 +227,7 @@ impl Inner {
     pub fn log_and_apply(&mut self, rec: Record) -> Result<()> {
         self.check_writable()?;
         self.journal_append(rec.clone())?;
-        let r = self.apply(&rec, false);
+        let r = self.apply(&rec, Mode::Live);
         self.poison_any(r).map(|_| ())
     }
 

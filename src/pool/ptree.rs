@@ -54,6 +54,8 @@ pub struct PhysTree<E: Entry> {
     pages: HashMap<(u8, u64), Cached<E>>,
     capacity: usize,
     tick: u64,
+    /// Dirty pages (they stay cached until a checkpoint writes them).
+    dirty: usize,
 }
 
 impl<E: Entry> Default for PhysTree<E> {
@@ -70,6 +72,7 @@ impl<E: Entry> PhysTree<E> {
             pages: HashMap::default(),
             capacity,
             tick: 0,
+            dirty: 0,
         }
     }
 
@@ -211,6 +214,7 @@ impl<E: Entry> PhysTree<E> {
                     },
                 );
                 self.depth = 1;
+                self.dirty += 1;
                 continue;
             }
             let mut ptrs = vec![Ptr::default(); PTR_FANOUT];
@@ -233,6 +237,7 @@ impl<E: Entry> PhysTree<E> {
                 },
             );
             self.depth += 1;
+            self.dirty += 1;
         }
     }
 
@@ -241,7 +246,10 @@ impl<E: Entry> PhysTree<E> {
         while l < self.depth {
             match self.pages.get_mut(&(l, i)) {
                 Some(c) if c.dirty => {}
-                Some(c) => c.dirty = true,
+                Some(c) => {
+                    c.dirty = true;
+                    self.dirty += 1;
+                }
                 None => {}
             }
             l += 1;
@@ -386,6 +394,7 @@ impl<E: Entry> PhysTree<E> {
                 p[(idx % PTR_FANOUT as u64) as usize] = Ptr { pba, crc, aux: 0 };
             }
         }
+        self.dirty = 0;
         out
     }
 
@@ -405,6 +414,10 @@ impl<E: Entry> PhysTree<E> {
         for (k, _) in clean.into_iter().take(excess) {
             self.pages.remove(&k);
         }
+    }
+
+    pub fn dirty_pages(&self) -> usize {
+        self.dirty
     }
 
     pub fn cached_pages(&self) -> usize {
