@@ -5,7 +5,9 @@
 //! highest generation across all PVs is the pool's state, and the journal is replayed from
 //! `journal_seq`/`journal_pos`. A torn slot fails its checksum and the other slot wins.
 
-use super::{crc_with_hole, FormatError, Rd, Wr, Writer, BLOCK, FORMAT_VERSION};
+use super::{
+    check_version, crc_with_hole, open_block, FormatError, Rd, Wr, Writer, BLOCK, FORMAT_VERSION,
+};
 
 /// "SSPCKPT1" as a little-endian u64.
 pub const CKPT_MAGIC: u64 = u64::from_le_bytes(*b"SSPCKPT1");
@@ -100,38 +102,10 @@ impl Checkpoint {
     /// Decode a slot; the checksum is seeded with the pool id from the superblock.
     pub fn decode(buf: &[u8], pool_id: &[u8; 16]) -> Result<Self, FormatError> {
         const W: &str = "checkpoint";
-        if buf.len() < BLOCK {
-            return Err(FormatError::Short {
-                what: W,
-                len: buf.len(),
-                need: BLOCK,
-            });
-        }
-        let mut r = Rd::new(buf, W);
-        let magic = r.u64()?;
-        if magic != CKPT_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: W,
-                found: magic,
-                expected: CKPT_MAGIC,
-            });
-        }
-        let version = r.u32()?;
-        let stored = r.u32()?;
-        let computed = crc_with_hole(pool_id, &buf[..BLOCK], CRC_AT);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                what: W,
-                stored,
-                computed,
-            });
-        }
-        if version != FORMAT_VERSION {
-            return Err(FormatError::BadVersion {
-                what: W,
-                found: version,
-            });
-        }
+        let b = open_block(buf, W, b"SSPCKPT1", pool_id, CRC_AT)?;
+        let mut r = Rd::at(b, 8, W);
+        check_version(r.u32()?, W)?;
+        r.skip(4)?; // crc
         Ok(Checkpoint {
             generation: r.u64()?,
             pool_id: r.arr()?,

@@ -7,7 +7,10 @@
 //! expected sequence number; the first that does not ends the journal (a torn tail is cut off).
 
 use super::FORMAT_VERSION;
-use super::{crc_with_hole, decode_name, encode_name, FormatError, Rd, Wr, Writer, BLOCK};
+use super::{
+    check_version, crc_with_hole, decode_name, encode_name, open_block, FormatError, Rd, Wr,
+    Writer, BLOCK,
+};
 
 /// "SSPJ" as a little-endian u32.
 pub const JOURNAL_MAGIC: u32 = u32::from_le_bytes(*b"SSPJ");
@@ -224,39 +227,10 @@ impl JournalBlock {
 
     pub fn decode(buf: &[u8], pool_id: &[u8; 16]) -> Result<Self, FormatError> {
         const W: &str = "journal block";
-        if buf.len() < BLOCK {
-            return Err(FormatError::Short {
-                what: W,
-                len: buf.len(),
-                need: BLOCK,
-            });
-        }
-        let mut r = Rd::new(buf, W);
-        let magic = r.u32()?;
-        if magic != JOURNAL_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: W,
-                found: magic.into(),
-                expected: JOURNAL_MAGIC.into(),
-            });
-        }
-        let version = r.u16()?;
-        r.skip(2)?;
-        let stored = r.u32()?;
-        let computed = crc_with_hole(pool_id, &buf[..BLOCK], CRC_AT);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                what: W,
-                stored,
-                computed,
-            });
-        }
-        if u32::from(version) != FORMAT_VERSION {
-            return Err(FormatError::BadVersion {
-                what: W,
-                found: version.into(),
-            });
-        }
+        let b = open_block(buf, W, b"SSPJ", pool_id, CRC_AT)?;
+        let mut r = Rd::at(b, 4, W);
+        check_version(r.u16()?.into(), W)?;
+        r.skip(6)?; // flags, crc
         let used = r.u32()? as usize;
         let seq = r.u64()?;
         let writer = Writer {

@@ -82,6 +82,52 @@ pub fn crc_with_hole(pool_id: &[u8; 16], data: &[u8], crc_at: usize) -> u32 {
     crc32c::crc32c_append(c, tail)
 }
 
+/// The common opening of every self-checking 4096-byte structure: the buffer holds a whole
+/// block, `magic` is at offset 0, and the crc stored at `crc_at` matches the block's checksum
+/// seeded with `seed`. The magic is checked first (a foreign block says "bad magic"), the
+/// checksum before any other field is trusted. Returns the block.
+pub fn open_block<'a>(
+    buf: &'a [u8],
+    what: &'static str,
+    magic: &[u8],
+    seed: &[u8; 16],
+    crc_at: usize,
+) -> Result<&'a [u8], FormatError> {
+    let block = buf.get(..BLOCK).ok_or(FormatError::Short {
+        what,
+        len: buf.len(),
+        need: BLOCK,
+    })?;
+    let found = &block[..magic.len()];
+    if found != magic {
+        let as_u64 = |b: &[u8]| b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x));
+        return Err(FormatError::BadMagic {
+            what,
+            found: as_u64(found),
+            expected: as_u64(magic),
+        });
+    }
+    let stored = Rd::at(block, crc_at, what).u32()?;
+    let computed = crc_with_hole(seed, block, crc_at);
+    if stored != computed {
+        return Err(FormatError::BadChecksum {
+            what,
+            stored,
+            computed,
+        });
+    }
+    Ok(block)
+}
+
+/// Refuse a structure written by another format version.
+pub fn check_version(found: u32, what: &'static str) -> Result<(), FormatError> {
+    if found == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(FormatError::BadVersion { what, found })
+    }
+}
+
 /// Checksum of a data block: CRC-32C seeded with the pool id.
 pub fn data_crc(pool_id: &[u8; 16], block: &[u8]) -> u32 {
     crc_seeded(pool_id, block)

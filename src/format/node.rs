@@ -6,7 +6,9 @@
 //! The header names the node (`kind`, `level`, `id`) so the cleaner can find its owner from the
 //! node alone, and carries the writer identity for multi-host fencing.
 
-use super::{crc_with_hole, decode_name, encode_name, FormatError, Rd, Wr, Writer, BLOCK};
+use super::{
+    crc_with_hole, decode_name, encode_name, open_block, FormatError, Rd, Wr, Writer, BLOCK,
+};
 
 /// "SSPN" as a little-endian u32.
 pub const NODE_MAGIC: u32 = u32::from_le_bytes(*b"SSPN");
@@ -105,34 +107,11 @@ pub fn decode_node<'a>(
     pool_id: &[u8; 16],
 ) -> Result<(NodeHeader, &'a [u8]), FormatError> {
     const W: &str = "metadata node";
-    if buf.len() < BLOCK {
-        return Err(FormatError::Short {
-            what: W,
-            len: buf.len(),
-            need: BLOCK,
-        });
-    }
-    let mut r = Rd::new(buf, W);
-    let magic = r.u32()?;
-    if magic != NODE_MAGIC {
-        return Err(FormatError::BadMagic {
-            what: W,
-            found: magic.into(),
-            expected: NODE_MAGIC.into(),
-        });
-    }
+    let b = open_block(buf, W, b"SSPN", pool_id, CRC_AT)?;
+    let mut r = Rd::at(b, 4, W);
     let kind_raw = r.u16()?;
     let level = r.u8()?;
-    r.skip(1)?;
-    let stored = r.u32()?;
-    let computed = node_crc(pool_id, &buf[..BLOCK]);
-    if stored != computed {
-        return Err(FormatError::BadChecksum {
-            what: W,
-            stored,
-            computed,
-        });
-    }
+    r.skip(5)?; // flags, crc
     let kind = NodeKind::from_u16(kind_raw).ok_or(FormatError::Invalid {
         what: W,
         field: "kind",

@@ -4,7 +4,10 @@
 //! cannot lose the pool. The copy with the highest valid `generation` wins. Its checksum is seeded
 //! with 16 zero bytes (the pool id is not known until the superblock is read).
 
-use super::{crc_with_hole, decode_name, encode_name, FormatError, Rd, Wr, Writer, BLOCK};
+use super::{
+    check_version, crc_with_hole, decode_name, encode_name, open_block, FormatError, Rd, Wr,
+    Writer, BLOCK,
+};
 use super::{FORMAT_VERSION, INCOMPAT_SUPPORTED};
 
 /// "SSPPVSB1" read as a little-endian u64.
@@ -77,38 +80,10 @@ impl Superblock {
 
     pub fn decode(buf: &[u8]) -> Result<Self, FormatError> {
         const W: &str = "PV superblock";
-        if buf.len() < BLOCK {
-            return Err(FormatError::Short {
-                what: W,
-                len: buf.len(),
-                need: BLOCK,
-            });
-        }
-        let mut r = Rd::new(buf, W);
-        let magic = r.u64()?;
-        if magic != SB_MAGIC {
-            return Err(FormatError::BadMagic {
-                what: W,
-                found: magic,
-                expected: SB_MAGIC,
-            });
-        }
-        let version = r.u32()?;
-        let stored = r.u32()?;
-        let computed = crc_with_hole(&ZERO_SEED, &buf[..BLOCK], CRC_AT);
-        if stored != computed {
-            return Err(FormatError::BadChecksum {
-                what: W,
-                stored,
-                computed,
-            });
-        }
-        if version != FORMAT_VERSION {
-            return Err(FormatError::BadVersion {
-                what: W,
-                found: version,
-            });
-        }
+        let b = open_block(buf, W, b"SSPPVSB1", &ZERO_SEED, CRC_AT)?;
+        let mut r = Rd::at(b, 8, W);
+        check_version(r.u32()?, W)?;
+        r.skip(4)?; // crc
         let incompat = r.u64()?;
         if incompat & !INCOMPAT_SUPPORTED != 0 {
             return Err(FormatError::Incompatible {
