@@ -11,7 +11,8 @@
 //!   vs `pwrite_4k_random` (plain 1 GiB file).
 //! - `random_read_4k`: `read_4k_random` over a 256 MiB prefilled LU vs `pread_4k_random`.
 //! - `seq_write_1m`, `seq_read_1m`: 1 MiB requests, engine vs plain file.
-//! - `open`: `open_1m_blocks`, open (read-only) + close of a pool holding 1,000,000 mapped blocks.
+//! - `open`: `open_1m_blocks`, open (read-only) + close of a pool holding 1,000,000 mapped blocks;
+//!   `open_after_crash_200k_writes`, the same after a crash with 200,000 writes to replay.
 //!   Its throughput is mapped LU bytes per open, only there because every group reports bytes.
 //!
 //! Measurement notes:
@@ -471,11 +472,58 @@ fn open_1m_blocks(c: &mut Criterion) {
     }
 }
 
+/// Random writes replayed after a crash: the worst case of the journal window.
+const REPLAY_WRITES: u64 = 200_000;
+
+/// Open (read-only, so every iteration replays the same journal) of a pool that crashed after
+/// `REPLAY_WRITES` flushed random 4 KiB writes and no checkpoint since.
+fn open_after_crash(c: &mut Criterion) {
+    let dir = bench_dir();
+    let path = dir.path().join("pv-crash.img");
+    let mut built = false;
+    let mut g = c.benchmark_group("open");
+    g.throughput(Throughput::Elements(REPLAY_WRITES))
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("open_after_crash_200k_writes", |b| {
+        if !built {
+            let opts = Options {
+                checkpoint_writes: 1 << 30,
+                ..Options::default()
+            };
+            let pool = file_pool(&path, WRITE_POOL, opts);
+            let id = pool.lu_create("a", WRITE_LU).expect("lu create").id;
+            let block = filler(KB4 as usize, 0xc4a5);
+            let mut rng = Rng(0xc4a5);
+            for _ in 0..REPLAY_WRITES {
+                pool.write(id, rng.block_off(WRITE_LU), &block, false)
+                    .expect("write");
+            }
+            pool.flush().expect("flush");
+            let gen = pool.status().checkpoint_generation;
+            drop(pool); // crash: no checkpoint, the journal holds every write
+            eprintln!(
+                "[open_after_crash] {REPLAY_WRITES} writes since checkpoint generation {gen}"
+            );
+            settle();
+            built = true;
+        }
+        b.iter(|| {
+            let p = open_pool(&path, open_opts(true)).expect("open");
+            black_box(&p);
+            p.close().expect("close");
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     random_write_4k,
     reads,
     seq_write_1m,
-    open_1m_blocks
+    open_1m_blocks,
+    open_after_crash
 );
 criterion_main!(benches);
