@@ -11,4 +11,5 @@
 pub mod cli;
 pub mod dev;
 pub mod format;
+pub mod nbd;
 pub mod pool;

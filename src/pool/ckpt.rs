@@ -242,6 +242,8 @@ impl Inner {
         self.generation = gen;
         self.journal.start_seq = jseq;
         self.journal.start_pos = jpos;
+        // Wait for reads still doing I/O on blocks this checkpoint freed.
+        drop(self.reuse.write().unwrap_or_else(|p| p.into_inner()));
         self.free.extend(to_free);
         self.writes_since_ckpt = 0;
         self.counters.checkpoints += 1;

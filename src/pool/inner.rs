@@ -29,7 +29,7 @@ pub struct Stream {
 }
 
 impl Stream {
-    fn buffered(&self, pba: u64) -> Option<&[u8]> {
+    pub fn buffered(&self, pba: u64) -> Option<&[u8]> {
         let (seg, slot) = split(pba);
         if self.seg == 0 || seg != self.seg || slot < self.buf_slot || slot >= self.next {
             return None;
@@ -130,6 +130,9 @@ pub struct Inner {
     pub reserve: u64,
     /// Dirty metadata nodes allowed before a checkpoint: what the reserve can always absorb.
     pub dirty_cap: usize,
+    /// Held for reading by reads doing I/O outside the pool lock; a checkpoint takes it for
+    /// writing before freed segments may be reused.
+    pub reuse: std::sync::Arc<std::sync::RwLock<()>>,
 }
 
 impl NodeIo for Inner {

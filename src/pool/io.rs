@@ -28,14 +28,26 @@ impl Inner {
     /// Read `buf.len()` bytes at byte `offset` of `vol`. Unmapped blocks read as zeroes; every
     /// mapped block's checksum is verified.
     pub fn read(&mut self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let plan = self.plan_read(vol, offset, buf)?;
+        plan.execute(offset, buf)
+    }
+
+    /// Resolve a read under the pool lock: unmapped parts of `buf` are zeroed now; the mapped
+    /// blocks become runs of adjacent blocks, each read later with one I/O (or copied from a
+    /// stream buffer now), so the I/O itself can happen without the lock.
+    pub fn plan_read(&mut self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<ReadPlan> {
         self.check_range(vol, offset, buf.len() as u64)?;
+        let mut plan = ReadPlan {
+            pool_id: self.pool_id,
+            vol_name: String::new(),
+            runs: Vec::new(),
+        };
         if buf.is_empty() {
-            return Ok(());
+            return Ok(plan);
         }
         let first = offset / BLOCK_U64;
         let last = (offset + buf.len() as u64 - 1) / BLOCK_U64;
         let mapped = self.map_range(vol, first, last - first + 1)?;
-        // Resolve to physical blocks, then read runs of adjacent blocks with one I/O each.
         let mut locs = Vec::with_capacity(mapped.len());
         for (lba, vba) in mapped {
             let p = self.vba_get(vba)?;
@@ -49,8 +61,6 @@ impl Inner {
             }
             next = lba + 1;
         }
-        let aligned = offset % BLOCK_U64 == 0;
-        let mut scratch = Vec::new();
         let mut i = 0;
         while i < locs.len() {
             let mut j = i + 1;
@@ -61,40 +71,33 @@ impl Inner {
             {
                 j += 1;
             }
-            let (lba0, pba0) = (locs[i].0, locs[i].1);
-            let start = (lba0 * BLOCK_U64 - offset.min(lba0 * BLOCK_U64)) as usize;
-            let len = (j - i) * BLOCK;
-            // Whole blocks land straight in the caller's buffer; partial ones go via scratch.
-            let direct = aligned && start + len <= buf.len();
-            let dst: &mut [u8] = if direct {
-                &mut buf[start..start + len]
+            let pba0 = locs[i].1;
+            let n = (j - i) as u64;
+            let buffered = self
+                .streams
+                .iter()
+                .any(|s| (0..n).any(|k| s.buffered(pba0 + k).is_some()));
+            let src = if buffered {
+                let mut data = vec![0u8; (j - i) * BLOCK];
+                self.read_run(pba0, &mut data)?;
+                RunSource::Memory(data)
             } else {
-                scratch.resize(len, 0);
-                &mut scratch[..]
+                let (pv, off) = self.locate(pba0)?;
+                RunSource::Device {
+                    dev: self.pvs.pv(pv)?.dev.clone(),
+                    offset: off,
+                }
             };
-            self.read_run(pba0, dst)?;
-            for (k, blk) in dst.chunks(BLOCK).enumerate() {
-                let (lba, pba, crc) = locs[i + k];
-                let got = data_crc(&self.pool_id, blk);
-                if got != crc {
-                    let (dev, off) = self.describe(pba);
-                    return Err(PoolError::Checksum {
-                        dev,
-                        offset: off,
-                        what: format!("data block {lba} of {}", self.vol_name(vol)),
-                        stored: crc,
-                        computed: got,
-                    });
-                }
-            }
-            if !direct {
-                for (k, blk) in scratch.chunks(BLOCK).enumerate() {
-                    copy_block_part(buf, offset, locs[i + k].0, blk);
-                }
-            }
+            plan.runs.push(ReadRun {
+                blocks: locs[i..j].to_vec(),
+                src,
+            });
             i = j;
         }
-        Ok(())
+        if !plan.runs.is_empty() {
+            plan.vol_name = self.vol_name(vol);
+        }
+        Ok(plan)
     }
 
     pub fn vol_name(&self, vol: u64) -> String {
@@ -222,6 +225,86 @@ impl Inner {
             (live * BLOCK_U64) >> 20,
             (total * BLOCK_U64) >> 20
         )))
+    }
+}
+
+/// Where a run of blocks is read from.
+pub enum RunSource {
+    /// Still in a stream buffer: copied while the pool lock was held.
+    Memory(Vec<u8>),
+    /// On a PV, at this byte offset.
+    Device {
+        dev: std::sync::Arc<dyn crate::dev::BlockDev>,
+        offset: u64,
+    },
+}
+
+/// Adjacent mapped blocks: (lba, pba, crc) each, and where they are.
+pub struct ReadRun {
+    pub blocks: Vec<(u64, u64, u32)>,
+    pub src: RunSource,
+}
+
+/// A read resolved under the pool lock, to be executed with or without it.
+pub struct ReadPlan {
+    pool_id: [u8; 16],
+    vol_name: String,
+    pub runs: Vec<ReadRun>,
+}
+
+impl ReadPlan {
+    /// Read every run into `buf` (which starts at byte `offset` of the LU) and verify checksums.
+    pub fn execute(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let aligned = offset % BLOCK_U64 == 0;
+        let mut scratch = Vec::new();
+        for run in &self.runs {
+            let lba0 = run.blocks[0].0;
+            let start = (lba0 * BLOCK_U64).saturating_sub(offset) as usize;
+            let len = run.blocks.len() * BLOCK;
+            // Whole blocks land straight in the caller's buffer; partial ones go via scratch.
+            let direct = aligned && start + len <= buf.len();
+            let dst: &mut [u8] = if direct {
+                &mut buf[start..start + len]
+            } else {
+                scratch.resize(len, 0);
+                &mut scratch[..]
+            };
+            match &run.src {
+                RunSource::Memory(data) => dst.copy_from_slice(data),
+                RunSource::Device { dev, offset: off } => {
+                    dev.read_at(dst, *off).map_err(|e| PoolError::Io {
+                        dev: dev.name().to_owned(),
+                        offset: *off,
+                        source: e,
+                    })?;
+                }
+            }
+            for (k, blk) in dst.chunks(BLOCK).enumerate() {
+                let (lba, _, crc) = run.blocks[k];
+                let got = data_crc(&self.pool_id, blk);
+                if got != crc {
+                    let (dev, off) = match &run.src {
+                        RunSource::Device { dev, offset } => {
+                            (dev.name().to_owned(), offset + (k * BLOCK) as u64)
+                        }
+                        RunSource::Memory(_) => ("memory".to_owned(), 0),
+                    };
+                    return Err(PoolError::Checksum {
+                        dev,
+                        offset: off,
+                        what: format!("data block {lba} of {}", self.vol_name),
+                        stored: crc,
+                        computed: got,
+                    });
+                }
+            }
+            if !direct {
+                for (k, blk) in scratch.chunks(BLOCK).enumerate() {
+                    copy_block_part(buf, offset, run.blocks[k].0, blk);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

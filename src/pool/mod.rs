@@ -34,7 +34,7 @@ use crate::format::node::VOL_LU;
 use crate::format::{BLOCK_U64, SEG_BLOCKS};
 use inner::Inner;
 use rand::RngCore;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Tunables of an open pool.
 #[derive(Clone, Debug)]
@@ -113,6 +113,8 @@ pub struct PoolStatus {
 /// An open pool. All methods may be called from several threads.
 pub struct Pool {
     inner: Mutex<Inner>,
+    /// Shared with `Inner`: readers doing I/O outside the pool lock hold it for reading.
+    reuse: Arc<RwLock<()>>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -149,6 +151,7 @@ impl Pool {
     ) -> Result<Pool> {
         let inner = open::create(devs, copts, opts)?;
         Ok(Pool {
+            reuse: inner.reuse.clone(),
             inner: Mutex::new(inner),
         })
     }
@@ -157,6 +160,7 @@ impl Pool {
     pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Pool> {
         let inner = open::open(devs, opts)?;
         Ok(Pool {
+            reuse: inner.reuse.clone(),
             inner: Mutex::new(inner),
         })
     }
@@ -277,11 +281,18 @@ impl Pool {
         Ok(())
     }
 
+    /// Read; several readers do their I/O in parallel, outside the pool lock.
     pub fn read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
         let mut g = self.lock();
-        let r = g.read(vol, offset, buf);
+        let plan = g.plan_read(vol, offset, buf);
         g.trim_caches();
-        r
+        let plan = plan?;
+        // Taken before the pool lock is released: no segment this plan reads from can be
+        // reused until the I/O below is done (a checkpoint waits for readers before it hands
+        // freed segments to the allocator).
+        let _reading = self.reuse.read().unwrap_or_else(|p| p.into_inner());
+        drop(g);
+        plan.execute(offset, buf)
     }
 
     /// Write; with `fua` the data is durable when this returns.

@@ -199,6 +199,7 @@ fn assemble(
         writes_since_ckpt: 0,
         reserve,
         dirty_cap,
+        reuse: Default::default(),
         opts,
     })
 }
