@@ -13,3 +13,4 @@ pub mod dev;
 pub mod format;
 pub mod nbd;
 pub mod pool;
+pub mod server;

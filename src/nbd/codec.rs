@@ -6,7 +6,7 @@
 //!
 //! # Requests and their payload
 //!
-//! [`decode_request`] decodes the *header only*. A request that carries a payload (a compact
+//! [`decode_request`] decodes the *header only*. A request that carries a payload (an
 //! `NBD_CMD_WRITE`, or an extended request with `NBD_CMD_FLAG_PAYLOAD_LEN`) reports its size in
 //! [`Request::payload_len`]; the caller then reads exactly that many bytes from the stream
 //! before decoding the next header. This keeps large writes out of any intermediate buffer.
@@ -153,11 +153,9 @@ pub fn decode_request_with_limit(
         // Unreachable: the length was checked above. Report it as "need more" rather than panic.
         return Ok(Decoded::Incomplete { need: 1 });
     };
-    let carries_payload = if extended {
-        flags & CMD_FLAG_PAYLOAD_LEN != 0
-    } else {
-        typ == CMD_WRITE
-    };
+    // A WRITE always carries `length` bytes; in extended mode other commands carry a payload
+    // only with NBD_CMD_FLAG_PAYLOAD_LEN (clients such as QEMU do not set it on WRITE).
+    let carries_payload = typ == CMD_WRITE || (extended && flags & CMD_FLAG_PAYLOAD_LEN != 0);
     let request = Request {
         flags,
         typ,
@@ -672,12 +670,13 @@ mod tests {
     }
 
     #[test]
-    fn extended_write_without_payload_len_has_no_payload() {
+    fn extended_write_without_payload_len_still_carries_its_data() {
+        // QEMU sends extended WRITEs without NBD_CMD_FLAG_PAYLOAD_LEN: the length is the payload.
         let buf = hex("21e41c71 0000 0001 0000000000000001 0000000000000000 0000000000000200");
         let Decoded::Complete { value, .. } = decode_request(&buf, true).unwrap() else {
             panic!()
         };
-        assert_eq!(value.payload_len, 0);
+        assert_eq!(value.payload_len, 0x200);
     }
 
     #[test]
@@ -819,7 +818,7 @@ mod tests {
                 Decoded::Complete { value, consumed } => {
                     prop_assert_eq!(consumed, buf.len());
                     prop_assert_eq!(Request { payload_len: 0, ..value }, req);
-                    let carries = if extended { flags & CMD_FLAG_PAYLOAD_LEN != 0 } else { typ == CMD_WRITE };
+                    let carries = typ == CMD_WRITE || (extended && flags & CMD_FLAG_PAYLOAD_LEN != 0);
                     prop_assert_eq!(value.payload_len, if carries { length } else { 0 });
                 }
                 Decoded::Incomplete { .. } => prop_assert!(false, "incomplete"),

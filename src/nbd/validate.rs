@@ -50,9 +50,6 @@ pub fn validate(req: &Request, size: u64, negotiated: &Negotiated) -> Result<(),
     if req.flags & !allowed != 0 {
         return Err(EINVAL);
     }
-    if cmd == Command::Write && mode.extended() && !req.has_flag(CMD_FLAG_PAYLOAD_LEN) {
-        return Err(EINVAL);
-    }
 
     // 3. Read-only exports.
     let writes = matches!(cmd, Command::Write | Command::Trim | Command::WriteZeroes);
@@ -192,7 +189,7 @@ mod tests {
             ("flag on flush", req(CMD_FLUSH, CMD_FLAG_NO_HOLE, 0, 0), rw(S), Err(EINVAL)),
             ("flag on cache", req(CMD_CACHE, CMD_FLAG_DF, 0, 0), rw(T), Err(EINVAL)),
             ("payload_len compact", req(CMD_WRITE, pl, 0, 512), rw(T), Err(EINVAL)),
-            ("ext write w/o payload_len", req(CMD_WRITE, 0, 0, 512), rw(E), Err(EINVAL)),
+            ("ext write w/o payload_len", req(CMD_WRITE, 0, 0, 512), rw(E), Ok(())),
             ("payload_len on read", req(CMD_READ, pl, 0, 512), rw(E), Err(EINVAL)),
             ("payload_len on block status", req(CMD_BLOCK_STATUS, pl, 0, 512), bs(E), Err(EINVAL)),
             ("bad flag beats read-only", req(CMD_WRITE, CMD_FLAG_DF, 0, 512), ro(T), Err(EINVAL)),

@@ -105,7 +105,15 @@ fn open_dev(path: &Path) -> Result<Arc<dyn BlockDev>> {
     Ok(Arc::new(d))
 }
 
+/// Keeps a pool directory locked while alive.
+pub struct DirLock(#[allow(dead_code)] File);
+
 impl PoolDir {
+    /// Share the pool between threads; the returned guard keeps the directory locked.
+    pub fn into_shared(self) -> (std::sync::Arc<Pool>, DirLock) {
+        (std::sync::Arc::new(self.pool), DirLock(self._lock))
+    }
+
     /// Whether `dir` holds a pool configuration.
     pub fn exists(dir: &Path) -> bool {
         dir.join(CONFIG_FILE).exists()

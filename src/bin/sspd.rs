@@ -1,0 +1,77 @@
+//! sspd: serve a pool's LUs over NBD. Thin main; the server lives in `ssp::server`.
+use anyhow::Context;
+use clap::Parser;
+use ssp::pool::dir::PoolDir;
+use ssp::pool::Options;
+use ssp::server::{serve, Listener};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "sspd", version, about = "Serve an ssp pool's LUs over NBD")]
+struct Args {
+    /// Pool directory
+    #[arg(long, env = "SSP_POOL")]
+    pool: PathBuf,
+    /// TCP address to listen on (repeatable; default 127.0.0.1:10809 unless --unix is given)
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Unix socket to listen on
+    #[arg(long)]
+    unix: Option<PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(args) {
+        eprintln!("sspd: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[tokio::main]
+async fn run(args: Args) -> anyhow::Result<()> {
+    let pd = PoolDir::open(&args.pool, Options::default())?;
+    let (pool, _lock) = pd.into_shared();
+    let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
+    let mut listeners = Vec::new();
+    let mut addrs = args.listen.clone();
+    if addrs.is_empty() && args.unix.is_none() {
+        addrs.push("127.0.0.1:10809".into());
+    }
+    for a in &addrs {
+        let l = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen on {a}"))?;
+        println!("sspd: listening on {}", l.local_addr()?);
+        listeners.push(Listener::Tcp(l));
+    }
+    if let Some(p) = &args.unix {
+        let _ = std::fs::remove_file(p);
+        let l = tokio::net::UnixListener::bind(p)
+            .with_context(|| format!("cannot listen on {}", p.display()))?;
+        println!("sspd: listening on unix:{}", p.display());
+        listeners.push(Listener::Unix(l));
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(serve(pool.clone(), listeners, rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+    let _ = server.await;
+    let p = pool.clone();
+    tokio::task::spawn_blocking(move || p.flush().and_then(|_| p.checkpoint())).await??;
+    tracing::info!("pool closed cleanly");
+    Ok(())
+}
