@@ -9,7 +9,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: a C toolchain for crates with build scripts, and the NBD/QEMU tools the
 # interoperability tests and the demo use.
-APT_PACKAGES=(build-essential pkg-config ca-certificates qemu-utils libnbd-bin)
+APT_PACKAGES=(build-essential pkg-config ca-certificates qemu-utils libnbd-bin python3-libnbd)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,7 +2,7 @@
 //! (read a request → validate → execute on the pool → reply). Generic over the byte stream, so
 //! TCP, unix sockets and in-memory duplex streams all work.
 //!
-//! Requests of one connection are executed in order; connections run in parallel.
+//! Requests of one connection run concurrently (bounded) and may complete out of order.
 
 use super::catalog::PoolCatalog;
 use crate::nbd::proto::{
@@ -46,7 +46,7 @@ fn nbd_errno(e: &PoolError) -> u32 {
 /// Serve one client until it disconnects.
 pub async fn run<S>(mut s: S, pool: Arc<Pool>, peer: &str) -> Result<(), SessionError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let catalog = PoolCatalog { pool: pool.clone() };
     let mut hs = Handshake::new(ServerConfig::default());
@@ -89,14 +89,27 @@ async fn fill<S: AsyncRead + Unpin>(
     Ok(true)
 }
 
+/// Requests executed at once on one connection; further requests wait (back-pressure).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Everything a request handler needs, shared by the connection's tasks.
+struct Ctx {
+    pool: Arc<Pool>,
+    vol: u64,
+    neg: Negotiated,
+    alloc_ctx: Option<u32>,
+}
+
+/// Read requests in order and run each as its own task; a writer task sends every reply as one
+/// unit as soon as it is ready, so replies may come back out of order.
 async fn transmission<S>(
-    mut s: S,
+    s: S,
     pool: Arc<Pool>,
     neg: Negotiated,
     mut inbuf: Vec<u8>,
 ) -> Result<(), SessionError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let vol = pool
         .lu_id(&neg.export)
@@ -108,110 +121,159 @@ where
         .iter()
         .find(|(_, n)| n == CONTEXT_BASE_ALLOCATION)
         .map(|(id, _)| *id);
-    let mut out = Vec::with_capacity(64 * 1024);
-    loop {
+    let ctx = Arc::new(Ctx {
+        pool,
+        vol,
+        neg,
+        alloc_ctx,
+    });
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            wr.write_all(&reply).await?;
+        }
+        wr.flush().await
+    });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let result = loop {
         let req = loop {
-            match decode_request_with_limit(&inbuf, extended, max)? {
-                Decoded::Complete { value, consumed } => {
+            match decode_request_with_limit(&inbuf, extended, max) {
+                Ok(Decoded::Complete { value, consumed }) => {
                     inbuf.drain(..consumed);
-                    break value;
+                    break Some(value);
                 }
-                Decoded::Incomplete { need } => {
+                Ok(Decoded::Incomplete { need }) => {
                     let want = inbuf.len() + need;
-                    if !fill(&mut s, &mut inbuf, want).await? {
-                        return Ok(()); // client went away between requests
+                    match fill(&mut rd, &mut inbuf, want).await {
+                        Ok(true) => {}
+                        Ok(false) => break None, // client went away between requests
+                        Err(e) => return finish(tx, writer, Err(e)).await,
                     }
                 }
+                Err(e) => return finish(tx, writer, Err(e.into())).await,
             }
         };
+        let Some(req) = req else { break Ok(()) };
         let plen = req.payload_len as usize;
-        if !fill(&mut s, &mut inbuf, plen).await? {
-            return Ok(()); // disconnected mid-write: nothing was applied
+        match fill(&mut rd, &mut inbuf, plen).await {
+            Ok(true) => {}
+            Ok(false) => break Ok(()), // disconnected mid-write: nothing was applied
+            Err(e) => break Err(e),
         }
         let payload: Vec<u8> = inbuf.drain(..plen).collect();
-        let target = ReplyTarget::new(neg.reply_mode, &req);
-        out.clear();
-        // Size as of now: LUs can be resized while attached.
-        let size = pool
-            .lu_get(&neg.export)
-            .map(|l| l.size)
-            .map_err(|_| SessionError::ExportGone(neg.export.clone()))?;
-        if let Err(errno) = validate(&req, size, &neg) {
-            tracing::debug!(?req, errno, "request refused");
-            encode_error_reply(&mut out, &target, errno, "invalid request")?;
-            s.write_all(&out).await?;
-            continue;
+        if req.command() == Some(Command::Disc) {
+            // Let in-flight requests finish, make their writes durable, then close.
+            let _all = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
+            let p = ctx.pool.clone();
+            let _ = tokio::task::spawn_blocking(move || p.flush()).await;
+            break Ok(());
         }
-        match req.command() {
-            Some(Command::Disc) => {
-                let p = pool.clone();
-                let _ = tokio::task::spawn_blocking(move || p.flush()).await;
-                return Ok(());
-            }
-            Some(Command::Read) => {
-                let (p, off, len) = (pool.clone(), req.offset, req.length as usize);
-                let r = tokio::task::spawn_blocking(move || {
-                    let mut data = vec![0u8; len];
-                    p.read(vol, off, &mut data).map(|_| data)
-                })
-                .await
-                .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
-                match r {
-                    Ok(data) => {
-                        if data.is_empty() {
-                            encode_ok(&mut out, &target)?;
-                        } else {
-                            encode_read_data_header(
-                                &mut out,
-                                &target,
-                                req.offset,
-                                data.len() as u64,
-                                true,
-                            )?;
-                        }
-                        s.write_all(&out).await?;
-                        s.write_all(&data).await?;
-                        continue;
-                    }
-                    Err(e) => reply_error(&mut out, &target, &e)?,
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break Ok(());
+        };
+        let (ctx, tx) = (ctx.clone(), tx.clone());
+        tokio::spawn(async move {
+            let reply = handle(&ctx, req, payload).await;
+            match reply {
+                Ok(r) => {
+                    let _ = tx.send(r).await;
                 }
+                Err(e) => tracing::warn!("reply not sent: {e}"),
             }
-            Some(Command::BlockStatus) => match alloc_ctx {
-                Some(ctx) => block_status(&pool, vol, &req, &target, ctx, size, &mut out).await?,
-                None => encode_error_reply(&mut out, &target, EINVAL, "no metadata context")?,
-            },
-            Some(cmd) => {
-                let p = pool.clone();
-                let fua = req.has_flag(CMD_FLAG_FUA);
-                let (off, len) = (req.offset, req.length);
-                let no_hole = req.has_flag(CMD_FLAG_NO_HOLE);
-                let r = tokio::task::spawn_blocking(move || match cmd {
-                    Command::Write => p.write(vol, off, &payload, fua),
-                    Command::Flush => p.flush(),
-                    Command::Trim => {
-                        p.trim(vol, off, len)
-                            .and_then(|_| if fua { p.flush() } else { Ok(()) })
-                    }
-                    // NO_HOLE asks for allocated zeroes; otherwise zero ranges use no space.
-                    Command::WriteZeroes if no_hole => {
-                        p.write(vol, off, &vec![0u8; len as usize], fua)
-                    }
-                    Command::WriteZeroes => p.write_zeroes(vol, off, len, fua),
-                    // Everything is served from one shared cache: nothing to prefetch.
-                    Command::Cache => Ok(()),
-                    _ => Err(PoolError::Invalid("unsupported command".into())),
-                })
-                .await
-                .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
-                match r {
-                    Ok(()) => encode_ok(&mut out, &target)?,
-                    Err(e) => reply_error(&mut out, &target, &e)?,
-                }
-            }
-            None => encode_error_reply(&mut out, &target, EINVAL, "unknown command")?,
-        }
-        s.write_all(&out).await?;
+            drop(slot);
+        });
+    };
+    finish(tx, writer, result).await
+}
+
+/// Close the reply channel and wait for the writer to send what is queued.
+async fn finish(
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    writer: tokio::task::JoinHandle<std::io::Result<()>>,
+    result: Result<(), SessionError>,
+) -> Result<(), SessionError> {
+    drop(tx);
+    // Handlers still running hold their own senders; the writer ends when the last one is done.
+    let w = writer
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    result?;
+    w.map_err(SessionError::Io)
+}
+
+/// Execute one request and encode its whole reply.
+async fn handle(ctx: &Ctx, req: Request, payload: Vec<u8>) -> Result<Vec<u8>, SessionError> {
+    let (pool, vol, neg) = (&ctx.pool, ctx.vol, &ctx.neg);
+    let target = ReplyTarget::new(neg.reply_mode, &req);
+    let mut out = Vec::new();
+    // Size as of now: LUs can be resized while attached.
+    let size = pool
+        .lu_get(&neg.export)
+        .map(|l| l.size)
+        .map_err(|_| SessionError::ExportGone(neg.export.clone()))?;
+    if let Err(errno) = validate(&req, size, neg) {
+        tracing::debug!(?req, errno, "request refused");
+        encode_error_reply(&mut out, &target, errno, "invalid request")?;
+        return Ok(out);
     }
+    match req.command() {
+        Some(Command::Read) => {
+            let (p, off, len) = (pool.clone(), req.offset, req.length as usize);
+            let r = tokio::task::spawn_blocking(move || {
+                let mut data = vec![0u8; len];
+                p.read(vol, off, &mut data).map(|_| data)
+            })
+            .await
+            .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
+            match r {
+                Ok(data) if data.is_empty() => encode_ok(&mut out, &target)?,
+                Ok(data) => {
+                    encode_read_data_header(
+                        &mut out,
+                        &target,
+                        req.offset,
+                        data.len() as u64,
+                        true,
+                    )?;
+                    out.extend_from_slice(&data);
+                }
+                Err(e) => reply_error(&mut out, &target, &e)?,
+            }
+        }
+        Some(Command::BlockStatus) => match ctx.alloc_ctx {
+            Some(c) => block_status(pool, vol, &req, &target, c, size, &mut out).await?,
+            None => encode_error_reply(&mut out, &target, EINVAL, "no metadata context")?,
+        },
+        Some(cmd) => {
+            let p = pool.clone();
+            let fua = req.has_flag(CMD_FLAG_FUA);
+            let (off, len) = (req.offset, req.length);
+            let no_hole = req.has_flag(CMD_FLAG_NO_HOLE);
+            let r = tokio::task::spawn_blocking(move || match cmd {
+                Command::Write => p.write(vol, off, &payload, fua),
+                Command::Flush => p.flush(),
+                Command::Trim => {
+                    p.trim(vol, off, len)
+                        .and_then(|_| if fua { p.flush() } else { Ok(()) })
+                }
+                // NO_HOLE asks for allocated zeroes; otherwise zero ranges use no space.
+                Command::WriteZeroes if no_hole => p.write(vol, off, &vec![0u8; len as usize], fua),
+                Command::WriteZeroes => p.write_zeroes(vol, off, len, fua),
+                // Everything is served from one shared cache: nothing to prefetch.
+                Command::Cache => Ok(()),
+                _ => Err(PoolError::Invalid("unsupported command".into())),
+            })
+            .await
+            .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
+            match r {
+                Ok(()) => encode_ok(&mut out, &target)?,
+                Err(e) => reply_error(&mut out, &target, &e)?,
+            }
+        }
+        None => encode_error_reply(&mut out, &target, EINVAL, "unknown command")?,
+    }
+    Ok(out)
 }
 
 fn reply_error(out: &mut Vec<u8>, target: &ReplyTarget, e: &PoolError) -> Result<(), SessionError> {
