@@ -337,3 +337,70 @@ fn nbdcopy_both_ways() {
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap());
     assert!(s.stop().success());
 }
+
+fn sspctl_fails(pool: &Path, args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_sspctl"))
+        .arg("--pool")
+        .arg(pool)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "sspctl {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn sspctl_works_online_through_the_admin_socket() {
+    let s = Server::start(&[("vm1", "8M")]);
+    // The socket is private to the pool's owner.
+    let sock = s.pool.join("admin.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // Exports appear and disappear as LUs are created and removed, without a restart.
+    sspctl(&s.pool, &["lu", "create", "fresh", "--size", "16M"]);
+    let info = run("nbdinfo", &[&s.uri("fresh")]);
+    assert!(info.contains("export-size: 16777216"), "{info}");
+    let st: serde_json::Value =
+        serde_json::from_str(&sspctl(&s.pool, &["pool", "status", "--json"])).unwrap();
+    assert_eq!(st["lus"], 2);
+    assert!(sspctl(&s.pool, &["check"]).contains("OK"));
+    // An attached LU is not removed unless forced.
+    let mut holder = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg("import nbd,sys\nh=nbd.NBD(); h.connect_uri(sys.argv[1]); print('attached', flush=True); sys.stdin.read()")
+        .arg(s.uri("fresh"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "attached");
+    let err = sspctl_fails(&s.pool, &["lu", "remove", "fresh"]);
+    assert!(err.contains("attached") && err.contains("--force"), "{err}");
+    sspctl(&s.pool, &["lu", "remove", "fresh", "--force"]);
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    let o = Command::new("nbdinfo")
+        .arg(s.uri("fresh"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a removed LU is no longer exported");
+    // A peer speaking another admin version, or garbage, gets a clear error; the server goes on.
+    let mut raw = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    raw.write_all(b"{\"version\":99,\"cmd\":\"lu_list\"}\nnot json\n")
+        .unwrap();
+    let mut r = BufReader::new(raw);
+    let (mut a, mut b) = (String::new(), String::new());
+    r.read_line(&mut a).unwrap();
+    r.read_line(&mut b).unwrap();
+    assert!(a.contains("version mismatch"), "{a}");
+    assert!(b.contains("malformed admin request"), "{b}");
+    let list: serde_json::Value =
+        serde_json::from_str(&sspctl(&s.pool, &["lu", "list", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(s.stop().success());
+}

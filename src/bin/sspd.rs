@@ -3,7 +3,7 @@ use anyhow::Context;
 use clap::Parser;
 use ssp::pool::dir::PoolDir;
 use ssp::pool::Options;
-use ssp::server::{serve, Listener};
+use ssp::server::{serve, spawn_admin, AttachMap, Listener};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -39,6 +39,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pd = PoolDir::open(&args.pool, Options::default())?;
     let (pool, _lock) = pd.into_shared();
     let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
+    // The admin socket is ready before the listeners are announced.
+    let attach = std::sync::Arc::new(AttachMap::default());
+    let admin = ssp::admin::socket_path(&args.pool);
+    spawn_admin(pool.clone(), attach.clone(), &admin)
+        .with_context(|| format!("cannot listen on the admin socket {}", admin.display()))?;
     let mut listeners = Vec::new();
     let mut addrs = args.listen.clone();
     if addrs.is_empty() && args.unix.is_none() {
@@ -61,7 +66,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(serve(pool.clone(), listeners, rx));
+    let server = tokio::spawn(serve(pool.clone(), attach, listeners, rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -72,6 +77,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = server.await;
     let p = pool.clone();
     tokio::task::spawn_blocking(move || p.flush().and_then(|_| p.checkpoint())).await??;
+    let _ = std::fs::remove_file(&admin);
     tracing::info!("pool closed cleanly");
     Ok(())
 }

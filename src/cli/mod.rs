@@ -3,6 +3,7 @@
 
 pub mod debug;
 
+use crate::admin::{AdminReply, AdminRequest};
 use crate::pool::dir::{parse_size, PoolDir, PvSpec};
 use crate::pool::{CreateOptions, LuInfo, Options, PoolStatus};
 use anyhow::{bail, Context, Result};
@@ -100,8 +101,12 @@ pub enum LuCmd {
         #[arg(long, value_parser = size_arg)]
         size: u64,
     },
-    /// Remove an LU and return its space
-    Remove { name: String },
+    /// Remove an LU and return its space (refused while clients are attached, unless --force)
+    Remove {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Copy a file into an LU (all-zero blocks stay unallocated)
     Import {
         name: String,
@@ -161,16 +166,15 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             }
         }
         Command::Pool(PoolCmd::Status) => {
-            let pd = open(cli)?;
-            let st = pd.pool.status();
-            pd.pool.close()?;
-            print_status(cli.json, &st, out)?;
+            if let AdminReply::Status(st) = admin(cli, AdminRequest::PoolStatus)? {
+                print_status(cli.json, &st, out)?;
+            }
         }
         Command::Lu(cmd) => lu(cli, cmd, out)?,
         Command::Check => {
-            let pd = open(cli)?;
-            let rep = pd.pool.check()?;
-            pd.pool.close()?;
+            let AdminReply::Check(rep) = admin(cli, AdminRequest::Check)? else {
+                bail!("unexpected reply to check");
+            };
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&rep)?)?;
             } else {
@@ -215,44 +219,77 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             )?;
         }
         Command::Gc(a) => {
-            let pd = open(cli)?;
-            let st = pd.pool.gc(a.max_segments)?;
-            pd.pool.close()?;
-            if cli.json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
-            } else {
-                writeln!(
-                    out,
-                    "cleaned {} segments, moved {} blocks",
-                    st.segments_cleaned, st.blocks_moved
-                )?;
+            if let AdminReply::Gc(st) = admin(
+                cli,
+                AdminRequest::Gc {
+                    max_segments: a.max_segments,
+                },
+            )? {
+                if cli.json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "cleaned {} segments, moved {} blocks",
+                        st.segments_cleaned, st.blocks_moved
+                    )?;
+                }
             }
         }
     }
     Ok(())
 }
 
+/// Run an admin request: through the running sspd if there is one, else on the pool directly.
+fn admin(cli: &Cli, req: AdminRequest) -> Result<AdminReply> {
+    let dir = pool_dir(cli)?;
+    match crate::admin::call(&dir, &req) {
+        Ok(r) => Ok(r),
+        Err(crate::admin::ClientError::NotRunning) => {
+            let pd = open(cli)?;
+            let r = crate::admin::execute(&pd.pool, &req, &crate::admin::NoAttachments)?;
+            pd.pool.close()?;
+            Ok(r)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
+    let req = match cmd {
+        LuCmd::Create { name, size } => Some(AdminRequest::LuCreate {
+            name: name.clone(),
+            size: *size,
+        }),
+        LuCmd::List => Some(AdminRequest::LuList),
+        LuCmd::Resize { name, size } => Some(AdminRequest::LuResize {
+            name: name.clone(),
+            size: *size,
+        }),
+        LuCmd::Remove { name, force } => Some(AdminRequest::LuRemove {
+            name: name.clone(),
+            force: *force,
+        }),
+        _ => None,
+    };
+    if let Some(req) = req {
+        match admin(cli, req)? {
+            AdminReply::Lus { pool, lus } => print_lus(cli.json, &pool, &lus, out)?,
+            AdminReply::Removed { name } => {
+                if cli.json {
+                    writeln!(out, "{}", serde_json::json!({ "removed": name }))?;
+                } else {
+                    writeln!(out, "removed LU {name}")?;
+                }
+            }
+            other => bail!("unexpected reply {other:?}"),
+        }
+        return Ok(());
+    }
+    // Bulk data copies run offline (online, copy through NBD, e.g. qemu-img convert).
     let pd = open(cli)?;
     let p = &pd.pool;
     match cmd {
-        LuCmd::Create { name, size } => {
-            let info = p.lu_create(name, *size)?;
-            print_lus(cli.json, &p.status(), &[info], out)?;
-        }
-        LuCmd::List => print_lus(cli.json, &p.status(), &p.lu_list(), out)?,
-        LuCmd::Resize { name, size } => {
-            let info = p.lu_resize(name, *size)?;
-            print_lus(cli.json, &p.status(), &[info], out)?;
-        }
-        LuCmd::Remove { name } => {
-            p.lu_remove(name)?;
-            if cli.json {
-                writeln!(out, "{}", serde_json::json!({ "removed": name }))?;
-            } else {
-                writeln!(out, "removed LU {name}")?;
-            }
-        }
         LuCmd::Import { name, file, offset } => {
             let id = p.lu_id(name)?;
             let mut f = std::fs::File::open(file)
@@ -314,6 +351,9 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
                 file.display()
             )?;
         }
+        LuCmd::Create { .. } | LuCmd::List | LuCmd::Resize { .. } | LuCmd::Remove { .. } => {
+            unreachable!("admin verbs are handled above")
+        }
     }
     pd.pool.close()?;
     Ok(())
@@ -332,12 +372,12 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
     Ok(n)
 }
 
-fn print_lus(json: bool, st: &PoolStatus, lus: &[LuInfo], out: &mut dyn Write) -> Result<()> {
+fn print_lus(json: bool, pool_name: &str, lus: &[LuInfo], out: &mut dyn Write) -> Result<()> {
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(lus)?)?;
         return Ok(());
     }
-    writeln!(out, "POOL_NAME: {}", st.name)?;
+    writeln!(out, "POOL_NAME: {pool_name}")?;
     writeln!(out, "TIER_NAME: SYSTEM")?;
     writeln!(
         out,

@@ -11,7 +11,7 @@ use crate::format::{data_crc, BLOCK};
 use std::collections::HashMap;
 
 /// Result of a check: empty `errors` means the pool is consistent.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct CheckReport {
     pub errors: Vec<String>,
     pub volumes: u64,

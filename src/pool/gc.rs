@@ -11,7 +11,7 @@ use crate::format::node::{decode_node, NodeKind, SEG_DATA, SEG_FREE, SEG_META};
 use crate::format::{data_crc, SEG_BLOCKS};
 
 /// What one cleaning pass did.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct GcStats {
     pub segments_cleaned: u64,
     pub blocks_moved: u64,

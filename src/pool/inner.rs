@@ -46,7 +46,7 @@ pub struct Summary {
 }
 
 /// Counters for write amplification and diagnostics.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub user_blocks_written: u64,
     pub gc_blocks_moved: u64,

@@ -67,7 +67,7 @@ impl Default for Options {
 }
 
 /// One LU as listed by `lu list`.
-#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct LuInfo {
     pub name: String,
     pub id: u64,
@@ -80,7 +80,7 @@ pub struct LuInfo {
 }
 
 /// One PV as shown by `pool status`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PvInfo {
     pub index: u32,
     pub name: String,
@@ -91,7 +91,7 @@ pub struct PvInfo {
 }
 
 /// Pool-wide figures.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PoolStatus {
     pub name: String,
     pub pool_id: String,
@@ -403,6 +403,11 @@ impl Pool {
                 tracing::warn!("cleaner: {e}");
             }
         })
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> String {
+        self.lock().pvs.pvs[0].sb.pool_name.clone()
     }
 
     pub fn status(&self) -> PoolStatus {

@@ -3,8 +3,79 @@
 pub mod catalog;
 pub mod session;
 
+use crate::admin::{handle_connection, Attachments};
 use crate::pool::Pool;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Clients attached to each export (so removing an attached LU can be refused).
+#[derive(Default)]
+pub struct AttachMap(Mutex<HashMap<String, usize>>);
+
+impl AttachMap {
+    fn add(&self, export: &str, delta: isize) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(export.to_owned()).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            m.remove(export);
+        }
+    }
+}
+
+impl Attachments for AttachMap {
+    fn attached(&self, export: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(export)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Counts a session as attached to its export until dropped.
+pub struct Attached {
+    map: Arc<AttachMap>,
+    export: String,
+}
+
+impl Attached {
+    pub fn new(map: Arc<AttachMap>, export: &str) -> Self {
+        map.add(export, 1);
+        Attached {
+            map,
+            export: export.to_owned(),
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.map.add(&self.export, -1);
+    }
+}
+
+/// Serve admin requests on the unix socket at `path` (mode 0600) on background threads.
+pub fn spawn_admin(pool: Arc<Pool>, attach: Arc<AttachMap>, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (pool, attach) = (pool.clone(), attach.clone());
+            std::thread::spawn(move || {
+                if let Err(e) = handle_connection(conn, &pool, attach.as_ref()) {
+                    tracing::warn!("admin connection: {e}");
+                }
+            });
+        }
+    });
+    Ok(())
+}
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -17,11 +88,17 @@ pub enum Listener {
 
 /// Accept clients on every listener until `shutdown` turns true, then wait (bounded) for the
 /// sessions to finish.
-pub async fn serve(pool: Arc<Pool>, listeners: Vec<Listener>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    pool: Arc<Pool>,
+    attach: Arc<AttachMap>,
+    listeners: Vec<Listener>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut accepts = JoinSet::new();
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     for l in listeners {
         let (pool, sessions, mut stop) = (pool.clone(), sessions.clone(), shutdown.clone());
+        let attach = attach.clone();
         accepts.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -30,14 +107,14 @@ pub async fn serve(pool: Arc<Pool>, listeners: Vec<Listener>, mut shutdown: watc
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let pool = pool.clone();
+                        let (pool, attach) = (pool.clone(), attach.clone());
                         sessions.lock().await.spawn(async move {
                             let r = match stream {
                                 Stream::Tcp(s) => {
                                     let _ = s.set_nodelay(true);
-                                    session::run(s, pool, &peer).await
+                                    session::run(s, pool, attach, &peer).await
                                 }
-                                Stream::Unix(s) => session::run(s, pool, &peer).await,
+                                Stream::Unix(s) => session::run(s, pool, attach, &peer).await,
                             };
                             match r {
                                 Ok(()) => tracing::info!(peer, "client detached"),

@@ -44,7 +44,12 @@ fn nbd_errno(e: &PoolError) -> u32 {
 }
 
 /// Serve one client until it disconnects.
-pub async fn run<S>(mut s: S, pool: Arc<Pool>, peer: &str) -> Result<(), SessionError>
+pub async fn run<S>(
+    mut s: S,
+    pool: Arc<Pool>,
+    attach: Arc<super::AttachMap>,
+    peer: &str,
+) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -68,6 +73,7 @@ where
         }
     };
     tracing::info!(peer, export = %neg.export, mode = ?neg.reply_mode, "client attached");
+    let _attached = super::Attached::new(attach, &neg.export);
     let leftover = hs.take_leftover();
     transmission(s, pool, neg, leftover).await
 }

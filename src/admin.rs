@@ -1,0 +1,194 @@
+//! Admin requests shared by `sspctl` and `sspd`. Offline, `sspctl` executes them on a pool it
+//! opened itself; online it sends them to the running server over the unix socket
+//! `DIR/admin.sock` (mode 0600), one JSON line each way, in a versioned envelope.
+
+use crate::pool::{CheckReport, GcStats, LuInfo, Pool, PoolError, PoolStatus};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// Version of the admin wire format; a peer with another version is refused with a message.
+pub const ADMIN_VERSION: u32 = 1;
+/// Socket file name inside the pool directory.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum AdminRequest {
+    PoolStatus,
+    LuCreate { name: String, size: u64 },
+    LuList,
+    LuResize { name: String, size: u64 },
+    LuRemove { name: String, force: bool },
+    Check,
+    Gc { max_segments: usize },
+}
+
+/// Replies: one of these, as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AdminReply {
+    Status(PoolStatus),
+    Lus { pool: String, lus: Vec<LuInfo> },
+    Removed { name: String },
+    Check(CheckReport),
+    Gc(GcStats),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    version: u32,
+    #[serde(flatten)]
+    body: T,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    Ok(AdminReply),
+    Error(String),
+}
+
+/// How many clients have each export attached (the server knows; offline it is always 0).
+pub trait Attachments {
+    fn attached(&self, export: &str) -> usize;
+}
+
+/// Nobody is attached (offline use).
+pub struct NoAttachments;
+impl Attachments for NoAttachments {
+    fn attached(&self, _: &str) -> usize {
+        0
+    }
+}
+
+/// Execute a request on an open pool.
+pub fn execute(
+    pool: &Pool,
+    req: &AdminRequest,
+    att: &dyn Attachments,
+) -> Result<AdminReply, PoolError> {
+    Ok(match req {
+        AdminRequest::PoolStatus => AdminReply::Status(pool.status()),
+        AdminRequest::LuCreate { name, size } => lus(pool, vec![pool.lu_create(name, *size)?]),
+        AdminRequest::LuList => lus(pool, pool.lu_list()),
+        AdminRequest::LuResize { name, size } => lus(pool, vec![pool.lu_resize(name, *size)?]),
+        AdminRequest::LuRemove { name, force } => {
+            pool.lu_get(name)?;
+            let n = att.attached(name);
+            if n > 0 && !force {
+                return Err(PoolError::Invalid(format!(
+                    "LU {name} has {n} client(s) attached; detach them or use --force"
+                )));
+            }
+            pool.lu_remove(name)?;
+            AdminReply::Removed { name: name.clone() }
+        }
+        AdminRequest::Check => AdminReply::Check(pool.check()?),
+        AdminRequest::Gc { max_segments } => AdminReply::Gc(pool.gc(*max_segments)?),
+    })
+}
+
+fn lus(pool: &Pool, lus: Vec<LuInfo>) -> AdminReply {
+    AdminReply::Lus {
+        pool: pool.name(),
+        lus,
+    }
+}
+
+/// Path of a pool directory's admin socket.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join(ADMIN_SOCKET)
+}
+
+/// Serve one admin connection (blocking): read request lines, write reply lines.
+pub fn handle_connection(
+    stream: UnixStream,
+    pool: &Pool,
+    att: &dyn Attachments,
+) -> std::io::Result<()> {
+    let mut w = stream.try_clone()?;
+    let reader = BufReader::new(stream);
+    for line in reader.lines() {
+        let line = line?;
+        let outcome = match serde_json::from_str::<serde_json::Value>(&line) {
+            Err(e) => Outcome::Error(format!("malformed admin request: {e}")),
+            Ok(v) => match v.get("version").and_then(|x| x.as_u64()) {
+                Some(ver) if ver == u64::from(ADMIN_VERSION) => {
+                    match serde_json::from_value::<Envelope<AdminRequest>>(v) {
+                        Ok(env) => match execute(pool, &env.body, att) {
+                            Ok(r) => Outcome::Ok(r),
+                            Err(e) => Outcome::Error(e.to_string()),
+                        },
+                        Err(e) => Outcome::Error(format!("unknown admin request: {e}")),
+                    }
+                }
+                other => Outcome::Error(format!(
+                    "admin protocol version mismatch: this sspd speaks version {ADMIN_VERSION}, the client sent {other:?}; use matching sspctl and sspd"
+                )),
+            },
+        };
+        let mut out = serde_json::to_string(&Envelope {
+            version: ADMIN_VERSION,
+            body: outcome,
+        })?;
+        out.push('\n');
+        w.write_all(out.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Errors of the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no server is running for this pool")]
+    NotRunning,
+    #[error("admin socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Remote(String),
+    #[error("malformed reply from sspd: {0}")]
+    Protocol(String),
+}
+
+/// Send a request to the server of the pool in `dir`. `NotRunning` when nobody listens.
+pub fn call(dir: &Path, req: &AdminRequest) -> Result<AdminReply, ClientError> {
+    let path = socket_path(dir);
+    let stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ClientError::NotRunning)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut w = stream.try_clone()?;
+    let mut line = serde_json::to_string(&Envelope {
+        version: ADMIN_VERSION,
+        body: req.clone(),
+    })
+    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    line.push('\n');
+    w.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if v.get("version").and_then(|x| x.as_u64()) != Some(u64::from(ADMIN_VERSION)) {
+        return Err(ClientError::Remote(format!(
+            "admin protocol version mismatch: sspd answered {:?}, this sspctl speaks {ADMIN_VERSION}",
+            v.get("version")
+        )));
+    }
+    let env: Envelope<Outcome> =
+        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    match env.body {
+        Outcome::Ok(r) => Ok(r),
+        Outcome::Error(e) => Err(ClientError::Remote(e)),
+    }
+}
