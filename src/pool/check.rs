@@ -74,6 +74,9 @@ impl Inner {
                     let c = refs.entry(vba).or_insert(0);
                     *c += 1;
                     let first_visit = *c == 1;
+                    if first_visit {
+                        rep.map_nodes += 1;
+                    }
                     node_level.insert(vba, level);
                     let entries = match self.map_node(vba, level) {
                         Ok(n) => n.entries.clone(),
@@ -149,7 +152,6 @@ impl Inner {
             }
             *live.entry(split(p.pba).0).or_insert(0) += 1;
             if let Some(&level) = node_level.get(&vba) {
-                rep.map_nodes += 1;
                 if let Err(e) = self.read_node(p, NodeKind::Map, level, vba) {
                     err(&mut rep, format!("map node VBA {vba}: {e}"));
                 }
