@@ -8,7 +8,7 @@ struct Server {
     child: Child,
     port: u16,
     pool: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -21,6 +21,15 @@ impl Server {
         for (name, size) in lus {
             sspctl(&pool, &["lu", "create", name, "--size", size]);
         }
+        Self::serve(pool, dir)
+    }
+
+    /// Serve an existing pool again (the pool directory lives in a kept temp dir).
+    fn restart(pool: PathBuf) -> Server {
+        Self::serve(pool, tempfile::tempdir().unwrap())
+    }
+
+    fn serve(pool: PathBuf, dir: tempfile::TempDir) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sspd"))
             .args(["--pool", pool.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
@@ -41,7 +50,7 @@ impl Server {
             child,
             port,
             pool,
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 
@@ -49,9 +58,21 @@ impl Server {
         format!("nbd://127.0.0.1:{}/{export}", self.port)
     }
 
+    /// SIGTERM and the exit status, keeping the pool's files for a restart.
+    fn stop_keep(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let dir = self.dir.take().unwrap();
+        (self.stop_inner(), dir)
+    }
+
     /// SIGTERM, and the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
-        unsafe_kill_term(self.child.id());
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> std::process::ExitStatus {
+        if self.child.try_wait().unwrap().is_none() {
+            unsafe_kill_term(self.child.id());
+        }
         let st = self.child.wait().unwrap();
         // The pool must be consistent and closed cleanly afterwards.
         let out = sspctl(&self.pool, &["check"]);
@@ -403,4 +424,53 @@ fn sspctl_works_online_through_the_admin_socket() {
         serde_json::from_str(&sspctl(&s.pool, &["lu", "list", "--json"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert!(s.stop().success());
+}
+
+#[test]
+fn sigterm_during_writes_keeps_every_acknowledged_write() {
+    let s = Server::start(&[("vm1", "64M")]);
+    let uri = s.uri("vm1");
+    // Writes with FUA in a loop, printing each acknowledged block number.
+    let mut writer = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import nbd,sys\nh=nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+             try:\n  for i in range(16384):\n    h.pwrite(bytes([i % 250 + 1]) * 4096, i * 4096, nbd.CMD_FLAG_FUA); print(i, flush=True)\n\
+             except Exception as e:\n  print('stopped', e, file=sys.stderr)\n",
+        )
+        .arg(&uri)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(writer.stdout.take().unwrap()).lines();
+    let mut acked = 0u64;
+    for line in lines.by_ref() {
+        acked = line.unwrap().trim().parse::<u64>().unwrap() + 1;
+        if acked >= 300 {
+            break;
+        }
+    }
+    // SIGTERM while writes are still flowing.
+    unsafe_kill_term(s.child.id());
+    for line in lines {
+        if let Ok(n) = line.unwrap().trim().parse::<u64>() {
+            acked = n + 1;
+        }
+    }
+    let _ = writer.wait();
+    let pool = s.pool.clone();
+    let (st, _keep) = s.stop_keep();
+    assert!(st.success(), "sspd exits cleanly on SIGTERM: {st}");
+    // Restart and verify every acknowledged block.
+    let s2 = Server::restart(pool);
+    let out = nbdsh(
+        &s2.uri("vm1"),
+        &format!(
+            "import nbd,sys\nh=nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+             for i in range({acked}):\n  assert h.pread(4096, i * 4096) == bytes([i % 250 + 1]) * 4096, i\nprint('verified')\n"
+        ),
+    );
+    assert!(out.contains("verified"), "{out}");
+    assert!(acked >= 300);
+    assert!(s2.stop().success());
 }
