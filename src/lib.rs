@@ -12,6 +12,7 @@ pub mod admin;
 pub mod cli;
 pub mod dev;
 pub mod format;
+pub mod metrics;
 pub mod nbd;
 pub mod pool;
 pub mod server;

@@ -30,16 +30,26 @@ impl Server {
     }
 
     fn serve(pool: PathBuf, dir: tempfile::TempDir) -> Server {
+        Self::serve_with(pool, dir, &[])
+    }
+
+    fn serve_with(pool: PathBuf, dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sspd"))
             .args(["--pool", pool.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        while !line.contains("listening on") {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "sspd exited before listening"
+            );
+        }
         let port = line
             .trim()
             .rsplit(':')
@@ -473,4 +483,56 @@ fn sigterm_during_writes_keeps_every_acknowledged_write() {
     assert!(out.contains("verified"), "{out}");
     assert!(acked >= 300);
     assert!(s2.stop().success());
+}
+
+#[test]
+fn prometheus_metrics_count_requests_and_bytes() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    sspctl(
+        &pool,
+        &[
+            "pool",
+            "create",
+            "--pv",
+            &format!("{}:128M", dir.path().join("pv0.img").display()),
+        ],
+    );
+    sspctl(&pool, &["lu", "create", "vm1", "--size", "8M"]);
+    let s = Server::serve_with(pool, dir, &["--metrics", &addr]);
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 7 0 65536",
+            "-c",
+            "read -P 7 0 65536",
+            "-c",
+            "read 8387000 1000",
+            &s.uri("vm1"),
+        ],
+    );
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut m = String::new();
+    c.read_to_string(&mut m).unwrap();
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {m}"))
+    };
+    assert!(value("ssp_nbd_requests_total{cmd=\"write\"}") >= 1.0);
+    assert!(value("ssp_nbd_bytes_total{cmd=\"write\"}") >= 65536.0);
+    assert!(value("ssp_nbd_bytes_total{cmd=\"read\"}") >= 65536.0);
+    assert!(m.contains("ssp_nbd_request_seconds"), "{m}");
+    assert!(value("ssp_pool_total_bytes") > 0.0);
+    assert!(s.stop().success());
 }

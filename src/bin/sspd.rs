@@ -18,6 +18,9 @@ struct Args {
     /// Unix socket to listen on
     #[arg(long)]
     unix: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100)
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn main() {
@@ -39,6 +42,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pd = PoolDir::open(&args.pool, Options::default())?;
     let (pool, _lock) = pd.into_shared();
     let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
+    if let Some(addr) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        ssp::metrics::describe();
+        let p = pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let st = p.status();
+                ssp::metrics::pool_space(st.total_bytes, st.free_bytes, st.used_bytes);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        println!("sspd: metrics on http://{addr}/metrics");
+    }
     // The admin socket is ready before the listeners are announced.
     let attach = std::sync::Arc::new(AttachMap::default());
     let admin = ssp::admin::socket_path(&args.pool);

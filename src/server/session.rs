@@ -74,6 +74,14 @@ where
     };
     tracing::info!(peer, export = %neg.export, mode = ?neg.reply_mode, "client attached");
     let _attached = super::Attached::new(attach, &neg.export);
+    crate::metrics::connections(1.0);
+    struct Detach;
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            crate::metrics::connections(-1.0);
+        }
+    }
+    let _detach = Detach;
     let leftover = hs.take_leftover();
     transmission(s, pool, neg, leftover).await
 }
@@ -208,8 +216,36 @@ async fn finish(
     w.map_err(SessionError::Io)
 }
 
-/// Execute one request and encode its whole reply.
+/// Execute one request and encode its whole reply; account it in the metrics.
 async fn handle(ctx: &Ctx, req: Request, payload: Vec<u8>) -> Result<Vec<u8>, SessionError> {
+    let start = std::time::Instant::now();
+    let mut errno = 0u32;
+    let out = handle_inner(ctx, &req, payload, &mut errno).await?;
+    let cmd = match req.command() {
+        Some(Command::Read) => "read",
+        Some(Command::Write) => "write",
+        Some(Command::Flush) => "flush",
+        Some(Command::Trim) => "trim",
+        Some(Command::Cache) => "cache",
+        Some(Command::WriteZeroes) => "write_zeroes",
+        Some(Command::BlockStatus) => "block_status",
+        _ => "other",
+    };
+    let bytes = match req.command() {
+        Some(Command::Read | Command::Write) if errno == 0 => req.length,
+        _ => 0,
+    };
+    crate::metrics::request(cmd, bytes, start.elapsed().as_secs_f64(), errno);
+    Ok(out)
+}
+
+async fn handle_inner(
+    ctx: &Ctx,
+    req: &Request,
+    payload: Vec<u8>,
+    errno: &mut u32,
+) -> Result<Vec<u8>, SessionError> {
+    let req = *req;
     let (pool, vol, neg) = (&ctx.pool, ctx.vol, &ctx.neg);
     let target = ReplyTarget::new(neg.reply_mode, &req);
     let mut out = Vec::new();
@@ -218,9 +254,10 @@ async fn handle(ctx: &Ctx, req: Request, payload: Vec<u8>) -> Result<Vec<u8>, Se
         .lu_get(&neg.export)
         .map(|l| l.size)
         .map_err(|_| SessionError::ExportGone(neg.export.clone()))?;
-    if let Err(errno) = validate(&req, size, neg) {
-        tracing::debug!(?req, errno, "request refused");
-        encode_error_reply(&mut out, &target, errno, "invalid request")?;
+    if let Err(e) = validate(&req, size, neg) {
+        tracing::debug!(?req, e, "request refused");
+        *errno = e;
+        encode_error_reply(&mut out, &target, e, "invalid request")?;
         return Ok(out);
     }
     match req.command() {
@@ -244,12 +281,18 @@ async fn handle(ctx: &Ctx, req: Request, payload: Vec<u8>) -> Result<Vec<u8>, Se
                     )?;
                     out.extend_from_slice(&data);
                 }
-                Err(e) => reply_error(&mut out, &target, &e)?,
+                Err(e) => {
+                    *errno = nbd_errno(&e);
+                    reply_error(&mut out, &target, &e)?
+                }
             }
         }
         Some(Command::BlockStatus) => match ctx.alloc_ctx {
             Some(c) => block_status(pool, vol, &req, &target, c, size, &mut out).await?,
-            None => encode_error_reply(&mut out, &target, EINVAL, "no metadata context")?,
+            None => {
+                *errno = EINVAL;
+                encode_error_reply(&mut out, &target, EINVAL, "no metadata context")?
+            }
         },
         Some(cmd) => {
             let p = pool.clone();
@@ -274,10 +317,16 @@ async fn handle(ctx: &Ctx, req: Request, payload: Vec<u8>) -> Result<Vec<u8>, Se
             .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
             match r {
                 Ok(()) => encode_ok(&mut out, &target)?,
-                Err(e) => reply_error(&mut out, &target, &e)?,
+                Err(e) => {
+                    *errno = nbd_errno(&e);
+                    reply_error(&mut out, &target, &e)?
+                }
             }
         }
-        None => encode_error_reply(&mut out, &target, EINVAL, "unknown command")?,
+        None => {
+            *errno = EINVAL;
+            encode_error_reply(&mut out, &target, EINVAL, "unknown command")?
+        }
     }
     Ok(out)
 }
