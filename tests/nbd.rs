@@ -536,3 +536,117 @@ fn prometheus_metrics_count_requests_and_bytes() {
     assert!(value("ssp_pool_total_bytes") > 0.0);
     assert!(s.stop().success());
 }
+
+/// A minimal NBD client over a raw socket: fixed newstyle, OPT_GO, simple replies.
+struct Raw(std::net::TcpStream);
+
+impl Raw {
+    fn connect(port: u16, export: &str) -> Raw {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
+        s.write_all(&3u32.to_be_bytes()).unwrap(); // fixed newstyle, no zeroes
+        let mut opt = Vec::new();
+        opt.extend_from_slice(b"IHAVEOPT");
+        opt.extend_from_slice(&7u32.to_be_bytes()); // NBD_OPT_GO
+        opt.extend_from_slice(&(4 + export.len() as u32 + 2).to_be_bytes());
+        opt.extend_from_slice(&(export.len() as u32).to_be_bytes());
+        opt.extend_from_slice(export.as_bytes());
+        opt.extend_from_slice(&0u16.to_be_bytes());
+        s.write_all(&opt).unwrap();
+        loop {
+            let mut h = [0u8; 20];
+            s.read_exact(&mut h).unwrap();
+            assert_eq!(
+                u64::from_be_bytes(h[..8].try_into().unwrap()),
+                0x3e889045565a9
+            );
+            let typ = u32::from_be_bytes(h[12..16].try_into().unwrap());
+            let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+            let mut data = vec![0u8; len];
+            s.read_exact(&mut data).unwrap();
+            assert!(typ < 0x8000_0000, "option refused: {typ:#x}");
+            if typ == 1 {
+                return Raw(s); // NBD_REP_ACK
+            }
+        }
+    }
+
+    fn request(&mut self, typ: u16, cookie: u64, offset: u64, len: u32, payload: &[u8]) {
+        let mut r = Vec::new();
+        r.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&typ.to_be_bytes());
+        r.extend_from_slice(&cookie.to_be_bytes());
+        r.extend_from_slice(&offset.to_be_bytes());
+        r.extend_from_slice(&len.to_be_bytes());
+        r.extend_from_slice(payload);
+        self.0.write_all(&r).unwrap();
+    }
+
+    /// (error, cookie) of a simple reply.
+    fn reply(&mut self) -> (u32, u64) {
+        let mut h = [0u8; 16];
+        self.0.read_exact(&mut h).unwrap();
+        assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x6744_6698);
+        (
+            u32::from_be_bytes(h[4..8].try_into().unwrap()),
+            u64::from_be_bytes(h[8..16].try_into().unwrap()),
+        )
+    }
+
+    /// Whether the server closed the connection.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.0.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+#[test]
+fn raw_socket_bad_requests_get_the_protocol_answer() {
+    let s = Server::start(&[("vm1", "1M")]);
+    let mut c = Raw::connect(s.port, "vm1");
+    // Read past the end: EINVAL, cookie echoed, connection kept.
+    c.request(0, 0xdead_beef, 1 << 20, 4096, &[]);
+    assert_eq!(c.reply(), (22, 0xdead_beef));
+    // Unknown command: EINVAL.
+    c.request(99, 7, 0, 4096, &[]);
+    assert_eq!(c.reply(), (22, 7));
+    // A good write and read on the same connection still work.
+    c.request(1, 8, 4096, 4096, &[0x5a; 4096]);
+    assert_eq!(c.reply(), (0, 8));
+    c.request(0, 9, 4096, 4096, &[]);
+    assert_eq!(c.reply(), (0, 9));
+    let mut data = vec![0u8; 4096];
+    c.0.read_exact(&mut data).unwrap();
+    assert!(data.iter().all(|&b| b == 0x5a));
+    // A write announcing more than the 32 MiB maximum: the server hangs up on this client.
+    c.request(1, 10, 0, 64 << 20, &[]);
+    assert!(c.closed());
+    // A client that disconnects in the middle of a write's payload: nothing is applied.
+    let mut d = Raw::connect(s.port, "vm1");
+    d.request(1, 11, 0, 65536, &[0x77; 1000]);
+    drop(d);
+    // Bad request magic: that connection is dropped.
+    let mut e = Raw::connect(s.port, "vm1");
+    e.0.write_all(&[0u8; 28]).unwrap();
+    assert!(e.closed());
+    // And everyone else carries on.
+    let out = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0 0 4096",
+            "-c",
+            "read -P 0x5a 4096 4096",
+            &s.uri("vm1"),
+        ],
+    );
+    assert!(!out.contains("failed"), "{out}");
+    assert!(s.stop().success());
+}

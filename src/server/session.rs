@@ -92,13 +92,12 @@ async fn fill<S: AsyncRead + Unpin>(
     inbuf: &mut Vec<u8>,
     want: usize,
 ) -> Result<bool, SessionError> {
-    let mut chunk = vec![0u8; 256 * 1024];
     while inbuf.len() < want {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
+        // Read straight into the buffer's spare room; take what is there beyond `want` too.
+        inbuf.reserve((want - inbuf.len()).max(64 * 1024));
+        if s.read_buf(inbuf).await? == 0 {
             return Ok(false);
         }
-        inbuf.extend_from_slice(&chunk[..n]);
     }
     Ok(true)
 }
