@@ -1,4 +1,5 @@
 //! sspd over real sockets with real clients: qemu-img, qemu-io, nbdinfo, and raw bytes.
+#![allow(clippy::big_endian_bytes)] // the NBD wire format is big-endian
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
