@@ -2,6 +2,7 @@
 //! opened itself; online it sends them to the running server over the unix socket
 //! `DIR/admin.sock` (mode 0600), one JSON line each way, in a versioned envelope.
 
+use crate::access::{ClientSpec, MapStore};
 use crate::pool::{CheckReport, GcStats, LuInfo, Pool, PoolError, PoolStatus};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -21,6 +22,8 @@ pub enum AdminRequest {
     LuList,
     LuResize { name: String, size: u64 },
     LuRemove { name: String, force: bool },
+    LuMap { name: String, client: String },
+    LuUnmap { name: String, client: String },
     Check,
     Gc { max_segments: usize },
 }
@@ -64,16 +67,45 @@ impl Attachments for NoAttachments {
 }
 
 /// Execute a request on an open pool.
-pub fn execute(
-    pool: &Pool,
-    req: &AdminRequest,
-    att: &dyn Attachments,
-) -> Result<AdminReply, PoolError> {
+/// What a request runs against: the pool, who is attached, and the LU maps.
+pub struct AdminCtx<'a> {
+    pub pool: &'a Pool,
+    pub attach: &'a dyn Attachments,
+    pub maps: &'a MapStore,
+}
+
+/// Execute a request on an open pool.
+pub fn execute(ctx: &AdminCtx, req: &AdminRequest) -> Result<AdminReply, PoolError> {
+    let (pool, att) = (ctx.pool, ctx.attach);
+    let lus = |mut v: Vec<LuInfo>| {
+        for l in &mut v {
+            l.maps = ctx.maps.of(&l.name);
+        }
+        AdminReply::Lus {
+            pool: pool.name(),
+            lus: v,
+        }
+    };
+    let spec = |c: &str| c.parse::<ClientSpec>().map_err(PoolError::Invalid);
     Ok(match req {
         AdminRequest::PoolStatus => AdminReply::Status(pool.status()),
-        AdminRequest::LuCreate { name, size } => lus(pool, vec![pool.lu_create(name, *size)?]),
-        AdminRequest::LuList => lus(pool, pool.lu_list()),
-        AdminRequest::LuResize { name, size } => lus(pool, vec![pool.lu_resize(name, *size)?]),
+        AdminRequest::LuCreate { name, size } => lus(vec![pool.lu_create(name, *size)?]),
+        AdminRequest::LuList => lus(pool.lu_list()),
+        AdminRequest::LuResize { name, size } => lus(vec![pool.lu_resize(name, *size)?]),
+        AdminRequest::LuMap { name, client } => {
+            let info = pool.lu_get(name)?;
+            ctx.maps
+                .map(name, &spec(client)?)
+                .map_err(PoolError::Config)?;
+            lus(vec![info])
+        }
+        AdminRequest::LuUnmap { name, client } => {
+            let info = pool.lu_get(name)?;
+            ctx.maps
+                .unmap(name, &spec(client)?)
+                .map_err(PoolError::Invalid)?;
+            lus(vec![info])
+        }
         AdminRequest::LuRemove { name, force } => {
             pool.lu_get(name)?;
             let n = att.attached(name);
@@ -83,18 +115,12 @@ pub fn execute(
                 )));
             }
             pool.lu_remove(name)?;
+            ctx.maps.forget(name).map_err(PoolError::Config)?;
             AdminReply::Removed { name: name.clone() }
         }
         AdminRequest::Check => AdminReply::Check(pool.check()?),
         AdminRequest::Gc { max_segments } => AdminReply::Gc(pool.gc(*max_segments)?),
     })
-}
-
-fn lus(pool: &Pool, lus: Vec<LuInfo>) -> AdminReply {
-    AdminReply::Lus {
-        pool: pool.name(),
-        lus,
-    }
 }
 
 /// Path of a pool directory's admin socket.
@@ -103,11 +129,7 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 }
 
 /// Serve one admin connection (blocking): read request lines, write reply lines.
-pub fn handle_connection(
-    stream: UnixStream,
-    pool: &Pool,
-    att: &dyn Attachments,
-) -> std::io::Result<()> {
+pub fn handle_connection(stream: UnixStream, ctx: &AdminCtx) -> std::io::Result<()> {
     let mut w = stream.try_clone()?;
     let reader = BufReader::new(stream);
     for line in reader.lines() {
@@ -117,7 +139,7 @@ pub fn handle_connection(
             Ok(v) => match v.get("version").and_then(|x| x.as_u64()) {
                 Some(ver) if ver == u64::from(ADMIN_VERSION) => {
                     match serde_json::from_value::<Envelope<AdminRequest>>(v) {
-                        Ok(env) => match execute(pool, &env.body, att) {
+                        Ok(env) => match execute(ctx, &env.body) {
                             Ok(r) => Outcome::Ok(r),
                             Err(e) => Outcome::Error(e.to_string()),
                         },

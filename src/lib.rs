@@ -8,6 +8,7 @@
 //!   dev                   block devices: file, memory, fault-injecting
 //! ```
 
+pub mod access;
 pub mod admin;
 pub mod cli;
 pub mod dev;

@@ -651,3 +651,92 @@ fn raw_socket_bad_requests_get_the_protocol_answer() {
     assert!(!out.contains("failed"), "{out}");
     assert!(s.stop().success());
 }
+
+#[test]
+fn lu_maps_restrict_exports_to_their_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let sock = dir.path().join("nbd.sock");
+    sspctl(
+        &pool,
+        &[
+            "pool",
+            "create",
+            "--pv",
+            &format!("{}:128M", dir.path().join("pv0.img").display()),
+        ],
+    );
+    sspctl(&pool, &["lu", "create", "vm1", "--size", "4M"]);
+    sspctl(&pool, &["lu", "create", "vm2", "--size", "4M"]);
+    let s = Server::serve_with(pool.clone(), dir, &["--unix", sock.to_str().unwrap()]);
+    let unix = |lu: &str| format!("nbd+unix:///{lu}?socket={}", sock.display());
+    // vm1 is mapped to another network: invisible and refused for us.
+    sspctl(&s.pool, &["lu", "map", "vm1", "--client", "10.0.0.0/8"]);
+    let list = run("nbdinfo", &["--list", &s.uri("")]);
+    assert!(
+        !list.contains("\"vm1\"") && list.contains("\"vm2\""),
+        "{list}"
+    );
+    assert!(!Command::new("nbdinfo")
+        .arg(s.uri("vm1"))
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let json: serde_json::Value =
+        serde_json::from_str(&sspctl(&s.pool, &["lu", "list", "--json"])).unwrap();
+    assert_eq!(json[0]["maps"], serde_json::json!(["10.0.0.0/8"]));
+    assert!(sspctl(&s.pool, &["lu", "list"]).contains("10.0.0.0/8"));
+    // Mapped to us as well: usable.
+    sspctl(&s.pool, &["lu", "map", "vm1", "--client", "127.0.0.1"]);
+    run("nbdinfo", &[&s.uri("vm1")]);
+    // Unix-socket clients are matched by uid.
+    let me = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    sspctl(&s.pool, &["lu", "map", "vm2", "--client", "uid:4242424"]);
+    assert!(!Command::new("nbdinfo")
+        .arg(unix("vm2"))
+        .output()
+        .unwrap()
+        .status
+        .success());
+    sspctl(
+        &s.pool,
+        &[
+            "lu",
+            "map",
+            "vm2",
+            "--client",
+            &format!("uid:{}", me.trim()),
+        ],
+    );
+    run("nbdinfo", &[&unix("vm2")]);
+    // TCP clients do not match uid maps.
+    assert!(!Command::new("nbdinfo")
+        .arg(s.uri("vm2"))
+        .output()
+        .unwrap()
+        .status
+        .success());
+    // Unmapping everything makes an LU public again; bad specs are clear errors.
+    sspctl(&s.pool, &["lu", "unmap", "vm2", "--client", "uid:4242424"]);
+    sspctl(
+        &s.pool,
+        &[
+            "lu",
+            "unmap",
+            "vm2",
+            "--client",
+            &format!("uid:{}", me.trim()),
+        ],
+    );
+    run("nbdinfo", &[&s.uri("vm2")]);
+    let err = sspctl_fails(&s.pool, &["lu", "map", "vm2", "--client", "not-a-spec"]);
+    assert!(err.contains("client spec"), "{err}");
+    let err = sspctl_fails(&s.pool, &["lu", "unmap", "vm2", "--client", "10.9.9.9"]);
+    assert!(err.contains("not mapped"), "{err}");
+    let (st, _keep) = s.stop_keep();
+    assert!(st.success());
+    // Maps survive a restart (they live in the pool directory) and work offline too.
+    let list = sspctl(&pool, &["lu", "list"]);
+    assert!(list.contains("10.0.0.0/8,127.0.0.1/32"), "{list}");
+}

@@ -61,7 +61,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The admin socket is ready before the listeners are announced.
     let attach = std::sync::Arc::new(AttachMap::default());
     let admin = ssp::admin::socket_path(&args.pool);
-    spawn_admin(pool.clone(), attach.clone(), &admin)
+    let maps = std::sync::Arc::new(
+        ssp::access::MapStore::load(&args.pool).map_err(|e| anyhow::anyhow!("LU maps: {e}"))?,
+    );
+    spawn_admin(pool.clone(), attach.clone(), maps.clone(), &admin)
         .with_context(|| format!("cannot listen on the admin socket {}", admin.display()))?;
     let mut listeners = Vec::new();
     let mut addrs = args.listen.clone();
@@ -85,7 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(serve(pool.clone(), attach, listeners, rx));
+    let server = tokio::spawn(serve(pool.clone(), attach, maps, listeners, rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

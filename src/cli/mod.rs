@@ -107,6 +107,18 @@ pub enum LuCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Restrict an LU to a client (IP or CIDR, uid:N for unix sockets, tls:NAME); repeatable
+    Map {
+        name: String,
+        #[arg(long)]
+        client: String,
+    },
+    /// Remove a client restriction (an LU without maps is served to every client)
+    Unmap {
+        name: String,
+        #[arg(long)]
+        client: String,
+    },
     /// Copy a file into an LU (all-zero blocks stay unallocated)
     Import {
         name: String,
@@ -247,7 +259,13 @@ fn admin(cli: &Cli, req: AdminRequest) -> Result<AdminReply> {
         Ok(r) => Ok(r),
         Err(crate::admin::ClientError::NotRunning) => {
             let pd = open(cli)?;
-            let r = crate::admin::execute(&pd.pool, &req, &crate::admin::NoAttachments)?;
+            let maps = crate::access::MapStore::load(&dir).map_err(anyhow::Error::msg)?;
+            let ctx = crate::admin::AdminCtx {
+                pool: &pd.pool,
+                attach: &crate::admin::NoAttachments,
+                maps: &maps,
+            };
+            let r = crate::admin::execute(&ctx, &req)?;
             pd.pool.close()?;
             Ok(r)
         }
@@ -269,6 +287,14 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
         LuCmd::Remove { name, force } => Some(AdminRequest::LuRemove {
             name: name.clone(),
             force: *force,
+        }),
+        LuCmd::Map { name, client } => Some(AdminRequest::LuMap {
+            name: name.clone(),
+            client: client.clone(),
+        }),
+        LuCmd::Unmap { name, client } => Some(AdminRequest::LuUnmap {
+            name: name.clone(),
+            client: client.clone(),
         }),
         _ => None,
     };
@@ -351,7 +377,12 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
                 file.display()
             )?;
         }
-        LuCmd::Create { .. } | LuCmd::List | LuCmd::Resize { .. } | LuCmd::Remove { .. } => {
+        LuCmd::Create { .. }
+        | LuCmd::List
+        | LuCmd::Resize { .. }
+        | LuCmd::Remove { .. }
+        | LuCmd::Map { .. }
+        | LuCmd::Unmap { .. } => {
             unreachable!("admin verbs are handled above")
         }
     }
@@ -381,13 +412,18 @@ fn print_lus(json: bool, pool_name: &str, lus: &[LuInfo], out: &mut dyn Write) -
     writeln!(out, "TIER_NAME: SYSTEM")?;
     writeln!(
         out,
-        "{:<32} {:>12} {:>12}  UDID",
-        "LU_NAME", "SIZE(MB)", "UNUSED(MB)"
+        "{:<32} {:>12} {:>12}  {:<32}  MAPPED_TO",
+        "LU_NAME", "SIZE(MB)", "UNUSED(MB)", "UDID"
     )?;
     for l in lus {
+        let maps = if l.maps.is_empty() {
+            "-".to_string()
+        } else {
+            l.maps.join(",")
+        };
         writeln!(
             out,
-            "{:<32} {:>12} {:>12}  {}",
+            "{:<32} {:>12} {:>12}  {:<32}  {maps}",
             l.name, l.size_mb, l.unused_mb, l.udid
         )?;
     }

@@ -77,6 +77,9 @@ pub struct LuInfo {
     pub udid: String,
     pub mapped_blocks: u64,
     pub owned_blocks: u64,
+    /// Clients the LU is mapped to (empty: every client). Filled in by the admin layer.
+    #[serde(default)]
+    pub maps: Vec<String>,
 }
 
 /// One PV as shown by `pool status`.
@@ -189,6 +192,7 @@ impl Pool {
             udid: hex(&v.udid),
             mapped_blocks: v.mapped_blocks,
             owned_blocks: v.owned_blocks,
+            maps: Vec::new(),
         }
     }
 

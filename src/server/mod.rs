@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod session;
 
+use crate::access::{MapStore, Peer};
 use crate::admin::{handle_connection, Attachments};
 use crate::pool::Pool;
 use std::collections::HashMap;
@@ -58,7 +59,12 @@ impl Drop for Attached {
 }
 
 /// Serve admin requests on the unix socket at `path` (mode 0600) on background threads.
-pub fn spawn_admin(pool: Arc<Pool>, attach: Arc<AttachMap>, path: &Path) -> std::io::Result<()> {
+pub fn spawn_admin(
+    pool: Arc<Pool>,
+    attach: Arc<AttachMap>,
+    maps: Arc<MapStore>,
+    path: &Path,
+) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(path);
     let listener = std::os::unix::net::UnixListener::bind(path)?;
@@ -66,9 +72,14 @@ pub fn spawn_admin(pool: Arc<Pool>, attach: Arc<AttachMap>, path: &Path) -> std:
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let (pool, attach) = (pool.clone(), attach.clone());
+            let (pool, attach, maps) = (pool.clone(), attach.clone(), maps.clone());
             std::thread::spawn(move || {
-                if let Err(e) = handle_connection(conn, &pool, attach.as_ref()) {
+                let ctx = crate::admin::AdminCtx {
+                    pool: &pool,
+                    attach: attach.as_ref(),
+                    maps: &maps,
+                };
+                if let Err(e) = handle_connection(conn, &ctx) {
                     tracing::warn!("admin connection: {e}");
                 }
             });
@@ -91,6 +102,7 @@ pub enum Listener {
 pub async fn serve(
     pool: Arc<Pool>,
     attach: Arc<AttachMap>,
+    maps: Arc<MapStore>,
     listeners: Vec<Listener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -98,7 +110,7 @@ pub async fn serve(
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     for l in listeners {
         let (pool, sessions, mut stop) = (pool.clone(), sessions.clone(), shutdown.clone());
-        let attach = attach.clone();
+        let (attach, maps) = (attach.clone(), maps.clone());
         accepts.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -107,14 +119,24 @@ pub async fn serve(
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let (pool, attach) = (pool.clone(), attach.clone());
+                        let (pool, attach, maps) = (pool.clone(), attach.clone(), maps.clone());
                         sessions.lock().await.spawn(async move {
                             let r = match stream {
                                 Stream::Tcp(s) => {
                                     let _ = s.set_nodelay(true);
-                                    session::run(s, pool, attach, &peer).await
+                                    let who = Peer::Tcp(
+                                        s.peer_addr()
+                                            .map(|a| a.ip())
+                                            .unwrap_or([0, 0, 0, 0].into()),
+                                    );
+                                    session::run(s, pool, attach, maps, who, &peer).await
                                 }
-                                Stream::Unix(s) => session::run(s, pool, attach, &peer).await,
+                                Stream::Unix(s) => {
+                                    let who = Peer::Unix {
+                                        uid: s.peer_cred().ok().map(|c| c.uid()),
+                                    };
+                                    session::run(s, pool, attach, maps, who, &peer).await
+                                }
                             };
                             match r {
                                 Ok(()) => tracing::info!(peer, "client detached"),

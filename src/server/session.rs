@@ -48,12 +48,18 @@ pub async fn run<S>(
     mut s: S,
     pool: Arc<Pool>,
     attach: Arc<super::AttachMap>,
+    maps: Arc<crate::access::MapStore>,
+    who: crate::access::Peer,
     peer: &str,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let catalog = PoolCatalog { pool: pool.clone() };
+    let catalog = PoolCatalog {
+        pool: pool.clone(),
+        maps,
+        peer: who,
+    };
     let mut hs = Handshake::new(ServerConfig::default());
     s.write_all(&hs.initial_output()).await?;
     let mut buf = vec![0u8; 64 * 1024];
