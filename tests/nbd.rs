@@ -740,3 +740,14 @@ fn lu_maps_restrict_exports_to_their_clients() {
     let list = sspctl(&pool, &["lu", "list"]);
     assert!(list.contains("10.0.0.0/8,127.0.0.1/32"), "{list}");
 }
+
+#[test]
+fn offline_copies_point_to_nbd_while_sspd_runs() {
+    let s = Server::start(&[("vm1", "4M")]);
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("x.img");
+    std::fs::write(&f, [1u8; 4096]).unwrap();
+    let err = sspctl_fails(&s.pool, &["lu", "import", "vm1", f.to_str().unwrap()]);
+    assert!(err.contains("copy through NBD"), "{err}");
+    assert!(s.stop().success());
+}

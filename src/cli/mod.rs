@@ -313,7 +313,13 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
         return Ok(());
     }
     // Bulk data copies run offline (online, copy through NBD, e.g. qemu-img convert).
-    let pd = open(cli)?;
+    let dir = pool_dir(cli)?;
+    let pd = match PoolDir::open(&dir, Options::default()) {
+        Err(crate::pool::PoolError::Locked(_)) if crate::admin::socket_path(&dir).exists() => bail!(
+            "sspd is serving this pool: copy through NBD instead (e.g. qemu-img convert -n FILE nbd://HOST:PORT/LU), or stop sspd"
+        ),
+        r => r?,
+    };
     let p = &pd.pool;
     match cmd {
         LuCmd::Import { name, file, offset } => {
