@@ -751,3 +751,87 @@ fn offline_copies_point_to_nbd_while_sspd_runs() {
     assert!(err.contains("copy through NBD"), "{err}");
     assert!(s.stop().success());
 }
+
+/// A CA and a server certificate for 127.0.0.1, as PEM files in `dir` (libnbd's layout:
+/// `ca-cert.pem`), plus `server-cert.pem` and `server-key.pem` for sspd.
+fn make_certs(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "ssp test CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    p.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::write(dir.join("ca-cert.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("server-cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server-key.pem"), key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn starttls_with_x509_and_tls_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    make_certs(&certs);
+    let pool = dir.path().join("pool");
+    sspctl(
+        &pool,
+        &[
+            "pool",
+            "create",
+            "--pv",
+            &format!("{}:128M", dir.path().join("pv0.img").display()),
+        ],
+    );
+    sspctl(&pool, &["lu", "create", "vm1", "--size", "8M"]);
+    let cert = certs.join("server-cert.pem");
+    let key = certs.join("server-key.pem");
+    let s = Server::serve_with(
+        pool,
+        dir,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls",
+            "require",
+        ],
+    );
+    let tls_uri = format!(
+        "nbds://127.0.0.1:{}/vm1?tls-certificates={}",
+        s.port,
+        certs.display()
+    );
+    let info = run("nbdinfo", &[&tls_uri]);
+    assert!(info.contains("export-size: 8388608"), "{info}");
+    // Data goes through the TLS session.
+    let out = nbdsh(
+        &tls_uri,
+        "import nbd,sys\nh=nbd.NBD(); h.set_uri_allow_local_file(True); h.connect_uri(sys.argv[1])\nh.pwrite(b'\\x42'*65536, 4096)\nh.flush()\nassert h.pread(65536, 4096) == b'\\x42'*65536\nprint('ok')\n",
+    );
+    assert!(out.contains("ok"), "{out}");
+    // Plain connections are refused when TLS is required.
+    let o = Command::new("nbdinfo").arg(s.uri("vm1")).output().unwrap();
+    assert!(!o.status.success(), "a plain client must be refused");
+    assert!(s.stop().success());
+}

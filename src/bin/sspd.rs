@@ -18,6 +18,15 @@ struct Args {
     /// Unix socket to listen on
     #[arg(long)]
     unix: Option<PathBuf>,
+    /// PEM certificate chain for STARTTLS
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for STARTTLS
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TLS policy: off, on (offered when a certificate is given) or require (refuse plain sessions)
+    #[arg(long, value_parser = ["off", "on", "require"], default_value = "on")]
+    tls: String,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100)
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
@@ -39,6 +48,17 @@ fn main() {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key, args.tls.as_str()) {
+        (_, _, "off") => ssp::server::tls::TlsPolicy::default(),
+        (Some(c), Some(k), mode) => ssp::server::tls::TlsPolicy {
+            acceptor: Some(
+                ssp::server::tls::acceptor(c, k).map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+            ),
+            required: mode == "require",
+        },
+        (_, _, "require") => anyhow::bail!("--tls require needs --tls-cert and --tls-key"),
+        _ => ssp::server::tls::TlsPolicy::default(),
+    };
     let pd = PoolDir::open(&args.pool, Options::default())?;
     let (pool, _lock) = pd.into_shared();
     let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
@@ -88,7 +108,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(serve(pool.clone(), attach, maps, listeners, rx));
+    let server = tokio::spawn(serve(
+        pool.clone(),
+        attach,
+        maps,
+        std::sync::Arc::new(tls),
+        listeners,
+        rx,
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod session;
+pub mod tls;
 
 use crate::access::{MapStore, Peer};
 use crate::admin::{handle_connection, Attachments};
@@ -103,6 +104,7 @@ pub async fn serve(
     pool: Arc<Pool>,
     attach: Arc<AttachMap>,
     maps: Arc<MapStore>,
+    tls: Arc<tls::TlsPolicy>,
     listeners: Vec<Listener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -110,7 +112,7 @@ pub async fn serve(
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     for l in listeners {
         let (pool, sessions, mut stop) = (pool.clone(), sessions.clone(), shutdown.clone());
-        let (attach, maps) = (attach.clone(), maps.clone());
+        let (attach, maps, tls) = (attach.clone(), maps.clone(), tls.clone());
         accepts.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -119,7 +121,8 @@ pub async fn serve(
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let (pool, attach, maps) = (pool.clone(), attach.clone(), maps.clone());
+                        let (pool, attach, maps, tls) =
+                            (pool.clone(), attach.clone(), maps.clone(), tls.clone());
                         sessions.lock().await.spawn(async move {
                             let r = match stream {
                                 Stream::Tcp(s) => {
@@ -129,13 +132,13 @@ pub async fn serve(
                                             .map(|a| a.ip())
                                             .unwrap_or([0, 0, 0, 0].into()),
                                     );
-                                    session::run(s, pool, attach, maps, who, &peer).await
+                                    session::run(s, pool, attach, maps, who, &peer, tls).await
                                 }
                                 Stream::Unix(s) => {
                                     let who = Peer::Unix {
                                         uid: s.peer_cred().ok().map(|c| c.uid()),
                                     };
-                                    session::run(s, pool, attach, maps, who, &peer).await
+                                    session::run(s, pool, attach, maps, who, &peer, tls).await
                                 }
                             };
                             match r {

@@ -43,7 +43,42 @@ fn nbd_errno(e: &PoolError) -> u32 {
     }
 }
 
+/// How a handshake phase ended.
+enum Outcome {
+    Done(Negotiated),
+    StartTls,
+    Closed,
+}
+
+/// Feed client bytes to the handshake until it reaches an event.
+async fn negotiate<S>(
+    s: &mut S,
+    hs: &mut Handshake,
+    catalog: &PoolCatalog,
+) -> Result<Outcome, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(Outcome::Closed); // left during the handshake
+        }
+        let step = hs.input(&buf[..n], catalog)?;
+        s.write_all(&step.output).await?;
+        s.flush().await?;
+        match step.event {
+            Some(Event::Done(neg)) => return Ok(Outcome::Done(neg)),
+            Some(Event::Abort) => return Ok(Outcome::Closed),
+            Some(Event::StartTls) => return Ok(Outcome::StartTls),
+            None => {}
+        }
+    }
+}
+
 /// Serve one client until it disconnects.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S>(
     mut s: S,
     pool: Arc<Pool>,
@@ -51,6 +86,7 @@ pub async fn run<S>(
     maps: Arc<crate::access::MapStore>,
     who: crate::access::Peer,
     peer: &str,
+    tls: Arc<super::tls::TlsPolicy>,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -60,25 +96,44 @@ where
         maps,
         peer: who,
     };
-    let mut hs = Handshake::new(ServerConfig::default());
-    s.write_all(&hs.initial_output()).await?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let neg = loop {
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(()); // left during the handshake
-        }
-        let step = hs.input(&buf[..n], &catalog)?;
-        s.write_all(&step.output).await?;
-        match step.event {
-            Some(Event::Done(neg)) => break neg,
-            Some(Event::Abort) => return Ok(()),
-            // TLS is not offered, so the state machine never asks for it.
-            Some(Event::StartTls) => return Ok(()),
-            None => {}
-        }
+    let cfg = ServerConfig {
+        tls_available: tls.acceptor.is_some(),
+        tls_required: tls.required,
+        ..ServerConfig::default()
     };
-    tracing::info!(peer, export = %neg.export, mode = ?neg.reply_mode, "client attached");
+    let mut hs = Handshake::new(cfg);
+    s.write_all(&hs.initial_output()).await?;
+    match negotiate(&mut s, &mut hs, &catalog).await? {
+        Outcome::Closed => Ok(()),
+        Outcome::Done(neg) => attached(s, pool, attach, neg, hs.take_leftover(), peer).await,
+        Outcome::StartTls => {
+            let Some(acceptor) = tls.acceptor.clone() else {
+                return Ok(());
+            };
+            let mut t = acceptor.accept(s).await?;
+            match negotiate(&mut t, &mut hs, &catalog).await? {
+                Outcome::Done(neg) => {
+                    attached(t, pool, attach, neg, hs.take_leftover(), peer).await
+                }
+                // The state machine refuses a second STARTTLS itself.
+                Outcome::StartTls | Outcome::Closed => Ok(()),
+            }
+        }
+    }
+}
+
+async fn attached<S>(
+    s: S,
+    pool: Arc<Pool>,
+    attach: Arc<super::AttachMap>,
+    neg: Negotiated,
+    leftover: Vec<u8>,
+    peer: &str,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tracing::info!(peer, export = %neg.export, mode = ?neg.reply_mode, tls = neg.tls, "client attached");
     let _attached = super::Attached::new(attach, &neg.export);
     crate::metrics::connections(1.0);
     struct Detach;
@@ -88,7 +143,6 @@ where
         }
     }
     let _detach = Detach;
-    let leftover = hs.take_leftover();
     transmission(s, pool, neg, leftover).await
 }
 
