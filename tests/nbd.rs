@@ -835,3 +835,33 @@ fn starttls_with_x509_and_tls_required() {
     assert!(!o.status.success(), "a plain client must be refused");
     assert!(s.stop().success());
 }
+
+#[test]
+fn structured_reads_send_holes_as_hole_chunks() {
+    let s = Server::start(&[("vm1", "4M")]);
+    let out = nbdsh(
+        &s.uri("vm1"),
+        r#"
+import nbd, sys
+h = nbd.NBD(); h.connect_uri(sys.argv[1])
+assert h.get_structured_replies_negotiated()
+h.pwrite(b"\x33" * 8192, 65536)
+chunks = []
+def cb(buf, offset, status, err):
+    chunks.append((offset, len(buf), status))
+    return 0
+buf = h.pread_structured(196608, 0, cb)
+assert buf[:65536] == bytes(65536) and buf[65536:73728] == b"\x33" * 8192 and buf[73728:] == bytes(196608 - 73728)
+kinds = [(o, n, "hole" if st == nbd.READ_HOLE else "data") for (o, n, st) in chunks]
+print(kinds)
+assert kinds == [(0, 65536, "hole"), (65536, 8192, "data"), (73728, 122880, "hole")], kinds
+# DF: one data chunk for the whole range.
+chunks.clear()
+h.pread_structured(196608, 0, cb, nbd.CMD_FLAG_DF)
+assert len(chunks) == 1 and chunks[0][2] == nbd.READ_DATA, chunks
+print("ok")
+"#,
+    );
+    assert!(out.contains("ok"), "{out}");
+    assert!(s.stop().success());
+}

@@ -32,6 +32,14 @@ struct Args {
     metrics: Option<std::net::SocketAddr>,
 }
 
+/// Tell whoever started us where we listen; a closed stdout must not stop the server.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 fn main() {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -76,7 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });
-        println!("sspd: metrics on http://{addr}/metrics");
+        announce(&format!("sspd: metrics on http://{addr}/metrics"));
     }
     // The admin socket is ready before the listeners are announced.
     let attach = std::sync::Arc::new(AttachMap::default());
@@ -95,18 +103,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let l = tokio::net::TcpListener::bind(a)
             .await
             .with_context(|| format!("cannot listen on {a}"))?;
-        println!("sspd: listening on {}", l.local_addr()?);
+        announce(&format!("sspd: listening on {}", l.local_addr()?));
         listeners.push(Listener::Tcp(l));
     }
     if let Some(p) = &args.unix {
         let _ = std::fs::remove_file(p);
         let l = tokio::net::UnixListener::bind(p)
             .with_context(|| format!("cannot listen on {}", p.display()))?;
-        println!("sspd: listening on unix:{}", p.display());
+        announce(&format!("sspd: listening on unix:{}", p.display()));
         listeners.push(Listener::Unix(l));
     }
-    use std::io::Write;
-    std::io::stdout().flush()?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(serve(
         pool.clone(),

@@ -6,13 +6,13 @@
 
 use super::catalog::PoolCatalog;
 use crate::nbd::proto::{
-    CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CONTEXT_BASE_ALLOCATION, EINVAL, EIO, ENOSPC,
-    EPERM, STATE_HOLE, STATE_ZERO,
+    CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CONTEXT_BASE_ALLOCATION, EINVAL,
+    EIO, ENOSPC, EPERM, STATE_HOLE, STATE_ZERO,
 };
 use crate::nbd::{
     decode_request_with_limit, encode_block_status, encode_block_status_ext, encode_error_reply,
-    encode_ok, encode_read_data_header, validate, CodecError, Command, Decoded, Event, Extent,
-    ExtentExt, Handshake, Negotiated, ReplyTarget, Request, ServerConfig,
+    encode_offset_hole, encode_ok, encode_read_data_header, validate, CodecError, Command, Decoded,
+    Event, Extent, ExtentExt, Handshake, Negotiated, ReplyTarget, Request, ServerConfig,
 };
 use crate::pool::{Pool, PoolError};
 use std::sync::Arc;
@@ -321,24 +321,41 @@ async fn handle_inner(
     }
     match req.command() {
         Some(Command::Read) => {
-            let (p, off, len) = (pool.clone(), req.offset, req.length as usize);
+            let (p, off, len) = (pool.clone(), req.offset, req.length);
+            // With structured replies (and no DF), unmapped ranges go back as hole chunks: no
+            // zeroes are read, copied or sent for them.
+            let holes = target.mode.chunks() && !req.has_flag(CMD_FLAG_DF) && len > 0;
             let r = tokio::task::spawn_blocking(move || {
-                let mut data = vec![0u8; len];
-                p.read(vol, off, &mut data).map(|_| data)
+                let ext = if holes {
+                    p.extents(vol, off, len)?
+                } else {
+                    vec![(off, len, true)]
+                };
+                let mut parts = Vec::with_capacity(ext.len());
+                for (start, n, mapped) in ext {
+                    let mut data = Vec::new();
+                    if mapped {
+                        data = vec![0u8; n as usize];
+                        p.read(vol, start, &mut data)?;
+                    }
+                    parts.push((start, n, data));
+                }
+                Ok(parts)
             })
             .await
             .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
             match r {
-                Ok(data) if data.is_empty() => encode_ok(&mut out, &target)?,
-                Ok(data) => {
-                    encode_read_data_header(
-                        &mut out,
-                        &target,
-                        req.offset,
-                        data.len() as u64,
-                        true,
-                    )?;
-                    out.extend_from_slice(&data);
+                Ok(parts) if len == 0 || parts.is_empty() => encode_ok(&mut out, &target)?,
+                Ok(parts) => {
+                    let last = parts.len() - 1;
+                    for (i, (start, n, data)) in parts.into_iter().enumerate() {
+                        if data.is_empty() {
+                            encode_offset_hole(&mut out, &target, start, n as u32, i == last)?;
+                        } else {
+                            encode_read_data_header(&mut out, &target, start, n, i == last)?;
+                            out.extend_from_slice(&data);
+                        }
+                    }
                 }
                 Err(e) => {
                     *errno = nbd_errno(&e);
