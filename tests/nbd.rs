@@ -865,3 +865,32 @@ print("ok")
     assert!(out.contains("ok"), "{out}");
     assert!(s.stop().success());
 }
+
+#[test]
+fn requests_after_sigterm_get_eshutdown() {
+    let s = Server::start(&[("vm1", "4M")]);
+    let mut client = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import nbd,sys,errno\nh=nbd.NBD(); h.connect_uri(sys.argv[1]); print('ready', flush=True)\nsys.stdin.readline()\n\
+             try:\n  h.pread(4096, 0); print('read worked')\n\
+             except nbd.Error as e:\n  print('errno', errno.errorcode.get(e.errnum), flush=True)\n",
+        )
+        .arg(s.uri("vm1"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    unsafe_kill_term(s.child.id());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "errno ESHUTDOWN", "{line}");
+    let _ = client.wait();
+    assert!(s.stop().success());
+}

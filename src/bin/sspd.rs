@@ -3,7 +3,7 @@ use anyhow::Context;
 use clap::Parser;
 use ssp::pool::dir::PoolDir;
 use ssp::pool::Options;
-use ssp::server::{serve, spawn_admin, AttachMap, Listener};
+use ssp::server::{serve, spawn_admin, AttachMap, Listener, Shared};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -114,14 +114,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         listeners.push(Listener::Unix(l));
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(serve(
-        pool.clone(),
+    let shared = std::sync::Arc::new(Shared {
+        pool: pool.clone(),
         attach,
         maps,
-        std::sync::Arc::new(tls),
-        listeners,
-        rx,
-    ));
+        tls: std::sync::Arc::new(tls),
+        stopping: rx,
+    });
+    let server = tokio::spawn(serve(shared, listeners));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

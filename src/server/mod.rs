@@ -98,21 +98,24 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
-/// Accept clients on every listener until `shutdown` turns true, then wait (bounded) for the
-/// sessions to finish.
-pub async fn serve(
-    pool: Arc<Pool>,
-    attach: Arc<AttachMap>,
-    maps: Arc<MapStore>,
-    tls: Arc<tls::TlsPolicy>,
-    listeners: Vec<Listener>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// What every session of a server shares.
+pub struct Shared {
+    pub pool: Arc<Pool>,
+    pub attach: Arc<AttachMap>,
+    pub maps: Arc<MapStore>,
+    pub tls: Arc<tls::TlsPolicy>,
+    /// Turns true when the server stops: new requests get ESHUTDOWN.
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// Accept clients on every listener until `shared.stopping` turns true, then wait (bounded) for
+/// the sessions to finish their requests.
+pub async fn serve(shared: Arc<Shared>, listeners: Vec<Listener>) {
     let mut accepts = JoinSet::new();
     let sessions = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
     for l in listeners {
-        let (pool, sessions, mut stop) = (pool.clone(), sessions.clone(), shutdown.clone());
-        let (attach, maps, tls) = (attach.clone(), maps.clone(), tls.clone());
+        let (shared, sessions) = (shared.clone(), sessions.clone());
+        let mut stop = shared.stopping.clone();
         accepts.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -121,24 +124,18 @@ pub async fn serve(
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let (pool, attach, maps, tls) =
-                            (pool.clone(), attach.clone(), maps.clone(), tls.clone());
+                        let shared = shared.clone();
                         sessions.lock().await.spawn(async move {
                             let r = match stream {
                                 Stream::Tcp(s) => {
                                     let _ = s.set_nodelay(true);
-                                    let who = Peer::Tcp(
-                                        s.peer_addr()
-                                            .map(|a| a.ip())
-                                            .unwrap_or([0, 0, 0, 0].into()),
-                                    );
-                                    session::run(s, pool, attach, maps, who, &peer, tls).await
+                                    let ip = s.peer_addr().map(|a| a.ip());
+                                    let who = Peer::Tcp(ip.unwrap_or([0, 0, 0, 0].into()));
+                                    session::run(s, shared, who, &peer).await
                                 }
                                 Stream::Unix(s) => {
-                                    let who = Peer::Unix {
-                                        uid: s.peer_cred().ok().map(|c| c.uid()),
-                                    };
-                                    session::run(s, pool, attach, maps, who, &peer, tls).await
+                                    let uid = s.peer_cred().ok().map(|c| c.uid());
+                                    session::run(s, shared, Peer::Unix { uid }, &peer).await
                                 }
                             };
                             match r {
@@ -155,9 +152,11 @@ pub async fn serve(
             }
         });
     }
-    let _ = shutdown.wait_for(|s| *s).await;
+    let mut stopping = shared.stopping.clone();
+    let _ = stopping.wait_for(|s| *s).await;
     accepts.shutdown().await;
-    // Give in-flight requests a moment to complete, then drop the rest.
+    // Give in-flight requests a moment to complete (later ones get ESHUTDOWN), then drop the
+    // rest.
     let mut s = sessions.lock().await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
         while s.join_next().await.is_some() {}

@@ -7,7 +7,7 @@
 use super::catalog::PoolCatalog;
 use crate::nbd::proto::{
     CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CONTEXT_BASE_ALLOCATION, EINVAL,
-    EIO, ENOSPC, EPERM, STATE_HOLE, STATE_ZERO,
+    EIO, ENOSPC, EPERM, ESHUTDOWN, STATE_HOLE, STATE_ZERO,
 };
 use crate::nbd::{
     decode_request_with_limit, encode_block_status, encode_block_status_ext, encode_error_reply,
@@ -78,43 +78,37 @@ where
 }
 
 /// Serve one client until it disconnects.
-#[allow(clippy::too_many_arguments)]
 pub async fn run<S>(
     mut s: S,
-    pool: Arc<Pool>,
-    attach: Arc<super::AttachMap>,
-    maps: Arc<crate::access::MapStore>,
+    shared: Arc<super::Shared>,
     who: crate::access::Peer,
     peer: &str,
-    tls: Arc<super::tls::TlsPolicy>,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let catalog = PoolCatalog {
-        pool: pool.clone(),
-        maps,
+        pool: shared.pool.clone(),
+        maps: shared.maps.clone(),
         peer: who,
     };
     let cfg = ServerConfig {
-        tls_available: tls.acceptor.is_some(),
-        tls_required: tls.required,
+        tls_available: shared.tls.acceptor.is_some(),
+        tls_required: shared.tls.required,
         ..ServerConfig::default()
     };
     let mut hs = Handshake::new(cfg);
     s.write_all(&hs.initial_output()).await?;
     match negotiate(&mut s, &mut hs, &catalog).await? {
         Outcome::Closed => Ok(()),
-        Outcome::Done(neg) => attached(s, pool, attach, neg, hs.take_leftover(), peer).await,
+        Outcome::Done(neg) => attached(s, &shared, neg, hs.take_leftover(), peer).await,
         Outcome::StartTls => {
-            let Some(acceptor) = tls.acceptor.clone() else {
+            let Some(acceptor) = shared.tls.acceptor.clone() else {
                 return Ok(());
             };
             let mut t = acceptor.accept(s).await?;
             match negotiate(&mut t, &mut hs, &catalog).await? {
-                Outcome::Done(neg) => {
-                    attached(t, pool, attach, neg, hs.take_leftover(), peer).await
-                }
+                Outcome::Done(neg) => attached(t, &shared, neg, hs.take_leftover(), peer).await,
                 // The state machine refuses a second STARTTLS itself.
                 Outcome::StartTls | Outcome::Closed => Ok(()),
             }
@@ -124,8 +118,7 @@ where
 
 async fn attached<S>(
     s: S,
-    pool: Arc<Pool>,
-    attach: Arc<super::AttachMap>,
+    shared: &super::Shared,
     neg: Negotiated,
     leftover: Vec<u8>,
     peer: &str,
@@ -134,7 +127,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tracing::info!(peer, export = %neg.export, mode = ?neg.reply_mode, tls = neg.tls, "client attached");
-    let _attached = super::Attached::new(attach, &neg.export);
+    let _attached = super::Attached::new(shared.attach.clone(), &neg.export);
     crate::metrics::connections(1.0);
     struct Detach;
     impl Drop for Detach {
@@ -143,7 +136,14 @@ where
         }
     }
     let _detach = Detach;
-    transmission(s, pool, neg, leftover).await
+    transmission(
+        s,
+        shared.pool.clone(),
+        neg,
+        leftover,
+        shared.stopping.clone(),
+    )
+    .await
 }
 
 /// Read from `s` until `inbuf` holds at least `want` bytes; false on a clean EOF.
@@ -180,6 +180,7 @@ async fn transmission<S>(
     pool: Arc<Pool>,
     neg: Negotiated,
     mut inbuf: Vec<u8>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -245,6 +246,17 @@ where
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break Ok(());
         };
+        if *stopping.borrow() {
+            // The server is stopping: refuse new work, let the client disconnect.
+            let mut out = Vec::new();
+            let target = ReplyTarget::new(ctx.neg.reply_mode, &req);
+            encode_error_reply(&mut out, &target, ESHUTDOWN, "server is shutting down")?;
+            drop(slot);
+            if tx.send(out).await.is_err() {
+                break Ok(());
+            }
+            continue;
+        }
         let (ctx, tx) = (ctx.clone(), tx.clone());
         tokio::spawn(async move {
             let reply = handle(&ctx, req, payload).await;
