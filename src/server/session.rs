@@ -259,13 +259,18 @@ where
         }
         let (ctx, tx) = (ctx.clone(), tx.clone());
         tokio::spawn(async move {
-            let reply = handle(&ctx, req, payload).await;
-            match reply {
-                Ok(r) => {
-                    let _ = tx.send(r).await;
+            let reply = match handle(&ctx, req, payload).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Every request gets an answer: the client must not wait forever.
+                    tracing::warn!("request failed: {e}");
+                    let mut out = Vec::new();
+                    let target = ReplyTarget::new(ctx.neg.reply_mode, &req);
+                    let _ = encode_error_reply(&mut out, &target, EIO, &e.to_string());
+                    out
                 }
-                Err(e) => tracing::warn!("reply not sent: {e}"),
-            }
+            };
+            let _ = tx.send(reply).await;
             drop(slot);
         });
     };
