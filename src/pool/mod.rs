@@ -246,6 +246,11 @@ impl Pool {
         Ok(Self::lu_info(&g.vols[&id]))
     }
 
+    /// Size in bytes of the volume with this id (cheap: for the data path).
+    pub fn lu_size(&self, vol: u64) -> Result<u64> {
+        self.lock().vol_size(vol)
+    }
+
     /// Volume id of an LU, for the data path.
     pub fn lu_id(&self, name: &str) -> Result<u64> {
         self.lock()

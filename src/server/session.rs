@@ -327,8 +327,7 @@ async fn handle_inner(
     let mut out = Vec::new();
     // Size as of now: LUs can be resized while attached.
     let size = pool
-        .lu_get(&neg.export)
-        .map(|l| l.size)
+        .lu_size(vol)
         .map_err(|_| SessionError::ExportGone(neg.export.clone()))?;
     if let Err(e) = validate(&req, size, neg) {
         tracing::debug!(?req, e, "request refused");
