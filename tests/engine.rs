@@ -429,3 +429,28 @@ fn concurrent_readers_never_see_reused_blocks() {
     );
     assert_check(&pool);
 }
+
+#[test]
+fn failed_background_sync_poisons_the_pool() {
+    let (dev, ctl) = FaultDev::new("bg", 32 * MB);
+    let pool = Pool::create(vec![Arc::new(dev)], &copts(), small_opts()).unwrap();
+    let id = pool.lu_create("a", MB).unwrap().id;
+    pool.write(id, 0, &pattern(0, 1), false).unwrap();
+    pool.background_sync().unwrap();
+    assert_eq!(
+        ctl.pending_writes(),
+        0,
+        "a background sync writes everything back"
+    );
+    pool.write(id, 4096, &pattern(1, 1), false).unwrap();
+    ctl.fail_syncs(true);
+    assert!(pool.background_sync().is_err());
+    // Never retried as if it had worked: the pool refuses changes, reads still work.
+    assert!(matches!(
+        pool.write(id, 0, &pattern(0, 2), false),
+        Err(PoolError::Poisoned(_))
+    ));
+    let mut b = vec![0u8; 4096];
+    pool.read(id, 0, &mut b).unwrap();
+    assert_eq!(b, pattern(0, 1));
+}

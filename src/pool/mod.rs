@@ -399,6 +399,31 @@ impl Pool {
         Ok(st)
     }
 
+    /// Write back what the PVs hold in their caches, without the pool lock, so the next
+    /// checkpoint's sync has little left to do (it would otherwise stall every client). A failed
+    /// sync poisons the pool: it is never retried as if it had worked.
+    pub fn background_sync(&self) -> Result<()> {
+        let devs: Vec<Arc<dyn BlockDev>> = {
+            let g = self.lock();
+            if g.opts.read_only || g.poisoned.is_some() {
+                return Ok(());
+            }
+            g.pvs.pvs.iter().map(|p| p.dev.clone()).collect()
+        };
+        for d in devs {
+            if let Err(e) = d.sync() {
+                let err = PoolError::Io {
+                    dev: d.name().to_owned(),
+                    offset: 0,
+                    source: e,
+                };
+                let mut g = self.lock();
+                return g.poison(Err(err));
+            }
+        }
+        Ok(())
+    }
+
     /// Run [`Pool::maintenance`] every `period` on a thread until the pool is dropped.
     pub fn spawn_cleaner(
         self: &Arc<Self>,
@@ -410,6 +435,9 @@ impl Pool {
             let Some(p) = weak.upgrade() else { return };
             if let Err(e) = p.maintenance() {
                 tracing::warn!("cleaner: {e}");
+            }
+            if let Err(e) = p.background_sync() {
+                tracing::error!("background sync: {e}");
             }
         })
     }
