@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Build the ppc64le guest: a "golden" root disk image and an initramfs for Debian's
+# powerpc64le kernel (packages from scripts/guests/fetch.sh, cached).
+#
+#   golden.img  raw ext4 filesystem (64 MiB, no partition table), label ssp-root: static
+#               busybox and /sbin/init = scripts/guests/activate.sh, the activation engine
+#   initrd.img  gzip'd cpio: busybox, the disk/filesystem modules and their dependencies,
+#               /init = scripts/guests/initramfs-ppc64.sh (mounts root= and switch_roots)
+#   vmlinux     the kernel (a link to the cached package's)
+#
+# Output in ${1:-$CACHE/build/ppc64}; rebuilt only when the scripts or packages change.
+# Prints the output directory. Runs as root (mkfs.ext4 -d keeps the files' owners) or not
+# (everything is made root-owned).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+guest_env
+OUT="${1:-$GUEST_CACHE/build/ppc64}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+STAMP=$(build_stamp "$ROOT_PPC64" "$0" "$GUESTS_DIR/activate.sh" "$GUESTS_DIR/initramfs-ppc64.sh")
+if [ -f "$OUT/.stamp" ] && [ "$(cat "$OUT/.stamp")" = "$STAMP" ] &&
+  [ -f "$OUT/golden.img" ] && [ -f "$OUT/initrd.img" ] && [ -e "$OUT/vmlinux" ]; then
+  echo "$OUT"
+  exit 0
+fi
+rm -f "$OUT/.stamp"
+
+# Modules the initramfs loads: spapr-vscsi (ibmvscsi) and virtio disks, ext4 (crc32c through
+# the crypto API, so loaded explicitly), and ISO 9660 / FAT for a config disk.
+MODULES=(ibmvscsi sd_mod sr_mod virtio_pci virtio_blk virtio_scsi crc32c_generic ext4
+  isofs vfat nls_cp437 nls_iso8859_1 nls_ascii)
+MODDIR="$ROOT_PPC64/lib/modules/$KVER_PPC64"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+# The initramfs.
+I="$WORK/initramfs"
+mkdir -p "$I"/{proc,sys,dev,newroot,etc,tmp}
+install_busybox "$I" "$ROOT_PPC64/bin/busybox" "$BUSYBOX_HOST"
+stage_modules "$MODDIR" "$I" "${MODULES[@]}"
+install -m 0755 "$GUESTS_DIR/initramfs-ppc64.sh" "$I/init"
+make_cpio "$I" "$OUT/initrd.img"
+
+# The golden root filesystem.
+R="$WORK/root"
+mkdir -p "$R"/{proc,sys,dev,run,tmp,root,mnt,etc,var/lib/ssp}
+chmod 1777 "$R/tmp"
+install_busybox "$R" "$ROOT_PPC64/bin/busybox" "$BUSYBOX_HOST"
+rm -f "$R/sbin/init"
+install -m 0755 "$GUESTS_DIR/activate.sh" "$R/sbin/init"
+echo "ssp-golden" > "$R/etc/hostname"
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$R/etc/passwd"
+printf 'root:x:0:\n' > "$R/etc/group"
+printf '/dev/root / ext4 rw 0 1\n' > "$R/etc/fstab"
+{
+  echo "ssp golden image: Debian $KVER_PPC64 userland-less root, busybox, activation engine"
+  sed -n 's/^busybox-static_\(.*\)_ppc64el.deb$/busybox-static \1/p' "$ROOT_PPC64/.ssp-packages"
+} > "$R/etc/ssp-release"
+# Same bytes every build: fixed UUID, hash seed and time.
+rm -f "$WORK/golden.img"
+truncate -s 64M "$WORK/golden.img"
+E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -L ssp-root \
+  -U 5e5e5e5e-0000-4000-8000-00000000ad01 -E root_owner=0:0,hash_seed=5e5e5e5e-0000-4000-8000-00000000ad02 \
+  -d "$R" "$WORK/golden.img"
+e2fsck -fn "$WORK/golden.img" >/dev/null
+mv "$WORK/golden.img" "$OUT/golden.img"
+ln -sf "$ROOT_PPC64/boot/vmlinux-$KVER_PPC64" "$OUT/vmlinux"
+echo "$KVER_PPC64" > "$OUT/kernel-version"
+echo "$STAMP" > "$OUT/.stamp"
+echo "$OUT"
