@@ -17,6 +17,8 @@ guest_env
 OUT="${1:-$GUEST_CACHE/build/ppc64}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+exec 8> "$OUT/.lock"
+flock 8
 STAMP=$(build_stamp "$ROOT_PPC64" "$0" "$GUESTS_DIR/activate.sh" "$GUESTS_DIR/initramfs-ppc64.sh")
 if [ -f "$OUT/.stamp" ] && [ "$(cat "$OUT/.stamp")" = "$STAMP" ] &&
   [ -f "$OUT/golden.img" ] && [ -f "$OUT/initrd.img" ] && [ -e "$OUT/vmlinux" ]; then

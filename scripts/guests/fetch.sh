@@ -13,7 +13,7 @@
 # (KVER_PPC64, ROOT_PPC64, KVER_X86, ROOT_X86, BUSYBOX_HOST) for the build scripts, and prints
 # its path.
 set -euo pipefail
-CACHE="${SSP_GUEST_CACHE:-$HOME/.cache/ssp-guests}"
+CACHE="${SSP_GUEST_CACHE:-${HOME:-/root}/.cache/ssp-guests}"
 MIRROR="${SSP_GUEST_MIRROR:-http://deb.debian.org/debian}"
 SUITE=bookworm
 REFRESH=0
@@ -21,6 +21,9 @@ REFRESH=0
 mkdir -p "$CACHE"
 CACHE="$(cd "$CACHE" && pwd)"
 ENV_FILE="$CACHE/guests.env"
+# One fetch at a time (tests run in parallel and may all ask for the packages).
+exec 9> "$CACHE/.fetch.lock"
+flock 9
 
 if [ "$REFRESH" = 0 ] && [ -f "$ENV_FILE" ]; then
   # shellcheck disable=SC1090

@@ -2,7 +2,7 @@
 # shellcheck shell=bash
 
 GUESTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-GUEST_CACHE="${SSP_GUEST_CACHE:-$HOME/.cache/ssp-guests}"
+GUEST_CACHE="${SSP_GUEST_CACHE:-${HOME:-/root}/.cache/ssp-guests}"
 
 # Fetch (cached) and load guests.env: KVER_PPC64, ROOT_PPC64, KVER_X86, ROOT_X86, BUSYBOX_HOST.
 guest_env() {
