@@ -18,7 +18,7 @@ pub enum ClientSpec {
     Net { addr: IpAddr, prefix: u8 },
     /// A unix-socket client running as this uid.
     Uid(u32),
-    /// A TLS client whose certificate identity (subject CN) is this.
+    /// A TLS client whose verified certificate names this (subject CN or a DNS SAN).
     Tls(String),
 }
 
@@ -67,11 +67,52 @@ impl std::fmt::Display for ClientSpec {
     }
 }
 
-/// Who is connecting.
+/// Where a client connects from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Peer {
+pub enum PeerAddr {
     Tcp(IpAddr),
     Unix { uid: Option<u32> },
+}
+
+/// The names of a verified TLS client certificate: its subject common names and DNS
+/// subject-alternative names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsIdentity {
+    pub common_names: Vec<String>,
+    pub dns_names: Vec<String>,
+}
+
+impl TlsIdentity {
+    /// Whether the certificate names `name`: a common name exactly, or a DNS name (DNS names
+    /// compare case-insensitively).
+    pub fn is(&self, name: &str) -> bool {
+        self.common_names.iter().any(|n| n == name)
+            || self.dns_names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Who is connecting: the socket's peer, and once a TLS session with a verified client
+/// certificate is up, that certificate's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: PeerAddr,
+    pub tls: Option<TlsIdentity>,
+}
+
+impl Peer {
+    pub fn tcp(ip: IpAddr) -> Peer {
+        Peer {
+            addr: PeerAddr::Tcp(ip),
+            tls: None,
+        }
+    }
+
+    pub fn unix(uid: Option<u32>) -> Peer {
+        Peer {
+            addr: PeerAddr::Unix { uid },
+            tls: None,
+        }
+    }
 }
 
 fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
@@ -103,10 +144,11 @@ fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
 
 impl ClientSpec {
     pub fn matches(&self, peer: &Peer) -> bool {
-        match (self, peer) {
-            (ClientSpec::Net { addr, prefix }, Peer::Tcp(ip)) => in_net(*ip, *addr, *prefix),
-            (ClientSpec::Uid(u), Peer::Unix { uid: Some(p) }) => u == p,
-            // TLS identities match once the session runs over TLS (not offered yet).
+        match (self, &peer.addr) {
+            (ClientSpec::Net { addr, prefix }, PeerAddr::Tcp(ip)) => in_net(*ip, *addr, *prefix),
+            (ClientSpec::Uid(u), PeerAddr::Unix { uid: Some(p) }) => u == p,
+            // Only a certificate the server verified gives a TLS session an identity.
+            (ClientSpec::Tls(name), _) => peer.tls.as_ref().is_some_and(|t| t.is(name)),
             _ => false,
         }
     }
@@ -204,19 +246,39 @@ mod tests {
     #[test]
     fn specs_parse_and_match() {
         let net: ClientSpec = "10.1.0.0/16".parse().unwrap();
-        assert!(net.matches(&Peer::Tcp("10.1.2.3".parse().unwrap())));
-        assert!(!net.matches(&Peer::Tcp("10.2.0.1".parse().unwrap())));
-        assert!(net.matches(&Peer::Tcp("::ffff:10.1.9.9".parse().unwrap())));
+        assert!(net.matches(&Peer::tcp("10.1.2.3".parse().unwrap())));
+        assert!(!net.matches(&Peer::tcp("10.2.0.1".parse().unwrap())));
+        assert!(net.matches(&Peer::tcp("::ffff:10.1.9.9".parse().unwrap())));
         let host: ClientSpec = "127.0.0.1".parse().unwrap();
         assert_eq!(host.to_string(), "127.0.0.1/32");
-        assert!(host.matches(&Peer::Tcp("127.0.0.1".parse().unwrap())));
+        assert!(host.matches(&Peer::tcp("127.0.0.1".parse().unwrap())));
         let v6: ClientSpec = "fd00::/8".parse().unwrap();
-        assert!(v6.matches(&Peer::Tcp("fd12::1".parse().unwrap())));
+        assert!(v6.matches(&Peer::tcp("fd12::1".parse().unwrap())));
         let uid: ClientSpec = "uid:1000".parse().unwrap();
-        assert!(uid.matches(&Peer::Unix { uid: Some(1000) }));
-        assert!(!uid.matches(&Peer::Unix { uid: Some(0) }));
-        assert!(!uid.matches(&Peer::Tcp("127.0.0.1".parse().unwrap())));
-        assert!("tls:host1".parse::<ClientSpec>().is_ok());
+        assert!(uid.matches(&Peer::unix(Some(1000))));
+        assert!(!uid.matches(&Peer::unix(Some(0))));
+        assert!(!uid.matches(&Peer::tcp("127.0.0.1".parse().unwrap())));
+        let tls: ClientSpec = "tls:host1".parse().unwrap();
+        assert!(!tls.matches(&Peer::tcp("127.0.0.1".parse().unwrap())));
+        let mut p = Peer::tcp("127.0.0.1".parse().unwrap());
+        p.tls = Some(TlsIdentity::default());
+        assert!(!tls.matches(&p));
+        p.tls = Some(TlsIdentity {
+            common_names: vec!["host2".into()],
+            dns_names: vec!["HOST1".into()],
+        });
+        assert!(tls.matches(&p));
+        assert!(
+            host.matches(&p),
+            "address specs still match inside TLS sessions"
+        );
+        assert!(!"tls:Host2".parse::<ClientSpec>().unwrap().matches(&p));
+        let mut u = Peer::unix(Some(1000));
+        u.tls = Some(TlsIdentity {
+            common_names: vec!["host1".into()],
+            dns_names: vec![],
+        });
+        assert!(tls.matches(&u) && uid.matches(&u));
         for bad in ["", "10.0.0.0/33", "uid:x", "tls:", "hostname", "1.2.3.4/"] {
             assert!(bad.parse::<ClientSpec>().is_err(), "{bad}");
         }
@@ -226,16 +288,16 @@ mod tests {
     fn store_persists_and_filters() {
         let d = tempfile::tempdir().unwrap();
         let s = MapStore::load(d.path()).unwrap();
-        assert!(s.allows("a", &Peer::Tcp("1.2.3.4".parse().unwrap())));
+        assert!(s.allows("a", &Peer::tcp("1.2.3.4".parse().unwrap())));
         s.map("a", &"10.0.0.0/8".parse().unwrap()).unwrap();
         s.map("a", &"10.0.0.0/8".parse().unwrap()).unwrap();
         assert_eq!(s.of("a"), vec!["10.0.0.0/8"]);
-        assert!(!s.allows("a", &Peer::Tcp("1.2.3.4".parse().unwrap())));
-        assert!(s.allows("a", &Peer::Tcp("10.9.9.9".parse().unwrap())));
+        assert!(!s.allows("a", &Peer::tcp("1.2.3.4".parse().unwrap())));
+        assert!(s.allows("a", &Peer::tcp("10.9.9.9".parse().unwrap())));
         let again = MapStore::load(d.path()).unwrap();
         assert_eq!(again.of("a"), vec!["10.0.0.0/8"]);
         assert!(again.unmap("a", &"1.1.1.1".parse().unwrap()).is_err());
         again.unmap("a", &"10.0.0.0/8".parse().unwrap()).unwrap();
-        assert!(again.allows("a", &Peer::Tcp("1.2.3.4".parse().unwrap())));
+        assert!(again.allows("a", &Peer::tcp("1.2.3.4".parse().unwrap())));
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use ssp::dev::{CrashMode, FaultControl, FaultDev};
-use ssp::pool::{Options, Pool};
+use ssp::pool::Pool;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -51,16 +51,6 @@ struct Lu {
 
 fn name(l: u8) -> String {
     format!("lu{l}")
-}
-
-fn opts() -> Options {
-    Options {
-        map_cache_nodes: 6,
-        vba_cache_pages: 6,
-        dirty_limit: 200,
-        checkpoint_writes: 150,
-        ..Options::default()
-    }
 }
 
 struct World {
@@ -224,7 +214,7 @@ impl World {
                 let img = self.ctl.crash_image(CrashMode::DropAll, 0);
                 let (dev, ctl) = FaultDev::from_image("model", img);
                 self.ctl = ctl;
-                self.pool = Some(Pool::open(vec![Arc::new(dev)], opts()).unwrap());
+                self.pool = Some(Pool::open(vec![Arc::new(dev)], model_opts()).unwrap());
                 self.verify(true);
             }
             Op::Crash(m) => {
@@ -238,7 +228,7 @@ impl World {
                 drop(self.pool.take());
                 let (dev, ctl) = FaultDev::from_image("model", img);
                 self.ctl = ctl;
-                self.pool = Some(Pool::open(vec![Arc::new(dev)], opts()).unwrap());
+                self.pool = Some(Pool::open(vec![Arc::new(dev)], model_opts()).unwrap());
                 self.verify(false);
             }
         }
@@ -250,7 +240,7 @@ proptest! {
     #[test]
     fn pool_matches_model(ops in prop::collection::vec(op(), 1..120)) {
         let (dev, ctl) = FaultDev::new("model", 24 * MB);
-        let pool = Pool::create(vec![Arc::new(dev)], &copts(), opts()).unwrap();
+        let pool = Pool::create(vec![Arc::new(dev)], &copts(), model_opts()).unwrap();
         let mut w = World { pool: Some(pool), ctl, lus: BTreeMap::new(), version: 0 };
         for op in &ops {
             w.step(op);

@@ -16,12 +16,7 @@ impl Server {
     /// A fresh pool with `lus` (name, size), served on 127.0.0.1 (port chosen by the OS).
     fn start(lus: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let pool = dir.path().join("pool");
-        let pv = format!("{}:512M", dir.path().join("pv0.img").display());
-        sspctl(&pool, &["pool", "create", "--pv", &pv]);
-        for (name, size) in lus {
-            sspctl(&pool, &["lu", "create", name, "--size", size]);
-        }
+        let pool = make_pool(dir.path(), lus);
         Self::serve(pool, dir)
     }
 
@@ -105,6 +100,17 @@ fn unsafe_kill_term(pid: u32) {
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+/// A pool in `dir/pool` on a sparse 512 MiB PV in `dir`, with `lus` (name, size).
+fn make_pool(dir: &Path, lus: &[(&str, &str)]) -> PathBuf {
+    let pool = dir.join("pool");
+    let pv = format!("{}:512M", dir.join("pv0.img").display());
+    sspctl(&pool, &["pool", "create", "--pv", &pv]);
+    for (name, size) in lus {
+        sspctl(&pool, &["lu", "create", name, "--size", size]);
+    }
+    pool
 }
 
 fn sspctl(pool: &Path, args: &[&str]) -> String {
@@ -492,17 +498,7 @@ fn prometheus_metrics_count_requests_and_bytes() {
     let addr = free.local_addr().unwrap().to_string();
     drop(free);
     let dir = tempfile::tempdir().unwrap();
-    let pool = dir.path().join("pool");
-    sspctl(
-        &pool,
-        &[
-            "pool",
-            "create",
-            "--pv",
-            &format!("{}:128M", dir.path().join("pv0.img").display()),
-        ],
-    );
-    sspctl(&pool, &["lu", "create", "vm1", "--size", "8M"]);
+    let pool = make_pool(dir.path(), &[("vm1", "8M")]);
     let s = Server::serve_with(pool, dir, &["--metrics", &addr]);
     run(
         "qemu-io",
@@ -655,19 +651,8 @@ fn raw_socket_bad_requests_get_the_protocol_answer() {
 #[test]
 fn lu_maps_restrict_exports_to_their_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = dir.path().join("pool");
+    let pool = make_pool(dir.path(), &[("vm1", "4M"), ("vm2", "4M")]);
     let sock = dir.path().join("nbd.sock");
-    sspctl(
-        &pool,
-        &[
-            "pool",
-            "create",
-            "--pv",
-            &format!("{}:128M", dir.path().join("pv0.img").display()),
-        ],
-    );
-    sspctl(&pool, &["lu", "create", "vm1", "--size", "4M"]);
-    sspctl(&pool, &["lu", "create", "vm2", "--size", "4M"]);
     let s = Server::serve_with(pool.clone(), dir, &["--unix", sock.to_str().unwrap()]);
     let unix = |lu: &str| format!("nbd+unix:///{lu}?socket={}", sock.display());
     // vm1 is mapped to another network: invisible and refused for us.
@@ -753,8 +738,10 @@ fn offline_copies_point_to_nbd_while_sspd_runs() {
 }
 
 /// A CA and a server certificate for 127.0.0.1, as PEM files in `dir` (libnbd's layout:
-/// `ca-cert.pem`), plus `server-cert.pem` and `server-key.pem` for sspd.
-fn make_certs(dir: &Path) {
+/// `ca-cert.pem`), plus `server-cert.pem` and `server-key.pem` for sspd; and for each name in
+/// `clients`, a directory `dir/NAME` for libnbd's `tls-certificates=` with the CA and a client
+/// certificate whose subject CN is NAME (`ca-cert.pem`, `client-cert.pem`, `client-key.pem`).
+fn make_certs(dir: &Path, clients: &[&str]) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
         KeyUsagePurpose, SanType,
@@ -784,6 +771,27 @@ fn make_certs(dir: &Path) {
     std::fs::write(dir.join("ca-cert.pem"), ca_cert.pem()).unwrap();
     std::fs::write(dir.join("server-cert.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("server-key.pem"), key.serialize_pem()).unwrap();
+    for name in clients {
+        let key = KeyPair::generate().unwrap();
+        let cert = client_cert_params(name)
+            .signed_by(&key, &ca_cert, &ca_key)
+            .unwrap();
+        let d = dir.join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("ca-cert.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(d.join("client-cert.pem"), cert.pem()).unwrap();
+        std::fs::write(d.join("client-key.pem"), key.serialize_pem()).unwrap();
+    }
+}
+
+/// A TLS client certificate's parameters: subject CN `name`, client authentication.
+fn client_cert_params(name: &str) -> rcgen::CertificateParams {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p
 }
 
 #[test]
@@ -791,18 +799,8 @@ fn starttls_with_x509_and_tls_required() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
-    make_certs(&certs);
-    let pool = dir.path().join("pool");
-    sspctl(
-        &pool,
-        &[
-            "pool",
-            "create",
-            "--pv",
-            &format!("{}:128M", dir.path().join("pv0.img").display()),
-        ],
-    );
-    sspctl(&pool, &["lu", "create", "vm1", "--size", "8M"]);
+    make_certs(&certs, &[]);
+    let pool = make_pool(dir.path(), &[("vm1", "8M")]);
     let cert = certs.join("server-cert.pem");
     let key = certs.join("server-key.pem");
     let s = Server::serve_with(
@@ -834,6 +832,161 @@ fn starttls_with_x509_and_tls_required() {
     let o = Command::new("nbdinfo").arg(s.uri("vm1")).output().unwrap();
     assert!(!o.status.success(), "a plain client must be refused");
     assert!(s.stop().success());
+}
+
+#[test]
+fn tls_client_certificates_identify_lu_map_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    make_certs(&certs, &["host1", "host2"]);
+    // A client that trusts the server but has no certificate of its own.
+    let anon = certs.join("anon");
+    std::fs::create_dir(&anon).unwrap();
+    std::fs::copy(certs.join("ca-cert.pem"), anon.join("ca-cert.pem")).unwrap();
+    // A client claiming to be host1 with a certificate the server's CA did not sign.
+    let forged = certs.join("forged");
+    std::fs::create_dir(&forged).unwrap();
+    std::fs::copy(certs.join("ca-cert.pem"), forged.join("ca-cert.pem")).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = client_cert_params("host1").self_signed(&key).unwrap();
+    std::fs::write(forged.join("client-cert.pem"), cert.pem()).unwrap();
+    std::fs::write(forged.join("client-key.pem"), key.serialize_pem()).unwrap();
+    let pool = make_pool(dir.path(), &[("vm1", "4M"), ("vm2", "4M"), ("vm3", "4M")]);
+    // vm1 for host1's certificate only; vm3 by address, which TLS sessions still match.
+    sspctl(&pool, &["lu", "map", "vm1", "--client", "tls:host1"]);
+    sspctl(&pool, &["lu", "map", "vm3", "--client", "127.0.0.1"]);
+    let file = |n: &str| certs.join(n).to_str().unwrap().to_owned();
+    let s = Server::serve_with(
+        pool,
+        dir,
+        &[
+            "--tls-cert",
+            &file("server-cert.pem"),
+            "--tls-key",
+            &file("server-key.pem"),
+            "--tls-ca",
+            &file("ca-cert.pem"),
+        ],
+    );
+    let uri = |who: &str, lu: &str| {
+        format!(
+            "nbds://127.0.0.1:{}/{lu}?tls-certificates={}",
+            s.port,
+            certs.join(who).display()
+        )
+    };
+    let opens = |uri: &str| Command::new("nbdinfo").arg(uri).output().unwrap();
+    let listed = |uri: &str| {
+        let l = run("nbdinfo", &["--list", uri]);
+        ["vm1", "vm2", "vm3"]
+            .into_iter()
+            .filter(|lu| l.contains(&format!("export=\"{lu}\"")))
+            .collect::<Vec<_>>()
+    };
+    // host1 sees vm1 and uses it.
+    assert_eq!(listed(&uri("host1", "")), ["vm1", "vm2", "vm3"]);
+    let info = run("nbdinfo", &[&uri("host1", "vm1")]);
+    assert!(info.contains("export-size: 4194304"), "{info}");
+    let out = nbdsh(
+        &uri("host1", "vm1"),
+        "import nbd,sys\nh=nbd.NBD(); h.set_uri_allow_local_file(True); h.connect_uri(sys.argv[1])\nh.pwrite(b'\\x61'*4096, 0)\nassert h.pread(4096, 0) == b'\\x61'*4096\nprint('ok')\n",
+    );
+    assert!(out.contains("ok"), "{out}");
+    // Another certificate, none, or no TLS at all: vm1 is neither listed nor served, while
+    // the address map of vm3 still matches.
+    for who in ["host2", "anon"] {
+        assert_eq!(listed(&uri(who, "")), ["vm2", "vm3"], "{who}");
+        let o = opens(&uri(who, "vm1"));
+        assert!(!o.status.success(), "{who} must not open vm1");
+        assert!(opens(&uri(who, "vm3")).status.success(), "{who}");
+    }
+    assert_eq!(listed(&s.uri("")), ["vm2", "vm3"]);
+    assert!(!opens(&s.uri("vm1")).status.success());
+    // libnbd (gnutls) does not offer a certificate from outside the CA the server names: no
+    // identity. A client that sends it anyway fails the TLS handshake.
+    assert_eq!(listed(&uri("forged", "")), ["vm2", "vm3"]);
+    assert!(!opens(&uri("forged", "vm1")).status.success());
+    let ca = certs.join("ca-cert.pem");
+    let err = rustls_list(s.port, &ca, Some(&forged)).unwrap_err();
+    assert!(err.contains("UnknownCA"), "{err}");
+    // The same client with a good certificate gets through and is host1.
+    let host1 = rustls_list(s.port, &ca, Some(&certs.join("host1"))).unwrap();
+    assert_eq!(host1, ["vm1", "vm2", "vm3"]);
+    assert_eq!(rustls_list(s.port, &ca, None).unwrap(), ["vm2", "vm3"]);
+    assert!(s.stop().success());
+}
+
+/// NBD_OPT_STARTTLS, then NBD_OPT_LIST over a rustls client session which, unlike gnutls,
+/// sends the client certificate in `dir` (if any) whatever CAs the server names. The export
+/// names listed, sorted; `Err` when the TLS session fails.
+fn rustls_list(port: u16, ca: &Path, client: Option<&Path>) -> Result<Vec<String>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).unwrap();
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    let option = |s: &mut dyn Write, code: u32| {
+        let mut o = b"IHAVEOPT".to_vec();
+        o.extend_from_slice(&code.to_be_bytes());
+        o.extend_from_slice(&0u32.to_be_bytes());
+        s.write_all(&o).map_err(|e| format!("TLS session: {e}"))
+    };
+    // (reply type, data)
+    let reply = |s: &mut dyn Read| -> Result<(u32, Vec<u8>), String> {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h)
+            .map_err(|e| format!("TLS session: {e}"))?;
+        let typ = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let mut data = vec![0u8; u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize];
+        s.read_exact(&mut data)
+            .map_err(|e| format!("TLS session: {e}"))?;
+        Ok((typ, data))
+    };
+    option(&mut s, 5)?; // NBD_OPT_STARTTLS
+    assert_eq!(reply(&mut s)?.0, 1, "STARTTLS refused");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match client {
+        Some(d) => cfg
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(d.join("client-cert.pem")).unwrap()],
+                PrivateKeyDer::from_pem_file(d.join("client-key.pem")).unwrap(),
+            )
+            .unwrap(),
+        None => cfg.with_no_client_auth(),
+    };
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let mut t = rustls::StreamOwned::new(conn, s);
+    option(&mut t, 3)?; // NBD_OPT_LIST
+    let mut names = Vec::new();
+    loop {
+        match reply(&mut t)? {
+            (1, _) => break, // NBD_REP_ACK
+            (2, d) => {
+                // NBD_REP_SERVER: name length, name, description.
+                let n = u32::from_be_bytes(d[..4].try_into().unwrap()) as usize;
+                names.push(String::from_utf8(d[4..4 + n].to_vec()).unwrap());
+            }
+            (typ, _) => return Err(format!("LIST refused: {typ:#x}")),
+        }
+    }
+    option(&mut t, 2)?; // NBD_OPT_ABORT
+    t.conn.send_close_notify();
+    let _ = t.flush();
+    names.sort();
+    Ok(names)
 }
 
 #[test]

@@ -3,18 +3,8 @@
 mod common;
 use common::*;
 use ssp::dev::{CrashMode, FaultControl, FaultDev};
-use ssp::pool::{Options, Pool};
+use ssp::pool::Pool;
 use std::sync::Arc;
-
-fn opts() -> Options {
-    Options {
-        map_cache_nodes: 6,
-        vba_cache_pages: 6,
-        dirty_limit: 200,
-        checkpoint_writes: 150,
-        ..Options::default()
-    }
-}
 
 fn reopen(p: Pool, ctl: &mut FaultControl, crash: Option<CrashMode>) -> Pool {
     let img = match crash {
@@ -30,7 +20,7 @@ fn reopen(p: Pool, ctl: &mut FaultControl, crash: Option<CrashMode>) -> Pool {
     };
     let (dev, c) = FaultDev::from_image("pv", img);
     *ctl = c;
-    let p = Pool::open(vec![Arc::new(dev)], opts()).unwrap();
+    let p = Pool::open(vec![Arc::new(dev)], model_opts()).unwrap();
     assert_check(&p);
     p
 }
@@ -40,7 +30,7 @@ fn reopen(p: Pool, ctl: &mut FaultControl, crash: Option<CrashMode>) -> Pool {
 #[test]
 fn summary_of_segment_emptied_during_replay_does_not_leak() {
     let (dev, mut ctl) = FaultDev::new("pv", 24 * MB);
-    let mut p = Pool::create(vec![Arc::new(dev)], &copts(), opts()).unwrap();
+    let mut p = Pool::create(vec![Arc::new(dev)], &copts(), model_opts()).unwrap();
     let a = p.lu_create("a", 102 * 4096).unwrap().id;
     p.write(a, 0, &pattern(0, 1), false).unwrap();
     p = reopen(p, &mut ctl, None);

@@ -24,6 +24,11 @@ struct Args {
     /// PEM private key for STARTTLS
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// PEM CA bundle: ask TLS clients for a certificate (optional) and verify it against these
+    /// CAs; a verified certificate's CN and DNS names are the identity `lu map --client tls:NAME`
+    /// matches
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// TLS policy: off, on (offered when a certificate is given) or require (refuse plain sessions)
     #[arg(long, value_parser = ["off", "on", "require"], default_value = "on")]
     tls: String,
@@ -60,7 +65,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (_, _, "off") => ssp::server::tls::TlsPolicy::default(),
         (Some(c), Some(k), mode) => ssp::server::tls::TlsPolicy {
             acceptor: Some(
-                ssp::server::tls::acceptor(c, k).map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+                ssp::server::tls::acceptor(c, k, args.tls_ca.as_deref())
+                    .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
             ),
             required: mode == "require",
         },

@@ -26,6 +26,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod codec;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod handshake;
 pub mod proto;
 pub mod validate;

@@ -130,12 +130,12 @@ pub async fn serve(shared: Arc<Shared>, listeners: Vec<Listener>) {
                                 Stream::Tcp(s) => {
                                     let _ = s.set_nodelay(true);
                                     let ip = s.peer_addr().map(|a| a.ip());
-                                    let who = Peer::Tcp(ip.unwrap_or([0, 0, 0, 0].into()));
+                                    let who = Peer::tcp(ip.unwrap_or([0, 0, 0, 0].into()));
                                     session::run(s, shared, who, &peer).await
                                 }
                                 Stream::Unix(s) => {
                                     let uid = s.peer_cred().ok().map(|c| c.uid());
-                                    session::run(s, shared, Peer::Unix { uid }, &peer).await
+                                    session::run(s, shared, Peer::unix(uid), &peer).await
                                 }
                             };
                             match r {

@@ -87,7 +87,7 @@ pub async fn run<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let catalog = PoolCatalog {
+    let mut catalog = PoolCatalog {
         pool: shared.pool.clone(),
         maps: shared.maps.clone(),
         peer: who,
@@ -107,6 +107,7 @@ where
                 return Ok(());
             };
             let mut t = acceptor.accept(s).await?;
+            catalog.peer.tls = super::tls::client_identity(t.get_ref().1);
             match negotiate(&mut t, &mut hs, &catalog).await? {
                 Outcome::Done(neg) => attached(t, &shared, neg, hs.take_leftover(), peer).await,
                 // The state machine refuses a second STARTTLS itself.

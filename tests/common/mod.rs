@@ -18,6 +18,18 @@ pub fn small_opts() -> Options {
     }
 }
 
+/// Tiny caches and very frequent checkpoints for the model-based property tests and the
+/// regressions they found.
+pub fn model_opts() -> Options {
+    Options {
+        map_cache_nodes: 6,
+        vba_cache_pages: 6,
+        dirty_limit: 200,
+        checkpoint_writes: 150,
+        ..Options::default()
+    }
+}
+
 pub fn copts() -> CreateOptions {
     CreateOptions {
         name: "test".into(),
