@@ -64,7 +64,7 @@ truncate -s 64M "$WORK/golden.img"
 E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -L ssp-root \
   -U 5e5e5e5e-0000-4000-8000-00000000ad01 -E root_owner=0:0,hash_seed=5e5e5e5e-0000-4000-8000-00000000ad02 \
   -d "$R" "$WORK/golden.img"
-e2fsck -fn "$WORK/golden.img" >/dev/null
+e2fsck -fn "$WORK/golden.img" >/dev/null 2>&1 || { echo "build-ppc64: golden.img fails e2fsck -fn" >&2; exit 1; }
 mv "$WORK/golden.img" "$OUT/golden.img"
 ln -sf "$ROOT_PPC64/boot/vmlinux-$KVER_PPC64" "$OUT/vmlinux"
 echo "$KVER_PPC64" > "$OUT/kernel-version"
