@@ -3,14 +3,17 @@
 //! `DIR/admin.sock` (mode 0600), one JSON line each way, in a versioned envelope.
 
 use crate::access::{ClientSpec, MapStore};
-use crate::pool::{CheckReport, GcStats, LuInfo, Pool, PoolError, PoolStatus};
+use crate::pool::{
+    CheckReport, DiffExtent, FileStat, GcStats, LayoutExtent, LuInfo, Pool, PoolError, PoolStatus,
+};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 /// Version of the admin wire format; a peer with another version is refused with a message.
-pub const ADMIN_VERSION: u32 = 1;
+/// Version 2 added snapshots, clones, images, file stat/layout, diff and progress lines.
+pub const ADMIN_VERSION: u32 = 2;
 /// Socket file name inside the pool directory.
 pub const ADMIN_SOCKET: &str = "admin.sock";
 
@@ -26,17 +29,56 @@ pub enum AdminRequest {
     LuUnmap { name: String, client: String },
     Check,
     Gc { max_segments: usize },
+    SnapshotCreate { names: Vec<String> },
+    SnapshotList { base: Option<String> },
+    SnapshotRollback { name: String },
+    SnapshotRemove { name: String, force: bool },
+    Clone { src: String, name: String },
+    ImageCapture { src: String, name: String },
+    ImageList,
+    ImageRemove { name: String, force: bool },
+    FileStat { name: String },
+    FileLayout { name: String },
+    Diff { from: String, to: String },
 }
 
 /// Replies: one of these, as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AdminReply {
-    Status(PoolStatus),
-    Lus { pool: String, lus: Vec<LuInfo> },
-    Removed { name: String },
+    Status(Box<PoolStatus>),
+    Lus {
+        pool: String,
+        lus: Vec<LuInfo>,
+    },
+    Removed {
+        name: String,
+    },
     Check(CheckReport),
     Gc(GcStats),
+    Snapshots {
+        pool: String,
+        snapshots: Vec<LuInfo>,
+    },
+    RolledBack {
+        lu: LuInfo,
+        undo: String,
+    },
+    /// A snapshot or image was removed; `freed_blocks` were referenced by nothing else.
+    Freed {
+        name: String,
+        freed_blocks: u64,
+    },
+    Stat(FileStat),
+    Layout {
+        name: String,
+        extents: Vec<LayoutExtent>,
+    },
+    Diff {
+        from: String,
+        to: String,
+        extents: Vec<DiffExtent>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,6 +93,11 @@ struct Envelope<T> {
 enum Outcome {
     Ok(AdminReply),
     Error(String),
+    /// Progress of a long request (image capture), before its final reply.
+    Progress {
+        done: u64,
+        total: u64,
+    },
 }
 
 /// How many clients have each export attached (the server knows; offline it is always 0).
@@ -76,6 +123,26 @@ pub struct AdminCtx<'a> {
 
 /// Execute a request on an open pool.
 pub fn execute(ctx: &AdminCtx, req: &AdminRequest) -> Result<AdminReply, PoolError> {
+    execute_with_progress(ctx, req, &mut |_, _| {})
+}
+
+/// Refuse to remove an export clients have attached, unless forced.
+fn detached(att: &dyn Attachments, name: &str, what: &str, force: bool) -> Result<(), PoolError> {
+    let n = att.attached(name);
+    if n > 0 && !force {
+        return Err(PoolError::InUse(format!(
+            "{what} {name} has {n} client(s) attached; detach them or use --force"
+        )));
+    }
+    Ok(())
+}
+
+/// Execute a request; long ones report `progress(done, total)` as they go.
+pub fn execute_with_progress(
+    ctx: &AdminCtx,
+    req: &AdminRequest,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<AdminReply, PoolError> {
     let (pool, att) = (ctx.pool, ctx.attach);
     let lus = |mut v: Vec<LuInfo>| {
         for l in &mut v {
@@ -88,7 +155,7 @@ pub fn execute(ctx: &AdminCtx, req: &AdminRequest) -> Result<AdminReply, PoolErr
     };
     let spec = |c: &str| c.parse::<ClientSpec>().map_err(PoolError::Invalid);
     Ok(match req {
-        AdminRequest::PoolStatus => AdminReply::Status(pool.status()),
+        AdminRequest::PoolStatus => AdminReply::Status(Box::new(pool.status())),
         AdminRequest::LuCreate { name, size } => lus(vec![pool.lu_create(name, *size)?]),
         AdminRequest::LuList => lus(pool.lu_list()),
         AdminRequest::LuResize { name, size } => lus(vec![pool.lu_resize(name, *size)?]),
@@ -108,18 +175,58 @@ pub fn execute(ctx: &AdminCtx, req: &AdminRequest) -> Result<AdminReply, PoolErr
         }
         AdminRequest::LuRemove { name, force } => {
             pool.lu_get(name)?;
-            let n = att.attached(name);
-            if n > 0 && !force {
-                return Err(PoolError::Invalid(format!(
-                    "LU {name} has {n} client(s) attached; detach them or use --force"
-                )));
-            }
+            detached(att, name, "LU", *force)?;
             pool.lu_remove(name)?;
             ctx.maps.forget(name).map_err(PoolError::Config)?;
             AdminReply::Removed { name: name.clone() }
         }
         AdminRequest::Check => AdminReply::Check(pool.check()?),
         AdminRequest::Gc { max_segments } => AdminReply::Gc(pool.gc(*max_segments)?),
+        AdminRequest::SnapshotCreate { names } => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            AdminReply::Snapshots {
+                pool: pool.name(),
+                snapshots: pool.snapshot_create(&names)?,
+            }
+        }
+        AdminRequest::SnapshotList { base } => AdminReply::Snapshots {
+            pool: pool.name(),
+            snapshots: pool.snapshot_list(base.as_deref())?,
+        },
+        AdminRequest::SnapshotRollback { name } => {
+            let (lu, undo) = pool.snapshot_rollback(name)?;
+            AdminReply::RolledBack { lu, undo }
+        }
+        AdminRequest::SnapshotRemove { name, force } => {
+            crate::pool::split_snapshot(name)?;
+            detached(att, name, "snapshot", *force)?;
+            AdminReply::Freed {
+                name: name.clone(),
+                freed_blocks: pool.snapshot_remove(name)?,
+            }
+        }
+        AdminRequest::Clone { src, name } => lus(vec![pool.clone_create(src, name)?]),
+        AdminRequest::ImageCapture { src, name } => {
+            lus(vec![pool.image_capture(src, name, progress)?])
+        }
+        AdminRequest::ImageList => lus(pool.image_list()),
+        AdminRequest::ImageRemove { name, force } => {
+            detached(att, name, "client image", *force)?;
+            AdminReply::Freed {
+                name: name.clone(),
+                freed_blocks: pool.image_remove(name)?,
+            }
+        }
+        AdminRequest::FileStat { name } => AdminReply::Stat(pool.file_stat(name)?),
+        AdminRequest::FileLayout { name } => AdminReply::Layout {
+            name: name.clone(),
+            extents: pool.file_layout(name)?,
+        },
+        AdminRequest::Diff { from, to } => AdminReply::Diff {
+            from: from.clone(),
+            to: to.clone(),
+            extents: pool.diff(from, to)?,
+        },
     })
 }
 
@@ -139,7 +246,16 @@ pub fn handle_connection(stream: UnixStream, ctx: &AdminCtx) -> std::io::Result<
             Ok(v) => match v.get("version").and_then(|x| x.as_u64()) {
                 Some(ver) if ver == u64::from(ADMIN_VERSION) => {
                     match serde_json::from_value::<Envelope<AdminRequest>>(v) {
-                        Ok(env) => match execute(ctx, &env.body) {
+                        Ok(env) => match execute_with_progress(ctx, &env.body, &mut |done, total| {
+                            // Progress is best effort: a client that went away loses nothing.
+                            if let Ok(mut l) = serde_json::to_string(&Envelope {
+                                version: ADMIN_VERSION,
+                                body: Outcome::Progress { done, total },
+                            }) {
+                                l.push('\n');
+                                let _ = w.write_all(l.as_bytes());
+                            }
+                        }) {
                             Ok(r) => Outcome::Ok(r),
                             Err(e) => Outcome::Error(e.to_string()),
                         },
@@ -176,6 +292,15 @@ pub enum ClientError {
 
 /// Send a request to the server of the pool in `dir`. `NotRunning` when nobody listens.
 pub fn call(dir: &Path, req: &AdminRequest) -> Result<AdminReply, ClientError> {
+    call_with_progress(dir, req, &mut |_, _| {})
+}
+
+/// Like `call`, reporting the server's progress lines as they arrive.
+pub fn call_with_progress(
+    dir: &Path,
+    req: &AdminRequest,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<AdminReply, ClientError> {
     let path = socket_path(dir);
     let stream = match UnixStream::connect(&path) {
         Ok(s) => s,
@@ -197,20 +322,28 @@ pub fn call(dir: &Path, req: &AdminRequest) -> Result<AdminReply, ClientError> {
     .map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push('\n');
     w.write_all(line.as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    if v.get("version").and_then(|x| x.as_u64()) != Some(u64::from(ADMIN_VERSION)) {
-        return Err(ClientError::Remote(format!(
-            "admin protocol version mismatch: sspd answered {:?}, this sspctl speaks {ADMIN_VERSION}",
-            v.get("version")
-        )));
-    }
-    let env: Envelope<Outcome> =
-        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    match env.body {
-        Outcome::Ok(r) => Ok(r),
-        Outcome::Error(e) => Err(ClientError::Remote(e)),
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut reply = String::new();
+        if reader.read_line(&mut reply)? == 0 {
+            return Err(ClientError::Protocol(
+                "sspd closed the admin connection without a reply".into(),
+            ));
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if v.get("version").and_then(|x| x.as_u64()) != Some(u64::from(ADMIN_VERSION)) {
+            return Err(ClientError::Remote(format!(
+                "admin protocol version mismatch: sspd answered {:?}, this sspctl speaks {ADMIN_VERSION}",
+                v.get("version")
+            )));
+        }
+        let env: Envelope<Outcome> =
+            serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        match env.body {
+            Outcome::Ok(r) => return Ok(r),
+            Outcome::Error(e) => return Err(ClientError::Remote(e)),
+            Outcome::Progress { done, total } => progress(done, total),
+        }
     }
 }

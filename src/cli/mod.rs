@@ -2,6 +2,7 @@
 //! keeps them away from a running server).
 
 pub mod debug;
+mod share;
 
 use crate::admin::{AdminReply, AdminRequest};
 use crate::pool::dir::{parse_size, PoolDir, PvSpec};
@@ -36,6 +37,24 @@ pub enum Command {
     /// Logical units: create, list, resize, remove, import, export
     #[command(subcommand)]
     Lu(LuCmd),
+    /// Snapshots LU@SNAP: create (several at once), list, rollback, remove
+    #[command(subcommand)]
+    Snapshot(share::SnapshotCmd),
+    /// Client images: capture an LU into the image area, list, remove
+    #[command(subcommand)]
+    Image(share::ImageCmd),
+    /// Create a linked clone: a writable LU sharing every block of IMAGE@SNAP, LU@SNAP or IMAGE
+    Clone {
+        /// IMAGE@SNAP, LU@SNAP or a client image
+        src: String,
+        /// Name of the new LU
+        name: String,
+    },
+    /// Accounting: file stat (owned/shared blocks, block debt), file layout (per extent)
+    #[command(subcommand)]
+    File(share::FileCmd),
+    /// Changed extents between two volumes of one family (snapshots, clones and their LUs)
+    Diff { from: String, to: String },
     /// Full consistency check (every checksum, map entry and counter)
     Check,
     /// Reclaim space from overwritten and trimmed blocks now
@@ -183,6 +202,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
             }
         }
         Command::Lu(cmd) => lu(cli, cmd, out)?,
+        Command::Snapshot(cmd) => share::snapshot(cli, cmd, out)?,
+        Command::Image(cmd) => share::image(cli, cmd, out)?,
+        Command::Clone { src, name } => share::clone(cli, src, name, out)?,
+        Command::File(cmd) => share::file(cli, cmd, out)?,
+        Command::Diff { from, to } => share::diff(cli, from, to, out)?,
         Command::Check => {
             let AdminReply::Check(rep) = admin(cli, AdminRequest::Check)? else {
                 bail!("unexpected reply to check");
@@ -254,8 +278,17 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
 
 /// Run an admin request: through the running sspd if there is one, else on the pool directly.
 fn admin(cli: &Cli, req: AdminRequest) -> Result<AdminReply> {
+    admin_with_progress(cli, req, &mut |_, _| {})
+}
+
+/// `admin`, reporting progress of long requests.
+fn admin_with_progress(
+    cli: &Cli,
+    req: AdminRequest,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<AdminReply> {
     let dir = pool_dir(cli)?;
-    match crate::admin::call(&dir, &req) {
+    match crate::admin::call_with_progress(&dir, &req, progress) {
         Ok(r) => Ok(r),
         Err(crate::admin::ClientError::NotRunning) => {
             let pd = open(cli)?;
@@ -265,7 +298,7 @@ fn admin(cli: &Cli, req: AdminRequest) -> Result<AdminReply> {
                 attach: &crate::admin::NoAttachments,
                 maps: &maps,
             };
-            let r = crate::admin::execute(&ctx, &req)?;
+            let r = crate::admin::execute_with_progress(&ctx, &req, progress)?;
             pd.pool.close()?;
             Ok(r)
         }
@@ -409,7 +442,12 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
     Ok(n)
 }
 
-fn print_lus(json: bool, pool_name: &str, lus: &[LuInfo], out: &mut dyn Write) -> Result<()> {
+pub(crate) fn print_lus(
+    json: bool,
+    pool_name: &str,
+    lus: &[LuInfo],
+    out: &mut dyn Write,
+) -> Result<()> {
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(lus)?)?;
         return Ok(());
@@ -418,8 +456,8 @@ fn print_lus(json: bool, pool_name: &str, lus: &[LuInfo], out: &mut dyn Write) -
     writeln!(out, "TIER_NAME: SYSTEM")?;
     writeln!(
         out,
-        "{:<32} {:>12} {:>12}  {:<32}  MAPPED_TO",
-        "LU_NAME", "SIZE(MB)", "UNUSED(MB)", "UDID"
+        "{:<32} {:>12} {:>12}  {:<32}  {:<16} MAPPED_TO",
+        "LU_NAME", "SIZE(MB)", "UNUSED(MB)", "UDID", "CLONE_OF"
     )?;
     for l in lus {
         let maps = if l.maps.is_empty() {
@@ -427,9 +465,10 @@ fn print_lus(json: bool, pool_name: &str, lus: &[LuInfo], out: &mut dyn Write) -
         } else {
             l.maps.join(",")
         };
+        let parent = if l.kind == "clone" { &l.parent } else { "-" };
         writeln!(
             out,
-            "{:<32} {:>12} {:>12}  {:<32}  {maps}",
+            "{:<32} {:>12} {:>12}  {:<32}  {parent:<16} {maps}",
             l.name, l.size_mb, l.unused_mb, l.udid
         )?;
     }
@@ -451,6 +490,8 @@ fn print_status(json: bool, st: &PoolStatus, out: &mut dyn Write) -> Result<()> 
     writeln!(out, "Provisioned(MB):   {}", mb(st.provisioned_bytes))?;
     writeln!(out, "Overcommit(MB):    {}", mb(st.overcommit_bytes))?;
     writeln!(out, "LUs:               {}", st.lus)?;
+    writeln!(out, "Snapshots:         {}", st.snapshots)?;
+    writeln!(out, "Client Images:     {}", st.images)?;
     writeln!(out, "Block Size:        {}", st.block_size)?;
     writeln!(out)?;
     writeln!(

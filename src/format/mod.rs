@@ -18,8 +18,12 @@ pub const BLOCK: usize = 4096;
 pub const BLOCK_U64: u64 = BLOCK as u64;
 /// On-disk format version written by this code.
 pub const FORMAT_VERSION: u32 = 1;
-/// Incompatible feature bits this code understands (none yet): an unknown one refuses to open.
-pub const INCOMPAT_SUPPORTED: u64 = 0;
+/// Incompatible feature: the journal may carry snapshot/clone records (`VolShare`,
+/// `VolRollback`, `VolRename`) and volumes may share map nodes. Set on every pool this code
+/// creates; a reader without it would stop replay at the first such record.
+pub const INCOMPAT_SHARING: u64 = 1;
+/// Incompatible feature bits this code understands: an unknown one refuses to open.
+pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_SHARING;
 /// Read-only-compatible feature bits this code understands: an unknown one opens read-only.
 pub const RO_COMPAT_SUPPORTED: u64 = 0;
 /// Blocks per segment (1 MiB segments): the unit of allocation, cleaning and mirroring.

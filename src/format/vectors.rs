@@ -20,6 +20,10 @@ mod tests {
         put("superblock.bin", superblock::tests_sample().encode());
         put("checkpoint.bin", checkpoint::tests::sample().encode());
         put("journal.bin", journal::tests::sample().encode(&pool));
+        put(
+            "journal-sharing.bin",
+            journal::tests::sample_sharing().encode(&pool),
+        );
         let (h, e) = nt::sample_map();
         put("node-map.bin", encode_node(&pool, &h, &encode_u64s(&e)));
         let mut w = Wr::default();

@@ -60,7 +60,7 @@ impl ExportCatalog for Catalog {
             None => Lookup::NotFound,
         }
     }
-    fn meta_contexts(&self) -> Vec<String> {
+    fn meta_contexts(&self, _export: &str) -> Vec<String> {
         EXTRA_CONTEXTS.iter().map(|s| s.to_string()).collect()
     }
 }

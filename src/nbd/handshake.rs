@@ -133,9 +133,9 @@ pub trait ExportCatalog {
     fn list(&self) -> Vec<ExportEntry>;
     /// Resolve a client-supplied name (possibly `""`).
     fn lookup(&self, name: &str) -> Lookup;
-    /// Metadata contexts offered besides `base:allocation` (e.g. `"ssp:sharing"`); each must be
-    /// `namespace:leaf`, others are ignored.
-    fn meta_contexts(&self) -> Vec<String>;
+    /// Metadata contexts offered for `export` besides `base:allocation` (e.g. `"ssp:sharing"`);
+    /// each must be `namespace:leaf`, others are ignored.
+    fn meta_contexts(&self, export: &str) -> Vec<String>;
 }
 
 /// Everything the transmission phase needs from the handshake.
@@ -742,9 +742,9 @@ impl Handshake {
     }
 
     /// All contexts this server offers: `base:allocation` then the catalog's, deduplicated.
-    fn all_contexts(exports: &dyn ExportCatalog) -> Vec<String> {
+    fn all_contexts(exports: &dyn ExportCatalog, export: &str) -> Vec<String> {
         let mut all = vec![CONTEXT_BASE_ALLOCATION.to_owned()];
-        for c in exports.meta_contexts() {
+        for c in exports.meta_contexts(export) {
             if namespace(&c).is_some() && valid_string(c.as_bytes()).is_some() && !all.contains(&c)
             {
                 all.push(c);
@@ -796,7 +796,7 @@ impl Handshake {
                 return;
             }
         }
-        let all = Self::all_contexts(exports);
+        let all = Self::all_contexts(exports, name);
         let mut selected: Vec<&String> = Vec::new();
         if queries.is_empty() {
             // LIST: everything; SET: "If zero queries are sent, the server MUST select no
@@ -918,7 +918,7 @@ mod tests {
                 None => Lookup::NotFound,
             }
         }
-        fn meta_contexts(&self) -> Vec<String> {
+        fn meta_contexts(&self, _export: &str) -> Vec<String> {
             self.extra.clone()
         }
     }

@@ -41,6 +41,10 @@ pub enum PoolError {
     Config(String),
     #[error("the pool is open read-only")]
     ReadOnly,
+    #[error("{0} is read-only")]
+    VolumeReadOnly(String),
+    #[error("{0}")]
+    InUse(String),
     #[error("pool was shut down after a fatal error: {0}")]
     Poisoned(String),
 }
@@ -55,6 +59,8 @@ impl PoolError {
             PoolError::Invalid(_) => libc::EINVAL,
             PoolError::Locked(_) => libc::EBUSY,
             PoolError::ReadOnly => libc::EROFS,
+            PoolError::VolumeReadOnly(_) => libc::EPERM,
+            PoolError::InUse(_) => libc::EBUSY,
             _ => libc::EIO,
         }
     }

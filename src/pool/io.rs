@@ -107,8 +107,29 @@ impl Inner {
             .unwrap_or_else(|| format!("volume {vol}"))
     }
 
-    /// Write `data` at byte `offset` of `vol`.
+    /// Snapshots and client images are never written by clients.
+    pub fn check_vol_writable(&self, vol: u64) -> Result<()> {
+        match self.vols.get(&vol) {
+            Some(v) if v.kind == crate::format::node::VOL_LU => Ok(()),
+            Some(v) if v.kind == crate::format::node::VOL_SNAPSHOT => {
+                Err(PoolError::VolumeReadOnly(format!("snapshot {}", v.name)))
+            }
+            Some(v) => Err(PoolError::VolumeReadOnly(format!(
+                "client image {}",
+                v.name
+            ))),
+            None => Err(PoolError::NotFound(format!("volume {vol}"))),
+        }
+    }
+
+    /// Write `data` at byte `offset` of LU `vol`.
     pub fn write(&mut self, vol: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_vol_writable(vol)?;
+        self.write_any(vol, offset, data)
+    }
+
+    /// Write into any volume (image capture fills a client image this way).
+    pub fn write_any(&mut self, vol: u64, offset: u64, data: &[u8]) -> Result<()> {
         self.check_writable()?;
         self.check_range(vol, offset, data.len() as u64)?;
         let mut done = 0usize;
@@ -153,6 +174,7 @@ impl Inner {
     /// false (TRIM), partial blocks are left alone.
     pub fn unmap(&mut self, vol: u64, offset: u64, len: u64, zero_partial: bool) -> Result<()> {
         self.check_writable()?;
+        self.check_vol_writable(vol)?;
         self.check_range(vol, offset, len)?;
         if len == 0 {
             return Ok(());

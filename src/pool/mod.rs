@@ -21,16 +21,21 @@ mod open;
 mod ops;
 mod ptree;
 pub mod pvs;
+mod share;
+mod snapshots;
 
 pub use check::CheckReport;
 pub use error::{PoolError, Result};
 pub use gc::GcStats;
 pub use inner::Counters;
 pub use open::{read_superblock, CreateOptions};
+pub use snapshots::{
+    kind_name, split_snapshot, DiffExtent, FileStat, LayoutExtent, Placement, CAPTURE_PREFIX,
+};
 
 use crate::dev::BlockDev;
 use crate::format::journal::Record;
-use crate::format::node::VOL_LU;
+use crate::format::node::{VOL_IMAGE, VOL_LU, VOL_SNAPSHOT};
 use crate::format::{BLOCK_U64, SEG_BLOCKS};
 use inner::Inner;
 use rand::RngCore;
@@ -80,6 +85,12 @@ pub struct LuInfo {
     /// Clients the LU is mapped to (empty: every client). Filled in by the admin layer.
     #[serde(default)]
     pub maps: Vec<String>,
+    /// "lu", "clone", "snapshot" or "image".
+    #[serde(default)]
+    pub kind: String,
+    /// A clone's snapshot or image, a snapshot's LU or image; empty if none.
+    #[serde(default)]
+    pub parent: String,
 }
 
 /// One PV as shown by `pool status`.
@@ -107,6 +118,10 @@ pub struct PoolStatus {
     pub provisioned_bytes: u64,
     pub overcommit_bytes: u64,
     pub lus: u64,
+    #[serde(default)]
+    pub snapshots: u64,
+    #[serde(default)]
+    pub images: u64,
     pub mirror_state: String,
     pub checkpoint_generation: u64,
     pub counters: Counters,
@@ -126,9 +141,9 @@ fn hex(b: &[u8]) -> String {
 
 /// Check an LU name: printable, no '@' or '/', at most 128 bytes.
 pub fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 128 {
+    if name.is_empty() || name.len() > 128 || name.starts_with('.') {
         return Err(PoolError::Invalid(format!(
-            "LU name must be 1 to 128 bytes long: {name:?}"
+            "a name must be 1 to 128 bytes long and not start with '.': {name:?}"
         )));
     }
     if name
@@ -193,6 +208,8 @@ impl Pool {
             mapped_blocks: v.mapped_blocks,
             owned_blocks: v.owned_blocks,
             maps: Vec::new(),
+            kind: kind_name(v).into(),
+            parent: String::new(),
         }
     }
 
@@ -230,20 +247,27 @@ impl Pool {
         Ok(Self::lu_info(&v))
     }
 
+    /// LUs and clones (snapshots and images have their own lists).
     pub fn lu_list(&self) -> Vec<LuInfo> {
         let g = self.lock();
-        let mut v: Vec<LuInfo> = g.vols.values().map(Self::lu_info).collect();
+        let mut v: Vec<LuInfo> = g
+            .vols
+            .values()
+            .filter(|v| v.kind == VOL_LU)
+            .map(|v| Self::vol_info(&g, v))
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
+    /// Any volume by name: LU, clone, snapshot (`LU@SNAP`) or client image.
     pub fn lu_get(&self, name: &str) -> Result<LuInfo> {
         let g = self.lock();
         let id = *g
             .names
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.into()))?;
-        Ok(Self::lu_info(&g.vols[&id]))
+        Ok(Self::vol_info(&g, &g.vols[&id]))
     }
 
     /// Size in bytes of the volume with this id (cheap: for the data path).
@@ -271,23 +295,40 @@ impl Pool {
             .names
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.into()))?;
+        g.check_vol_writable(id)?;
         g.log_and_apply(Record::VolResize { id, size })?;
         g.flush()?;
         Ok(Self::lu_info(&g.vols[&id]))
     }
 
-    pub fn lu_remove(&self, name: &str) -> Result<()> {
+    /// Remove an LU or clone (its snapshots first). Returns the blocks freed.
+    pub fn lu_remove(&self, name: &str) -> Result<u64> {
         let mut g = self.lock();
         let id = *g
             .names
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.into()))?;
+        let v = g.vols[&id].clone();
+        match v.kind {
+            VOL_LU => {}
+            VOL_SNAPSHOT => {
+                return Err(PoolError::Invalid(format!(
+                    "{name} is a snapshot: use snapshot remove"
+                )))
+            }
+            _ => {
+                return Err(PoolError::Invalid(format!(
+                    "{name} is a client image: use image remove"
+                )))
+            }
+        }
+        Self::refuse_if_snapshots(&g, &v)?;
         g.log_and_apply(Record::VolRemove { id })?;
         g.flush()?;
         if g.checkpoint_due() {
             g.checkpoint()?;
         }
-        Ok(())
+        Ok(v.owned_blocks)
     }
 
     /// Read; several readers do their I/O in parallel, outside the pool lock.
@@ -450,7 +491,12 @@ impl Pool {
     pub fn status(&self) -> PoolStatus {
         let g = self.lock();
         let (total, free, live) = g.space();
-        let provisioned: u64 = g.vols.values().map(|v| v.size).sum();
+        let provisioned: u64 = g
+            .vols
+            .values()
+            .filter(|v| v.kind != VOL_SNAPSHOT)
+            .map(|v| v.size)
+            .sum();
         let total_bytes = total * BLOCK_U64;
         let c = g.counters;
         let user = c.user_blocks_written.max(1) as f64;
@@ -482,7 +528,9 @@ impl Pool {
             used_bytes: live * BLOCK_U64,
             provisioned_bytes: provisioned,
             overcommit_bytes: provisioned.saturating_sub(total_bytes),
-            lus: g.vols.len() as u64,
+            lus: g.vols.values().filter(|v| v.kind == VOL_LU).count() as u64,
+            snapshots: g.vols.values().filter(|v| v.kind == VOL_SNAPSHOT).count() as u64,
+            images: g.vols.values().filter(|v| v.kind == VOL_IMAGE).count() as u64,
             mirror_state: "NOT_MIRRORED".into(),
             checkpoint_generation: g.generation,
             counters: c,

@@ -67,7 +67,7 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
         let mut pv_id = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut pv_id);
         let sb = Superblock {
-            incompat: 0,
+            incompat: crate::format::INCOMPAT_SHARING,
             compat: 0,
             ro_compat: 0,
             generation: 1,
@@ -386,6 +386,17 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     inner.journal.start_pos = inner.journal.pos;
     inner.writer.incarnation = ck.writer.incarnation.wrapping_add(1);
     if !read_only {
+        // A client-image capture cut short by a crash leaves a hidden, partial image.
+        let stale: Vec<(u64, String)> = inner
+            .vols
+            .values()
+            .filter(|v| v.name.starts_with(super::CAPTURE_PREFIX))
+            .map(|v| (v.id, v.name.clone()))
+            .collect();
+        for (id, name) in stale {
+            tracing::warn!("removing {name}: a client-image capture that did not finish");
+            inner.log_and_apply(crate::format::journal::Record::VolRemove { id })?;
+        }
         inner.checkpoint()?;
     }
     Ok(inner)

@@ -5,7 +5,7 @@ use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::maps::depth_for;
 use crate::format::journal::Record;
-use crate::format::node::{Ptr, VolRecord};
+use crate::format::node::{Ptr, VolRecord, VOL_FLAG_SHARES_NODES};
 use crate::format::{data_crc, BLOCK_U64};
 
 /// How a record is being applied.
@@ -106,6 +106,7 @@ impl Inner {
                     return Ok(false);
                 };
                 if v.map_root != 0 {
+                    self.release_volume(*id)?;
                     self.decref(v.map_root, Some(v.map_depth - 1))?;
                 }
                 self.names.remove(&v.name);
@@ -130,6 +131,21 @@ impl Inner {
                 self.tag(*new_pba, *vba)?;
                 Ok(true)
             }
+            Record::VolShare {
+                id,
+                src,
+                kind,
+                udid,
+                name,
+            } => self.apply_share(*id, *src, *kind, *udid, name),
+            Record::VolRollback {
+                id,
+                src,
+                undo_id,
+                undo_udid,
+                undo_name,
+            } => self.apply_rollback(*id, *src, *undo_id, *undo_udid, undo_name),
+            Record::VolRename { id, name } => self.apply_rename(*id, name),
         }
     }
 
@@ -166,7 +182,7 @@ impl Inner {
             self.vba_set(vba, Ptr { pba, crc, aux: 1 })?;
             self.bump_counts(vol, 1, 1);
             if old != 0 {
-                self.drop_data_ref(vol, old)?;
+                self.drop_data_ref(vol, lba, old)?;
             }
         }
         self.live_inc(pba);
@@ -180,16 +196,25 @@ impl Inner {
     pub fn apply_unmap(&mut self, vol: u64, lba: u64, count: u64) -> Result<()> {
         for (l, v) in self.map_range(vol, lba, count)? {
             self.map_set(vol, l, 0)?;
-            self.drop_data_ref(vol, v)?;
+            self.drop_data_ref(vol, l, v)?;
         }
         Ok(())
     }
 
-    /// `vol` no longer references data VBA `vba`.
-    fn drop_data_ref(&mut self, vol: u64, vba: u64) -> Result<()> {
+    /// `vol` no longer references data VBA `vba` at `lba` (its map entry is already changed,
+    /// so a shared path has been shadowed and the count below is exact).
+    fn drop_data_ref(&mut self, vol: u64, lba: u64, vba: u64) -> Result<()> {
         let owned = self.vba_get(vba)?.aux <= 1;
-        self.decref(vba, None)?;
+        let freed = self.decref(vba, None)?;
         self.bump_counts(vol, -1, if owned { -1 } else { 0 });
+        if !freed
+            && self
+                .vols
+                .get(&vol)
+                .is_some_and(|v| v.flags & VOL_FLAG_SHARES_NODES != 0)
+        {
+            self.credit_last_holder(vol, lba, vba)?;
+        }
         Ok(())
     }
 

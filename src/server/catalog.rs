@@ -12,18 +12,33 @@ pub struct PoolCatalog {
     pub peer: Peer,
 }
 
-fn describe(size_mb: u64) -> String {
-    format!("ssp thin LU, {size_mb} MiB")
+/// Block-status context reporting shared (bit 0 set) and owned blocks.
+pub const CONTEXT_SHARING: &str = "ssp:sharing";
+/// Prefix of the contexts reporting blocks changed (bit 0 set) since another volume of the
+/// export's family: `ssp:changed:LU@SNAP`.
+pub const CONTEXT_CHANGED: &str = "ssp:changed:";
+
+fn describe(l: &crate::pool::LuInfo) -> String {
+    match l.kind.as_str() {
+        "snapshot" => format!("ssp snapshot (read-only), {} MiB", l.size_mb),
+        "image" => format!("ssp client image (read-only), {} MiB", l.size_mb),
+        "clone" => format!("ssp linked clone of {}, {} MiB", l.parent, l.size_mb),
+        _ => format!("ssp thin LU, {} MiB", l.size_mb),
+    }
+}
+
+fn read_only(l: &crate::pool::LuInfo) -> bool {
+    matches!(l.kind.as_str(), "snapshot" | "image")
 }
 
 impl ExportCatalog for PoolCatalog {
     fn list(&self) -> Vec<ExportEntry> {
         self.pool
-            .lu_list()
+            .export_list()
             .into_iter()
             .filter(|l| self.maps.allows(&l.name, &self.peer))
             .map(|l| ExportEntry {
-                description: describe(l.size_mb),
+                description: describe(&l),
                 name: l.name,
             })
             .collect()
@@ -35,10 +50,10 @@ impl ExportCatalog for PoolCatalog {
             // Refused, like an LU that does not exist to this client.
             Ok(l) if !self.maps.allows(&l.name, &self.peer) => Lookup::Refused,
             Ok(l) => Lookup::Found(ExportInfo {
-                description: describe(l.size_mb),
+                description: describe(&l),
+                read_only: read_only(&l),
                 name: l.name,
                 size: l.size,
-                read_only: false,
                 // Every connection shares one pool and its caches, and FLUSH makes every
                 // completed write durable, whichever connection made it.
                 can_multi_conn: true,
@@ -48,7 +63,14 @@ impl ExportCatalog for PoolCatalog {
         }
     }
 
-    fn meta_contexts(&self) -> Vec<String> {
-        Vec::new()
+    fn meta_contexts(&self, export: &str) -> Vec<String> {
+        let mut v = vec![CONTEXT_SHARING.to_owned()];
+        v.extend(
+            self.pool
+                .family_names(export)
+                .into_iter()
+                .map(|n| format!("{CONTEXT_CHANGED}{n}")),
+        );
+        v
     }
 }

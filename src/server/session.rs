@@ -171,7 +171,19 @@ struct Ctx {
     pool: Arc<Pool>,
     vol: u64,
     neg: Negotiated,
-    alloc_ctx: Option<u32>,
+    /// Selected block-status contexts, in the order they were selected.
+    contexts: Vec<(u32, MetaKind)>,
+}
+
+/// What a selected metadata context reports.
+#[derive(Clone, Copy, Debug)]
+enum MetaKind {
+    /// `base:allocation`: holes read as zeroes.
+    Allocation,
+    /// `ssp:sharing`: bit 0 set where the block is shared with another volume.
+    Sharing,
+    /// `ssp:changed:NAME`: bit 0 set where the block differs from volume NAME (by id).
+    Changed(u64),
 }
 
 /// Read requests in order and run each as its own task; a writer task sends every reply as one
@@ -191,16 +203,26 @@ where
         .map_err(|_| SessionError::ExportGone(neg.export.clone()))?;
     let extended = neg.reply_mode.extended();
     let max = u64::from(neg.max_payload);
-    let alloc_ctx = neg
+    let contexts = neg
         .meta_contexts
         .iter()
-        .find(|(_, n)| n == CONTEXT_BASE_ALLOCATION)
-        .map(|(id, _)| *id);
+        .filter_map(|(id, n)| {
+            let kind = if n == CONTEXT_BASE_ALLOCATION {
+                MetaKind::Allocation
+            } else if n == super::catalog::CONTEXT_SHARING {
+                MetaKind::Sharing
+            } else {
+                let base = n.strip_prefix(super::catalog::CONTEXT_CHANGED)?;
+                MetaKind::Changed(pool.lu_id(base).ok()?)
+            };
+            Some((*id, kind))
+        })
+        .collect();
     let ctx = Arc::new(Ctx {
         pool,
         vol,
         neg,
-        alloc_ctx,
+        contexts,
     });
     let (mut rd, mut wr) = tokio::io::split(s);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
@@ -380,13 +402,13 @@ async fn handle_inner(
                 }
             }
         }
-        Some(Command::BlockStatus) => match ctx.alloc_ctx {
-            Some(c) => block_status(pool, vol, &req, &target, c, size, &mut out).await?,
-            None => {
-                *errno = EINVAL;
-                encode_error_reply(&mut out, &target, EINVAL, "no metadata context")?
-            }
-        },
+        Some(Command::BlockStatus) if ctx.contexts.is_empty() => {
+            *errno = EINVAL;
+            encode_error_reply(&mut out, &target, EINVAL, "no metadata context")?
+        }
+        Some(Command::BlockStatus) => {
+            block_status(pool, vol, &req, &target, &ctx.contexts, size, &mut out).await?
+        }
         Some(cmd) => {
             let p = pool.clone();
             let fua = req.has_flag(CMD_FLAG_FUA);
@@ -436,25 +458,68 @@ async fn block_status(
     vol: u64,
     req: &Request,
     target: &ReplyTarget,
-    ctx: u32,
+    contexts: &[(u32, MetaKind)],
     size: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), SessionError> {
     let p = pool.clone();
-    // Answer at most 1 GiB per request; the client asks again for the rest.
-    let len = req.length.min(size - req.offset).min(1 << 30);
+    // Answer at most 1 GiB per request (sharing: 64 MiB); the client asks again for the rest.
+    let cap = if contexts
+        .iter()
+        .any(|(_, k)| !matches!(k, MetaKind::Allocation))
+    {
+        64 << 20
+    } else {
+        1 << 30
+    };
+    let len = req.length.min(size - req.offset).min(cap);
     let off = req.offset;
-    let r = tokio::task::spawn_blocking(move || p.extents(vol, off, len))
-        .await
-        .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
-    let mut ext = match r {
+    let kinds = contexts.to_vec();
+    let r = tokio::task::spawn_blocking(move || {
+        kinds
+            .iter()
+            .map(|&(id, k)| {
+                Ok((
+                    id,
+                    k,
+                    match k {
+                        MetaKind::Allocation => p.extents(vol, off, len)?,
+                        MetaKind::Sharing => p.shared_extents(vol, off, len)?,
+                        MetaKind::Changed(base) => p.changed_extents(vol, base, off, len)?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, PoolError>>()
+    })
+    .await
+    .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
+    let all = match r {
         Ok(e) => e,
         Err(e) => return reply_error(out, target, &e),
     };
-    if req.has_flag(CMD_FLAG_REQ_ONE) {
-        ext.truncate(1);
+    let last = all.len() - 1;
+    for (i, (id, kind, mut ext)) in all.into_iter().enumerate() {
+        if req.has_flag(CMD_FLAG_REQ_ONE) {
+            ext.truncate(1);
+        }
+        let flags = |set: bool| match kind {
+            MetaKind::Allocation if !set => STATE_HOLE | STATE_ZERO,
+            MetaKind::Allocation => 0,
+            _ => u32::from(set),
+        };
+        encode_extents(out, target, id, &ext, &flags, i == last)?;
     }
-    let flags = |mapped: bool| if mapped { 0 } else { STATE_HOLE | STATE_ZERO };
+    Ok(())
+}
+
+fn encode_extents(
+    out: &mut Vec<u8>,
+    target: &ReplyTarget,
+    ctx: u32,
+    ext: &[(u64, u64, bool)],
+    flags: &dyn Fn(bool) -> u32,
+    done: bool,
+) -> Result<(), SessionError> {
     if target.mode.extended() {
         let e: Vec<ExtentExt> = ext
             .iter()
@@ -463,7 +528,7 @@ async fn block_status(
                 status: u64::from(flags(m)),
             })
             .collect();
-        encode_block_status_ext(out, target, ctx, &e, true)?;
+        encode_block_status_ext(out, target, ctx, &e, done)?;
     } else {
         let e: Vec<Extent> = ext
             .iter()
@@ -472,7 +537,7 @@ async fn block_status(
                 flags: flags(m),
             })
             .collect();
-        encode_block_status(out, target, ctx, &e, true)?;
+        encode_block_status(out, target, ctx, &e, done)?;
     }
     Ok(())
 }

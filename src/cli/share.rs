@@ -1,0 +1,364 @@
+//! `sspctl` verbs for sharing: snapshots, client images, linked clones, `file stat`,
+//! `file layout` and `diff`.
+
+use super::{admin, admin_with_progress, print_lus, Cli};
+use crate::admin::{AdminReply, AdminRequest};
+use crate::pool::{FileStat, LayoutExtent, LuInfo};
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use std::io::Write;
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Snapshot one or more LUs or images in one consistent step: LU@SNAP [LU2@SNAP ...]
+    Create {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List snapshots (of one LU or image, or all)
+    List { base: Option<String> },
+    /// Roll an LU back to any of its snapshots (an undo snapshot is taken first)
+    Rollback { name: String },
+    /// Remove a snapshot; clones made from it keep working
+    Remove {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Copy an LU (or LU@SNAP) into a new client image
+    Capture { src: String, image: String },
+    /// List client images
+    List,
+    /// Remove a client image (its snapshots first)
+    Remove {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FileCmd {
+    /// Size, blocks, owned and shared blocks and block debt of an LU, clone, snapshot or image
+    Stat { name: String },
+    /// Per 1 MiB extent: owned or shared, and where its blocks live
+    Layout { name: String },
+}
+
+fn json_line(out: &mut dyn Write, v: &impl serde::Serialize) -> Result<()> {
+    writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
+    Ok(())
+}
+
+pub fn snapshot(cli: &Cli, cmd: &SnapshotCmd, out: &mut dyn Write) -> Result<()> {
+    let req = match cmd {
+        SnapshotCmd::Create { names } => AdminRequest::SnapshotCreate {
+            names: names.clone(),
+        },
+        SnapshotCmd::List { base } => AdminRequest::SnapshotList { base: base.clone() },
+        SnapshotCmd::Rollback { name } => AdminRequest::SnapshotRollback { name: name.clone() },
+        SnapshotCmd::Remove { name, force } => AdminRequest::SnapshotRemove {
+            name: name.clone(),
+            force: *force,
+        },
+    };
+    match admin(cli, req)? {
+        AdminReply::Snapshots { pool, snapshots } => {
+            if matches!(cmd, SnapshotCmd::List { .. }) {
+                let images = match admin(cli, AdminRequest::ImageList)? {
+                    AdminReply::Lus { lus, .. } => lus,
+                    other => bail!("unexpected reply {other:?}"),
+                };
+                print_snapshots(cli.json, &pool, &snapshots, &images, out)?;
+            } else if cli.json {
+                json_line(out, &snapshots)?;
+            } else {
+                for s in &snapshots {
+                    writeln!(out, "created snapshot {}", s.name)?;
+                }
+            }
+        }
+        AdminReply::RolledBack { lu, undo } => {
+            if cli.json {
+                json_line(out, &serde_json::json!({ "lu": lu, "undo_snapshot": undo }))?;
+            } else {
+                writeln!(
+                    out,
+                    "rolled {} back; its previous state is kept as snapshot {undo}",
+                    lu.name
+                )?;
+            }
+        }
+        AdminReply::Freed { name, freed_blocks } => freed(cli.json, &name, freed_blocks, out)?,
+        other => bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}
+
+fn freed(json: bool, name: &str, blocks: u64, out: &mut dyn Write) -> Result<()> {
+    if json {
+        json_line(
+            out,
+            &serde_json::json!({ "removed": name, "freed_blocks": blocks, "freed_bytes": blocks * 4096 }),
+        )
+    } else {
+        writeln!(
+            out,
+            "removed {name}: {blocks} blocks ({} KiB) returned to the pool",
+            blocks * 4
+        )?;
+        Ok(())
+    }
+}
+
+/// The SSP `snapshot -list` columns, then the client-image section.
+fn print_snapshots(
+    json: bool,
+    pool: &str,
+    snaps: &[LuInfo],
+    images: &[LuInfo],
+    out: &mut dyn Write,
+) -> Result<()> {
+    if json {
+        return json_line(
+            out,
+            &serde_json::json!({ "pool": pool, "snapshots": snaps, "images": images }),
+        );
+    }
+    let pct = |l: &LuInfo| {
+        if l.size == 0 {
+            0
+        } else {
+            (l.mapped_blocks * 4096 * 100).div_ceil(l.size)
+        }
+    };
+    writeln!(out, "POOL_NAME: {pool}")?;
+    writeln!(
+        out,
+        "{:<40} {:>10} {:<14} {:>6} {:>11}  Lu Udid",
+        "Lu(Snapshot)Name", "Size(mb)", "ProvisionType", "%Used", "Unused(mb)"
+    )?;
+    for s in snaps {
+        writeln!(
+            out,
+            "{:<40} {:>10} {:<14} {:>5}% {:>11}  {}",
+            s.name,
+            s.size_mb,
+            "THIN",
+            pct(s),
+            s.unused_mb,
+            s.udid
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<40} {:>10} {:<14} {:>6} {:>11}  Lu Udid",
+        "Lu(Client Image)Name", "Size(mb)", "ProvisionType", "%Used", "Unused(mb)"
+    )?;
+    for s in images {
+        writeln!(
+            out,
+            "{:<40} {:>10} {:<14} {:>5}% {:>11}  {}",
+            s.name,
+            s.size_mb,
+            "THIN",
+            pct(s),
+            s.unused_mb,
+            s.udid
+        )?;
+    }
+    Ok(())
+}
+
+pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
+    match cmd {
+        ImageCmd::Capture { src, image } => {
+            let req = AdminRequest::ImageCapture {
+                src: src.clone(),
+                name: image.clone(),
+            };
+            let bar = indicatif::ProgressBar::new(0);
+            if cli.json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "capturing {msg} [{bar:40}] {percent}% ({pos}/{len} blocks, {eta} left)",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_message(format!("{src} into {image}"));
+            let mut report = |done: u64, total: u64| {
+                if cli.json {
+                    // One line per step: scripts follow the copy as it goes.
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({ "progress": { "done_blocks": done, "total_blocks": total } })
+                    );
+                } else {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+            };
+            let reply = admin_with_progress(cli, req, &mut report)?;
+            bar.finish_and_clear();
+            match reply {
+                AdminReply::Lus { lus, .. } => {
+                    if cli.json {
+                        writeln!(out, "{}", serde_json::json!({ "captured": lus }))?;
+                    } else {
+                        for l in &lus {
+                            writeln!(
+                                out,
+                                "captured {src} into client image {} ({} MiB, {} blocks of data)",
+                                l.name, l.size_mb, l.mapped_blocks
+                            )?;
+                        }
+                    }
+                }
+                other => bail!("unexpected reply {other:?}"),
+            }
+        }
+        ImageCmd::List => match admin(cli, AdminRequest::ImageList)? {
+            AdminReply::Lus { pool, lus } => print_lus(cli.json, &pool, &lus, out)?,
+            other => bail!("unexpected reply {other:?}"),
+        },
+        ImageCmd::Remove { name, force } => match admin(
+            cli,
+            AdminRequest::ImageRemove {
+                name: name.clone(),
+                force: *force,
+            },
+        )? {
+            AdminReply::Freed { name, freed_blocks } => freed(cli.json, &name, freed_blocks, out)?,
+            other => bail!("unexpected reply {other:?}"),
+        },
+    }
+    Ok(())
+}
+
+pub fn clone(cli: &Cli, src: &str, name: &str, out: &mut dyn Write) -> Result<()> {
+    let req = AdminRequest::Clone {
+        src: src.into(),
+        name: name.into(),
+    };
+    match admin(cli, req)? {
+        AdminReply::Lus { lus, .. } => {
+            if cli.json {
+                json_line(out, &lus)?;
+            } else {
+                for l in &lus {
+                    writeln!(
+                        out,
+                        "created linked clone {} of {src} ({} MiB, sharing all {} blocks of data)",
+                        l.name, l.size_mb, l.mapped_blocks
+                    )?;
+                }
+            }
+        }
+        other => bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}
+
+pub fn file(cli: &Cli, cmd: &FileCmd, out: &mut dyn Write) -> Result<()> {
+    match cmd {
+        FileCmd::Stat { name } => {
+            match admin(cli, AdminRequest::FileStat { name: name.clone() })? {
+                AdminReply::Stat(st) => print_stat(cli.json, &st, out),
+                other => bail!("unexpected reply {other:?}"),
+            }
+        }
+        FileCmd::Layout { name } => {
+            match admin(cli, AdminRequest::FileLayout { name: name.clone() })? {
+                AdminReply::Layout { name, extents } => {
+                    print_layout(cli.json, &name, &extents, out)
+                }
+                other => bail!("unexpected reply {other:?}"),
+            }
+        }
+    }
+}
+
+fn print_stat(json: bool, st: &FileStat, out: &mut dyn Write) -> Result<()> {
+    if json {
+        return json_line(out, st);
+    }
+    writeln!(out, "Name:           {} ({})", st.name, st.kind)?;
+    if !st.parent.is_empty() {
+        writeln!(out, "Parent:         {}", st.parent)?;
+    }
+    writeln!(out, "Udid:           {}", st.udid)?;
+    writeln!(out, "Size            {}", st.size)?;
+    writeln!(out, "Number Blocks   {}", st.number_blocks)?;
+    writeln!(out, "Data Blocks     {}", st.data_blocks)?;
+    writeln!(out, "Pool Block Size {}", st.pool_block_size)?;
+    writeln!(out, "Tier: {}", st.tier)?;
+    writeln!(out, "Owned Blocks    {}", st.owned_blocks)?;
+    writeln!(out, "Shared Blocks   {}", st.shared_blocks)?;
+    writeln!(out, "Max Blocks      {}", st.max_blocks)?;
+    writeln!(out, "Block Debt      {}", st.block_debt)?;
+    Ok(())
+}
+
+fn print_layout(json: bool, name: &str, ext: &[LayoutExtent], out: &mut dyn Write) -> Result<()> {
+    if json {
+        return json_line(out, &serde_json::json!({ "name": name, "extents": ext }));
+    }
+    for e in ext {
+        writeln!(
+            out,
+            "{:#x}-{:#x} {} ({} owned, {} shared blocks)",
+            e.start, e.end, e.state, e.owned_blocks, e.shared_blocks
+        )?;
+        for p in &e.placement {
+            writeln!(
+                out,
+                "    PP {} {:#x} {} blocks (failure group {})",
+                p.pv, p.offset, p.blocks, p.failure_group
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn diff(cli: &Cli, from: &str, to: &str, out: &mut dyn Write) -> Result<()> {
+    let req = AdminRequest::Diff {
+        from: from.into(),
+        to: to.into(),
+    };
+    match admin(cli, req)? {
+        AdminReply::Diff { from, to, extents } => {
+            if cli.json {
+                return json_line(
+                    out,
+                    &serde_json::json!({ "from": from, "to": to, "extents": extents }),
+                );
+            }
+            let total: u64 = extents.iter().map(|e| e.length).sum();
+            for e in &extents {
+                writeln!(
+                    out,
+                    "{:#x}-{:#x} changed ({} bytes)",
+                    e.offset,
+                    e.offset + e.length,
+                    e.length
+                )?;
+            }
+            writeln!(
+                out,
+                "{} changed extents, {total} bytes, from {from} to {to}",
+                extents.len()
+            )?;
+        }
+        other => bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}
