@@ -44,7 +44,7 @@ pub enum AdminRequest {
 
 /// Replies: one of these, as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "reply", rename_all = "snake_case")]
 pub enum AdminReply {
     Status(Box<PoolStatus>),
     Lus {

@@ -1,158 +1,11 @@
 //! sspd over real sockets with real clients: qemu-img, qemu-io, nbdinfo, and raw bytes.
 #![allow(clippy::big_endian_bytes)] // the NBD wire format is big-endian
 
+mod common;
+use common::server::*;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-struct Server {
-    child: Child,
-    port: u16,
-    pool: PathBuf,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Server {
-    /// A fresh pool with `lus` (name, size), served on 127.0.0.1 (port chosen by the OS).
-    fn start(lus: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let pool = make_pool(dir.path(), lus);
-        Self::serve(pool, dir)
-    }
-
-    /// Serve an existing pool again (the pool directory lives in a kept temp dir).
-    fn restart(pool: PathBuf) -> Server {
-        Self::serve(pool, tempfile::tempdir().unwrap())
-    }
-
-    fn serve(pool: PathBuf, dir: tempfile::TempDir) -> Server {
-        Self::serve_with(pool, dir, &[])
-    }
-
-    fn serve_with(pool: PathBuf, dir: tempfile::TempDir, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sspd"))
-            .args(["--pool", pool.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        while !line.contains("listening on") {
-            line.clear();
-            assert!(
-                out.read_line(&mut line).unwrap() > 0,
-                "sspd exited before listening"
-            );
-        }
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Server {
-            child,
-            port,
-            pool,
-            dir: Some(dir),
-        }
-    }
-
-    fn uri(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
-    }
-
-    /// SIGTERM and the exit status, keeping the pool's files for a restart.
-    fn stop_keep(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
-        let dir = self.dir.take().unwrap();
-        (self.stop_inner(), dir)
-    }
-
-    /// SIGTERM, and the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        self.stop_inner()
-    }
-
-    fn stop_inner(&mut self) -> std::process::ExitStatus {
-        if self.child.try_wait().unwrap().is_none() {
-            unsafe_kill_term(self.child.id());
-        }
-        let st = self.child.wait().unwrap();
-        // The pool must be consistent and closed cleanly afterwards.
-        let out = sspctl(&self.pool, &["check"]);
-        assert!(out.contains("OK"), "{out}");
-        st
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn unsafe_kill_term(pid: u32) {
-    let st = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
-/// A pool in `dir/pool` on a sparse 512 MiB PV in `dir`, with `lus` (name, size).
-fn make_pool(dir: &Path, lus: &[(&str, &str)]) -> PathBuf {
-    let pool = dir.join("pool");
-    let pv = format!("{}:512M", dir.join("pv0.img").display());
-    sspctl(&pool, &["pool", "create", "--pv", &pv]);
-    for (name, size) in lus {
-        sspctl(&pool, &["lu", "create", name, "--size", size]);
-    }
-    pool
-}
-
-fn sspctl(pool: &Path, args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_sspctl"))
-        .arg("--pool")
-        .arg(pool)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "sspctl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} is needed (scripts/install-deps.sh installs it): {e}"));
-    assert!(
-        o.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn random_file(path: &Path, len: usize) {
-    let mut x = 0x1234_5678_9abc_def1u64;
-    let mut v = vec![0u8; len];
-    for c in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-    }
-    std::fs::write(path, v).unwrap();
-}
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 #[test]
 fn qemu_img_convert_and_compare_64mib() {
@@ -302,23 +155,6 @@ fn malformed_traffic_drops_only_that_client() {
     assert!(s.stop().success());
 }
 
-/// A libnbd script (python3-libnbd, Debian's /usr/bin/python3) against the server.
-fn nbdsh(uri: &str, script: &str) -> String {
-    let o = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .arg(uri)
-        .output()
-        .unwrap_or_else(|e| panic!("/usr/bin/python3 with python3-libnbd is needed: {e}"));
-    assert!(
-        o.status.success(),
-        "script failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 #[test]
 fn multi_conn_and_out_of_order_replies_with_libnbd() {
     let s = Server::start(&[("vm1", "64M")]);
@@ -374,17 +210,6 @@ fn nbdcopy_both_ways() {
     run("nbdcopy", &[&s.uri("vm1"), back.to_str().unwrap()]);
     assert!(std::fs::read(&back).unwrap() == std::fs::read(&src).unwrap());
     assert!(s.stop().success());
-}
-
-fn sspctl_fails(pool: &Path, args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_sspctl"))
-        .arg("--pool")
-        .arg(pool)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "sspctl {args:?} should fail");
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Shared helpers for engine tests: in-memory pools and deterministic block patterns.
 #![allow(dead_code)]
 
+pub mod server;
+
 use ssp::dev::{BlockDev, FaultControl, FaultDev, MemDev};
 use ssp::pool::{CreateOptions, Options, Pool};
 use std::sync::Arc;
