@@ -200,18 +200,16 @@ impl Server {
         out
     }
 
-    /// Boot the ppc64le guest from `lu` with `disk` ("vscsi" or "virtio") and `firmware` ("slof"
-    /// or "vof"); the guest must activate as `hostname` and power off. Returns the script's
-    /// summary line (with the boot time).
-    fn boot_ppc64(&self, lu: &str, hostname: &str, disk: &str, firmware: &str) -> String {
+    /// Boot the ppc64le guest (SLOF) from `lu` with `disk` ("vscsi" or "virtio") and `boot`
+    /// ("kernel": -kernel/-initrd with golden.img on the LU; "firmware": SLOF, GRUB from the
+    /// PReP partition of golden-disk.img); the guest must activate as `hostname` and power off.
+    /// Returns the script's summary line (with the boot time).
+    fn boot_ppc64(&self, lu: &str, hostname: &str, disk: &str, boot: &str) -> String {
         let log = self.path(&format!("console-{lu}.log"));
         let out = script(
             "boot-ppc64.sh",
-            &[&self.uri(lu), hostname, disk],
-            &[
-                ("SSP_GUEST_LOG", log.to_str().unwrap()),
-                ("SSP_GUEST_FIRMWARE", firmware),
-            ],
+            &[&self.uri(lu), hostname, disk, boot],
+            &[("SSP_GUEST_LOG", log.to_str().unwrap())],
         );
         let line = out.lines().last().unwrap_or_default().to_string();
         assert!(line.starts_with("boot-ppc64: OK"), "{out}");
@@ -290,31 +288,71 @@ fn sha256(data: &[u8]) -> String {
         .to_string()
 }
 
+/// The root filesystem of a golden image (or of an LU read back): golden.img is one; the
+/// root partition of golden-disk.img is copied out to a file beside it.
+fn root_fs(image: &Path, boot: &str, build: &Path) -> PathBuf {
+    if boot == "kernel" {
+        return image.to_path_buf();
+    }
+    let part = image.with_extension("rootfs");
+    std::fs::write(&part, &std::fs::read(image).unwrap()[root_offset(build)..]).unwrap();
+    part
+}
+
+/// Where golden-disk.img's root partition starts (the MBR and PReP partition are before it).
+fn root_offset(build: &Path) -> usize {
+    let mib: usize = std::fs::read_to_string(build.join("golden-disk.root-offset-mib"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    mib * MIB
+}
+
 /// Boot the golden image from an LU and check, through NBD, that the guest activated itself
-/// into its own root filesystem and left it clean.
-fn golden_boot(lu: &str, hostname: &str, disk: &str, firmware: &str) {
+/// into its own root filesystem and left it clean. `boot`: "kernel" (golden.img, identity on
+/// the kernel command line) or "firmware" (golden-disk.img through SLOF and GRUB, identity in
+/// the NVRAM).
+fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str) {
     let build = build("build-ppc64.sh");
-    let golden = build.join("golden.img");
-    let server = Server::start(&[(lu, "64M")]);
+    let (golden, size, source) = match boot {
+        "kernel" => (build.join("golden.img"), "64M", "cmdline"),
+        _ => (build.join("golden-disk.img"), "128M", "nvram"),
+    };
+    let server = Server::start(&[(lu, size)]);
     server.write_image(lu, &golden);
     // (Capture, snapshot and clone go here: boot each clone instead of the LU itself.)
-    server.boot_ppc64(lu, hostname, disk, firmware);
+    server.boot_ppc64(lu, hostname, disk, boot);
 
     let after = server.read_lu(lu);
-    assert_fsck_clean(&after);
-    assert_eq!(fs_cat(&after, "/etc/hostname").trim(), hostname);
-    let marker = fs_cat(&after, "/var/lib/ssp/activated");
+    let root = root_fs(&after, boot, &build);
+    assert_fsck_clean(&root);
+    assert_eq!(fs_cat(&root, "/etc/hostname").trim(), hostname);
+    let marker = fs_cat(&root, "/var/lib/ssp/activated");
     assert!(
-        marker.contains(&format!("hostname={hostname}\n")) && marker.contains("source=cmdline"),
+        marker.contains(&format!("hostname={hostname}\n"))
+            && marker.contains(&format!("source={source}\n")),
         "activation marker: {marker:?}"
     );
-    assert_eq!(fs_cat(&golden, "/etc/hostname").trim(), "ssp-golden");
+    assert_eq!(
+        fs_cat(&root_fs(&golden, boot, &build), "/etc/hostname").trim(),
+        "ssp-golden"
+    );
     let changed = blocks_differing(&golden, &after);
     note(&format!(
         "{lu}: activation changed {changed} of {} 4 KiB blocks",
         std::fs::metadata(&golden).unwrap().len() / 4096
     ));
     assert!(changed > 0 && changed < 1024, "{changed} blocks changed");
+    if boot == "firmware" {
+        // The MBR and the PReP partition (GRUB) are as captured.
+        let (g, a) = (
+            std::fs::read(&golden).unwrap(),
+            std::fs::read(&after).unwrap(),
+        );
+        let n = root_offset(&build);
+        assert!(g[..n] == a[..n], "MBR or PReP partition changed");
+    }
     server.stop();
 }
 
@@ -323,7 +361,7 @@ fn ppc64_pseries_spapr_vscsi_golden_disk_activates_over_nbd() {
     if skip("ppc64_pseries_spapr_vscsi_golden_disk_activates_over_nbd") {
         return;
     }
-    golden_boot("vm-vscsi", "ssp-vm1", "vscsi", "slof");
+    golden_boot("vm-vscsi", "ssp-vm1", "vscsi", "kernel");
 }
 
 #[test]
@@ -331,7 +369,17 @@ fn ppc64_pseries_virtio_blk_golden_disk_activates_over_nbd() {
     if skip("ppc64_pseries_virtio_blk_golden_disk_activates_over_nbd") {
         return;
     }
-    golden_boot("vm-virtio", "ssp-vm2", "virtio", "slof");
+    golden_boot("vm-virtio", "ssp-vm2", "virtio", "kernel");
+}
+
+/// No -kernel: SLOF loads GRUB (powerpc-ieee1275) from the disk's PReP partition, GRUB the
+/// kernel and initramfs from the root partition.
+#[test]
+fn ppc64_pseries_firmware_boot_slof_grub_from_prep_partition_over_nbd() {
+    if skip("ppc64_pseries_firmware_boot_slof_grub_from_prep_partition_over_nbd") {
+        return;
+    }
+    golden_boot("vm-firmware", "ssp-vm3", "vscsi", "firmware");
 }
 
 #[test]

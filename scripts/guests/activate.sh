@@ -1,9 +1,10 @@
 #!/bin/sh
 # /sbin/init of the golden ppc64le root disk: the activation engine.
 #
-# On first boot it takes the machine's identity (hostname) from a config disk (ISO 9660 or FAT
-# with cloud-init NoCloud meta-data or an OVF ovf-env.xml) if one is attached, otherwise from
-# the kernel command line (ssp.hostname=NAME); writes it into /etc/hostname and the
+# On first boot it takes the machine's identity (hostname) from, in this order: a config disk
+# (ISO 9660 or FAT with cloud-init NoCloud meta-data or an OVF ovf-env.xml), the kernel command
+# line (ssp.hostname=NAME), or the firmware's NVRAM (the Open Firmware option ssp-hostname, set
+# with qemu-system-ppc64 -prom-env ssp-hostname=NAME: /proc/device-tree/options); writes it into /etc/hostname and the
 # /var/lib/ssp/activated marker of its own root filesystem, remounts the root read-only (the
 # journal is checkpointed: the filesystem is clean for e2fsck -fn), prints
 #   SSP-ACTIVATED hostname=NAME
@@ -78,7 +79,11 @@ if [ -z "$name" ]; then
   source=cmdline
   name=$(cmdline_param ssp.hostname)
 fi
-[ -n "$name" ] || fail "no identity: no config disk and no ssp.hostname= on the kernel command line"
+if [ -z "$name" ] && [ -f /proc/device-tree/options/ssp-hostname ]; then
+  source=nvram
+  name=$(tr -d '\000' < /proc/device-tree/options/ssp-hostname)
+fi
+[ -n "$name" ] || fail "no identity: no config disk, no ssp.hostname= on the kernel command line, no ssp-hostname in NVRAM"
 valid_hostname "$name" || fail "invalid hostname '$name'"
 
 echo "$name" > /etc/hostname || fail "cannot write /etc/hostname"

@@ -3,20 +3,23 @@
 # host's dpkg or apt state: a private apt configuration per architecture (lists, cache and
 # sources in the cache directory, dpkg status /dev/null), `apt-get download`, `dpkg-deb -x`.
 #
-#   ppc64el: linux-image-<ver>-powerpc64le (kernel + modules), busybox-static
+#   ppc64el: linux-image-<ver>-powerpc64le (kernel + modules), busybox-static,
+#            grub-ieee1275-bin (GRUB's powerpc-ieee1275 modules, for firmware boot)
 #   amd64:   linux-image-<ver>-amd64, busybox-static (also the build tools: cpio, depmod),
-#            nbd-client and the shared libraries it needs (checked with readelf -d)
+#            nbd-client and the shared libraries it needs (checked with readelf -d),
+#            grub-common and libdevmapper1.02.1 (grub-mkimage, run from the cache)
 #
 # <ver> comes from the Depends of the linux-image-powerpc64le / linux-image-amd64 meta packages.
 # Cached in ${SSP_GUEST_CACHE:-$HOME/.cache/ssp-guests}: once fetched, later runs do nothing and
 # need no network (pass --refresh to look for newer packages). Writes $CACHE/guests.env
-# (KVER_PPC64, ROOT_PPC64, KVER_X86, ROOT_X86, BUSYBOX_HOST) for the build scripts, and prints
-# its path.
+# (KVER_PPC64, ROOT_PPC64, KVER_X86, ROOT_X86, BUSYBOX_HOST, GRUB_MKIMAGE...) for the build
+# scripts, and prints its path.
 set -euo pipefail
 CACHE="${SSP_GUEST_CACHE:-${HOME:-/root}/.cache/ssp-guests}"
 MIRROR="${SSP_GUEST_MIRROR:-http://deb.debian.org/debian}"
 SUITE=bookworm
 REFRESH=0
+FETCH_VERSION=2 # bump when the package set changes: caches of older versions are refetched
 [ "${1:-}" = --refresh ] && REFRESH=1
 mkdir -p "$CACHE"
 CACHE="$(cd "$CACHE" && pwd)"
@@ -28,7 +31,8 @@ flock 9
 if [ "$REFRESH" = 0 ] && [ -f "$ENV_FILE" ]; then
   # shellcheck disable=SC1090
   . "$ENV_FILE"
-  if [ -f "$ROOT_PPC64/.ssp-fetched" ] && [ -f "$ROOT_X86/.ssp-fetched" ]; then
+  if [ "${FETCHED_VERSION:-}" = "$FETCH_VERSION" ] && [ -f "$ROOT_PPC64/.ssp-fetched" ] &&
+    [ -f "$ROOT_X86/.ssp-fetched" ]; then
     echo "$ENV_FILE"
     exit 0
   fi
@@ -143,12 +147,14 @@ KVER_X86=$(kernel_of amd64 linux-image-amd64)
 log "kernels: $KVER_PPC64, $KVER_X86"
 
 rm -rf "$PPC_ROOT" "$X86_ROOT"
-fetch_extract ppc64el "$PPC_ROOT" "linux-image-$KVER_PPC64" busybox-static
+fetch_extract ppc64el "$PPC_ROOT" "linux-image-$KVER_PPC64" busybox-static grub-ieee1275-bin
 mapfile -t X86_LIBS < <(lib_closure amd64 nbd-client | grep -v '^nbd-client$')
-fetch_extract amd64 "$X86_ROOT" "linux-image-$KVER_X86" busybox-static nbd-client "${X86_LIBS[@]}"
+fetch_extract amd64 "$X86_ROOT" "linux-image-$KVER_X86" busybox-static nbd-client "${X86_LIBS[@]}" \
+  grub-common libdevmapper1.02.1
 check_libs "$X86_ROOT" sbin/nbd-client || { log "nbd-client's libraries are incomplete"; exit 1; }
-for f in "$PPC_ROOT/bin/busybox" "$X86_ROOT/bin/busybox" "$X86_ROOT/sbin/nbd-client"; do
-  [ -x "$f" ] || { log "missing $f after extraction"; exit 1; }
+for f in "$PPC_ROOT/bin/busybox" "$X86_ROOT/bin/busybox" "$X86_ROOT/sbin/nbd-client" \
+  "$X86_ROOT/usr/bin/grub-mkimage" "$PPC_ROOT/usr/lib/grub/powerpc-ieee1275/kernel.img"; do
+  [ -e "$f" ] || { log "missing $f after extraction"; exit 1; }
 done
 
 cat > "$ENV_FILE" <<ENV
@@ -158,6 +164,11 @@ ROOT_PPC64=$PPC_ROOT
 KVER_X86=$KVER_X86
 ROOT_X86=$X86_ROOT
 BUSYBOX_HOST=$X86_ROOT/bin/busybox
+# grub-mkimage from the cache: LD_LIBRARY_PATH=\$GRUB_LIBPATH \$GRUB_MKIMAGE -d \$GRUB_PPC_DIR ...
+GRUB_MKIMAGE=$X86_ROOT/usr/bin/grub-mkimage
+GRUB_LIBPATH=$X86_ROOT/lib/x86_64-linux-gnu:$X86_ROOT/usr/lib/x86_64-linux-gnu
+GRUB_PPC_DIR=$PPC_ROOT/usr/lib/grub/powerpc-ieee1275
+FETCHED_VERSION=$FETCH_VERSION
 ENV
 date -u +%FT%TZ > "$PPC_ROOT/.ssp-fetched"
 date -u +%FT%TZ > "$X86_ROOT/.ssp-fetched"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # /init of the ppc64le initramfs: load the disk and filesystem drivers, mount the root disk
-# (root=, /dev/sda on spapr-vscsi, /dev/vda on virtio-blk) read-write and switch_root into its
+# (root=: /dev/sda on spapr-vscsi, /dev/vda on virtio-blk, or LABEL=NAME) read-write and switch_root into its
 # /sbin/init. A failure prints "SSP-INITRAMFS-FAILED: why" and powers off.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -26,13 +26,16 @@ root=$(cmdline_param root)
 fstype=$(cmdline_param rootfstype)
 [ -n "$root" ] || fail "no root= on the kernel command line"
 i=0
-while [ ! -b "$root" ]; do
+dev=$root
+while :; do
+  case "$root" in LABEL=* | UUID=*) dev=$(findfs "$root" 2>/dev/null) ;; esac
+  [ -n "$dev" ] && [ -b "$dev" ] && break
   i=$((i + 1))
   [ $i -le 300 ] || fail "no root device $root after 30 s ($(ls /dev | tr '\n' ' '))"
   sleep 0.1
 done
 mkdir -p /newroot
-mount -t "${fstype:-ext4}" -o rw "$root" /newroot || fail "cannot mount $root"
+mount -t "${fstype:-ext4}" -o rw "$dev" /newroot || fail "cannot mount $root ($dev)"
 [ -x /newroot/sbin/init ] || fail "no /sbin/init on $root"
 umount /sys
 umount /proc

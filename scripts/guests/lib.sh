@@ -102,3 +102,31 @@ make_cpio() {
     gzip -9n > "$out.tmp"
   mv "$out.tmp" "$out"
 }
+
+# 4 little-endian bytes of N.
+le32() {
+  printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $((($1 >> 8) & 255)) \
+    $((($1 >> 16) & 255)) $((($1 >> 24) & 255)))"
+}
+
+# An MBR partition table on image $1 (the boot code area is left as it is): each further
+# argument is a partition BOOT:TYPE:START:SECTORS (BOOT 0x80 or 0, TYPE e.g. 0x41 PReP,
+# 0x83 Linux; START and SECTORS in 512-byte sectors). CHS fields say "use LBA".
+write_mbr() {
+  local img=$1 n=0 p boot type start sectors
+  shift
+  {
+    for p in "$@"; do
+      IFS=: read -r boot type start sectors <<< "$p"
+      printf "\\x$(printf %02x $((boot)))\\xfe\\xff\\xff\\x$(printf %02x $((type)))\\xfe\\xff\\xff"
+      le32 "$start"
+      le32 "$sectors"
+      n=$((n + 1))
+    done
+    while [ $n -lt 4 ]; do
+      head -c 16 /dev/zero
+      n=$((n + 1))
+    done
+    printf '\x55\xaa'
+  } | dd of="$img" bs=1 seek=446 conv=notrunc status=none
+}
