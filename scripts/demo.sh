@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: build ssp, make a pool from two sparse files, create thin
-# LUs, serve them over NBD with sspd, write and read one with qemu-img, and show what the pool
-# reports. Re-running starts from scratch.
+# LUs, serve them over NBD with sspd, write and read one with qemu-img, capture it as a client
+# image, deploy two linked clones from a snapshot of it, personalise one, and show what the pool
+# reports about sharing. Re-running starts from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR="${SSP_DEMO_DIR:-$PWD/demo}"
@@ -44,10 +45,37 @@ qemu-img compare -f raw -F raw "$DEMO_DIR/payload.bin" "nbd://$ADDR/golden-rootv
 say "Allocation map over NBD (base:allocation): data then a thin hole"
 nbdinfo --map "nbd://$ADDR/golden-rootvg"
 
+say "Capturing golden-rootvg into a client image (a real copy, like the seed's dd)"
+"$SSPCTL" --pool "$POOL" image capture golden-rootvg aix-golden-image
+
+say "Snapshotting the image and deploying two linked clones (each one atomic, O(1) step)"
+"$SSPCTL" --pool "$POOL" snapshot create aix-golden-image@deploy
+"$SSPCTL" --pool "$POOL" clone aix-golden-image@deploy vm1-rootvg
+"$SSPCTL" --pool "$POOL" clone aix-golden-image@deploy vm2-rootvg
+"$SSPCTL" --pool "$POOL" snapshot list
+
+say "vm1 personalises itself: 1 MiB written over NBD (qemu-io); vm2 still reads the image"
+qemu-io -f raw -c "write -P 0x42 4M 1M" "nbd://$ADDR/vm1-rootvg" | head -1
+qemu-img compare -f raw -F raw "$DEMO_DIR/payload.bin" "nbd://$ADDR/vm2-rootvg"
+
+say "file stat vm1-rootvg: it owns only the 256 blocks it wrote, and shares the rest"
+"$SSPCTL" --pool "$POOL" file stat vm1-rootvg
+
+say "file layout vm1-rootvg (first extents): where its blocks live, shared or owned"
+"$SSPCTL" --pool "$POOL" file layout vm1-rootvg > "$DEMO_DIR/layout.txt"
+head -12 "$DEMO_DIR/layout.txt"
+
+say "Sharing over NBD block status (ssp:sharing, bit 0 = shared) for vm1-rootvg"
+nbdinfo --map=ssp:sharing "nbd://$ADDR/vm1-rootvg" > "$DEMO_DIR/sharing.txt"
+head -5 "$DEMO_DIR/sharing.txt"
+
+say "What vm1 changed since the image snapshot (sspctl diff; also the NBD context ssp:changed:aix-golden-image@deploy)"
+"$SSPCTL" --pool "$POOL" diff aix-golden-image@deploy vm1-rootvg
+
 say "LUs, asked online through sspd's admin socket (UNUSED shrinks only by what was written)"
 "$SSPCTL" --pool "$POOL" lu list
 
-say "Pool status (100 GiB + 10 GiB provisioned on 1.5 GiB: thin overcommit)"
+say "Pool status (140 GiB of LUs, clones and image provisioned on 1.5 GiB: thin overcommit)"
 "$SSPCTL" --pool "$POOL" pool status
 
 say "Full consistency check (every checksum, map entry and counter), online"
@@ -61,4 +89,4 @@ trap - EXIT
 echo
 echo "Done. The pool lives in $POOL. Serve it again with:"
 echo "  $SSPD --pool $POOL --listen 127.0.0.1:10809"
-echo "and use nbd://127.0.0.1:10809/golden-rootvg from qemu-img, qemu, nbdinfo or nbd-client."
+echo "and use nbd://127.0.0.1:10809/vm1-rootvg (a linked clone) from qemu-img, qemu, nbdinfo or nbd-client."

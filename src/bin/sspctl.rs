@@ -34,6 +34,14 @@ fn main() {
         .init();
     let mut out = std::io::stdout().lock();
     if let Err(e) = ssp::cli::run(&cli, &mut out) {
+        // A reader that stopped early (`sspctl ... | head`) is not an error of ours; the
+        // command itself has completed.
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
+            std::process::exit(0);
+        }
         eprintln!("sspctl: error: {e:#}");
         std::process::exit(1);
     }
