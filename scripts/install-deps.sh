@@ -8,8 +8,10 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: a C toolchain for crates with build scripts, and the NBD/QEMU tools the
-# interoperability tests and the demo use.
-APT_PACKAGES=(build-essential pkg-config ca-certificates qemu-utils libnbd-bin python3-libnbd)
+# interoperability tests and the demo use; e2fsprogs and xorriso build and check the guest
+# tests' disks (mkfs.ext4 -d, e2fsck, debugfs; an ISO 9660 config disk).
+APT_PACKAGES=(build-essential pkg-config ca-certificates qemu-utils libnbd-bin python3-libnbd
+  e2fsprogs xorriso)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -204,12 +204,35 @@ impl Server {
     /// ("kernel": -kernel/-initrd with golden.img on the LU; "firmware": SLOF, GRUB from the
     /// PReP partition of golden-disk.img); the guest must activate as `hostname` and power off.
     /// Returns the script's summary line (with the boot time).
-    fn boot_ppc64(&self, lu: &str, hostname: &str, disk: &str, boot: &str) -> String {
+    /// `config`: an LU holding a config disk, attached read-only as a second disk (a CD-ROM on
+    /// the same spapr-vscsi adapter, or a second virtio-blk disk).
+    fn boot_ppc64(
+        &self,
+        lu: &str,
+        hostname: &str,
+        disk: &str,
+        boot: &str,
+        config: Option<&str>,
+    ) -> String {
         let log = self.path(&format!("console-{lu}.log"));
+        let extra = config.map_or(String::new(), |c| {
+            let dev = if disk == "vscsi" {
+                "scsi-cd,drive=cfg,bus=scsi0.0"
+            } else {
+                "virtio-blk-pci,drive=cfg"
+            };
+            format!(
+                "-drive file={},format=raw,if=none,id=cfg,readonly=on -device {dev}",
+                self.uri(c)
+            )
+        });
         let out = script(
             "boot-ppc64.sh",
             &[&self.uri(lu), hostname, disk, boot],
-            &[("SSP_GUEST_LOG", log.to_str().unwrap())],
+            &[
+                ("SSP_GUEST_LOG", log.to_str().unwrap()),
+                ("SSP_GUEST_EXTRA_ARGS", &extra),
+            ],
         );
         let line = out.lines().last().unwrap_or_default().to_string();
         assert!(line.starts_with("boot-ppc64: OK"), "{out}");
@@ -312,17 +335,26 @@ fn root_offset(build: &Path) -> usize {
 /// Boot the golden image from an LU and check, through NBD, that the guest activated itself
 /// into its own root filesystem and left it clean. `boot`: "kernel" (golden.img, identity on
 /// the kernel command line) or "firmware" (golden-disk.img through SLOF and GRUB, identity in
-/// the NVRAM).
-fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str) {
+/// the NVRAM). With `config_disk`, the identity comes from a config disk (ISO 9660, NoCloud
+/// and OVF) served as a second export.
+fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str, config_disk: bool) {
     let build = build("build-ppc64.sh");
-    let (golden, size, source) = match boot {
+    let (golden, size, mut source) = match boot {
         "kernel" => (build.join("golden.img"), "64M", "cmdline"),
         _ => (build.join("golden-disk.img"), "128M", "nvram"),
     };
-    let server = Server::start(&[(lu, size)]);
+    let config = format!("{lu}-config");
+    let server = Server::start(&[(lu, size), (&config, "4M")]);
     server.write_image(lu, &golden);
-    // (Capture, snapshot and clone go here: boot each clone instead of the LU itself.)
-    server.boot_ppc64(lu, hostname, disk, boot);
+    // (Capture, snapshot and clone go here: boot each clone instead of the LU itself; a
+    // clone's config disk will come from `clone --activation`.)
+    let iso = server.path("config.iso");
+    if config_disk {
+        script("config-disk.sh", &[hostname, iso.to_str().unwrap()], &[]);
+        server.write_image(&config, &iso);
+        source = "config-disk";
+    }
+    server.boot_ppc64(lu, hostname, disk, boot, config_disk.then_some(&config[..]));
 
     let after = server.read_lu(lu);
     let root = root_fs(&after, boot, &build);
@@ -353,6 +385,11 @@ fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str) {
         let n = root_offset(&build);
         assert!(g[..n] == a[..n], "MBR or PReP partition changed");
     }
+    if config_disk {
+        let iso = std::fs::read(&iso).unwrap();
+        let back = std::fs::read(server.read_lu(&config)).unwrap();
+        assert!(back[..iso.len()] == iso[..], "the config disk changed");
+    }
     server.stop();
 }
 
@@ -361,7 +398,7 @@ fn ppc64_pseries_spapr_vscsi_golden_disk_activates_over_nbd() {
     if skip("ppc64_pseries_spapr_vscsi_golden_disk_activates_over_nbd") {
         return;
     }
-    golden_boot("vm-vscsi", "ssp-vm1", "vscsi", "kernel");
+    golden_boot("vm-vscsi", "ssp-vm1", "vscsi", "kernel", false);
 }
 
 #[test]
@@ -369,7 +406,7 @@ fn ppc64_pseries_virtio_blk_golden_disk_activates_over_nbd() {
     if skip("ppc64_pseries_virtio_blk_golden_disk_activates_over_nbd") {
         return;
     }
-    golden_boot("vm-virtio", "ssp-vm2", "virtio", "kernel");
+    golden_boot("vm-virtio", "ssp-vm2", "virtio", "kernel", false);
 }
 
 /// No -kernel: SLOF loads GRUB (powerpc-ieee1275) from the disk's PReP partition, GRUB the
@@ -379,7 +416,17 @@ fn ppc64_pseries_firmware_boot_slof_grub_from_prep_partition_over_nbd() {
     if skip("ppc64_pseries_firmware_boot_slof_grub_from_prep_partition_over_nbd") {
         return;
     }
-    golden_boot("vm-firmware", "ssp-vm3", "vscsi", "firmware");
+    golden_boot("vm-firmware", "ssp-vm3", "vscsi", "firmware", false);
+}
+
+/// The identity on a config disk (ISO 9660 with NoCloud meta-data and ovf-env.xml), served
+/// read-only as a second NBD export beside the root disk; it wins over the kernel command line.
+#[test]
+fn ppc64_pseries_activation_from_config_disk_on_a_second_export() {
+    if skip("ppc64_pseries_activation_from_config_disk_on_a_second_export") {
+        return;
+    }
+    golden_boot("vm-config", "ssp-vm4", "vscsi", "kernel", true);
 }
 
 #[test]

@@ -60,7 +60,7 @@ esac
 
 # shellcheck disable=SC2206
 EXTRA=(${SSP_GUEST_EXTRA_ARGS:-})
-start=$(date +%s.%N)
+start=$(date +%s%N)
 set +e
 timeout -k 5 "$TIMEOUT" qemu-system-ppc64 -M "$MACHINE" -accel tcg -m 1G -smp 1 \
   -nographic -no-reboot -nodefaults -serial mon:stdio \
@@ -69,8 +69,8 @@ timeout -k 5 "$TIMEOUT" qemu-system-ppc64 -M "$MACHINE" -accel tcg -m 1G -smp 1 
   "${EXTRA[@]}" < /dev/null > "$LOG" 2>&1
 rc=$?
 set -e
-secs=$(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo "?")
-secs=$(printf '%.1f' "$secs" 2>/dev/null || echo "$secs")
+ms=$((($(date +%s%N) - start) / 1000000))
+secs=$((ms / 1000)).$((ms % 1000 / 100))
 
 fail() {
   echo "boot-ppc64: FAILED ($*) hostname=$NAME disk=$DISK boot=$BOOT seconds=$secs; console log: $LOG" >&2

@@ -25,7 +25,7 @@ G="$(cd "$(dirname "$0")" && pwd)"
 BUILD=$("$G/build-x86.sh")
 LOG=${SSP_GUEST_LOG:-$(mktemp --tmpdir ssp-x86-console.XXXXXX)}
 
-start=$(date +%s.%N)
+start=$(date +%s%N)
 set +e
 timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -accel "$ACCEL" -m 512M -smp 1 \
   -nographic -no-reboot -nodefaults -serial mon:stdio \
@@ -34,7 +34,8 @@ timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -accel "$ACCEL" -m 512M -smp 1 \
   -nic "user,model=$NIC" < /dev/null > "$LOG" 2>&1
 rc=$?
 set -e
-secs=$(printf '%.1f' "$(echo "$(date +%s.%N) - $start" | bc)")
+ms=$((($(date +%s%N) - start) / 1000000))
+secs=$((ms / 1000)).$((ms % 1000 / 100))
 
 fail() {
   echo "nbd-client-x86: FAILED ($*) seconds=$secs; console log: $LOG" >&2
