@@ -64,7 +64,7 @@ printf '/dev/root / ext4 rw 0 1\n' > "$R/etc/fstab"
   echo "ssp golden image: Debian $KVER_PPC64 userland-less root, busybox, activation engine"
   sed -n 's/^busybox-static_\(.*\)_ppc64el.deb$/busybox-static \1/p' "$ROOT_PPC64/.ssp-packages"
 } > "$R/etc/ssp-release"
-# Same bytes every build: fixed UUID, hash seed and time.
+# Fixed UUID and hash seed (file times still differ from build to build).
 rm -f "$WORK/golden.img"
 truncate -s 64M "$WORK/golden.img"
 E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -L ssp-root \

@@ -42,7 +42,7 @@ interp=$(readelf -l "$ROOT_X86/sbin/nbd-client" | sed -n 's/.*Requesting program
 mkdir -p "$I$(dirname "$interp")"
 cp -L "$ROOT_X86$interp" "$I$interp"
 declare -A seen=()
-queue=($(needed "$ROOT_X86/sbin/nbd-client"))
+mapfile -t queue < <(needed "$ROOT_X86/sbin/nbd-client")
 while [ ${#queue[@]} -gt 0 ]; do
   so=${queue[0]}
   queue=("${queue[@]:1}")
@@ -53,7 +53,7 @@ while [ ${#queue[@]} -gt 0 ]; do
   rel=${f#"$ROOT_X86"}
   mkdir -p "$I$(dirname "$rel")"
   cp -L "$f" "$I$rel"
-  queue+=($(needed "$f"))
+  mapfile -t -O ${#queue[@]} queue < <(needed "$f")
 done
 install -m 0755 "$GUESTS_DIR/initramfs-x86.sh" "$I/init"
 make_cpio "$I" "$OUT/initrd.img"

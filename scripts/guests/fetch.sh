@@ -100,14 +100,15 @@ fetch_extract() {
   local p deb
   mkdir -p "$root"
   for p in "$@"; do
-    deb=$(ls "$CACHE/debs/$arch/${p}_"*.deb 2>/dev/null | head -1 || true)
+    deb=$(find "$CACHE/debs/$arch" -name "${p}_*.deb" | sort -V | tail -1)
     if [ -z "$deb" ]; then
       log "downloading $p ($arch)"
       (cd "$CACHE/debs/$arch" && apt_for "$arch" apt-get download "$p:$arch" >/dev/null)
-      deb=$(ls "$CACHE/debs/$arch/${p}_"*.deb | head -1)
+      deb=$(find "$CACHE/debs/$arch" -name "${p}_*.deb" | sort -V | tail -1)
+      [ -n "$deb" ] || { log "apt-get download $p:$arch gave no .deb"; exit 1; }
     fi
     dpkg-deb -x "$deb" "$root"
-    echo "$(basename "$deb")" >> "$root/.ssp-packages"
+    basename "$deb" >> "$root/.ssp-packages"
   done
 }
 

@@ -51,7 +51,7 @@ resolve_modules() {
   visit() {
     local m=${1//-/_} d deps
     [ -n "${builtin[$m]:-}" ] && return 0
-    case "${state[$m]:-}" in done) return 0 ;; active) return 0 ;; esac
+    case "${state[$m]:-}" in "done" | active) return 0 ;; esac
     if [ -z "${file[$m]:-}" ]; then
       echo "resolve_modules: no module $m in $moddir" >&2
       return 1
@@ -59,7 +59,7 @@ resolve_modules() {
     state[$m]=active
     deps=$(readelf -p .modinfo "${file[$m]}" | sed -n 's/.*\] *depends=//p' | tr ',' ' ')
     for d in $deps; do visit "$d" || return 1; done
-    state[$m]=done
+    state[$m]="done"
     echo "${file[$m]#"$moddir"/}"
   }
   local m
