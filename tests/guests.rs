@@ -312,12 +312,13 @@ fn sha256(data: &[u8]) -> String {
 }
 
 /// The root filesystem of a golden image (or of an LU read back): golden.img is one; the
-/// root partition of golden-disk.img is copied out to a file beside it.
-fn root_fs(image: &Path, boot: &str, build: &Path) -> PathBuf {
+/// root partition of golden-disk.img is copied out to a file in `dir`.
+fn root_fs(image: &Path, boot: &str, build: &Path, dir: &Path) -> PathBuf {
     if boot == "kernel" {
         return image.to_path_buf();
     }
-    let part = image.with_extension("rootfs");
+    let name = image.file_name().unwrap().to_string_lossy();
+    let part = dir.join(format!("{name}.rootfs"));
     std::fs::write(&part, &std::fs::read(image).unwrap()[root_offset(build)..]).unwrap();
     part
 }
@@ -357,7 +358,7 @@ fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str, config_disk: bo
     server.boot_ppc64(lu, hostname, disk, boot, config_disk.then_some(&config[..]));
 
     let after = server.read_lu(lu);
-    let root = root_fs(&after, boot, &build);
+    let root = root_fs(&after, boot, &build, server.dir.path());
     assert_fsck_clean(&root);
     assert_eq!(fs_cat(&root, "/etc/hostname").trim(), hostname);
     let marker = fs_cat(&root, "/var/lib/ssp/activated");
@@ -367,7 +368,11 @@ fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str, config_disk: bo
         "activation marker: {marker:?}"
     );
     assert_eq!(
-        fs_cat(&root_fs(&golden, boot, &build), "/etc/hostname").trim(),
+        fs_cat(
+            &root_fs(&golden, boot, &build, server.dir.path()),
+            "/etc/hostname"
+        )
+        .trim(),
         "ssp-golden"
     );
     let changed = blocks_differing(&golden, &after);
