@@ -45,6 +45,26 @@ impl Root {
     }
 }
 
+/// One PV as the checkpoint records it (mirrored pools): enough to place a PV that is missing
+/// at start-up and to remember that it failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PvEntry {
+    pub pv_index: u32,
+    pub fg_id: u32,
+    pub first_pool_segment: u64,
+    pub pv_segments: u64,
+    /// Bit 0: the PV has failed; it is neither read nor written until it is back.
+    pub flags: u32,
+}
+
+impl PvEntry {
+    pub const SIZE: usize = 32;
+    pub const FAILED: u32 = 1;
+}
+
+/// At most this many PVs fit in the checkpoint's PV table.
+pub const MAX_PV_TABLE: usize = (BLOCK - 184) / PvEntry::SIZE;
+
 /// Decoded checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -68,6 +88,8 @@ pub struct Checkpoint {
     pub pv_count: u32,
     pub journal_pv: u32,
     pub timestamp: u64,
+    /// The PV table (`INCOMPAT_MIRROR` pools; empty otherwise).
+    pub pv_table: Vec<PvEntry>,
 }
 
 impl Checkpoint {
@@ -93,6 +115,16 @@ impl Checkpoint {
             .u32(self.pv_count)
             .u32(self.journal_pv)
             .u64(self.timestamp);
+        let n = self.pv_table.len().min(MAX_PV_TABLE);
+        w.u32(n as u32).u32(0);
+        for e in &self.pv_table[..n] {
+            w.u32(e.pv_index)
+                .u32(e.fg_id)
+                .u64(e.first_pool_segment)
+                .u64(e.pv_segments)
+                .u32(e.flags)
+                .u32(0);
+        }
         w.pad_to(BLOCK);
         let crc = crc_with_hole(&self.pool_id, &w.buf, CRC_AT);
         w.put_u32_at(CRC_AT, crc);
@@ -127,6 +159,30 @@ impl Checkpoint {
             pv_count: r.u32()?,
             journal_pv: r.u32()?,
             timestamp: r.u64()?,
+            pv_table: {
+                let n = r.u32()? as usize;
+                r.skip(4)?;
+                if n > MAX_PV_TABLE {
+                    return Err(FormatError::Invalid {
+                        what: W,
+                        field: "pv_table",
+                        detail: format!("{n} entries"),
+                    });
+                }
+                let mut t = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let e = PvEntry {
+                        pv_index: r.u32()?,
+                        fg_id: r.u32()?,
+                        first_pool_segment: r.u64()?,
+                        pv_segments: r.u64()?,
+                        flags: r.u32()?,
+                    };
+                    r.skip(4)?;
+                    t.push(e);
+                }
+                t
+            },
         })
     }
 }
@@ -169,7 +225,41 @@ pub(crate) mod tests {
             pv_count: 1,
             journal_pv: 0,
             timestamp: 1_764_000_000,
+            pv_table: Vec::new(),
         }
+    }
+
+    /// A mirrored pool: two PVs in failure group 0, one in group 1 (failed).
+    pub(crate) fn sample_mirror() -> Checkpoint {
+        let e = |pv_index, fg_id, first_pool_segment, pv_segments, flags| PvEntry {
+            pv_index,
+            fg_id,
+            first_pool_segment,
+            pv_segments,
+            flags,
+        };
+        Checkpoint {
+            generation: 8,
+            pv_count: 3,
+            pool_segments: 100,
+            pv_table: vec![
+                e(0, 0, 1, 60, 0),
+                e(1, 0, 61, 40, 0),
+                e(2, 1, 1, 120, PvEntry::FAILED),
+            ],
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn golden_mirror_vector_round_trip() {
+        let golden = include_bytes!("../../ondisk-format/vectors/checkpoint-mirror.bin");
+        let pool = *b"pool-id-0123456\0";
+        let c = Checkpoint::decode(golden, &pool).expect("golden checkpoint decodes");
+        assert_eq!(c, sample_mirror());
+        assert_eq!(c.encode().as_slice(), &golden[..]);
+        // The PV table starts at byte 176 with its entry count.
+        assert_eq!(u32::from_le_bytes(golden[176..180].try_into().unwrap()), 3);
     }
 
     #[test]

@@ -22,8 +22,12 @@ pub const FORMAT_VERSION: u32 = 1;
 /// `VolRollback`, `VolRename`) and volumes may share map nodes. Set on every pool this code
 /// creates; a reader without it would stop replay at the first such record.
 pub const INCOMPAT_SHARING: u64 = 1;
+/// Incompatible feature: PVs form two failure groups that each hold a full copy of every pool
+/// segment; the checkpoint carries the PV table and the journal the mirror records (`SegStale`,
+/// `PvState`). A reader without it would take the second group for extra capacity.
+pub const INCOMPAT_MIRROR: u64 = 2;
 /// Incompatible feature bits this code understands: an unknown one refuses to open.
-pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_SHARING;
+pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_SHARING | INCOMPAT_MIRROR;
 /// Read-only-compatible feature bits this code understands: an unknown one opens read-only.
 pub const RO_COMPAT_SUPPORTED: u64 = 0;
 /// Blocks per segment (1 MiB segments): the unit of allocation, cleaning and mirroring.

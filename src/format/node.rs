@@ -191,6 +191,12 @@ pub const SEG_FREE: u8 = 0;
 pub const SEG_DATA: u8 = 1;
 pub const SEG_META: u8 = 2;
 
+/// Segment flag: the copy in failure group `fg` is stale (written while that group was failed,
+/// or not yet copied to a new group) and must not be read until resync copies it.
+pub const fn seg_flag_stale(fg: u32) -> u8 {
+    1 << (fg & 1)
+}
+
 /// One pool segment: state, live blocks, summary and where its copies live.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegEntry {

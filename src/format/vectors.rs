@@ -24,6 +24,14 @@ mod tests {
             "journal-sharing.bin",
             journal::tests::sample_sharing().encode(&pool),
         );
+        put(
+            "journal-mirror.bin",
+            journal::tests::sample_mirror().encode(&pool),
+        );
+        put(
+            "checkpoint-mirror.bin",
+            checkpoint::tests::sample_mirror().encode(),
+        );
         let (h, e) = nt::sample_map();
         put("node-map.bin", encode_node(&pool, &h, &encode_u64s(&e)));
         let mut w = Wr::default();

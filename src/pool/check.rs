@@ -162,6 +162,9 @@ impl Inner {
         let r = vt.for_each(self, &mut |i, p| entries.push((i, *p)));
         self.vba = vt;
         r?;
+        if self.pvs.mirrored() {
+            self.check_copies(&entries, &mut rep);
+        }
         for (vba, p) in entries {
             let counted = refs.remove(&vba).unwrap_or(0);
             if p.aux != counted {
@@ -297,5 +300,42 @@ impl Inner {
             );
         }
         Ok(rep)
+    }
+}
+
+impl Inner {
+    /// Mirrored pools: both copies of every live block in a segment neither group has stale
+    /// must be readable and equal.
+    fn check_copies(&self, entries: &[(u64, Ptr)], rep: &mut CheckReport) {
+        let groups = self.pvs.groups();
+        let (mut a, mut b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+        for &(vba, p) in entries {
+            if p.pba == 0 || self.streams.iter().any(|s| s.buffered(p.pba).is_some()) {
+                continue;
+            }
+            let (seg, slot) = split(p.pba);
+            if self.read_groups(seg).len() < groups.len() {
+                continue; // a stale or failed copy is resync's business, reported by status
+            }
+            let locs: Vec<(u16, u64)> = groups
+                .iter()
+                .filter_map(|&g| self.pvs.locate_in(g, seg))
+                .filter_map(|(pv, s)| Some((pv, self.pvs.offset(pv, s, slot).ok()?)))
+                .collect();
+            if locs.len() < 2 {
+                continue;
+            }
+            let ra = self.pvs.read(locs[0].0, locs[0].1, &mut a);
+            let rb = self.pvs.read(locs[1].0, locs[1].1, &mut b);
+            if ra.is_err() || rb.is_err() || a != b {
+                rep.errors.push(format!(
+                    "VBA {vba}: the copies on {} at offset {} and {} at offset {} differ or cannot be read",
+                    self.pvs.name(locs[0].0),
+                    locs[0].1,
+                    self.pvs.name(locs[1].0),
+                    locs[1].1
+                ));
+            }
+        }
     }
 }

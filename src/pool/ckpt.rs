@@ -27,8 +27,7 @@ impl Inner {
             s.buf[at..at + BLOCK].copy_from_slice(buf);
             return Ok(());
         }
-        let (pv, off) = self.locate(pba)?;
-        self.pvs.write(pv, off, buf)
+        self.put_run(pba, buf)
     }
 
     /// Write a whole node to the metadata stream; returns (pba, crc).
@@ -209,7 +208,7 @@ impl Inner {
 
         // 7. Make everything durable, then commit.
         self.write_out(StreamId::Meta)?;
-        self.pvs.sync_all()?;
+        self.sync_pvs()?;
         self.journal_synced();
         let ck = Checkpoint {
             generation: gen,
@@ -227,6 +226,7 @@ impl Inner {
             pool_segments: self.segs.len() as u64 - 1,
             pv_count: self.pvs.pvs.len() as u32,
             journal_pv: u32::from(self.journal.pv),
+            pv_table: self.pv_table(),
             timestamp: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -234,10 +234,8 @@ impl Inner {
         };
         let buf = ck.encode();
         let slot = CKPT_OFFSETS[(gen % 2) as usize];
-        for i in 0..self.pvs.pvs.len() {
-            self.pvs.write(i as u16, slot, &buf)?;
-        }
-        self.pvs.sync_all()?;
+        self.put_all_pvs(slot, &buf)?;
+        self.sync_pvs()?;
 
         self.generation = gen;
         self.journal.start_seq = jseq;

@@ -71,7 +71,13 @@ impl Inner {
             if p.pba != pba {
                 continue; // overwritten or freed since
             }
-            let data = self.read_block(pba)?;
+            let mut data = self.read_block(pba)?;
+            if data_crc(&self.pool_id, &data) != p.crc && self.pvs.mirrored() {
+                let pid = self.pool_id;
+                if let Ok(d) = self.read_verified(pba, &|b| data_crc(&pid, b) == p.crc) {
+                    data = d;
+                }
+            }
             if data_crc(&self.pool_id, &data) != p.crc {
                 // Never launder a damaged block into a fresh checksum; leave it for check/scrub.
                 let (dev, off) = self.describe(pba);

@@ -133,13 +133,34 @@ pub struct Inner {
     /// Held for reading by reads doing I/O outside the pool lock; a checkpoint takes it for
     /// writing before freed segments may be reused.
     pub reuse: std::sync::Arc<std::sync::RwLock<()>>,
+    /// Mirror counters (shared with reads outside the lock).
+    pub mirror: std::sync::Arc<super::mirror::MirrorStats>,
 }
 
 impl NodeIo for Inner {
     fn read_node(&self, ptr: Ptr, kind: NodeKind, level: u8, id: u64) -> Result<Vec<u8>> {
         let buf = self.read_block(ptr.pba)?;
+        match self.check_node(&buf, ptr, kind, level, id) {
+            Ok(()) => Ok(buf),
+            // Another failure group may hold a good copy: read it and repair this one.
+            Err(e) if self.pvs.mirrored() => self
+                .read_verified(ptr.pba, &|b| {
+                    self.check_node(b, ptr, kind, level, id).is_ok()
+                })
+                .map_err(|_| e),
+            Err(e) => Err(e),
+        }
+    }
+    fn pool_id(&self) -> &[u8; 16] {
+        &self.pool_id
+    }
+}
+
+impl Inner {
+    /// Whether `buf` is the node `ptr` names.
+    fn check_node(&self, buf: &[u8], ptr: Ptr, kind: NodeKind, level: u8, id: u64) -> Result<()> {
         let (dev, off) = self.describe(ptr.pba);
-        let (h, _) = decode_node(&buf, &self.pool_id).map_err(|e| PoolError::Corrupt {
+        let (h, _) = decode_node(buf, &self.pool_id).map_err(|e| PoolError::Corrupt {
             dev: dev.clone(),
             offset: off,
             source: e,
@@ -168,10 +189,7 @@ impl NodeIo for Inner {
                 },
             });
         }
-        Ok(buf)
-    }
-    fn pool_id(&self) -> &[u8; 16] {
-        &self.pool_id
+        Ok(())
     }
 }
 
@@ -184,20 +202,19 @@ impl Inner {
         }
     }
 
-    /// Where a pool block lives: PV index and byte offset. Pool segment `s` is segment
-    /// `s - first_pool_segment` of the PV whose range contains it.
+    /// Where a pool block lives: PV index and byte offset (of the first good copy in a mirrored
+    /// pool). Pool segment `s` is segment `s - first_pool_segment` of the PV of the group whose
+    /// range contains it.
     pub fn locate(&self, pba: u64) -> Result<(u16, u64)> {
         let (seg, slot) = split(pba);
-        for (i, p) in self.pvs.pvs.iter().enumerate() {
-            let first = p.sb.first_pool_segment;
-            if seg >= first && seg < first + p.sb.pv_segments {
-                let off = self.pvs.offset(i as u16, (seg - first) as u32, slot)?;
-                return Ok((i as u16, off));
-            }
+        let groups = self.read_groups(seg);
+        let fg = groups.first().copied().unwrap_or(0);
+        match self.pvs.locate_in(fg, seg) {
+            Some((pv, pv_seg)) => Ok((pv, self.pvs.offset(pv, pv_seg, slot)?)),
+            None => Err(PoolError::Invalid(format!(
+                "block address {pba} is outside the pool"
+            ))),
         }
-        Err(PoolError::Invalid(format!(
-            "block address {pba} is outside the pool"
-        )))
     }
 
     /// Read one pool block (from a stream buffer if it has not been written out yet).
@@ -207,9 +224,8 @@ impl Inner {
                 return Ok(b.to_vec());
             }
         }
-        let (pv, off) = self.locate(pba)?;
         let mut buf = vec![0u8; BLOCK];
-        self.pvs.read(pv, off, &mut buf)?;
+        self.read_copies(pba, &mut buf)?;
         Ok(buf)
     }
 
@@ -226,8 +242,7 @@ impl Inner {
             }
             return Ok(());
         }
-        let (pv, off) = self.locate(pba)?;
-        self.pvs.read(pv, off, out)
+        self.read_copies(pba, out)
     }
 
     pub fn check_writable(&self) -> Result<()> {
@@ -332,6 +347,7 @@ impl Inner {
             buf_slot: 0,
             buf: Vec::with_capacity(64 * BLOCK),
         };
+        self.note_segment_opened(seg)?;
         Ok(seg)
     }
 
@@ -366,8 +382,10 @@ impl Inner {
             return Ok(());
         }
         let pba = seg_start(s.seg) + s.buf_slot;
-        let (pv, off) = self.locate(pba)?;
-        self.pvs.write(pv, off, &s.buf)?;
+        let buf = std::mem::take(&mut self.streams[which as usize].buf);
+        let r = self.put_run(pba, &buf);
+        self.streams[which as usize].buf = buf;
+        r?;
         let s = &mut self.streams[which as usize];
         s.buf.clear();
         s.buf_slot = s.next;

@@ -82,10 +82,13 @@ impl Inner {
                 self.read_run(pba0, &mut data)?;
                 RunSource::Memory(data)
             } else {
-                let (pv, off) = self.locate(pba0)?;
+                let mut copies = Vec::new();
+                for (pv, off) in self.copies(pba0)? {
+                    copies.push((self.pvs.pv(pv)?.dev.clone(), off));
+                }
                 RunSource::Device {
-                    dev: self.pvs.pv(pv)?.dev.clone(),
-                    offset: off,
+                    copies,
+                    stats: self.mirror.clone(),
                 }
             };
             plan.runs.push(ReadRun {
@@ -215,7 +218,7 @@ impl Inner {
         self.check_writable()?;
         self.write_out_all()?;
         self.journal_write_block()?;
-        let r = self.pvs.sync_all();
+        let r = self.sync_pvs();
         self.poison(r)?;
         self.journal_synced();
         if self.checkpoint_due() {
@@ -254,10 +257,10 @@ impl Inner {
 pub enum RunSource {
     /// Still in a stream buffer: copied while the pool lock was held.
     Memory(Vec<u8>),
-    /// On a PV, at this byte offset.
+    /// On a PV: each good copy (device, byte offset), the preferred one first.
     Device {
-        dev: std::sync::Arc<dyn crate::dev::BlockDev>,
-        offset: u64,
+        copies: Vec<(std::sync::Arc<dyn crate::dev::BlockDev>, u64)>,
+        stats: std::sync::Arc<super::mirror::MirrorStats>,
     },
 }
 
@@ -292,38 +295,109 @@ impl ReadPlan {
                 &mut scratch[..]
             };
             match &run.src {
-                RunSource::Memory(data) => dst.copy_from_slice(data),
-                RunSource::Device { dev, offset: off } => {
-                    dev.read_at(dst, *off).map_err(|e| PoolError::Io {
+                RunSource::Memory(data) => {
+                    dst.copy_from_slice(data);
+                    self.verify(run, dst, None)?;
+                }
+                RunSource::Device { copies, stats } => {
+                    let (dev, off) = &copies[0];
+                    let first = dev.read_at(dst, *off).map_err(|e| PoolError::Io {
                         dev: dev.name().to_owned(),
                         offset: *off,
                         source: e,
-                    })?;
-                }
-            }
-            for (k, blk) in dst.chunks(BLOCK).enumerate() {
-                let (lba, _, crc) = run.blocks[k];
-                let got = data_crc(&self.pool_id, blk);
-                if got != crc {
-                    let (dev, off) = match &run.src {
-                        RunSource::Device { dev, offset } => {
-                            (dev.name().to_owned(), offset + (k * BLOCK) as u64)
-                        }
-                        RunSource::Memory(_) => ("memory".to_owned(), 0),
-                    };
-                    return Err(PoolError::Checksum {
-                        dev,
-                        offset: off,
-                        what: format!("data block {lba} of {}", self.vol_name),
-                        stored: crc,
-                        computed: got,
                     });
+                    let ok = match first {
+                        Ok(()) => self.verify(run, dst, Some((dev.name(), *off))),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = ok {
+                        if copies.len() < 2 {
+                            return Err(e);
+                        }
+                        // Mirrored: take each bad block from the other copy and repair it.
+                        self.repair_from_other_copy(run, dst, copies, stats, e)?;
+                    }
                 }
             }
             if !direct {
                 for (k, blk) in scratch.chunks(BLOCK).enumerate() {
                     copy_block_part(buf, offset, run.blocks[k].0, blk);
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReadPlan {
+    /// Check every block of `dst` against its checksum; `at` names the device for errors.
+    fn verify(&self, run: &ReadRun, dst: &[u8], at: Option<(&str, u64)>) -> Result<()> {
+        for (k, blk) in dst.chunks(BLOCK).enumerate() {
+            let (lba, _, crc) = run.blocks[k];
+            let got = data_crc(&self.pool_id, blk);
+            if got != crc {
+                let (dev, off) = match at {
+                    Some((d, o)) => (d.to_owned(), o + (k * BLOCK) as u64),
+                    None => ("memory".to_owned(), 0),
+                };
+                return Err(PoolError::Checksum {
+                    dev,
+                    offset: off,
+                    what: format!("data block {lba} of {}", self.vol_name),
+                    stored: crc,
+                    computed: got,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The preferred copy of a run failed: fetch every block that is not good from the other
+    /// copies, rewrite it on the copy that was bad, and fail with `first` only for a block no
+    /// copy holds intact.
+    fn repair_from_other_copy(
+        &self,
+        run: &ReadRun,
+        dst: &mut [u8],
+        copies: &[(std::sync::Arc<dyn crate::dev::BlockDev>, u64)],
+        stats: &super::mirror::MirrorStats,
+        first: PoolError,
+    ) -> Result<()> {
+        let mut blk = vec![0u8; BLOCK];
+        for (k, chunk) in dst.chunks_mut(BLOCK).enumerate() {
+            let crc = run.blocks[k].2;
+            if data_crc(&self.pool_id, chunk) == crc {
+                continue;
+            }
+            stats.found();
+            let mut fixed = false;
+            for (dev, off) in &copies[1..] {
+                let at = off + (k * BLOCK) as u64;
+                if dev.read_at(&mut blk, at).is_ok() && data_crc(&self.pool_id, &blk) == crc {
+                    chunk.copy_from_slice(&blk);
+                    let (bad, boff) = &copies[0];
+                    let bat = boff + (k * BLOCK) as u64;
+                    if bad.write_at(&blk, bat).is_ok() {
+                        stats.repaired();
+                        tracing::warn!(
+                            "repaired data block {} of {} at {} offset {bat} from {}",
+                            run.blocks[k].0,
+                            self.vol_name,
+                            bad.name(),
+                            dev.name()
+                        );
+                    }
+                    fixed = true;
+                    break;
+                }
+            }
+            if !fixed {
+                tracing::error!(
+                    "data block {} of {}: no copy is intact",
+                    run.blocks[k].0,
+                    self.vol_name
+                );
+                return Err(first);
             }
         }
         Ok(())

@@ -11,6 +11,8 @@ pub const JOURNAL_LOOKAHEAD: u64 = 256;
 
 pub struct Journal {
     pub pv: u16,
+    /// The ring's copy on the first PV of the other failure group (mirrored pools).
+    pub mirror: Option<u16>,
     /// Byte offset of the ring on its PV.
     pub offset: u64,
     /// Ring size in blocks.
@@ -66,8 +68,30 @@ impl Inner {
         self.journal.pending_bytes = 0;
         let buf = jb.encode(&self.pool_id);
         let off = self.journal.offset + self.journal.pos * BLOCK_U64;
-        let r = self.pvs.write(self.journal.pv, off, &buf);
-        self.poison(r)?;
+        let mut written = 0;
+        let mut err = None;
+        for pv in std::iter::once(self.journal.pv).chain(self.journal.mirror) {
+            if self.pvs.pvs[usize::from(pv)].failed.is_some() {
+                continue;
+            }
+            match self.pvs.write(pv, off, &buf) {
+                Ok(()) => written += 1,
+                Err(e) => match self.fail_pv(pv, e) {
+                    Ok(()) => {}
+                    Err(e) => err = Some(e),
+                },
+            }
+        }
+        if let Some(e) = err {
+            return self.poison(Err(e));
+        }
+        if written == 0 {
+            return self.poison(Err(PoolError::Io {
+                dev: self.pvs.name(self.journal.pv),
+                offset: off,
+                source: std::io::Error::other("no copy of the journal could be written"),
+            }));
+        }
         self.journal.seq += 1;
         self.journal.pos = (self.journal.pos + 1) % self.journal.blocks;
         self.counters.journal_blocks_written += 1;
@@ -86,6 +110,11 @@ impl Inner {
     /// if a later block in the ring carries the expected sequence number and records that the
     /// failed block had been made durable, acknowledged writes were damaged: that is an error.
     pub fn journal_read(&self) -> Result<Vec<JournalBlock>> {
+        // Replay from a copy of the ring whose PV is up.
+        let jpv = match self.journal.mirror {
+            Some(m) if self.pvs.pvs[usize::from(self.journal.pv)].failed.is_some() => m,
+            _ => self.journal.pv,
+        };
         let mut out = Vec::new();
         let (mut seq, mut pos) = (self.journal.start_seq, self.journal.start_pos);
         let mut buf = vec![0u8; crate::format::BLOCK];
@@ -93,7 +122,7 @@ impl Inner {
         let mut stop = None;
         for i in 0..n {
             let off = self.journal.offset + pos * BLOCK_U64;
-            let r = self.pvs.read(self.journal.pv, off, &mut buf);
+            let r = self.pvs.read(jpv, off, &mut buf);
             match r
                 .ok()
                 .and_then(|_| JournalBlock::decode(&buf, &self.pool_id).ok())
@@ -113,13 +142,13 @@ impl Inner {
             for j in 1..(n - i).min(JOURNAL_LOOKAHEAD) {
                 let p = (pos + j) % n;
                 let off = self.journal.offset + p * BLOCK_U64;
-                if self.pvs.read(self.journal.pv, off, &mut buf).is_err() {
+                if self.pvs.read(jpv, off, &mut buf).is_err() {
                     continue;
                 }
                 if let Ok(jb) = JournalBlock::decode(&buf, &self.pool_id) {
                     if jb.seq == bad_seq + j && jb.durable_seq >= bad_seq {
                         return Err(PoolError::Corrupt {
-                            dev: self.pvs.name(self.journal.pv),
+                            dev: self.pvs.name(jpv),
                             offset: bad_off,
                             source: crate::format::FormatError::Invalid {
                                 what: "journal block",

@@ -12,11 +12,13 @@ mod check;
 mod ckpt;
 pub mod dir;
 pub mod error;
+mod failgrp;
 mod gc;
 mod inner;
 mod io;
 mod journal;
 mod maps;
+mod mirror;
 mod open;
 mod ops;
 mod ptree;
@@ -26,6 +28,7 @@ mod snapshots;
 
 pub use check::CheckReport;
 pub use error::{PoolError, Result};
+pub use failgrp::{FailGroupInfo, PvListEntry, ScrubReport};
 pub use gc::GcStats;
 pub use inner::Counters;
 pub use open::{read_superblock, CreateOptions};
@@ -123,6 +126,23 @@ pub struct PoolStatus {
     #[serde(default)]
     pub images: u64,
     pub mirror_state: String,
+    /// Why the pool is degraded (empty otherwise).
+    #[serde(default)]
+    pub mirror_reason: String,
+    /// Bytes resync still has to copy between the failure groups.
+    #[serde(default)]
+    pub resync_bytes_left: u64,
+    /// Bytes resync copied since the pool was opened.
+    #[serde(default)]
+    pub resync_bytes_copied: u64,
+    /// Bad copies found / repaired (reads, scrub) since the pool was opened.
+    #[serde(default)]
+    pub scrub_errors_found: u64,
+    #[serde(default)]
+    pub scrub_errors_repaired: u64,
+    /// Failure groups and their sizes; usable capacity is the smaller group's.
+    #[serde(default)]
+    pub failure_groups: Vec<FailGroupInfo>,
     pub checkpoint_generation: u64,
     pub counters: Counters,
     pub write_amplification: f64,
@@ -444,22 +464,30 @@ impl Pool {
     /// checkpoint's sync has little left to do (it would otherwise stall every client). A failed
     /// sync poisons the pool: it is never retried as if it had worked.
     pub fn background_sync(&self) -> Result<()> {
-        let devs: Vec<Arc<dyn BlockDev>> = {
+        let devs: Vec<(u16, Arc<dyn BlockDev>)> = {
             let g = self.lock();
             if g.opts.read_only || g.poisoned.is_some() {
                 return Ok(());
             }
-            g.pvs.pvs.iter().map(|p| p.dev.clone()).collect()
+            g.pvs
+                .pvs
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.failed.is_none())
+                .map(|(i, p)| (i as u16, p.dev.clone()))
+                .collect()
         };
-        for d in devs {
+        for (i, d) in devs {
             if let Err(e) = d.sync() {
                 let err = PoolError::Io {
                     dev: d.name().to_owned(),
                     offset: 0,
                     source: e,
                 };
+                // Mirrored: the PV's group goes degraded; otherwise the pool stops.
                 let mut g = self.lock();
-                return g.poison(Err(err));
+                let r = g.fail_pv(i, err);
+                return g.poison(r);
             }
         }
         Ok(())
@@ -477,6 +505,11 @@ impl Pool {
             if let Err(e) = p.maintenance() {
                 tracing::warn!("cleaner: {e}");
             }
+            // Mirror upkeep: failed PVs that answer again rejoin; stale copies are rewritten
+            // a few MiB at a time so clients keep their share of the pool lock.
+            if let Err(e) = p.resync_step(8) {
+                tracing::warn!("resync: {e}");
+            }
             if let Err(e) = p.background_sync() {
                 tracing::error!("background sync: {e}");
             }
@@ -489,7 +522,14 @@ impl Pool {
     }
 
     pub fn status(&self) -> PoolStatus {
+        let mut st = self.status_inner();
+        st.failure_groups = self.failgrp_list();
+        st
+    }
+
+    fn status_inner(&self) -> PoolStatus {
         let g = self.lock();
+        let ms = g.mirror_state();
         let (total, free, live) = g.space();
         let provisioned: u64 = g
             .vols
@@ -531,7 +571,25 @@ impl Pool {
             lus: g.vols.values().filter(|v| v.kind == VOL_LU).count() as u64,
             snapshots: g.vols.values().filter(|v| v.kind == VOL_SNAPSHOT).count() as u64,
             images: g.vols.values().filter(|v| v.kind == VOL_IMAGE).count() as u64,
-            mirror_state: "NOT_MIRRORED".into(),
+            mirror_state: ms.name().into(),
+            mirror_reason: match &ms {
+                mirror::MirrorState::Degraded(r) => r.clone(),
+                _ => String::new(),
+            },
+            resync_bytes_left: g.resync_pending(),
+            resync_bytes_copied: g
+                .mirror
+                .resync_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            scrub_errors_found: g
+                .mirror
+                .errors_found
+                .load(std::sync::atomic::Ordering::Relaxed),
+            scrub_errors_repaired: g
+                .mirror
+                .errors_repaired
+                .load(std::sync::atomic::Ordering::Relaxed),
+            failure_groups: Vec::new(),
             checkpoint_generation: g.generation,
             counters: c,
             write_amplification: if c.user_blocks_written == 0 { 0.0 } else { wa },

@@ -109,7 +109,7 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
                     source: e,
                 })?;
         }
-        pvs.push(Pv { dev, sb });
+        pvs.push(Pv::new(dev, sb));
     }
     let total = first - 1;
     let segs = (0..=total).map(|_| SegEntry::default()).collect::<Vec<_>>();
@@ -143,8 +143,15 @@ fn assemble(
 ) -> Result<Inner> {
     let jpv = ck.journal_pv as u16;
     let jsb = &pvs.pv(jpv)?.sb;
+    let jfg = jsb.fg_id;
+    let mirror = pvs
+        .pvs
+        .iter()
+        .position(|p| p.sb.fg_id != jfg)
+        .map(|i| i as u16);
     let journal = Journal {
         pv: jpv,
+        mirror,
         offset: jsb.journal_offset,
         blocks: jsb.journal_blocks,
         seq: ck.journal_seq,
@@ -200,6 +207,7 @@ fn assemble(
         reserve,
         dirty_cap,
         reuse: Default::default(),
+        mirror: Default::default(),
         opts,
     })
 }
@@ -237,23 +245,133 @@ pub fn read_superblock(dev: &dyn BlockDev) -> Result<Superblock> {
     best.ok_or_else(|| last_err.unwrap_or_else(|| PoolError::Invalid("no superblock".into())))
 }
 
+/// Put the PVs in `pv_index` order, check the set against the checkpoint, and stand in for PVs
+/// of a mirrored pool that are missing or unusable (they open as failed: the pool is degraded).
+fn place_pvs(
+    mut pvs: Vec<Pv>,
+    mut unusable: Vec<(Arc<dyn BlockDev>, PoolError)>,
+    ck: &Checkpoint,
+) -> Result<Vec<Pv>> {
+    let n = ck.pv_count as usize;
+    // A PV beyond the committed count was being added when a crash came: not part of the pool.
+    pvs.retain(|p| {
+        let keep = (p.sb.pv_index as usize) < n;
+        if !keep {
+            tracing::warn!(
+                "{} is not part of the pool (an interrupted failgrp create or pv add): ignored",
+                p.dev.name()
+            );
+        }
+        keep
+    });
+    let mut out: Vec<Option<Pv>> = (0..n).map(|_| None).collect();
+    for p in pvs {
+        let i = p.sb.pv_index as usize;
+        if out[i].is_some() {
+            return Err(PoolError::Config(format!(
+                "two PVs claim index {i} ({})",
+                p.dev.name()
+            )));
+        }
+        out[i] = Some(p);
+    }
+    let template = out.iter().flatten().next().map(|p| p.sb.clone());
+    for i in 0..n {
+        if out[i].is_some() {
+            continue;
+        }
+        let entry = ck.pv_table.iter().find(|e| e.pv_index as usize == i);
+        let (Some(e), Some(t)) = (entry, template.as_ref()) else {
+            return Err(match unusable.pop() {
+                Some((_, err)) => err,
+                None => PoolError::Config(format!(
+                    "the pool has {n} PVs but PV index {i} was not given"
+                )),
+            });
+        };
+        let (dev, why): (Arc<dyn BlockDev>, String) = match unusable.pop() {
+            Some((d, err)) => (d, err.to_string()),
+            None => (
+                Arc::new(super::pvs::MissingDev {
+                    name: format!("pv{i}"),
+                    len: 0,
+                }),
+                "missing".into(),
+            ),
+        };
+        let fg_name = out
+            .iter()
+            .flatten()
+            .find(|p| p.sb.fg_id == e.fg_id)
+            .map(|p| p.sb.fg_name.clone())
+            .unwrap_or_else(|| format!("fg{}", e.fg_id));
+        let mut sb = t.clone();
+        sb.pv_index = e.pv_index;
+        sb.fg_id = e.fg_id;
+        sb.fg_name = fg_name;
+        sb.first_pool_segment = e.first_pool_segment;
+        sb.pv_segments = e.pv_segments;
+        sb.pv_id = [0; 16];
+        tracing::error!(
+            "PV {i} ({}) of the mirrored pool is unusable ({why}): opening degraded",
+            dev.name()
+        );
+        let mut p = Pv::new(dev, sb);
+        p.failed = Some(why);
+        out[i] = Some(p);
+    }
+    let mut pvs: Vec<Pv> = out.into_iter().flatten().collect();
+    for e in &ck.pv_table {
+        if e.flags & crate::format::checkpoint::PvEntry::FAILED != 0 {
+            if let Some(p) = pvs.get_mut(e.pv_index as usize) {
+                p.failed
+                    .get_or_insert_with(|| "failed before the restart".into());
+            }
+        }
+    }
+    // Some group must hold every segment.
+    let set = PvSet { pvs };
+    if !set.groups().into_iter().any(|g| !set.group_failed(g)) {
+        return Err(PoolError::Config(
+            "no failure group has all of its PVs: the pool cannot open".into(),
+        ));
+    }
+    Ok(set.pvs)
+}
+
 /// Open a pool from its PVs (in any order), replay the journal and commit a fresh checkpoint.
 pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     if devs.is_empty() {
         return Err(PoolError::Invalid("no PVs given".into()));
     }
     let mut pvs: Vec<Pv> = Vec::new();
+    // PVs without a usable superblock: a mirrored pool may open without them (degraded).
+    let mut unusable: Vec<(Arc<dyn BlockDev>, PoolError)> = Vec::new();
     for dev in devs {
-        let sb = read_superblock(dev.as_ref())?;
+        let sb = match read_superblock(dev.as_ref()) {
+            Ok(sb) => sb,
+            Err(e) => {
+                unusable.push((dev, e));
+                continue;
+            }
+        };
         if dev.len() < sb.pv_size {
-            return Err(PoolError::Invalid(format!(
+            let e = PoolError::Invalid(format!(
                 "{} is truncated: {} bytes, the superblock says {}",
                 dev.name(),
                 dev.len(),
                 sb.pv_size
-            )));
+            ));
+            unusable.push((dev, e));
+            continue;
         }
-        pvs.push(Pv { dev, sb });
+        pvs.push(Pv::new(dev, sb));
+    }
+    if pvs.is_empty() {
+        return Err(unusable
+            .pop()
+            .map(|(_, e)| e)
+            .unwrap_or_else(|| PoolError::Invalid("no PVs given".into())));
     }
     let pool_id = pvs[0].sb.pool_id;
     if let Some(p) = pvs.iter().find(|p| p.sb.pool_id != pool_id) {
@@ -263,15 +381,6 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
         )));
     }
     pvs.sort_by_key(|p| p.sb.pv_index);
-    for (i, p) in pvs.iter().enumerate() {
-        if p.sb.pv_index as usize != i {
-            return Err(PoolError::Config(format!(
-                "PV index {i} is missing (found {} as index {})",
-                p.dev.name(),
-                p.sb.pv_index
-            )));
-        }
-    }
     // The newest valid checkpoint on any PV.
     let mut best: Option<Checkpoint> = None;
     for p in &pvs {
@@ -288,14 +397,12 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
         }
     }
     let ck = best.ok_or_else(|| PoolError::Config("no valid checkpoint on any PV".into()))?;
-    if ck.pv_count as usize != pvs.len() {
-        return Err(PoolError::Config(format!(
-            "the pool has {} PVs but {} were given",
-            ck.pv_count,
-            pvs.len()
-        )));
-    }
-    let total: u64 = pvs.iter().map(|p| p.sb.pv_segments).sum();
+    let pvs = place_pvs(pvs, unusable, &ck)?;
+    let total: u64 = if ck.pool_segments > 0 {
+        ck.pool_segments
+    } else {
+        pvs.iter().map(|p| p.sb.pv_segments).sum()
+    };
     let mut opts = opts;
     if let Some(p) = pvs
         .iter()
@@ -385,6 +492,10 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     inner.journal.start_seq = inner.journal.seq;
     inner.journal.start_pos = inner.journal.pos;
     inner.writer.incarnation = ck.writer.incarnation.wrapping_add(1);
+    if !read_only && inner.pvs.pvs.iter().any(|p| p.failed.is_some()) {
+        // PVs that failed before may be back: they rejoin and resync in the background.
+        inner.retry_failed()?;
+    }
     if !read_only {
         // A client-image capture cut short by a crash leaves a hidden, partial image.
         let stale: Vec<(u64, String)> = inner

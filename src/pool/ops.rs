@@ -146,6 +146,22 @@ impl Inner {
                 undo_name,
             } => self.apply_rollback(*id, *src, *undo_id, *undo_udid, undo_name),
             Record::VolRename { id, name } => self.apply_rename(*id, name),
+            Record::SegStale { seg, fg, stale } => {
+                self.apply_seg_stale(*seg, u32::from(*fg), *stale != 0);
+                Ok(true)
+            }
+            Record::PvState { pv, failed } => {
+                if let Some(p) = self.pvs.pvs.get_mut(*pv as usize) {
+                    if *failed != 0 {
+                        p.failed
+                            .get_or_insert_with(|| "failed before the restart".into());
+                    } else if replay {
+                        // Back before the crash; if it failed again since, I/O will say so.
+                        p.failed = None;
+                    }
+                }
+                Ok(true)
+            }
         }
     }
 

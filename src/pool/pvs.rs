@@ -14,9 +14,23 @@ use std::sync::Arc;
 pub struct Pv {
     pub dev: Arc<dyn BlockDev>,
     pub sb: Superblock,
+    /// Failed (I/O errors) or missing at start-up: neither read nor written until it is back.
+    pub failed: Option<String>,
 }
 
-/// The opened PVs, indexed by `pv_index`.
+impl Pv {
+    pub fn new(dev: Arc<dyn BlockDev>, sb: Superblock) -> Pv {
+        Pv {
+            dev,
+            sb,
+            failed: None,
+        }
+    }
+}
+
+/// The opened PVs, indexed by `pv_index`. Each failure group lays pool segments 1.. over its own
+/// PVs (in `pv_index` order, from each PV's `first_pool_segment`), so in a mirrored pool a pool
+/// segment has one location in each group.
 pub struct PvSet {
     pub pvs: Vec<Pv>,
 }
@@ -88,6 +102,85 @@ impl PvSet {
     /// Total data segments over all PVs.
     pub fn total_segments(&self) -> u64 {
         self.pvs.iter().map(|p| p.sb.pv_segments).sum()
+    }
+
+    /// Failure-group ids present, ascending.
+    pub fn groups(&self) -> Vec<u32> {
+        let mut g: Vec<u32> = self.pvs.iter().map(|p| p.sb.fg_id).collect();
+        g.sort_unstable();
+        g.dedup();
+        g
+    }
+
+    pub fn mirrored(&self) -> bool {
+        self.groups().len() > 1
+    }
+
+    /// Segments failure group `fg` can hold.
+    pub fn group_segments(&self, fg: u32) -> u64 {
+        self.pvs
+            .iter()
+            .filter(|p| p.sb.fg_id == fg)
+            .map(|p| p.sb.pv_segments)
+            .sum()
+    }
+
+    /// Name of failure group `fg`.
+    pub fn group_name(&self, fg: u32) -> String {
+        self.pvs
+            .iter()
+            .find(|p| p.sb.fg_id == fg)
+            .map(|p| p.sb.fg_name.clone())
+            .unwrap_or_else(|| format!("fg{fg}"))
+    }
+
+    /// Whether any PV of group `fg` has failed.
+    pub fn group_failed(&self, fg: u32) -> bool {
+        self.pvs
+            .iter()
+            .any(|p| p.sb.fg_id == fg && p.failed.is_some())
+    }
+
+    /// The PV of group `fg` holding pool segment `seg`, and the segment's index on it.
+    pub fn locate_in(&self, fg: u32, seg: u64) -> Option<(u16, u32)> {
+        self.pvs.iter().enumerate().find_map(|(i, p)| {
+            let first = p.sb.first_pool_segment;
+            (p.sb.fg_id == fg && seg >= first && seg < first + p.sb.pv_segments)
+                .then(|| (i as u16, (seg - first) as u32))
+        })
+    }
+}
+
+/// Stands in for a PV that is missing at start-up: every I/O fails.
+pub struct MissingDev {
+    pub name: String,
+    pub len: u64,
+}
+
+impl BlockDev for MissingDev {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "PV is missing",
+        ))
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "PV is missing",
+        ))
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "PV is missing",
+        ))
     }
 }
 

@@ -1,0 +1,444 @@
+//! Failure groups and PVs as `sspctl failgrp` / `pv` / `scrub` see them: adding the second
+//! group (which starts the mirror resync), renaming groups, listing PVs and their state,
+//! resync, and scrub.
+
+use super::error::{PoolError, Result};
+use super::inner::Inner;
+use super::pvs::{geometry, Pv};
+use super::{hex, Pool};
+use crate::dev::BlockDev;
+use crate::format::checkpoint::CKPT_OFFSETS;
+use crate::format::node::SEG_FREE;
+use crate::format::superblock::{Superblock, SB_OFFSETS};
+use crate::format::{data_crc, BLOCK, BLOCK_U64, INCOMPAT_MIRROR, SEG_BLOCKS};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// One failure group, for `failgrp list`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct FailGroupInfo {
+    pub name: String,
+    pub id: u32,
+    pub pvs: Vec<String>,
+    pub size_bytes: u64,
+    /// ONLINE, FAILED (a PV failed or is missing) or SYNCING (copies still to make).
+    pub state: String,
+}
+
+/// One PV, for `pv list`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PvListEntry {
+    pub pool: String,
+    pub failure_group: String,
+    pub name: String,
+    pub size_mb: u64,
+    /// ONLINE, FAILED or MISSING.
+    pub state: String,
+    pub udid: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// What a whole scrub found.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ScrubReport {
+    pub blocks_checked: u64,
+    pub errors_found: u64,
+    pub errors_repaired: u64,
+    /// Blocks with no intact copy (reported with PV and offset in `errors`).
+    pub unrepairable: u64,
+    pub errors: Vec<String>,
+}
+
+impl Inner {
+    /// Rewrite both superblock copies of every PV that is up, after `change`.
+    fn rewrite_superblocks(&mut self, change: &dyn Fn(&mut Superblock)) -> Result<()> {
+        for i in 0..self.pvs.pvs.len() {
+            if self.pvs.pvs[i].failed.is_some() {
+                continue;
+            }
+            let mut sb = self.pvs.pvs[i].sb.clone();
+            change(&mut sb);
+            sb.generation += 1;
+            let buf = sb.encode();
+            for off in SB_OFFSETS {
+                if let Err(e) = self.pvs.write(i as u16, off, &buf) {
+                    self.fail_pv(i as u16, e)?;
+                }
+            }
+            self.pvs.pvs[i].sb = sb;
+        }
+        self.sync_pvs()
+    }
+
+    /// Scrub every live block: data through the VBA table (checked against its checksum) and
+    /// metadata nodes (checked against their own), on every copy; a bad copy is rewritten from
+    /// a good one.
+    fn scrub_all(&mut self) -> Result<ScrubReport> {
+        let mut rep = ScrubReport::default();
+        self.write_out_all()?;
+        let mut entries: Vec<(u64, crate::format::node::Ptr)> = Vec::new();
+        let mut vt = std::mem::take(&mut self.vba);
+        let r = vt.for_each(self, &mut |i, p| {
+            if p.pba != 0 {
+                entries.push((i, *p))
+            }
+        });
+        self.vba = vt;
+        r?;
+        let pid = self.pool_id;
+        let mut buf = vec![0u8; BLOCK];
+        for (vba, p) in entries {
+            let (seg, slot) = super::pvs::split(p.pba);
+            let groups: Vec<u32> = self.read_groups(seg);
+            let mut good: Option<Vec<u8>> = None;
+            let mut bad: Vec<(u16, u64)> = Vec::new();
+            for fg in groups {
+                let Some((pv, pseg)) = self.pvs.locate_in(fg, seg) else {
+                    continue;
+                };
+                let off = self.pvs.offset(pv, pseg, slot)?;
+                rep.blocks_checked += 1;
+                let ok = self.pvs.read(pv, off, &mut buf).is_ok()
+                    && if vba % 2 == 0 {
+                        data_crc(&pid, &buf) == p.crc
+                    } else {
+                        crate::format::node::decode_node(&buf, &pid).is_ok()
+                            && u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) == p.crc
+                    };
+                if ok {
+                    good.get_or_insert_with(|| buf.clone());
+                } else {
+                    bad.push((pv, off));
+                }
+            }
+            rep.errors_found += bad.len() as u64;
+            for _ in &bad {
+                self.mirror.found();
+            }
+            match &good {
+                Some(g) => {
+                    for (pv, off) in bad {
+                        if self.pvs.write(pv, off, g).is_ok() {
+                            rep.errors_repaired += 1;
+                            self.mirror.repaired();
+                            tracing::warn!("scrub repaired {} offset {off}", self.pvs.name(pv));
+                        }
+                    }
+                }
+                None if !bad.is_empty() => {
+                    rep.unrepairable += 1;
+                    let at: Vec<String> = bad
+                        .iter()
+                        .map(|(pv, off)| format!("{} at offset {off}", self.pvs.name(*pv)))
+                        .collect();
+                    let msg = format!(
+                        "{} block (VBA {vba}): no intact copy ({})",
+                        if vba % 2 == 0 { "data" } else { "map node" },
+                        at.join(", ")
+                    );
+                    tracing::error!("scrub: {msg}");
+                    rep.errors.push(msg);
+                }
+                None => {}
+            }
+        }
+        self.scrub_meta_segments(&mut rep)?;
+        self.sync_pvs()?;
+        Ok(rep)
+    }
+
+    /// Metadata segments also hold the physical trees' pages (VBA table, segment table, volume
+    /// directory, summaries), which no VBA names: compare the copies block by block and keep
+    /// the one that verifies.
+    fn scrub_meta_segments(&mut self, rep: &mut ScrubReport) -> Result<()> {
+        let groups = self.pvs.groups();
+        if groups.len() < 2 {
+            return Ok(());
+        }
+        let pid = self.pool_id;
+        let seg_bytes = (SEG_BLOCKS * BLOCK_U64) as usize;
+        let (mut a, mut b) = (vec![0u8; seg_bytes], vec![0u8; seg_bytes]);
+        for seg in 1..self.segs.len() as u64 {
+            if self.segs[seg as usize].state != crate::format::node::SEG_META
+                || self.read_groups(seg).len() < 2
+            {
+                continue;
+            }
+            let (Some((pa, sa)), Some((pb, sb))) = (
+                self.pvs.locate_in(groups[0], seg),
+                self.pvs.locate_in(groups[1], seg),
+            ) else {
+                continue;
+            };
+            let (oa, ob) = (self.pvs.offset(pa, sa, 0)?, self.pvs.offset(pb, sb, 0)?);
+            if self.pvs.read(pa, oa, &mut a).is_err() || self.pvs.read(pb, ob, &mut b).is_err() {
+                continue;
+            }
+            for (k, (x, y)) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).enumerate() {
+                if x == y {
+                    continue;
+                }
+                let (xok, yok) = (
+                    crate::format::node::decode_node(x, &pid).is_ok(),
+                    crate::format::node::decode_node(y, &pid).is_ok(),
+                );
+                let at = (k * BLOCK) as u64;
+                let fix = match (xok, yok) {
+                    (true, false) => Some((pb, ob + at, x)),
+                    (false, true) => Some((pa, oa + at, y)),
+                    _ => None, // both verify (an old node) or neither (unused space)
+                };
+                if let Some((pv, off, good)) = fix {
+                    rep.errors_found += 1;
+                    self.mirror.found();
+                    if self.pvs.write(pv, off, good).is_ok() {
+                        rep.errors_repaired += 1;
+                        self.mirror.repaired();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Pool {
+    /// Add the second failure group on `devs` (new PVs, overwritten): every write from now on
+    /// goes to both groups, and resync copies the existing segments in the background.
+    pub fn failgrp_create(&self, name: &str, devs: Vec<Arc<dyn BlockDev>>) -> Result<()> {
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+            return Err(PoolError::Invalid(format!(
+                "failure group name must be 1 to 64 printable bytes: {name:?}"
+            )));
+        }
+        if devs.is_empty() {
+            return Err(PoolError::Invalid("give at least one --pv".into()));
+        }
+        let mut g = self.lock();
+        g.check_writable()?;
+        if g.pvs.mirrored() {
+            return Err(PoolError::Invalid(format!(
+                "the pool already has two failure groups ({} and {})",
+                g.pvs.group_name(0),
+                g.pvs.group_name(1)
+            )));
+        }
+        if g.pvs.group_name(0) == name {
+            return Err(PoolError::Exists(format!(
+                "failure group {name} already exists"
+            )));
+        }
+        let need = g.segs.len() as u64 - 1;
+        let jblocks = g.journal.blocks;
+        let template = g.pvs.pvs[0].sb.clone();
+        let base = g.pvs.pvs.len() as u32;
+        let mut first = 1u64;
+        let mut new = Vec::new();
+        for (i, dev) in devs.into_iter().enumerate() {
+            let geo = geometry(dev.len(), jblocks)
+                .map_err(|e| PoolError::Invalid(format!("{}: {e}", dev.name())))?;
+            let mut pv_id = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut pv_id);
+            let sb = Superblock {
+                incompat: template.incompat | INCOMPAT_MIRROR,
+                generation: 1,
+                pv_id,
+                pv_index: base + i as u32,
+                fg_id: 1,
+                fg_name: name.to_owned(),
+                pv_size: dev.len(),
+                journal_offset: geo.journal_offset,
+                journal_blocks: geo.journal_blocks,
+                data_offset: geo.data_offset,
+                pv_segments: geo.pv_segments,
+                first_pool_segment: first,
+                ..template.clone()
+            };
+            first += geo.pv_segments;
+            new.push((dev, sb));
+        }
+        let have = first - 1;
+        if have < need {
+            return Err(PoolError::Invalid(format!(
+                "failure group {name} would hold {} MiB but the pool needs {} MiB of data segments: give PVs that add up to at least that",
+                have,
+                need
+            )));
+        }
+        for (dev, sb) in &new {
+            let buf = sb.encode();
+            let io = |off: u64, b: &[u8]| {
+                dev.write_at(b, off).map_err(|e| PoolError::Io {
+                    dev: dev.name().to_owned(),
+                    offset: off,
+                    source: e,
+                })
+            };
+            for off in SB_OFFSETS {
+                io(off, &buf)?;
+            }
+            for off in CKPT_OFFSETS {
+                io(off, &[0u8; BLOCK])?;
+            }
+            dev.sync().map_err(|e| PoolError::Io {
+                dev: dev.name().to_owned(),
+                offset: 0,
+                source: e,
+            })?;
+        }
+        g.write_out_all()?;
+        g.rewrite_superblocks(&|sb| sb.incompat |= INCOMPAT_MIRROR)?;
+        let mirror_pv = g.pvs.pvs.len() as u16;
+        for (dev, sb) in new {
+            g.pvs.pvs.push(Pv::new(dev, sb));
+        }
+        g.journal.mirror = Some(mirror_pv);
+        // Every segment in use must be copied to the new group before it is read there.
+        for seg in 1..g.segs.len() as u64 {
+            if g.segs[seg as usize].state != SEG_FREE {
+                g.apply_seg_stale(seg, 1, true);
+            }
+        }
+        g.checkpoint()?;
+        tracing::info!(
+            "failure group {name} added: mirroring, {} MiB to copy",
+            g.resync_pending() >> 20
+        );
+        Ok(())
+    }
+
+    /// Rename a failure group (rewrites its PVs' superblocks).
+    pub fn failgrp_rename(&self, old: &str, new: &str) -> Result<()> {
+        if new.is_empty() || new.len() > 64 {
+            return Err(PoolError::Invalid(format!(
+                "failure group name must be 1 to 64 bytes: {new:?}"
+            )));
+        }
+        let mut g = self.lock();
+        g.check_writable()?;
+        let groups = g.pvs.groups();
+        let Some(fg) = groups.iter().copied().find(|&f| g.pvs.group_name(f) == old) else {
+            return Err(PoolError::NotFound(format!("failure group {old}")));
+        };
+        if groups.iter().any(|&f| g.pvs.group_name(f) == new) {
+            return Err(PoolError::Exists(format!(
+                "failure group {new} already exists"
+            )));
+        }
+        let new = new.to_owned();
+        g.rewrite_superblocks(&|sb| {
+            if sb.fg_id == fg {
+                sb.fg_name = new.clone();
+            }
+        })
+    }
+
+    pub fn failgrp_list(&self) -> Vec<FailGroupInfo> {
+        let g = self.lock();
+        g.pvs
+            .groups()
+            .into_iter()
+            .map(|fg| {
+                let stale = g.segs[1..].iter().any(|e| {
+                    e.state != SEG_FREE && e.flags & crate::format::node::seg_flag_stale(fg) != 0
+                });
+                FailGroupInfo {
+                    name: g.pvs.group_name(fg),
+                    id: fg,
+                    pvs: g
+                        .pvs
+                        .pvs
+                        .iter()
+                        .filter(|p| p.sb.fg_id == fg)
+                        .map(|p| p.dev.name().to_owned())
+                        .collect(),
+                    size_bytes: g.pvs.group_segments(fg) * SEG_BLOCKS * BLOCK_U64,
+                    state: if g.pvs.group_failed(fg) {
+                        "FAILED"
+                    } else if stale {
+                        "SYNCING"
+                    } else {
+                        "ONLINE"
+                    }
+                    .into(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn pv_list(&self) -> Vec<PvListEntry> {
+        let g = self.lock();
+        let pool = g.pvs.pvs[0].sb.pool_name.clone();
+        g.pvs
+            .pvs
+            .iter()
+            .map(|p| PvListEntry {
+                pool: pool.clone(),
+                failure_group: p.sb.fg_name.clone(),
+                name: p.dev.name().to_owned(),
+                size_mb: p.sb.pv_size >> 20,
+                state: match &p.failed {
+                    None => "ONLINE",
+                    Some(r) if r.contains("missing") || r.contains("No such file") => "MISSING",
+                    Some(_) => "FAILED",
+                }
+                .into(),
+                udid: hex(&p.sb.pv_id),
+                reason: p.failed.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Bring failed PVs back if they answer, then copy up to `max_segments` stale segments.
+    /// Returns the bytes copied.
+    pub fn resync_step(&self, max_segments: usize) -> Result<u64> {
+        let mut g = self.lock();
+        if g.opts.read_only || !g.pvs.mirrored() {
+            return Ok(0);
+        }
+        if g.pvs.pvs.iter().any(|p| p.failed.is_some()) {
+            g.retry_failed()?;
+        }
+        g.resync_step(max_segments)
+    }
+
+    /// Resync until nothing is left to copy (or a PV is still failed); `progress(done, left)`
+    /// in bytes after each step. Returns the bytes copied.
+    pub fn resync_wait(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = self.resync_step(16)?;
+            total += n;
+            let left = self.lock().resync_pending();
+            progress(total, left);
+            if n == 0 || left == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Bytes resync still has to copy.
+    pub fn resync_left(&self) -> u64 {
+        self.lock().resync_pending()
+    }
+
+    /// Bytes resync copied since the pool was opened.
+    pub fn resync_copied(&self) -> u64 {
+        self.lock().mirror.resync_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Read every live block on every copy, verify it and repair bad copies from good ones.
+    pub fn scrub(&self) -> Result<ScrubReport> {
+        self.lock().scrub_all()
+    }
+
+    /// (errors found, errors repaired) by reads, scrubs and resync since the pool was opened.
+    pub fn mirror_counters(&self) -> (u64, u64) {
+        let g = self.lock();
+        (
+            g.mirror.errors_found.load(Ordering::Relaxed),
+            g.mirror.errors_repaired.load(Ordering::Relaxed),
+        )
+    }
+}

@@ -1,0 +1,466 @@
+//! Two-way mirroring across failure groups: every pool block is written to its location in
+//! each group that is up, reads are balanced between the copies and fall back (and repair) when
+//! one copy is bad, a PV that fails degrades the pool instead of stopping it, and resync copies
+//! back only the segments whose copy went stale.
+//!
+//! A group's copy of a segment is *stale* when it may not hold the segment's current content:
+//! written while the group had failed, or not yet copied to a group just added. Stale flags live
+//! in the segment table (`seg_flag_stale`) and every change is journaled (`SegStale`), as is a PV
+//! failing or coming back (`PvState`), so a crash never forgets what resync owes.
+
+use super::error::{PoolError, Result};
+use super::inner::Inner;
+use super::pvs::split;
+use crate::format::journal::Record;
+use crate::format::node::{seg_flag_stale, SEG_FREE};
+use crate::format::{BLOCK, BLOCK_U64, SEG_BLOCKS};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters shared with reads running outside the pool lock.
+#[derive(Default, Debug)]
+pub struct MirrorStats {
+    /// Bad copies found (checksum mismatch or I/O error) by reads, scrub or check.
+    pub errors_found: AtomicU64,
+    /// Bad copies rewritten from a good one.
+    pub errors_repaired: AtomicU64,
+    /// Round-robin cursor balancing reads between the groups.
+    pub rr: AtomicU64,
+    /// Bytes copied by resync since the pool was opened.
+    pub resync_bytes: AtomicU64,
+}
+
+impl MirrorStats {
+    pub fn found(&self) {
+        self.errors_found.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn repaired(&self) {
+        self.errors_repaired.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The pool's mirror state, as `pool status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MirrorState {
+    NotMirrored,
+    Syncing,
+    Synced,
+    Degraded(String),
+}
+
+impl MirrorState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MirrorState::NotMirrored => "NOT_MIRRORED",
+            MirrorState::Syncing => "SYNCING",
+            MirrorState::Synced => "SYNCED",
+            MirrorState::Degraded(_) => "DEGRADED",
+        }
+    }
+}
+
+impl Inner {
+    fn stale_in(&self, seg: u64, fg: u32) -> bool {
+        self.segs
+            .get(seg as usize)
+            .is_some_and(|e| e.flags & seg_flag_stale(fg) != 0)
+    }
+
+    /// Groups holding a good copy of `seg`, the preferred one first (reads alternate).
+    pub fn read_groups(&self, seg: u64) -> Vec<u32> {
+        let mut g: Vec<u32> = self
+            .pvs
+            .groups()
+            .into_iter()
+            .filter(|&fg| !self.pvs.group_failed(fg) && !self.stale_in(seg, fg))
+            .collect();
+        if g.len() > 1 {
+            let r = self.mirror.rr.fetch_add(1, Ordering::Relaxed) as usize % g.len();
+            g.rotate_left(r);
+        }
+        g
+    }
+
+    /// Where to read `pba`: (PV, byte offset) per good copy, preferred first.
+    pub fn copies(&self, pba: u64) -> Result<Vec<(u16, u64)>> {
+        let (seg, slot) = split(pba);
+        let mut out = Vec::new();
+        for fg in self.read_groups(seg) {
+            if let Some((pv, pv_seg)) = self.pvs.locate_in(fg, seg) {
+                out.push((pv, self.pvs.offset(pv, pv_seg, slot)?));
+            }
+        }
+        if out.is_empty() {
+            return Err(PoolError::Io {
+                dev: format!("pool segment {seg}"),
+                offset: 0,
+                source: std::io::Error::other("no failure group holds a good copy"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Read consecutive blocks of one segment from a good copy; on an I/O error try the next.
+    pub fn read_copies(&self, pba: u64, out: &mut [u8]) -> Result<()> {
+        let mut first_err = None;
+        for (pv, off) in self.copies(pba)? {
+            match self.pvs.read(pv, off, out) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.mirror.found();
+                    tracing::warn!("{e}: trying the other copy");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.expect("at least one copy"))
+    }
+
+    /// Read one block, accepting only data that passes `good`; a bad copy is repaired from a
+    /// good one. Errors name the first copy that failed.
+    pub fn read_verified(&self, pba: u64, good: &dyn Fn(&[u8]) -> bool) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; BLOCK];
+        let mut bad: Vec<(u16, u64)> = Vec::new();
+        let mut first_err = None;
+        for (pv, off) in self.copies(pba)? {
+            match self.pvs.read(pv, off, &mut buf) {
+                Ok(()) if good(&buf) => {
+                    for &(bpv, boff) in &bad {
+                        if self.pvs.write(bpv, boff, &buf).is_ok() {
+                            self.mirror.repaired();
+                            tracing::warn!(
+                                "repaired block at {} offset {boff} from the other copy",
+                                self.pvs.name(bpv)
+                            );
+                        }
+                    }
+                    return Ok(buf);
+                }
+                Ok(()) => {
+                    self.mirror.found();
+                    bad.push((pv, off));
+                    first_err.get_or_insert(PoolError::Io {
+                        dev: self.pvs.name(pv),
+                        offset: off,
+                        source: std::io::Error::other("bad checksum"),
+                    });
+                }
+                Err(e) => {
+                    self.mirror.found();
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.expect("at least one copy"))
+    }
+
+    /// Write blocks starting at `pba` (within one segment) to every group that is up. A failed
+    /// write degrades its group when another group holds the data; otherwise it is an error.
+    pub fn put_run(&mut self, pba: u64, buf: &[u8]) -> Result<()> {
+        let (seg, slot) = split(pba);
+        let mut written = 0;
+        let mut last_err = None;
+        for fg in self.pvs.groups() {
+            if self.pvs.group_failed(fg) {
+                continue;
+            }
+            let Some((pv, pv_seg)) = self.pvs.locate_in(fg, seg) else {
+                continue;
+            };
+            let off = self.pvs.offset(pv, pv_seg, slot)?;
+            match self.pvs.write(pv, off, buf) {
+                Ok(()) => written += 1,
+                Err(e) => {
+                    last_err = Some(e.to_string());
+                    self.fail_pv(pv, e)?;
+                }
+            }
+        }
+        if written == 0 {
+            return Err(PoolError::Io {
+                dev: format!("pool segment {seg}"),
+                offset: 0,
+                source: std::io::Error::other(
+                    last_err.unwrap_or_else(|| "no failure group can take the write".into()),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Write a block at byte `off` of every PV that is up (checkpoint slots).
+    pub fn put_all_pvs(&mut self, off: u64, buf: &[u8]) -> Result<()> {
+        let mut written = 0;
+        for i in 0..self.pvs.pvs.len() as u16 {
+            if self.pvs.pvs[usize::from(i)].failed.is_some() {
+                continue;
+            }
+            match self.pvs.write(i, off, buf) {
+                Ok(()) => written += 1,
+                Err(e) => self.fail_pv(i, e)?,
+            }
+        }
+        if written == 0 {
+            return Err(PoolError::Io {
+                dev: "every PV".into(),
+                offset: off,
+                source: std::io::Error::other("no PV could be written"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sync every PV that is up; one failing degrades its group (mirrored) or is an error.
+    pub fn sync_pvs(&mut self) -> Result<()> {
+        for i in 0..self.pvs.pvs.len() as u16 {
+            let p = &self.pvs.pvs[usize::from(i)];
+            if p.failed.is_some() {
+                continue;
+            }
+            if let Err(e) = p.dev.sync() {
+                let err = PoolError::Io {
+                    dev: p.dev.name().to_owned(),
+                    offset: 0,
+                    source: e,
+                };
+                self.fail_pv(i, err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// PV `pv` failed with `err`. In a mirrored pool whose other group is whole, the PV's group
+    /// goes degraded: the failure and every segment its copy may now lack are journaled, and
+    /// the pool carries on. Otherwise `err` is returned.
+    pub fn fail_pv(&mut self, pv: u16, err: PoolError) -> Result<()> {
+        let fg = self.pvs.pvs[usize::from(pv)].sb.fg_id;
+        let others_ok = self
+            .pvs
+            .groups()
+            .into_iter()
+            .any(|g| g != fg && !self.pvs.group_failed(g));
+        if !self.pvs.mirrored() || !others_ok {
+            return Err(err);
+        }
+        if self.pvs.pvs[usize::from(pv)].failed.is_some() {
+            return Ok(());
+        }
+        tracing::error!(
+            "PV {} of failure group {} failed ({err}): the pool goes on degraded on the other group",
+            self.pvs.name(pv),
+            self.pvs.group_name(fg)
+        );
+        self.pvs.pvs[usize::from(pv)].failed = Some(err.to_string());
+        self.journal_append(Record::PvState {
+            pv: u32::from(pv),
+            failed: 1,
+        })?;
+        // What the failed group may lack: every segment written since the last sync that
+        // covered it (opened at or after the generation of the last checkpoint) and the open
+        // append heads.
+        let since = self.generation;
+        let mut stale: Vec<u64> = (1..self.segs.len() as u64)
+            .filter(|&s| {
+                let e = &self.segs[s as usize];
+                e.state != SEG_FREE && e.seq >= since
+            })
+            .collect();
+        stale.extend(self.streams.iter().map(|s| s.seg).filter(|&s| s != 0));
+        stale.sort_unstable();
+        stale.dedup();
+        for seg in stale {
+            self.set_stale(seg, fg, true)?;
+        }
+        Ok(())
+    }
+
+    /// Journal and apply a stale flag change.
+    pub fn set_stale(&mut self, seg: u64, fg: u32, stale: bool) -> Result<()> {
+        if self.stale_in(seg, fg) == stale {
+            return Ok(());
+        }
+        self.journal_append(Record::SegStale {
+            seg,
+            fg: fg as u8,
+            stale: u8::from(stale),
+        })?;
+        self.apply_seg_stale(seg, fg, stale);
+        Ok(())
+    }
+
+    pub fn apply_seg_stale(&mut self, seg: u64, fg: u32, stale: bool) {
+        if seg == 0 || seg as usize >= self.segs.len() {
+            return;
+        }
+        let e = self.seg_mut(seg);
+        if stale {
+            e.flags |= seg_flag_stale(fg);
+        } else {
+            e.flags &= !seg_flag_stale(fg);
+        }
+    }
+
+    /// A segment was just opened for appending: groups that are failed do not get it.
+    pub fn note_segment_opened(&mut self, seg: u64) -> Result<()> {
+        if !self.pvs.mirrored() {
+            return Ok(());
+        }
+        for fg in self.pvs.groups() {
+            let failed = self.pvs.group_failed(fg);
+            self.set_stale(seg, fg, failed)?;
+        }
+        Ok(())
+    }
+
+    /// Groups with stale segments to copy (and whose PVs are all up), and how many bytes.
+    pub fn resync_pending(&self) -> u64 {
+        let mut n = 0;
+        for fg in self.pvs.groups() {
+            if self.pvs.group_failed(fg) {
+                continue;
+            }
+            n += self.segs[1..]
+                .iter()
+                .filter(|e| e.state != SEG_FREE && e.flags & seg_flag_stale(fg) != 0)
+                .count() as u64;
+        }
+        n * SEG_BLOCKS * BLOCK_U64
+    }
+
+    /// Copy up to `max` stale segments from a good copy to the groups that lack them. Returns
+    /// the bytes copied. The copies are synced before their stale flags are cleared.
+    pub fn resync_step(&mut self, max: usize) -> Result<u64> {
+        if !self.pvs.mirrored() {
+            return Ok(0);
+        }
+        self.write_out_all()?;
+        let mut done: Vec<(u64, u32)> = Vec::new();
+        let mut bytes = 0;
+        let mut buf = vec![0u8; (SEG_BLOCKS * BLOCK_U64) as usize];
+        'groups: for fg in self.pvs.groups() {
+            if self.pvs.group_failed(fg) {
+                continue;
+            }
+            let todo: Vec<u64> = (1..self.segs.len() as u64)
+                .filter(|&s| self.stale_in(s, fg))
+                .collect();
+            for seg in todo {
+                if done.len() >= max {
+                    break 'groups;
+                }
+                if self.segs[seg as usize].state == SEG_FREE {
+                    // Nothing to copy: a free segment is rewritten from scratch when reused.
+                    done.push((seg, fg));
+                    continue;
+                }
+                let src = self
+                    .pvs
+                    .groups()
+                    .into_iter()
+                    .find(|&g| g != fg && !self.pvs.group_failed(g) && !self.stale_in(seg, g));
+                let Some(src) = src else {
+                    continue; // no good copy anywhere: check and scrub report it
+                };
+                let (spv, sseg) = self.pvs.locate_in(src, seg).expect("segment in group");
+                let (dpv, dseg) = self.pvs.locate_in(fg, seg).ok_or_else(|| {
+                    PoolError::Invalid(format!("segment {seg} is beyond failure group {fg}"))
+                })?;
+                self.pvs
+                    .read(spv, self.pvs.offset(spv, sseg, 0)?, &mut buf)?;
+                let off = self.pvs.offset(dpv, dseg, 0)?;
+                if let Err(e) = self.pvs.write(dpv, off, &buf) {
+                    self.fail_pv(dpv, e)?;
+                    break 'groups;
+                }
+                bytes += buf.len() as u64;
+                done.push((seg, fg));
+            }
+        }
+        if done.is_empty() {
+            return Ok(0);
+        }
+        self.sync_pvs()?;
+        for (seg, fg) in done {
+            if !self.pvs.group_failed(fg) {
+                self.set_stale(seg, fg, false)?;
+            }
+        }
+        self.flush()?;
+        self.mirror.resync_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    pub fn mirror_state(&self) -> MirrorState {
+        let groups = self.pvs.groups();
+        if groups.len() < 2 {
+            return MirrorState::NotMirrored;
+        }
+        if let Some(p) = self.pvs.pvs.iter().find(|p| p.failed.is_some()) {
+            return MirrorState::Degraded(format!(
+                "PV {} of failure group {} failed: {}",
+                p.dev.name(),
+                p.sb.fg_name,
+                p.failed.as_deref().unwrap_or("")
+            ));
+        }
+        if self.resync_pending() > 0 {
+            MirrorState::Syncing
+        } else {
+            MirrorState::Synced
+        }
+    }
+
+    /// Try failed PVs again: a PV that answers (its superblock reads back as ours) is back; its
+    /// group is resynced from the other. Returns how many came back.
+    pub fn retry_failed(&mut self) -> Result<usize> {
+        let mut back = 0;
+        for i in 0..self.pvs.pvs.len() {
+            let p = &self.pvs.pvs[i];
+            if p.failed.is_none() {
+                continue;
+            }
+            let ok = super::open::read_superblock(p.dev.as_ref())
+                .map(|sb| sb.pv_id == p.sb.pv_id && sb.pool_id == self.pool_id)
+                .unwrap_or(false)
+                && p.dev.sync().is_ok();
+            if !ok {
+                continue;
+            }
+            tracing::info!("PV {} is back: resyncing its failure group", p.dev.name());
+            self.pvs.pvs[i].failed = None;
+            self.journal_append(Record::PvState {
+                pv: i as u32,
+                failed: 0,
+            })?;
+            back += 1;
+        }
+        if back > 0 {
+            // A checkpoint rewrites the slots and starts a journal both groups hold in full.
+            self.checkpoint()?;
+        }
+        Ok(back)
+    }
+}
+
+impl Inner {
+    /// The checkpoint's PV table: every PV's group, range and failed flag (mirrored pools).
+    pub fn pv_table(&self) -> Vec<crate::format::checkpoint::PvEntry> {
+        if !self.pvs.mirrored() {
+            return Vec::new();
+        }
+        self.pvs
+            .pvs
+            .iter()
+            .map(|p| crate::format::checkpoint::PvEntry {
+                pv_index: p.sb.pv_index,
+                fg_id: p.sb.fg_id,
+                first_pool_segment: p.sb.first_pool_segment,
+                pv_segments: p.sb.pv_segments,
+                flags: if p.failed.is_some() {
+                    crate::format::checkpoint::PvEntry::FAILED
+                } else {
+                    0
+                },
+            })
+            .collect()
+    }
+}
