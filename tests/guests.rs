@@ -347,8 +347,7 @@ fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str, config_disk: bo
     let config = format!("{lu}-config");
     let server = Server::start(&[(lu, size), (&config, "4M")]);
     server.write_image(lu, &golden);
-    // (Capture, snapshot and clone go here: boot each clone instead of the LU itself; a
-    // clone's config disk will come from `clone --activation`.)
+    // (A clone's config disk will come from `clone --activation`.)
     let iso = server.path("config.iso");
     if config_disk {
         script("config-disk.sh", &[hostname, iso.to_str().unwrap()], &[]);
@@ -398,6 +397,80 @@ fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str, config_disk: bo
     server.stop();
 }
 
+/// Capture, snapshot, clone and boot: `boot` "kernel" (golden.img) or "firmware"
+/// (golden-disk.img); `clones` (LU, hostname, disk) boot at the same time. Checked through NBD
+/// and sspctl afterwards.
+fn deploy_clones(boot: &str, clones: &[(&str, &str, &str)]) {
+    let build = build("build-ppc64.sh");
+    let (golden, size, source) = match boot {
+        "kernel" => (build.join("golden.img"), "64M", "cmdline"),
+        _ => (build.join("golden-disk.img"), "128M", "nvram"),
+    };
+    let server = Server::start(&[("golden-rootvg", size)]);
+    server.write_image("golden-rootvg", &golden);
+    sspctl(
+        &server.pool,
+        &["image", "capture", "golden-rootvg", "golden-image"],
+    );
+    sspctl(&server.pool, &["snapshot", "create", "golden-image@deploy"]);
+    for &(lu, _, _) in clones {
+        sspctl(&server.pool, &["clone", "golden-image@deploy", lu]);
+    }
+
+    std::thread::scope(|s| {
+        for &(lu, hostname, disk) in clones {
+            let server = &server;
+            s.spawn(move || server.boot_ppc64(lu, hostname, disk, boot, None));
+        }
+    });
+
+    let golden_bytes = std::fs::read(&golden).unwrap();
+    for &(lu, hostname, _) in clones {
+        let after = server.read_lu(lu);
+        let root = root_fs(&after, boot, &build, server.dir.path());
+        assert_fsck_clean(&root);
+        assert_eq!(fs_cat(&root, "/etc/hostname").trim(), hostname, "{lu}");
+        let marker = fs_cat(&root, "/var/lib/ssp/activated");
+        assert!(
+            marker.contains(&format!("hostname={hostname}\n"))
+                && marker.contains(&format!("source={source}\n")),
+            "{lu}: activation marker {marker:?}"
+        );
+        if boot == "firmware" {
+            let n = root_offset(&build);
+            let a = std::fs::read(&after).unwrap();
+            assert!(
+                golden_bytes[..n] == a[..n],
+                "{lu}: MBR or PReP partition changed"
+            );
+        }
+        // The clone owns exactly what it wrote: at least every block that differs from the
+        // image, and not much more.
+        let changed = blocks_differing(&golden, &after);
+        let st: serde_json::Value =
+            serde_json::from_str(&sspctl(&server.pool, &["--json", "file", "stat", lu])).unwrap();
+        let owned = st["owned_blocks"].as_u64().unwrap() as usize;
+        let shared = st["shared_blocks"].as_u64().unwrap();
+        note(&format!(
+            "{lu}: {changed} blocks differ from the image; file stat: owned {owned}, shared {shared}"
+        ));
+        assert!(
+            changed > 0 && owned >= changed && owned <= changed + 64,
+            "{lu}: {st}"
+        );
+        assert!(shared > 0, "{lu}: {st}");
+    }
+    // Nothing leaked between the clones, and the image is as captured.
+    for name in ["golden-rootvg", "golden-image", "golden-image@deploy"] {
+        let back = std::fs::read(server.read_lu(name)).unwrap();
+        assert!(
+            back == golden_bytes,
+            "{name} is not the golden disk any more"
+        );
+    }
+    server.stop();
+}
+
 #[test]
 fn ppc64_pseries_spapr_vscsi_golden_disk_activates_over_nbd() {
     if skip("ppc64_pseries_spapr_vscsi_golden_disk_activates_over_nbd") {
@@ -406,22 +479,33 @@ fn ppc64_pseries_spapr_vscsi_golden_disk_activates_over_nbd() {
     golden_boot("vm-vscsi", "ssp-vm1", "vscsi", "kernel", false);
 }
 
+/// The deployment story: the golden disk written into an LU over NBD, captured as a client
+/// image, the image snapshotted, two linked clones of the snapshot booted at once (one on
+/// spapr-vscsi, one on virtio-blk). Each personalises its own root filesystem; the image stays
+/// byte for byte as captured and each clone owns only the blocks it changed.
 #[test]
-fn ppc64_pseries_virtio_blk_golden_disk_activates_over_nbd() {
-    if skip("ppc64_pseries_virtio_blk_golden_disk_activates_over_nbd") {
+fn ppc64_pseries_two_linked_clones_of_a_captured_image_boot_and_personalise() {
+    if skip("ppc64_pseries_two_linked_clones_of_a_captured_image_boot_and_personalise") {
         return;
     }
-    golden_boot("vm-virtio", "ssp-vm2", "virtio", "kernel", false);
+    deploy_clones(
+        "kernel",
+        &[
+            ("vm1-rootvg", "ssp-vm1", "vscsi"),
+            ("vm2-rootvg", "ssp-vm2", "virtio"),
+        ],
+    );
 }
 
-/// No -kernel: SLOF loads GRUB (powerpc-ieee1275) from the disk's PReP partition, GRUB the
-/// kernel and initramfs from the root partition.
+/// Firmware boot of a linked clone, no -kernel: SLOF loads GRUB (powerpc-ieee1275) from the
+/// PReP partition of the captured full disk, GRUB the kernel and initramfs from its root
+/// partition; the identity comes from the NVRAM.
 #[test]
-fn ppc64_pseries_firmware_boot_slof_grub_from_prep_partition_over_nbd() {
-    if skip("ppc64_pseries_firmware_boot_slof_grub_from_prep_partition_over_nbd") {
+fn ppc64_pseries_firmware_boot_of_a_linked_clone_slof_grub_prep() {
+    if skip("ppc64_pseries_firmware_boot_of_a_linked_clone_slof_grub_prep") {
         return;
     }
-    golden_boot("vm-firmware", "ssp-vm3", "vscsi", "firmware", false);
+    deploy_clones("firmware", &[("vm3-rootvg", "ssp-vm3", "vscsi")]);
 }
 
 /// The identity on a config disk (ISO 9660 with NoCloud meta-data and ovf-env.xml), served
