@@ -162,6 +162,11 @@ pub struct MapStore {
 
 impl MapStore {
     /// Load the maps of the pool in `dir` (none if the file does not exist).
+    /// The pool directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or_else(|| Path::new("."))
+    }
+
     pub fn load(dir: &Path) -> Result<MapStore, String> {
         let path = dir.join(MAPS_FILE);
         let maps = match std::fs::read_to_string(&path) {

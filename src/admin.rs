@@ -4,7 +4,8 @@
 
 use crate::access::{ClientSpec, MapStore};
 use crate::pool::{
-    CheckReport, DiffExtent, FileStat, GcStats, LayoutExtent, LuInfo, Pool, PoolError, PoolStatus,
+    CheckReport, DiffExtent, FailGroupInfo, FileStat, GcStats, LayoutExtent, LuInfo, Pool,
+    PoolError, PoolStatus, PvListEntry, ScrubReport,
 };
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -21,25 +22,80 @@ pub const ADMIN_SOCKET: &str = "admin.sock";
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum AdminRequest {
     PoolStatus,
-    LuCreate { name: String, size: u64 },
+    LuCreate {
+        name: String,
+        size: u64,
+    },
     LuList,
-    LuResize { name: String, size: u64 },
-    LuRemove { name: String, force: bool },
-    LuMap { name: String, client: String },
-    LuUnmap { name: String, client: String },
+    LuResize {
+        name: String,
+        size: u64,
+    },
+    LuRemove {
+        name: String,
+        force: bool,
+    },
+    LuMap {
+        name: String,
+        client: String,
+    },
+    LuUnmap {
+        name: String,
+        client: String,
+    },
     Check,
-    Gc { max_segments: usize },
-    SnapshotCreate { names: Vec<String> },
-    SnapshotList { base: Option<String> },
-    SnapshotRollback { name: String },
-    SnapshotRemove { name: String, force: bool },
-    Clone { src: String, name: String },
-    ImageCapture { src: String, name: String },
+    Gc {
+        max_segments: usize,
+    },
+    SnapshotCreate {
+        names: Vec<String>,
+    },
+    SnapshotList {
+        base: Option<String>,
+    },
+    SnapshotRollback {
+        name: String,
+    },
+    SnapshotRemove {
+        name: String,
+        force: bool,
+    },
+    Clone {
+        src: String,
+        name: String,
+    },
+    ImageCapture {
+        src: String,
+        name: String,
+    },
     ImageList,
-    ImageRemove { name: String, force: bool },
-    FileStat { name: String },
-    FileLayout { name: String },
-    Diff { from: String, to: String },
+    ImageRemove {
+        name: String,
+        force: bool,
+    },
+    FileStat {
+        name: String,
+    },
+    FileLayout {
+        name: String,
+    },
+    Diff {
+        from: String,
+        to: String,
+    },
+    /// Add the second failure group on new PVs (`PATH` or `PATH:SIZE` each).
+    FailgrpCreate {
+        name: String,
+        pvs: Vec<String>,
+    },
+    FailgrpList,
+    FailgrpModify {
+        name: String,
+        new_name: String,
+    },
+    PvList,
+    Scrub,
+    Resync,
 }
 
 /// Replies: one of these, as JSON.
@@ -78,6 +134,19 @@ pub enum AdminReply {
         from: String,
         to: String,
         extents: Vec<DiffExtent>,
+    },
+    FailGroups {
+        groups: Vec<FailGroupInfo>,
+        mirror_state: String,
+        resync_bytes_left: u64,
+    },
+    Pvs {
+        pvs: Vec<PvListEntry>,
+    },
+    Scrubbed(ScrubReport),
+    Resynced {
+        bytes_copied: u64,
+        mirror_state: String,
     },
 }
 
@@ -222,12 +291,74 @@ pub fn execute_with_progress(
             name: name.clone(),
             extents: pool.file_layout(name)?,
         },
+        AdminRequest::FailgrpCreate { name, pvs } => {
+            failgrp_create(ctx, name, pvs)?;
+            failgroups(pool)
+        }
+        AdminRequest::FailgrpList => failgroups(pool),
+        AdminRequest::FailgrpModify { name, new_name } => {
+            pool.failgrp_rename(name, new_name)?;
+            failgroups(pool)
+        }
+        AdminRequest::PvList => AdminReply::Pvs {
+            pvs: pool.pv_list(),
+        },
+        AdminRequest::Scrub => AdminReply::Scrubbed(pool.scrub()?),
+        AdminRequest::Resync => {
+            let bytes_copied = pool.resync_wait(&mut |done, left| progress(done, done + left))?;
+            AdminReply::Resynced {
+                bytes_copied,
+                mirror_state: pool.status().mirror_state,
+            }
+        }
         AdminRequest::Diff { from, to } => AdminReply::Diff {
             from: from.clone(),
             to: to.clone(),
             extents: pool.diff(from, to)?,
         },
     })
+}
+
+fn failgroups(pool: &Pool) -> AdminReply {
+    let st = pool.status();
+    AdminReply::FailGroups {
+        groups: st.failure_groups,
+        mirror_state: st.mirror_state,
+        resync_bytes_left: st.resync_bytes_left,
+    }
+}
+
+/// Create the new PVs, list them in the pool directory, then add them as a failure group; on
+/// refusal the configuration and any file made here are put back as they were.
+fn failgrp_create(ctx: &AdminCtx, name: &str, specs: &[String]) -> Result<(), PoolError> {
+    use crate::pool::dir::{config_add_pvs, config_remove_pvs, make_devs, PvSpec};
+    let specs: Vec<PvSpec> = specs
+        .iter()
+        .map(|s| s.parse::<PvSpec>().map_err(PoolError::Invalid))
+        .collect::<Result<_, _>>()?;
+    let made: Vec<std::path::PathBuf> = specs
+        .iter()
+        .filter(|s| s.size.is_some())
+        .map(|s| s.path.clone())
+        .collect();
+    let devs = make_devs(&specs)?;
+    let paths: Vec<std::path::PathBuf> = devs.iter().map(|(p, _)| p.clone()).collect();
+    let dir = ctx.maps.dir().to_owned();
+    let undo = |err: PoolError| {
+        for p in &made {
+            let _ = std::fs::remove_file(p);
+        }
+        err
+    };
+    config_add_pvs(&dir, &paths).map_err(undo)?;
+    if let Err(e) = ctx
+        .pool
+        .failgrp_create(name, devs.into_iter().map(|(_, d)| d).collect())
+    {
+        let _ = config_remove_pvs(&dir, &paths);
+        return Err(undo(e));
+    }
+    Ok(())
 }
 
 /// Path of a pool directory's admin socket.

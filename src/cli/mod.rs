@@ -2,6 +2,7 @@
 //! keeps them away from a running server).
 
 pub mod debug;
+mod mirror;
 mod share;
 
 use crate::admin::{AdminReply, AdminRequest};
@@ -55,6 +56,18 @@ pub enum Command {
     File(share::FileCmd),
     /// Changed extents between two volumes of one family (snapshots, clones and their LUs)
     Diff { from: String, to: String },
+    /// Failure groups: list, create (starts mirroring), modify, resync
+    #[command(subcommand)]
+    Failgrp(mirror::FailgrpCmd),
+    /// Physical volumes: list with their state
+    #[command(subcommand)]
+    Pv(mirror::PvCmd),
+    /// Read every live block on every copy, verify it, repair bad copies (waits until done)
+    Scrub {
+        /// Accepted for scripts: scrub always runs to the end before answering
+        #[arg(long)]
+        wait: bool,
+    },
     /// Full consistency check (every checksum, map entry and counter)
     Check,
     /// Reclaim space from overwritten and trimmed blocks now
@@ -207,6 +220,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Clone { src, name } => share::clone(cli, src, name, out)?,
         Command::File(cmd) => share::file(cli, cmd, out)?,
         Command::Diff { from, to } => share::diff(cli, from, to, out)?,
+        Command::Failgrp(cmd) => mirror::failgrp(cli, cmd, out)?,
+        Command::Pv(cmd) => mirror::pv(cli, cmd, out)?,
+        Command::Scrub { .. } => mirror::scrub(cli, out)?,
         Command::Check => {
             let AdminReply::Check(rep) = admin(cli, AdminRequest::Check)? else {
                 bail!("unexpected reply to check");
@@ -484,6 +500,33 @@ fn print_status(json: bool, st: &PoolStatus, out: &mut dyn Write) -> Result<()> 
     writeln!(out, "Pool Name:         {}", st.name)?;
     writeln!(out, "Pool Id:           {}", st.pool_id)?;
     writeln!(out, "Mirror State:      {}", st.mirror_state)?;
+    if !st.mirror_reason.is_empty() {
+        writeln!(out, "Degraded Because:  {}", st.mirror_reason)?;
+    }
+    if st.resync_bytes_left > 0 {
+        writeln!(
+            out,
+            "Resync Left(MB):   {}",
+            st.resync_bytes_left.div_ceil(1 << 20)
+        )?;
+    }
+    if st.failure_groups.len() > 1 {
+        let sizes: Vec<String> = st
+            .failure_groups
+            .iter()
+            .map(|g| format!("{} {} MiB", g.name, g.size_bytes >> 20))
+            .collect();
+        writeln!(
+            out,
+            "Failure Groups:    {} (usable: the smaller group)",
+            sizes.join(", ")
+        )?;
+    }
+    writeln!(
+        out,
+        "Scrub Errors:      {} found, {} repaired",
+        st.scrub_errors_found, st.scrub_errors_repaired
+    )?;
     writeln!(out, "Pool Size(MB):     {}", mb(st.total_bytes))?;
     writeln!(out, "Free Space(MB):    {}", mb(st.free_bytes))?;
     writeln!(out, "Used(MB):          {}", mb(st.used_bytes))?;

@@ -37,6 +37,9 @@ impl Inner {
 
         // Superblocks: both copies of every PV must verify and agree.
         for (i, p) in self.pvs.pvs.iter().enumerate() {
+            if p.failed.is_some() {
+                continue; // a failed or missing PV is reported by status, resynced when back
+            }
             for off in SB_OFFSETS {
                 let mut buf = vec![0u8; BLOCK];
                 let r = p.dev.read_at(&mut buf, off);

@@ -198,11 +198,21 @@ impl PoolDir {
         let cfg: Config = serde_json::from_str(&text)
             .map_err(|e| PoolError::Config(format!("{}: {e}", cfg_path.display())))?;
         let l = lock(dir)?;
-        let devs = cfg
+        // A PV that cannot be opened stands in as missing: a mirrored pool opens degraded
+        // without it, any other pool refuses with this error.
+        let devs: Vec<Arc<dyn BlockDev>> = cfg
             .pvs
             .iter()
-            .map(|p| open_dev(p))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|p| {
+                open_dev(p).unwrap_or_else(|e| {
+                    tracing::warn!("{e}");
+                    Arc::new(super::pvs::MissingDev {
+                        name: p.display().to_string(),
+                        len: 0,
+                    })
+                })
+            })
+            .collect();
         let pool = Pool::open(devs, opts)?;
         Ok(PoolDir {
             dir: dir.to_owned(),
@@ -210,6 +220,72 @@ impl PoolDir {
             _lock: l,
         })
     }
+}
+
+/// Create (or open) the PVs named by `specs` for adding to a pool: new files are made sparse at
+/// their size; existing devices or files without a size are used as they are.
+pub fn make_devs(specs: &[PvSpec]) -> Result<Vec<(PathBuf, Arc<dyn BlockDev>)>> {
+    let mut out: Vec<(PathBuf, Arc<dyn BlockDev>)> = Vec::new();
+    for spec in specs {
+        if out.iter().any(|(p, _)| *p == spec.path) {
+            return Err(PoolError::Invalid(format!(
+                "PV {} is given twice",
+                spec.path.display()
+            )));
+        }
+        let dev: Arc<dyn BlockDev> = match spec.size {
+            Some(size) => {
+                if spec.path.exists() && !is_block_device(&spec.path) {
+                    return Err(PoolError::Exists(format!(
+                        "{} already exists; give a new file or an existing PV without a size",
+                        spec.path.display()
+                    )));
+                }
+                Arc::new(FileDev::create(&spec.path, size).map_err(|e| {
+                    PoolError::Config(format!("cannot create PV {}: {e}", spec.path.display()))
+                })?)
+            }
+            None => open_dev(&spec.path)?,
+        };
+        out.push((spec.path.clone(), dev));
+    }
+    Ok(out)
+}
+
+/// Add PVs to the pool directory's configuration (before the pool commits them: a PV listed
+/// but never committed is ignored at open).
+pub fn config_add_pvs(dir: &Path, paths: &[PathBuf]) -> Result<()> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| PoolError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let mut cfg: Config = serde_json::from_str(&text)
+        .map_err(|e| PoolError::Config(format!("{}: {e}", cfg_path.display())))?;
+    for p in paths {
+        let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        if cfg.pvs.contains(&abs) {
+            return Err(PoolError::Exists(format!(
+                "{} is already a PV of this pool",
+                abs.display()
+            )));
+        }
+        cfg.pvs.push(abs);
+    }
+    write_config(dir, &cfg)
+}
+
+/// Drop PVs from the configuration (undoing `config_add_pvs` after a refusal).
+pub fn config_remove_pvs(dir: &Path, paths: &[PathBuf]) -> Result<()> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| PoolError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let mut cfg: Config = serde_json::from_str(&text)
+        .map_err(|e| PoolError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let abs: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    cfg.pvs.retain(|p| !abs.contains(p));
+    write_config(dir, &cfg)
 }
 
 fn write_config(dir: &Path, cfg: &Config) -> Result<()> {

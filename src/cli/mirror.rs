@@ -1,0 +1,186 @@
+//! `sspctl` verbs for failure groups, PVs, resync and scrub.
+
+use super::{admin, admin_with_progress, Cli};
+use crate::admin::{AdminReply, AdminRequest};
+use crate::pool::dir::PvSpec;
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use std::io::Write;
+
+#[derive(Subcommand, Debug)]
+pub enum FailgrpCmd {
+    /// List failure groups, their PVs, sizes and states, and the pool's mirror state
+    List,
+    /// Add the second failure group: mirroring of the whole pool starts in the background
+    Create {
+        name: String,
+        /// PV as PATH (existing) or PATH:SIZE (new sparse file), repeatable
+        #[arg(long = "pv", required = true)]
+        pvs: Vec<PvSpec>,
+    },
+    /// Rename a failure group
+    Modify {
+        name: String,
+        #[arg(long = "name")]
+        new_name: String,
+    },
+    /// Bring back failed PVs that answer again and copy what their group missed, until done
+    Resync,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PvCmd {
+    /// PVs: pool, failure group, path, size, state (ONLINE, FAILED, MISSING), UDID
+    List,
+}
+
+fn spec_string(s: &PvSpec) -> String {
+    match s.size {
+        Some(n) => format!("{}:{n}", s.path.display()),
+        None => s.path.display().to_string(),
+    }
+}
+
+pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
+    let req = match cmd {
+        FailgrpCmd::List => AdminRequest::FailgrpList,
+        FailgrpCmd::Create { name, pvs } => AdminRequest::FailgrpCreate {
+            name: name.clone(),
+            pvs: pvs.iter().map(spec_string).collect(),
+        },
+        FailgrpCmd::Modify { name, new_name } => AdminRequest::FailgrpModify {
+            name: name.clone(),
+            new_name: new_name.clone(),
+        },
+        FailgrpCmd::Resync => AdminRequest::Resync,
+    };
+    let json = cli.json;
+    let mut report = |done: u64, total: u64| {
+        if json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "progress": { "copied_bytes": done, "total_bytes": total } })
+            );
+        } else {
+            eprint!("\rresync: {} of {} MiB copied", done >> 20, total >> 20);
+        }
+    };
+    let reply = admin_with_progress(cli, req, &mut report)?;
+    if !json && matches!(cmd, FailgrpCmd::Resync) {
+        eprintln!();
+    }
+    match reply {
+        AdminReply::FailGroups {
+            groups,
+            mirror_state,
+            resync_bytes_left,
+        } => {
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "mirror_state": mirror_state,
+                        "resync_bytes_left": resync_bytes_left,
+                        "failure_groups": groups,
+                    }))?
+                )?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<16} {:>10} {:<8}  PVS",
+                "FAILGRP", "SIZE(MB)", "STATE"
+            )?;
+            for g in &groups {
+                writeln!(
+                    out,
+                    "{:<16} {:>10} {:<8}  {}",
+                    g.name,
+                    g.size_bytes >> 20,
+                    g.state,
+                    g.pvs.join(",")
+                )?;
+            }
+            writeln!(out, "Mirror State: {mirror_state}")?;
+            if resync_bytes_left > 0 {
+                writeln!(
+                    out,
+                    "Resync Left(MB): {}",
+                    resync_bytes_left.div_ceil(1 << 20)
+                )?;
+            }
+        }
+        AdminReply::Resynced {
+            bytes_copied,
+            mirror_state,
+        } => {
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({ "bytes_copied": bytes_copied, "mirror_state": mirror_state })
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "resync copied {} MiB; mirror state {mirror_state}",
+                    bytes_copied >> 20
+                )?;
+            }
+        }
+        other => bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}
+
+pub fn pv(cli: &Cli, cmd: &PvCmd, out: &mut dyn Write) -> Result<()> {
+    let PvCmd::List = cmd;
+    match admin(cli, AdminRequest::PvList)? {
+        AdminReply::Pvs { pvs } => {
+            if cli.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&pvs)?)?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<12} {:<12} {:<40} {:>10} {:<8} UDID",
+                "POOL", "FAILGRP", "PV_NAME", "SIZE(MB)", "STATE"
+            )?;
+            for p in &pvs {
+                writeln!(
+                    out,
+                    "{:<12} {:<12} {:<40} {:>10} {:<8} {}",
+                    p.pool, p.failure_group, p.name, p.size_mb, p.state, p.udid
+                )?;
+            }
+        }
+        other => bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}
+
+pub fn scrub(cli: &Cli, out: &mut dyn Write) -> Result<()> {
+    match admin(cli, AdminRequest::Scrub)? {
+        AdminReply::Scrubbed(r) => {
+            if cli.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+            } else {
+                for e in &r.errors {
+                    writeln!(out, "ERROR: {e}")?;
+                }
+                writeln!(
+                    out,
+                    "scrubbed {} block copies: {} errors found, {} repaired, {} unrepairable",
+                    r.blocks_checked, r.errors_found, r.errors_repaired, r.unrepairable
+                )?;
+            }
+            if r.unrepairable > 0 {
+                bail!("{} blocks have no intact copy", r.unrepairable);
+            }
+        }
+        other => bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}
