@@ -94,6 +94,16 @@ pub enum AdminRequest {
         new_name: String,
     },
     PvList,
+    /// Grow failure group `fg` with new PVs.
+    PvAdd {
+        fg: String,
+        pvs: Vec<String>,
+    },
+    /// Replace PV `old` with `new` (`PATH` or `PATH:SIZE`).
+    PvReplace {
+        old: String,
+        new: String,
+    },
     Scrub,
     Resync,
 }
@@ -303,6 +313,18 @@ pub fn execute_with_progress(
         AdminRequest::PvList => AdminReply::Pvs {
             pvs: pool.pv_list(),
         },
+        AdminRequest::PvAdd { fg, pvs } => {
+            pv_add(ctx, fg, pvs)?;
+            AdminReply::Pvs {
+                pvs: pool.pv_list(),
+            }
+        }
+        AdminRequest::PvReplace { old, new } => {
+            pv_replace(ctx, old, new, progress)?;
+            AdminReply::Pvs {
+                pvs: pool.pv_list(),
+            }
+        }
         AdminRequest::Scrub => AdminReply::Scrubbed(pool.scrub()?),
         AdminRequest::Resync => {
             let bytes_copied = pool.resync_wait(&mut |done, left| progress(done, done + left))?;
@@ -331,11 +353,8 @@ fn failgroups(pool: &Pool) -> AdminReply {
 /// Create the new PVs, list them in the pool directory, then add them as a failure group; on
 /// refusal the configuration and any file made here are put back as they were.
 fn failgrp_create(ctx: &AdminCtx, name: &str, specs: &[String]) -> Result<(), PoolError> {
-    use crate::pool::dir::{config_add_pvs, config_remove_pvs, make_devs, PvSpec};
-    let specs: Vec<PvSpec> = specs
-        .iter()
-        .map(|s| s.parse::<PvSpec>().map_err(PoolError::Invalid))
-        .collect::<Result<_, _>>()?;
+    use crate::pool::dir::{config_add_pvs, config_remove_pvs, make_devs};
+    let specs = parse_specs(specs)?;
     let made: Vec<std::path::PathBuf> = specs
         .iter()
         .filter(|s| s.size.is_some())
@@ -359,6 +378,56 @@ fn failgrp_create(ctx: &AdminCtx, name: &str, specs: &[String]) -> Result<(), Po
         return Err(undo(e));
     }
     Ok(())
+}
+
+fn parse_specs(specs: &[String]) -> Result<Vec<crate::pool::dir::PvSpec>, PoolError> {
+    specs
+        .iter()
+        .map(|s| s.parse().map_err(PoolError::Invalid))
+        .collect()
+}
+
+fn pv_add(ctx: &AdminCtx, fg: &str, specs: &[String]) -> Result<(), PoolError> {
+    use crate::pool::dir::{config_add_pvs, config_remove_pvs, make_devs};
+    let specs = parse_specs(specs)?;
+    let devs = make_devs(&specs)?;
+    let paths: Vec<std::path::PathBuf> = devs.iter().map(|(p, _)| p.clone()).collect();
+    let dir = ctx.maps.dir().to_owned();
+    let undo = |e: PoolError| {
+        for s in specs.iter().filter(|s| s.size.is_some()) {
+            let _ = std::fs::remove_file(&s.path);
+        }
+        e
+    };
+    config_add_pvs(&dir, &paths).map_err(undo)?;
+    if let Err(e) = ctx
+        .pool
+        .pv_add(fg, devs.into_iter().map(|(_, d)| d).collect())
+    {
+        let _ = config_remove_pvs(&dir, &paths);
+        return Err(undo(e));
+    }
+    Ok(())
+}
+
+fn pv_replace(
+    ctx: &AdminCtx,
+    old: &str,
+    new: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), PoolError> {
+    use crate::pool::dir::{config_replace_pv, make_devs};
+    let specs = parse_specs(&[new.to_owned()])?;
+    let mut devs = make_devs(&specs)?;
+    let (path, dev) = devs.pop().expect("one PV");
+    let dir = ctx.maps.dir().to_owned();
+    let r = ctx.pool.pv_replace(old, dev, progress, &mut || {
+        config_replace_pv(&dir, std::path::Path::new(old), &path)
+    });
+    if r.is_err() && specs[0].size.is_some() {
+        let _ = std::fs::remove_file(&path);
+    }
+    r
 }
 
 /// Path of a pool directory's admin socket.

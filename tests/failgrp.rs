@@ -148,5 +148,86 @@ fn mirror_online_scrub_and_degraded_start_through_sspctl_and_nbd() {
     );
     let clean = json(&s.pool, &["scrub", "--wait"]);
     assert_eq!(clean["errors_found"], Value::from(0), "{clean}");
-    assert!(s.stop().success());
+
+    // pv replace: a smaller PV is refused with a clear message; a larger one is resynced.
+    let small = dir.join("small.img");
+    let e = sspctl_fails(
+        &s.pool,
+        &[
+            "pv",
+            "replace",
+            pv1.to_str().unwrap(),
+            &format!("{}:64M", small.display()),
+        ],
+    );
+    assert!(e.contains("at least as large"), "{e}");
+    assert!(
+        !small.exists(),
+        "a refused replacement leaves no file behind"
+    );
+    let pv2 = dir.join("pv2.img");
+    sspctl(
+        &s.pool,
+        &[
+            "pv",
+            "replace",
+            pv1.to_str().unwrap(),
+            &format!("{}:600M", pv2.display()),
+        ],
+    );
+    sspctl(&s.pool, &["failgrp", "resync"]);
+    wait_synced(&s.pool);
+    let pvs = json(&s.pool, &["pv", "list"]);
+    assert!(
+        pvs[1]["name"].as_str().unwrap().ends_with("pv2.img"),
+        "{pvs}"
+    );
+    // pv add grows both groups (the pool grows by what both can hold).
+    let before = json(&s.pool, &["pool", "status"])["total_bytes"]
+        .as_u64()
+        .unwrap();
+    sspctl(
+        &s.pool,
+        &[
+            "pv",
+            "add",
+            "--fg",
+            "Default",
+            &format!("{}:256M", dir.join("pv3.img").display()),
+        ],
+    );
+    sspctl(
+        &s.pool,
+        &[
+            "pv",
+            "add",
+            "--fg",
+            "fg2",
+            &format!("{}:256M", dir.join("pv4.img").display()),
+        ],
+    );
+    let after = json(&s.pool, &["pool", "status"])["total_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(after > before + (200 << 20), "{before} -> {after}");
+    let e = sspctl_fails(
+        &s.pool,
+        &[
+            "pv",
+            "add",
+            "--fg",
+            "nosuch",
+            &format!("{}:64M", dir.join("x.img").display()),
+        ],
+    );
+    assert!(e.contains("nosuch"), "{e}");
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "read -P 0x77 8M 512k", &s.uri("vm1")],
+    );
+    let (st, keep) = s.stop_keep();
+    assert!(st.success());
+    // The pool directory knows the new PVs: it opens (offline) and checks clean.
+    let out = sspctl(&keep.path().join("pool"), &["check"]);
+    assert!(out.contains("OK"), "{out}");
 }

@@ -268,3 +268,60 @@ fn a_crash_in_the_middle_of_resync_resumes_after_restart() {
     }
     drop(p);
 }
+
+#[test]
+fn pv_add_grows_the_pool_and_pv_replace_swaps_a_pv_online() {
+    // Single copy: grow, then replace the first PV by copying it.
+    let (a, _ca) = FaultDev::new("A", 32 * MB);
+    let p = Pool::create(vec![Arc::new(a)], &copts(), opts()).unwrap();
+    let before = p.status().total_bytes;
+    p.lu_create("vm", 48 * MB).unwrap();
+    write(&p, "vm", 0, 2000, 1);
+    let (c, cc) = FaultDev::new("C", 32 * MB);
+    let grown = p.pv_add("Default", vec![Arc::new(c)]).unwrap();
+    assert!(grown >= 24 * MB, "{grown}");
+    assert_eq!(p.status().total_bytes, before + grown);
+    write(&p, "vm", 2000, 6000, 2); // needs the new space
+    let (small, _) = FaultDev::new("S", 16 * MB);
+    let e = p
+        .pv_replace("A", Arc::new(small), &mut |_, _| {}, &mut || Ok(()))
+        .unwrap_err();
+    assert!(e.to_string().contains("at least as large"), "{e}");
+    let (a2, ca2) = FaultDev::new("A2", 40 * MB);
+    let mut seen = 0;
+    let mut committed = false;
+    p.pv_replace("A", Arc::new(a2), &mut |d, _| seen = d, &mut || {
+        committed = true;
+        Ok(())
+    })
+    .unwrap();
+    assert!(committed && seen > 0);
+    assert_eq!(p.pv_list()[0].name, "A2");
+    expect(&p, "vm", 10, 1);
+    expect(&p, "vm", 5000, 2);
+    assert_check(&p);
+    p.close().unwrap();
+    // The pool opens from the new PV (and the added one).
+    let (a2, _) = FaultDev::from_image("A2", ca2.crash_image(CrashMode::DropAll, 0));
+    let (c, _) = FaultDev::from_image("C", cc.crash_image(CrashMode::DropAll, 0));
+    let p = Pool::open(vec![Arc::new(a2), Arc::new(c)], opts()).unwrap();
+    expect(&p, "vm", 10, 1);
+    expect(&p, "vm", 7000, 2);
+    assert_check(&p);
+    drop(p);
+
+    // Mirrored: the replacement is filled by resync from the other group.
+    let (p, ca, _cb) = mirrored();
+    p.lu_create("vm", 16 * MB).unwrap();
+    write(&p, "vm", 0, 1500, 3);
+    p.flush().unwrap();
+    let (b2, cb2) = FaultDev::new("B2", SIZE);
+    p.pv_replace("B", Arc::new(b2), &mut |_, _| {}, &mut || Ok(()))
+        .unwrap();
+    assert_eq!(p.status().mirror_state, "SYNCING");
+    p.resync_wait(&mut |_, _| {}).unwrap();
+    assert_eq!(p.status().mirror_state, "SYNCED");
+    expect(&p, "vm", 700, 3);
+    assert_sides_equal(&p, &ca, &cb2);
+    assert_check(&p);
+}

@@ -32,6 +32,17 @@ pub enum FailgrpCmd {
 pub enum PvCmd {
     /// PVs: pool, failure group, path, size, state (ONLINE, FAILED, MISSING), UDID
     List,
+    /// Grow a failure group with new PVs, online
+    Add {
+        /// Failure group to grow
+        #[arg(long = "fg")]
+        fg: String,
+        /// PATH (existing) or PATH:SIZE (new sparse file), repeatable
+        #[arg(required = true)]
+        pvs: Vec<PvSpec>,
+    },
+    /// Replace a PV with a new one at least as large, online
+    Replace { old: String, new: PvSpec },
 }
 
 fn spec_string(s: &PvSpec) -> String {
@@ -136,8 +147,28 @@ pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
 }
 
 pub fn pv(cli: &Cli, cmd: &PvCmd, out: &mut dyn Write) -> Result<()> {
-    let PvCmd::List = cmd;
-    match admin(cli, AdminRequest::PvList)? {
+    let req = match cmd {
+        PvCmd::List => AdminRequest::PvList,
+        PvCmd::Add { fg, pvs } => AdminRequest::PvAdd {
+            fg: fg.clone(),
+            pvs: pvs.iter().map(spec_string).collect(),
+        },
+        PvCmd::Replace { old, new } => AdminRequest::PvReplace {
+            old: old.clone(),
+            new: spec_string(new),
+        },
+    };
+    let json = cli.json;
+    let mut report = |done: u64, total: u64| {
+        if !json && total > 1 {
+            eprint!("\rcopying: {}%", done * 100 / total.max(1));
+        }
+    };
+    let reply = admin_with_progress(cli, req, &mut report)?;
+    if !json && matches!(cmd, PvCmd::Replace { .. }) {
+        eprintln!();
+    }
+    match reply {
         AdminReply::Pvs { pvs } => {
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&pvs)?)?;

@@ -273,6 +273,26 @@ pub fn config_add_pvs(dir: &Path, paths: &[PathBuf]) -> Result<()> {
     write_config(dir, &cfg)
 }
 
+/// Put `new` where `old` was in the configuration (pv replace).
+pub fn config_replace_pv(dir: &Path, old: &Path, new: &Path) -> Result<()> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| PoolError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let mut cfg: Config = serde_json::from_str(&text)
+        .map_err(|e| PoolError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let old = std::fs::canonicalize(old).unwrap_or_else(|_| old.to_owned());
+    let new = std::fs::canonicalize(new).unwrap_or_else(|_| new.to_owned());
+    let Some(slot) = cfg.pvs.iter_mut().find(|p| **p == old) else {
+        return Err(PoolError::NotFound(format!(
+            "{} is not listed in {}",
+            old.display(),
+            cfg_path.display()
+        )));
+    };
+    *slot = new;
+    write_config(dir, &cfg)
+}
+
 /// Drop PVs from the configuration (undoing `config_add_pvs` after a refusal).
 pub fn config_remove_pvs(dir: &Path, paths: &[PathBuf]) -> Result<()> {
     let cfg_path = dir.join(CONFIG_FILE);

@@ -442,3 +442,224 @@ impl Pool {
         )
     }
 }
+
+impl Inner {
+    /// Write a new PV's superblock (both copies) and clear its checkpoint slots.
+    fn init_pv(dev: &Arc<dyn BlockDev>, sb: &Superblock) -> Result<()> {
+        Self::write_sb(dev, sb, true)
+    }
+
+    /// Write both superblock copies (and clear the checkpoint slots if `clear_slots`), synced.
+    fn write_sb(dev: &Arc<dyn BlockDev>, sb: &Superblock, clear_slots: bool) -> Result<()> {
+        let io = |off: u64, b: &[u8]| {
+            dev.write_at(b, off).map_err(|e| PoolError::Io {
+                dev: dev.name().to_owned(),
+                offset: off,
+                source: e,
+            })
+        };
+        let buf = sb.encode();
+        for off in SB_OFFSETS {
+            io(off, &buf)?;
+        }
+        if clear_slots {
+            for off in CKPT_OFFSETS {
+                io(off, &[0u8; BLOCK])?;
+            }
+        }
+        dev.sync().map_err(|e| PoolError::Io {
+            dev: dev.name().to_owned(),
+            offset: 0,
+            source: e,
+        })
+    }
+
+    /// Pool segments every failure group can hold: the usable size.
+    fn usable_segments(&self) -> u64 {
+        self.pvs
+            .groups()
+            .into_iter()
+            .map(|g| self.pvs.group_segments(g))
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn find_group(&self, name: &str) -> Result<u32> {
+        self.pvs
+            .groups()
+            .into_iter()
+            .find(|&g| self.pvs.group_name(g) == name)
+            .ok_or_else(|| PoolError::NotFound(format!("failure group {name}")))
+    }
+
+    fn find_pv(&self, name: &str) -> Result<u16> {
+        let want = std::fs::canonicalize(name).unwrap_or_else(|_| name.into());
+        self.pvs
+            .pvs
+            .iter()
+            .position(|p| {
+                let have =
+                    std::fs::canonicalize(p.dev.name()).unwrap_or_else(|_| p.dev.name().into());
+                have == want || p.dev.name() == name
+            })
+            .map(|i| i as u16)
+            .ok_or_else(|| PoolError::NotFound(format!("PV {name} is not in the pool")))
+    }
+}
+
+impl Pool {
+    /// Grow failure group `fg` with new PVs, online. The pool grows by what every group can
+    /// hold (in a mirrored pool, grow both groups).
+    pub fn pv_add(&self, fg: &str, devs: Vec<Arc<dyn BlockDev>>) -> Result<u64> {
+        if devs.is_empty() {
+            return Err(PoolError::Invalid("give at least one PV".into()));
+        }
+        let mut g = self.lock();
+        g.check_writable()?;
+        let fg_id = g.find_group(fg)?;
+        let template = g
+            .pvs
+            .pvs
+            .iter()
+            .find(|p| p.sb.fg_id == fg_id)
+            .map(|p| p.sb.clone())
+            .expect("group has a PV");
+        let jblocks = g.journal.blocks;
+        let mut first = g.pvs.group_segments(fg_id) + 1;
+        let mut new = Vec::new();
+        for (i, dev) in devs.into_iter().enumerate() {
+            let geo = geometry(dev.len(), jblocks)
+                .map_err(|e| PoolError::Invalid(format!("{}: {e}", dev.name())))?;
+            let mut pv_id = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut pv_id);
+            let sb = Superblock {
+                generation: 1,
+                pv_id,
+                pv_index: (g.pvs.pvs.len() + i) as u32,
+                pv_size: dev.len(),
+                journal_offset: geo.journal_offset,
+                journal_blocks: geo.journal_blocks,
+                data_offset: geo.data_offset,
+                pv_segments: geo.pv_segments,
+                first_pool_segment: first,
+                ..template.clone()
+            };
+            first += geo.pv_segments;
+            new.push((dev, sb));
+        }
+        for (dev, sb) in &new {
+            Inner::init_pv(dev, sb)?;
+        }
+        g.write_out_all()?;
+        for (dev, sb) in new {
+            g.pvs.pvs.push(Pv::new(dev, sb));
+        }
+        let old = g.segs.len() as u64 - 1;
+        let usable = g.usable_segments();
+        for seg in old + 1..=usable {
+            g.segs.push(crate::format::node::SegEntry::default());
+            g.segs_dirty.insert(seg);
+            g.free.insert(seg);
+        }
+        g.checkpoint()?;
+        Ok(usable.saturating_sub(old) * SEG_BLOCKS * BLOCK_U64)
+    }
+
+    /// Replace PV `old` with `new` (at least as large), online. In a mirrored pool the new PV
+    /// is filled by resync from the other group (progress in `pool status`); otherwise its
+    /// content is copied now, `progress(done, total)` in segments. `commit` runs once the new
+    /// PV can stand in for the old one and before the pool switches to it (the pool directory
+    /// records the new path there).
+    pub fn pv_replace(
+        &self,
+        old: &str,
+        new: Arc<dyn BlockDev>,
+        progress: &mut dyn FnMut(u64, u64),
+        commit: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let mut g = self.lock();
+        g.check_writable()?;
+        let i = g.find_pv(old)?;
+        let osb = g.pvs.pvs[usize::from(i)].sb.clone();
+        if new.len() < osb.pv_size {
+            return Err(PoolError::Invalid(format!(
+                "{} holds {} MiB but {} holds {} MiB: the new PV must be at least as large",
+                new.name(),
+                new.len() >> 20,
+                old,
+                osb.pv_size >> 20
+            )));
+        }
+        let mut sb = osb.clone();
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut sb.pv_id);
+        sb.pv_size = new.len();
+        sb.generation += 1;
+        g.write_out_all()?;
+        let range = osb.first_pool_segment..osb.first_pool_segment + osb.pv_segments;
+        let others_ok = g
+            .pvs
+            .groups()
+            .into_iter()
+            .any(|f| f != osb.fg_id && !g.pvs.group_failed(f));
+        if !others_ok {
+            // Single copy: copy what the old PV holds (it must still be readable).
+            g.sync_pvs()?;
+            let seg_bytes = (SEG_BLOCKS * BLOCK_U64) as usize;
+            let mut buf = vec![0u8; seg_bytes];
+            // The journal ring and everything before the data area.
+            let head = osb.data_offset;
+            let mut off = 0;
+            while off < head {
+                let n = (head - off).min(seg_bytes as u64) as usize;
+                g.pvs.read(i, off, &mut buf[..n])?;
+                new.write_at(&buf[..n], off).map_err(|e| PoolError::Io {
+                    dev: new.name().to_owned(),
+                    offset: off,
+                    source: e,
+                })?;
+                off += n as u64;
+            }
+            let total = range.end - range.start;
+            for (k, seg) in range.clone().enumerate() {
+                if g.segs
+                    .get(seg as usize)
+                    .is_some_and(|e| e.state != SEG_FREE)
+                {
+                    let at = g.pvs.offset(i, (seg - range.start) as u32, 0)?;
+                    g.pvs.read(i, at, &mut buf)?;
+                    new.write_at(&buf, at).map_err(|e| PoolError::Io {
+                        dev: new.name().to_owned(),
+                        offset: at,
+                        source: e,
+                    })?;
+                }
+                progress(k as u64 + 1, total);
+            }
+            new.sync().map_err(|e| PoolError::Io {
+                dev: new.name().to_owned(),
+                offset: 0,
+                source: e,
+            })?;
+            Inner::write_sb(&new, &sb, false)?;
+            commit()?;
+            g.pvs.pvs[usize::from(i)] = Pv::new(new, sb);
+            g.checkpoint()?;
+            return Ok(());
+        }
+        // Mirrored: the new PV starts empty; every segment in use on it is copied by resync.
+        Inner::write_sb(&new, &sb, false)?;
+        commit()?;
+        g.pvs.pvs[usize::from(i)] = Pv::new(new, sb);
+        for seg in range {
+            if g.segs
+                .get(seg as usize)
+                .is_some_and(|e| e.state != SEG_FREE)
+            {
+                g.set_stale(seg, osb.fg_id, true)?;
+            }
+        }
+        g.checkpoint()?;
+        progress(0, 1);
+        Ok(())
+    }
+}
