@@ -93,6 +93,11 @@ pub enum AdminRequest {
         name: String,
         new_name: String,
     },
+    /// Drop a failure group (back to one copy); `confirm` must be set.
+    FailgrpRemove {
+        name: String,
+        confirm: bool,
+    },
     PvList,
     /// Grow failure group `fg` with new PVs.
     PvAdd {
@@ -306,6 +311,26 @@ pub fn execute_with_progress(
             failgroups(pool)
         }
         AdminRequest::FailgrpList => failgroups(pool),
+        AdminRequest::FailgrpRemove { name, confirm } => {
+            if !confirm {
+                return Err(PoolError::Invalid(format!(
+                    "removing failure group {name} leaves a single copy of every block: add --yes to confirm"
+                )));
+            }
+            let dir = ctx.maps.dir().to_owned();
+            let paths: Vec<std::path::PathBuf> = pool
+                .pv_list()
+                .into_iter()
+                .filter(|p| p.failure_group == *name)
+                .map(|p| p.name.into())
+                .collect();
+            crate::pool::dir::config_remove_pvs(&dir, &paths)?;
+            if let Err(e) = pool.failgrp_remove(name) {
+                let _ = crate::pool::dir::config_add_pvs(&dir, &paths);
+                return Err(e);
+            }
+            failgroups(pool)
+        }
         AdminRequest::FailgrpModify { name, new_name } => {
             pool.failgrp_rename(name, new_name)?;
             failgroups(pool)

@@ -225,6 +225,18 @@ fn mirror_online_scrub_and_degraded_start_through_sspctl_and_nbd() {
         "qemu-io",
         &["-f", "raw", "-c", "read -P 0x77 8M 512k", &s.uri("vm1")],
     );
+    // failgrp remove: refused without confirmation, then back to one copy (online).
+    let e = sspctl_fails(&s.pool, &["failgrp", "remove", "fg2"]);
+    assert!(e.contains("--yes"), "{e}");
+    // PVs were added to Default after fg2: removing fg2 would renumber PVs, which is refused
+    // with a reason, and the pool stays mirrored (the configuration is put back).
+    let e = sspctl_fails(&s.pool, &["failgrp", "remove", "fg2", "--yes"]);
+    assert!(e.contains("renumber"), "{e}");
+    assert_eq!(state(&s.pool), "SYNCED");
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "read -P 0x5a 1M 256k", &s.uri("vm1")],
+    );
     let (st, keep) = s.stop_keep();
     assert!(st.success());
     // The pool directory knows the new PVs: it opens (offline) and checks clean.

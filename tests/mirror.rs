@@ -325,3 +325,22 @@ fn pv_add_grows_the_pool_and_pv_replace_swaps_a_pv_online() {
     assert_sides_equal(&p, &ca, &cb2);
     assert_check(&p);
 }
+
+#[test]
+fn failgrp_remove_goes_back_to_one_copy() {
+    let (p, ca, _cb) = mirrored();
+    p.lu_create("vm", 8 * MB).unwrap();
+    write(&p, "vm", 0, 300, 1);
+    let removed = p.failgrp_remove("fg2").unwrap();
+    assert_eq!(removed, vec!["B".to_string()]);
+    assert_eq!(p.status().mirror_state, "NOT_MIRRORED");
+    write(&p, "vm", 300, 10, 2);
+    p.close().unwrap();
+    let (a, _) = FaultDev::from_image("A", ca.crash_image(CrashMode::DropAll, 0));
+    let p = Pool::open(vec![Arc::new(a)], opts()).unwrap();
+    expect(&p, "vm", 5, 1);
+    expect(&p, "vm", 305, 2);
+    assert_eq!(p.status().mirror_state, "NOT_MIRRORED");
+    assert_check(&p);
+    assert!(p.failgrp_remove("Default").is_err());
+}

@@ -24,6 +24,13 @@ pub enum FailgrpCmd {
         #[arg(long = "name")]
         new_name: String,
     },
+    /// Drop a failure group: the pool keeps a single copy (asks for --yes)
+    Remove {
+        name: String,
+        /// Confirm that every block is left with a single copy
+        #[arg(long)]
+        yes: bool,
+    },
     /// Bring back failed PVs that answer again and copy what their group missed, until done
     Resync,
 }
@@ -64,6 +71,10 @@ pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
             new_name: new_name.clone(),
         },
         FailgrpCmd::Resync => AdminRequest::Resync,
+        FailgrpCmd::Remove { name, yes } => AdminRequest::FailgrpRemove {
+            name: name.clone(),
+            confirm: *yes,
+        },
     };
     let json = cli.json;
     let mut report = |done: u64, total: u64| {

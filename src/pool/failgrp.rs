@@ -663,3 +663,73 @@ impl Pool {
         Ok(())
     }
 }
+
+impl Pool {
+    /// Drop failure group `name`: the pool goes back to a single copy on the other group, which
+    /// must be whole (no failed PV, nothing left to resync). Returns the dropped PVs' names.
+    pub fn failgrp_remove(&self, name: &str) -> Result<Vec<String>> {
+        let mut g = self.lock();
+        g.check_writable()?;
+        if !g.pvs.mirrored() {
+            return Err(PoolError::Invalid(
+                "the pool has a single failure group: nothing to remove".into(),
+            ));
+        }
+        let fg = g.find_group(name)?;
+        let keep = g
+            .pvs
+            .groups()
+            .into_iter()
+            .find(|&f| f != fg)
+            .expect("two groups");
+        if g.pvs.group_failed(keep) {
+            return Err(PoolError::Invalid(format!(
+                "failure group {} has a failed PV: it cannot hold the pool alone",
+                g.pvs.group_name(keep)
+            )));
+        }
+        let lagging = g.segs[1..].iter().any(|e| {
+            e.state != SEG_FREE && e.flags & crate::format::node::seg_flag_stale(keep) != 0
+        });
+        if lagging {
+            return Err(PoolError::Invalid(format!(
+                "failure group {} is still being resynced: wait for SYNCED first",
+                g.pvs.group_name(keep)
+            )));
+        }
+        let first_removed = g
+            .pvs
+            .pvs
+            .iter()
+            .position(|p| p.sb.fg_id == fg)
+            .expect("group has a PV");
+        if g.pvs.pvs[first_removed..].iter().any(|p| p.sb.fg_id != fg) {
+            return Err(PoolError::Invalid(format!(
+                "failure group {name} is not made of the pool's last PVs (PVs were added to \
+                 {} after it): this version cannot renumber PVs",
+                g.pvs.group_name(keep)
+            )));
+        }
+        g.write_out_all()?;
+        g.sync_pvs()?;
+        let removed: Vec<String> = g
+            .pvs
+            .pvs
+            .drain(first_removed..)
+            .map(|p| p.dev.name().to_owned())
+            .collect();
+        if usize::from(g.journal.pv) >= first_removed {
+            return Err(PoolError::Invalid(
+                "the journal lives on the group to remove".into(),
+            ));
+        }
+        g.journal.mirror = None;
+        for seg in 1..g.segs.len() as u64 {
+            g.apply_seg_stale(seg, fg, false);
+        }
+        g.rewrite_superblocks(&|sb| sb.incompat &= !INCOMPAT_MIRROR)?;
+        g.checkpoint()?;
+        tracing::info!("failure group {name} removed: the pool has a single copy now");
+        Ok(removed)
+    }
+}
