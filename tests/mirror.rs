@@ -344,3 +344,35 @@ fn failgrp_remove_goes_back_to_one_copy() {
     assert_check(&p);
     assert!(p.failgrp_remove("Default").is_err());
 }
+
+#[test]
+fn an_lus_extents_spread_over_the_pvs_of_a_group() {
+    let devs: Vec<Arc<dyn BlockDev>> = vec![
+        Arc::new(FaultDev::new("P0", 32 * MB).0),
+        Arc::new(FaultDev::new("P1", 16 * MB).0),
+    ];
+    let p = Pool::create(devs, &copts(), opts()).unwrap();
+    p.lu_create("vm", 64 * MB).unwrap();
+    write(&p, "vm", 0, 2048, 1);
+    p.flush().unwrap();
+    let layout = p.file_layout("vm").unwrap();
+    let on = |pv: &str| {
+        layout
+            .iter()
+            .filter(|e| e.placement.iter().any(|pl| pl.pv == pv))
+            .count()
+    };
+    assert!(on("P0") >= 3 && on("P1") >= 3, "{layout:?}");
+    // Unequal sizes are used fully: fill the pool until ENOSPC, both PVs end up full.
+    let id = p.lu_id("vm").unwrap();
+    let mut lba = 2048;
+    while lba < 16384 && p.write(id, lba * 4096, &pattern(lba, 1), false).is_ok() {
+        lba += 1;
+    }
+    assert!(
+        p.status().free_bytes < 8 * MB,
+        "{:?}",
+        p.status().free_bytes
+    );
+    assert_check(&p);
+}

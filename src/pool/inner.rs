@@ -133,6 +133,8 @@ pub struct Inner {
     /// Held for reading by reads doing I/O outside the pool lock; a checkpoint takes it for
     /// writing before freed segments may be reused.
     pub reuse: std::sync::Arc<std::sync::RwLock<()>>,
+    /// Which PV the next new segment is taken from (round robin).
+    pub alloc_cursor: usize,
     /// Mirror counters (shared with reads outside the lock).
     pub mirror: std::sync::Arc<super::mirror::MirrorStats>,
 }
@@ -301,6 +303,36 @@ impl Inner {
         }
     }
 
+    /// A free segment, spreading consecutive segments over the PVs (of the first failure
+    /// group) in turn, so an LU's extents land on every PV and PVs of unequal size all fill up.
+    fn pick_free_segment(&mut self) -> u64 {
+        let fg = self.pvs.pvs[0].sb.fg_id;
+        let ranges: Vec<(u64, u64)> = self
+            .pvs
+            .pvs
+            .iter()
+            .filter(|p| p.sb.fg_id == fg)
+            .map(|p| {
+                (
+                    p.sb.first_pool_segment,
+                    p.sb.first_pool_segment + p.sb.pv_segments,
+                )
+            })
+            .collect();
+        let n = ranges.len().max(1);
+        for k in 0..n {
+            let i = (self.alloc_cursor + k) % n;
+            let Some(&(lo, hi)) = ranges.get(i) else {
+                break;
+            };
+            if let Some(&seg) = self.free.range(lo..hi).next() {
+                self.alloc_cursor = i + 1;
+                return seg;
+            }
+        }
+        self.free.iter().next().copied().unwrap_or(0)
+    }
+
     /// Open a new segment for a stream. Segments are taken round-robin over the PVs so an LU's
     /// extents spread across them.
     fn open_segment(&mut self, which: StreamId) -> Result<u64> {
@@ -312,13 +344,7 @@ impl Inner {
                 self.segs.len() - 1
             )));
         }
-        let last = self.streams.iter().map(|s| s.seg).max().unwrap_or(0);
-        let seg = *self
-            .free
-            .range(last + 1..)
-            .next()
-            .or_else(|| self.free.iter().next())
-            .unwrap_or(&0);
+        let seg = self.pick_free_segment();
         self.free.remove(&seg);
         let gen = self.generation;
         let e = self.seg_mut(seg);

@@ -208,6 +208,7 @@ fn assemble(
         dirty_cap,
         reuse: Default::default(),
         mirror: Default::default(),
+        alloc_cursor: 0,
         opts,
     })
 }
