@@ -61,41 +61,14 @@ FIO_TIMEOUT=$((RUNTIME + RAMP + 60))        # a hung server must not hang the sc
 PREFILL_TIMEOUT=$((SIZE_GIB * 150 + 60))    # >= 7 MiB/s
 START_TIMEOUT_TENTHS=600                    # 60 s for a server to answer nbdinfo
 
-PYTHON=/usr/bin/python3
-[[ -x $PYTHON ]] || PYTHON=python3
-
-log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die77() { echo "bench-vs-peers: $*" >&2; exit 77; }
+BENCH_NAME=bench-vs-peers
+# shellcheck source=scripts/lib/bench-common.sh
+source "$ROOT/scripts/lib/bench-common.sh"   # PYTHON, log, die77, ensure_tools, stop_pid, ...
 
 # ---------------------------------------------------------------------------------------------
 # Tools: install what is missing with apt (apt-get update first), exit 77 when that fails.
 # ---------------------------------------------------------------------------------------------
-declare -A PKG_OF=([fio]=fio [nbdkit]=nbdkit [nbd-server]=nbd-server [qemu-nbd]=qemu-utils
-                   [nbdinfo]=libnbd-bin)
-missing=()
-for tool in fio nbdkit nbd-server qemu-nbd nbdinfo; do
-    pkg=${PKG_OF[$tool]}
-    if ! command -v "$tool" >/dev/null 2>&1 ||
-        ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$pkg")
-    fi
-done
-# The nbdkit file plugin ships in the nbdkit package on Debian; check it anyway below.
-if ((${#missing[@]})); then
-    SUDO=""
-    if [[ $(id -u) != 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die77 "missing ${missing[*]} and not root (no sudo)"
-        SUDO="sudo -n"
-    fi
-    command -v apt-get >/dev/null 2>&1 || die77 "missing ${missing[*]} and no apt-get"
-    log "installing Debian packages: ${missing[*]}"
-    $SUDO apt-get update -qq || die77 "apt-get update failed; cannot install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >&2 ||
-        die77 "apt-get install ${missing[*]} failed"
-fi
-for tool in fio nbdkit nbd-server qemu-nbd nbdinfo; do
-    command -v "$tool" >/dev/null 2>&1 || die77 "$tool is still missing after apt-get install"
-done
+ensure_tools fio=fio nbdkit=nbdkit nbd-server=nbd-server qemu-nbd=qemu-utils nbdinfo=libnbd-bin
 fio --enghelp=nbd 2>/dev/null | grep -q uri || die77 "this fio has no nbd ioengine (libnbd)"
 nbdkit file --version >/dev/null 2>&1 || die77 "nbdkit has no file plugin"
 command -v "$PYTHON" >/dev/null 2>&1 || die77 "python3 is needed to read fio's JSON"
@@ -121,31 +94,6 @@ TMPFS_MOUNTED=0
 SRV_PID=""          # the server being measured (its pid; nbd-server: the daemon's pid)
 SRV_CHILD=""        # the server process started by this script and still to be reaped
 BG_PIDS=()          # fio / sampler running in the background
-
-stop_pid() { # PID [reap]: SIGTERM, up to 10 s, then SIGKILL; a zombie counts as gone.
-    local pid=$1 i state
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        state=$(awk '{sub(/.*\) /, ""); print $1}' "/proc/$pid/stat" 2>/dev/null) || break
-        [[ $state == Z ]] && break
-        sleep 0.1
-    done
-    if [[ -e /proc/$pid && ${state:-} != Z ]]; then
-        log "pid $pid ignored SIGTERM for 10 s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-}
-
-children_of() { # PID: direct children (nbd-server forks one per connection)
-    local p stat ppid
-    for p in /proc/[0-9]*; do
-        { read -r stat <"$p/stat"; } 2>/dev/null || continue
-        stat=${stat##*) }
-        read -r _ ppid _ <<<"$stat"
-        [[ $ppid == "$1" ]] && echo "${p#/proc/}"
-    done
-}
 
 stop_server() {
     local kids=() k
@@ -207,49 +155,7 @@ setup_tmpfs() {
 # ---------------------------------------------------------------------------------------------
 # Helpers in Python: a CPU sampler and the per-run / final reports.
 # ---------------------------------------------------------------------------------------------
-cat >"$RUN/sampler.py" <<'PY'
-# sampler.py SERVER_PID WATCH_PID OUT MAX_SECONDS TREE(0|1)
-# Every 0.1 s, until WATCH_PID exits (bounded by MAX_SECONDS), append "unix_time ticks" to OUT,
-# ticks = utime+stime+cutime+cstime of SERVER_PID (+ the same of its children when TREE=1).
-import os, sys, time
-srv, watch, out, maxsec, tree = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
-                                 float(sys.argv[4]), sys.argv[5] == "1")
-def fields(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        s = f.read()
-    return s[s.rindex(")") + 2:].split()   # [0] = state (field 3)
-def ticks(f):
-    return int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])   # fields 14..17
-def alive(pid):
-    try:
-        return fields(pid)[0] != "Z"
-    except OSError:
-        return False
-def sample():
-    total = ticks(fields(srv))
-    if tree:
-        for p in os.listdir("/proc"):
-            if p.isdigit():
-                try:
-                    f = fields(p)
-                    if int(f[1]) == srv:
-                        total += ticks(f)
-                except (OSError, ValueError, IndexError):
-                    pass
-    return total
-deadline = time.time() + maxsec
-with open(out, "w") as o:
-    while True:
-        done = not alive(watch) or time.time() > deadline
-        try:
-            o.write(f"{time.time():.4f} {sample()}\n")
-        except (OSError, ValueError, IndexError):
-            o.write(f"{time.time():.4f} gone\n")
-            break
-        if done:
-            break
-        time.sleep(0.1)
-PY
+write_cpu_sampler "$RUN/sampler.py"
 
 cat >"$RUN/analyze.py" <<'PY'
 # analyze.py FIO_JSON SAMPLES CLK_TCK RC STORAGE TRANSPORT WORKLOAD SERVER FIO_LOG SRV_ALIVE SRV_LOG
@@ -450,9 +356,6 @@ RESULTS=$LOGS/results.jsonl
 # ---------------------------------------------------------------------------------------------
 # Servers.
 # ---------------------------------------------------------------------------------------------
-free_port() {
-    "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # backing_create SERVER DIR: create the server's 4 GiB file or pool+LU under DIR.
 backing_create() {
