@@ -110,11 +110,22 @@ impl Inner {
     /// if a later block in the ring carries the expected sequence number and records that the
     /// failed block had been made durable, acknowledged writes were damaged: that is an error.
     pub fn journal_read(&self) -> Result<Vec<JournalBlock>> {
-        // Replay from a copy of the ring whose PV is up.
-        let jpv = match self.journal.mirror {
-            Some(m) if self.pvs.pvs[usize::from(self.journal.pv)].failed.is_some() => m,
-            _ => self.journal.pv,
+        // Mirrored pools keep the ring on two PVs; one of them may have missed blocks (its PV
+        // failed, and the record saying so is in the journal itself). Replay the longer valid
+        // sequence: every block in it was written to a PV that was up.
+        let Some(m) = self.journal.mirror else {
+            return self.journal_read_from(self.journal.pv);
         };
+        let a = self.journal_read_from(self.journal.pv);
+        let b = self.journal_read_from(m);
+        match (a, b) {
+            (Ok(x), Ok(y)) => Ok(if y.len() > x.len() { y } else { x }),
+            (Ok(x), Err(_)) | (Err(_), Ok(x)) => Ok(x),
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    fn journal_read_from(&self, jpv: u16) -> Result<Vec<JournalBlock>> {
         let mut out = Vec::new();
         let (mut seq, mut pos) = (self.journal.start_seq, self.journal.start_pos);
         let mut buf = vec![0u8; crate::format::BLOCK];

@@ -153,6 +153,44 @@ impl Inner {
         Err(first_err.expect("at least one copy"))
     }
 
+    /// Replay of a block written since the last checkpoint: a crash may have come between the
+    /// write to one group and the record saying the other failed, so make every copy that is
+    /// up match the one that verifies against `crc`.
+    pub fn repair_copies(&self, pba: u64, crc: u32) {
+        if !self.pvs.mirrored() {
+            return;
+        }
+        let (seg, slot) = split(pba);
+        let mut good: Option<Vec<u8>> = None;
+        let mut bad = Vec::new();
+        let mut buf = vec![0u8; BLOCK];
+        for fg in self.pvs.groups() {
+            if self.pvs.group_failed(fg) {
+                continue;
+            }
+            let Some((pv, s)) = self.pvs.locate_in(fg, seg) else {
+                continue;
+            };
+            let Ok(off) = self.pvs.offset(pv, s, slot) else {
+                continue;
+            };
+            let ok = self.pvs.read(pv, off, &mut buf).is_ok()
+                && crate::format::data_crc(&self.pool_id, &buf) == crc;
+            if ok {
+                good.get_or_insert_with(|| buf.clone());
+            } else {
+                bad.push((pv, off));
+            }
+        }
+        if let Some(g) = good {
+            for (pv, off) in bad {
+                if self.pvs.write(pv, off, &g).is_ok() {
+                    self.mirror.repaired();
+                }
+            }
+        }
+    }
+
     /// Write blocks starting at `pba` (within one segment) to every group that is up. A failed
     /// write degrades its group when another group holds the data; otherwise it is an error.
     pub fn put_run(&mut self, pba: u64, buf: &[u8]) -> Result<()> {

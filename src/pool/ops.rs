@@ -42,6 +42,9 @@ impl Inner {
                     self.free_vbas.remove(vba);
                 }
                 self.apply_write(*vol, *lba, *vba, *pba, *crc, None)?;
+                if replay {
+                    self.repair_copies(*pba, *crc);
+                }
                 Ok(true)
             }
             Record::Unmap { vol, lba, count } => {
@@ -129,6 +132,9 @@ impl Inner {
                 self.live_dec(*old_pba);
                 self.live_inc(*new_pba);
                 self.tag(*new_pba, *vba)?;
+                if replay {
+                    self.repair_copies(*new_pba, *crc);
+                }
                 Ok(true)
             }
             Record::VolShare {
@@ -166,10 +172,24 @@ impl Inner {
     }
 
     /// Whether the block at `pba` holds data with checksum `crc`.
+    /// In a mirrored pool any copy will do: replay may run before the records that say which
+    /// copy went stale.
     fn data_matches(&self, pba: u64, crc: u32) -> bool {
-        self.read_block(pba)
-            .map(|b| data_crc(&self.pool_id, &b) == crc)
-            .unwrap_or(false)
+        let ok = |b: &[u8]| data_crc(&self.pool_id, b) == crc;
+        if self.read_block(pba).is_ok_and(|b| ok(&b)) {
+            return true;
+        }
+        let (seg, slot) = super::pvs::split(pba);
+        let mut buf = vec![0u8; crate::format::BLOCK];
+        self.pvs.groups().into_iter().any(|fg| {
+            self.pvs.locate_in(fg, seg).is_some_and(|(pv, s)| {
+                self.pvs
+                    .offset(pv, s, slot)
+                    .and_then(|off| self.pvs.read(pv, off, &mut buf))
+                    .is_ok()
+                    && ok(&buf)
+            })
+        })
     }
 
     /// `known_old` is the current mapping when the caller just looked it up (the live path).

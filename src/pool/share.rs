@@ -51,10 +51,24 @@ impl Inner {
 
     /// The data VBA mapped at `lba` of `vol` (0 if none), without sharing checks.
     pub fn map_get(&mut self, vol: u64, lba: u64) -> Result<u64> {
-        Ok(self
-            .leaf_of(vol, lba)?
-            .map(|(leaf, _)| leaf[(lba % FANOUT) as usize])
-            .unwrap_or(0))
+        let v = self
+            .vols
+            .get(&vol)
+            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
+        if lba >= v.size.div_ceil(BLOCK_U64) {
+            return Ok(0);
+        }
+        // One entry per level, no copies: this runs for every family member on a first write.
+        let (mut cur, mut level) = (v.map_root, v.map_depth);
+        while level > 0 {
+            if cur == 0 {
+                return Ok(0);
+            }
+            level -= 1;
+            let s = ((lba / entry_span(level)) % FANOUT) as usize;
+            cur = self.map_node(cur, level)?.entries[s];
+        }
+        Ok(cur)
     }
 
     /// The leaf covering `lba` of `vol`: its entries and VBA, if the leaf exists.
