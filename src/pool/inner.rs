@@ -394,7 +394,9 @@ impl Inner {
         let pba = seg_start(s.seg) + s.next;
         s.buf.extend_from_slice(block);
         s.next += 1;
-        if s.buf.len() >= 64 * BLOCK || s.next >= SEG_BLOCKS {
+        // Metadata blocks are often reserved first and filled later in a checkpoint: keep them
+        // buffered for the whole segment so a reserved block is not written twice.
+        if s.next >= SEG_BLOCKS || (which != StreamId::Meta && s.buf.len() >= 64 * BLOCK) {
             let r = self.write_out(which);
             self.poison(r)?;
         }
