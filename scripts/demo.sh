@@ -3,13 +3,29 @@
 # LUs, serve them over NBD with sspd, write and read one with qemu-img, capture it as a client
 # image, deploy two linked clones from a snapshot of it, personalise one, and show what the pool
 # reports about sharing. Re-running starts from scratch.
+#
+#   scripts/demo.sh [--boot]
+#
+# With --boot (or SSP_DEMO_BOOT=1) it goes on to boot two linked clones of a ppc64le golden
+# disk in QEMU pseries guests over NBD, each named by its own `clone --activation` config disk
+# (the guest kernel and busybox come from Debian, fetched and built once by scripts/guests/ and
+# cached in ~/.cache/ssp-guests; the first run takes a few minutes more). Off by default: the
+# plain demo stays quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BOOT="${SSP_DEMO_BOOT:-0}"
+for a in "$@"; do
+  case "$a" in
+    --boot) BOOT=1 ;;
+    *) echo "usage: $0 [--boot]" >&2; exit 2 ;;
+  esac
+done
 DEMO_DIR="${SSP_DEMO_DIR:-$PWD/demo}"
 scripts/install-deps.sh >/dev/null
 echo "== building ssp (release)"
 cargo build --release --locked --quiet
-SSPCTL="$PWD/target/release/sspctl"
+TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+SSPCTL="$TARGET_DIR/release/sspctl"
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
 POOL="$DEMO_DIR/pool"
@@ -25,7 +41,7 @@ say "Creating thin LUs: they use no space until written"
 "$SSPCTL" --pool "$POOL" lu list
 
 say "Starting sspd: every LU is now an NBD export"
-SSPD="$PWD/target/release/sspd"
+SSPD="$TARGET_DIR/release/sspd"
 "$SSPD" --pool "$POOL" --listen 127.0.0.1:0 > "$DEMO_DIR/sspd.out" 2> "$DEMO_DIR/sspd.log" &
 SSPD_PID=$!
 trap 'kill $SSPD_PID 2>/dev/null || true' EXIT
@@ -71,6 +87,56 @@ head -5 "$DEMO_DIR/sharing.txt"
 
 say "What vm1 changed since the image snapshot (sspctl diff; also the NBD context ssp:changed:aix-golden-image@deploy)"
 "$SSPCTL" --pool "$POOL" diff aix-golden-image@deploy vm1-rootvg
+
+if [ "$BOOT" = 1 ]; then
+  say "Booting linked clones: fetching and building the ppc64le guest (cached after the first run)"
+  GUEST_BUILD=$(scripts/guests/build-ppc64.sh | tail -1)
+  echo "golden disk: $GUEST_BUILD/golden-disk.img (MBR, PReP partition with GRUB, ext4 root with an activation engine)"
+
+  say "Writing the golden disk into an LU over NBD, capturing it, snapshotting the image"
+  "$SSPCTL" --pool "$POOL" lu create ppc64-golden-rootvg --size 128M >/dev/null
+  qemu-img convert -n -f raw -O raw "$GUEST_BUILD/golden-disk.img" "nbd://$ADDR/ppc64-golden-rootvg"
+  "$SSPCTL" --pool "$POOL" image capture ppc64-golden-rootvg ppc64-golden-image
+  "$SSPCTL" --pool "$POOL" snapshot create ppc64-golden-image@deploy
+
+  say "Two linked clones, each with its activation config disk (a read-only client image NAME-config)"
+  "$SSPCTL" --pool "$POOL" clone ppc64-golden-image@deploy lpar1-rootvg \
+    --activation hostname=lpar1,ip=192.168.10.11/24,gateway=192.168.10.1,dns=192.168.10.53
+  "$SSPCTL" --pool "$POOL" clone ppc64-golden-image@deploy lpar2-rootvg \
+    --activation hostname=lpar2,ip=192.168.10.12/24,gateway=192.168.10.1,dns=192.168.10.53
+  nbdinfo --json "nbd://$ADDR/lpar1-rootvg-config" | grep -E '"export-size"|"is_read_only"'
+
+  say "Booting both at once in QEMU pseries guests (TCG) over NBD: SLOF -> GRUB -> Linux -> activation engine"
+  # The config disk is a CD-ROM on the clone's spapr-vscsi adapter. The NVRAM name given to
+  # boot-ppc64.sh is only a fallback: the config disk wins, as the activation marker shows.
+  pids=()
+  for n in 1 2; do
+    SSP_GUEST_LOG="$DEMO_DIR/console-lpar$n.log" \
+      SSP_GUEST_EXTRA_ARGS="-drive file=nbd://$ADDR/lpar$n-rootvg-config,format=raw,if=none,id=cfg,readonly=on -device scsi-cd,drive=cfg,bus=scsi0.0" \
+      scripts/guests/boot-ppc64.sh "nbd://$ADDR/lpar$n-rootvg" "lpar$n" vscsi firmware &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  for n in 1 2; do
+    tr -d '\r' < "$DEMO_DIR/console-lpar$n.log" | grep -aoE 'ssp: GRUB.*|^SSP-ACTIVATED.*' |
+      sed "s/^/lpar$n console: /" || true
+  done
+
+  say "Each clone's activation marker, read back over NBD (debugfs on the root partition)"
+  off=$(cat "$GUEST_BUILD/golden-disk.root-offset-mib")
+  for n in 1 2; do
+    qemu-img convert -f raw -O raw "nbd://$ADDR/lpar$n-rootvg" "$DEMO_DIR/lpar$n.img"
+    dd if="$DEMO_DIR/lpar$n.img" of="$DEMO_DIR/lpar$n.root" bs=1M skip="$off" status=none
+    debugfs -R 'cat /var/lib/ssp/activated' "$DEMO_DIR/lpar$n.root" 2>/dev/null |
+      grep -E '^(hostname|source)=' | tr '\n' ' ' | sed "s/^/lpar$n-rootvg: /; s/ \$/\n/" || true
+    rm -f "$DEMO_DIR/lpar$n.img" "$DEMO_DIR/lpar$n.root"
+  done
+
+  for n in 1 2; do
+    say "file stat lpar$n-rootvg: it owns only the blocks its first boot changed"
+    "$SSPCTL" --pool "$POOL" file stat "lpar$n-rootvg"
+  done
+fi
 
 say "LUs, asked online through sspd's admin socket (UNUSED shrinks only by what was written)"
 "$SSPCTL" --pool "$POOL" lu list

@@ -3,6 +3,7 @@
 //! `DIR/admin.sock` (mode 0600), one JSON line each way, in a versioned envelope.
 
 use crate::access::{ClientSpec, MapStore};
+use crate::pool::activation::Activation;
 use crate::pool::{
     CheckReport, DiffExtent, FailGroupInfo, FileStat, GcStats, LayoutExtent, LuInfo, Pool,
     PoolError, PoolStatus, PvListEntry, ScrubReport,
@@ -63,6 +64,10 @@ pub enum AdminRequest {
     Clone {
         src: String,
         name: String,
+        /// Also make the clone's activation config disk `NAME-config` (a read-only client
+        /// image). Absent in requests from older clients: a plain clone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        activation: Option<Activation>,
     },
     ImageCapture {
         src: String,
@@ -124,6 +129,9 @@ pub enum AdminReply {
     },
     Removed {
         name: String,
+        /// Removed with it: a clone's activation config disk.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also_removed: Vec<String>,
     },
     Check(CheckReport),
     Gc(GcStats),
@@ -260,9 +268,28 @@ pub fn execute_with_progress(
         AdminRequest::LuRemove { name, force } => {
             pool.lu_get(name)?;
             detached(att, name, "LU", *force)?;
+            // A clone's activation config disk goes with it.
+            let config = pool.activation_disk_of(name);
+            if let Some(c) = &config {
+                detached(att, c, "config disk", *force)?;
+            }
             pool.lu_remove(name)?;
             ctx.maps.forget(name).map_err(PoolError::Config)?;
-            AdminReply::Removed { name: name.clone() }
+            let mut also_removed = Vec::new();
+            if let Some(c) = config {
+                match pool.image_remove(&c) {
+                    Ok(_) => {
+                        ctx.maps.forget(&c).map_err(PoolError::Config)?;
+                        also_removed.push(c);
+                    }
+                    // Kept (it has snapshots): `image remove` it later.
+                    Err(e) => tracing::warn!("keeping config disk {c}: {e}"),
+                }
+            }
+            AdminReply::Removed {
+                name: name.clone(),
+                also_removed,
+            }
         }
         AdminRequest::Check => AdminReply::Check(pool.check()?),
         AdminRequest::Gc { max_segments } => AdminReply::Gc(pool.gc(*max_segments)?),
@@ -289,7 +316,19 @@ pub fn execute_with_progress(
                 freed_blocks: pool.snapshot_remove(name)?,
             }
         }
-        AdminRequest::Clone { src, name } => lus(vec![pool.clone_create(src, name)?]),
+        AdminRequest::Clone {
+            src,
+            name,
+            activation: None,
+        } => lus(vec![pool.clone_create(src, name)?]),
+        AdminRequest::Clone {
+            src,
+            name,
+            activation: Some(a),
+        } => {
+            let (clone, disk) = pool.clone_with_activation(src, name, a)?;
+            lus(vec![clone, disk])
+        }
         AdminRequest::ImageCapture { src, name } => {
             lus(vec![pool.image_capture(src, name, progress)?])
         }

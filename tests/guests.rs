@@ -336,25 +336,16 @@ fn root_offset(build: &Path) -> usize {
 /// Boot the golden image from an LU and check, through NBD, that the guest activated itself
 /// into its own root filesystem and left it clean. `boot`: "kernel" (golden.img, identity on
 /// the kernel command line) or "firmware" (golden-disk.img through SLOF and GRUB, identity in
-/// the NVRAM). With `config_disk`, the identity comes from a config disk (ISO 9660, NoCloud
-/// and OVF) served as a second export.
-fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str, config_disk: bool) {
+/// the NVRAM).
+fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str) {
     let build = build("build-ppc64.sh");
-    let (golden, size, mut source) = match boot {
+    let (golden, size, source) = match boot {
         "kernel" => (build.join("golden.img"), "64M", "cmdline"),
         _ => (build.join("golden-disk.img"), "128M", "nvram"),
     };
-    let config = format!("{lu}-config");
-    let server = Server::start(&[(lu, size), (&config, "4M")]);
+    let server = Server::start(&[(lu, size)]);
     server.write_image(lu, &golden);
-    // (A clone's config disk will come from `clone --activation`.)
-    let iso = server.path("config.iso");
-    if config_disk {
-        script("config-disk.sh", &[hostname, iso.to_str().unwrap()], &[]);
-        server.write_image(&config, &iso);
-        source = "config-disk";
-    }
-    server.boot_ppc64(lu, hostname, disk, boot, config_disk.then_some(&config[..]));
+    server.boot_ppc64(lu, hostname, disk, boot, None);
 
     let after = server.read_lu(lu);
     let root = root_fs(&after, boot, &build, server.dir.path());
@@ -389,23 +380,32 @@ fn golden_boot(lu: &str, hostname: &str, disk: &str, boot: &str, config_disk: bo
         let n = root_offset(&build);
         assert!(g[..n] == a[..n], "MBR or PReP partition changed");
     }
-    if config_disk {
-        let iso = std::fs::read(&iso).unwrap();
-        let back = std::fs::read(server.read_lu(&config)).unwrap();
-        assert!(back[..iso.len()] == iso[..], "the config disk changed");
-    }
     server.stop();
+}
+
+/// How a clone gets its identity.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// The kernel command line (kernel boot) or the NVRAM (firmware boot).
+    Boot,
+    /// `sspctl clone ... --activation hostname=NAME`: the clone's config disk NAME-config,
+    /// attached read-only as a second disk. The boot still passes the name on the command
+    /// line or in the NVRAM: the config disk must win (the marker says so).
+    ConfigDisk,
 }
 
 /// Capture, snapshot, clone and boot: `boot` "kernel" (golden.img) or "firmware"
 /// (golden-disk.img); `clones` (LU, hostname, disk) boot at the same time. Checked through NBD
 /// and sspctl afterwards.
-fn deploy_clones(boot: &str, clones: &[(&str, &str, &str)]) {
+fn deploy_clones(boot: &str, clones: &[(&str, &str, &str)], identity: Identity) {
     let build = build("build-ppc64.sh");
-    let (golden, size, source) = match boot {
+    let (golden, size, mut source) = match boot {
         "kernel" => (build.join("golden.img"), "64M", "cmdline"),
         _ => (build.join("golden-disk.img"), "128M", "nvram"),
     };
+    if identity == Identity::ConfigDisk {
+        source = "config-disk";
+    }
     let server = Server::start(&[("golden-rootvg", size)]);
     server.write_image("golden-rootvg", &golden);
     sspctl(
@@ -413,16 +413,40 @@ fn deploy_clones(boot: &str, clones: &[(&str, &str, &str)]) {
         &["image", "capture", "golden-rootvg", "golden-image"],
     );
     sspctl(&server.pool, &["snapshot", "create", "golden-image@deploy"]);
-    for &(lu, _, _) in clones {
-        sspctl(&server.pool, &["clone", "golden-image@deploy", lu]);
+    let config = |lu: &str| format!("{lu}-config");
+    let mut configs = Vec::new();
+    for &(lu, hostname, _) in clones {
+        if identity == Identity::ConfigDisk {
+            let spec = format!("hostname={hostname}");
+            let out = sspctl(
+                &server.pool,
+                &["clone", "golden-image@deploy", lu, "--activation", &spec],
+            );
+            assert!(
+                out.contains(&format!("config disk {}", config(lu))),
+                "{out}"
+            );
+            configs.push((
+                config(lu),
+                std::fs::read(server.read_lu(&config(lu))).unwrap(),
+            ));
+        } else {
+            sspctl(&server.pool, &["clone", "golden-image@deploy", lu]);
+        }
     }
 
     std::thread::scope(|s| {
         for &(lu, hostname, disk) in clones {
             let server = &server;
-            s.spawn(move || server.boot_ppc64(lu, hostname, disk, boot, None));
+            let cfg = (identity == Identity::ConfigDisk).then(|| config(lu));
+            s.spawn(move || server.boot_ppc64(lu, hostname, disk, boot, cfg.as_deref()));
         }
     });
+    // The config disks are read-only: as they were made.
+    for (c, before) in &configs {
+        let after = std::fs::read(server.read_lu(c)).unwrap();
+        assert!(after == *before, "config disk {c} changed");
+    }
 
     let golden_bytes = std::fs::read(&golden).unwrap();
     for &(lu, hostname, _) in clones {
@@ -476,7 +500,7 @@ fn ppc64_pseries_spapr_vscsi_golden_disk_activates_over_nbd() {
     if skip("ppc64_pseries_spapr_vscsi_golden_disk_activates_over_nbd") {
         return;
     }
-    golden_boot("vm-vscsi", "ssp-vm1", "vscsi", "kernel", false);
+    golden_boot("vm-vscsi", "ssp-vm1", "vscsi", "kernel");
 }
 
 /// The deployment story: the golden disk written into an LU over NBD, captured as a client
@@ -494,28 +518,44 @@ fn ppc64_pseries_two_linked_clones_of_a_captured_image_boot_and_personalise() {
             ("vm1-rootvg", "ssp-vm1", "vscsi"),
             ("vm2-rootvg", "ssp-vm2", "virtio"),
         ],
+        Identity::Boot,
     );
 }
 
-/// Firmware boot of a linked clone, no -kernel: SLOF loads GRUB (powerpc-ieee1275) from the
+/// Firmware boot of linked clones, no -kernel: SLOF loads GRUB (powerpc-ieee1275) from the
 /// PReP partition of the captured full disk, GRUB the kernel and initramfs from its root
-/// partition; the identity comes from the NVRAM.
+/// partition. Two clones of one image boot at once (spapr-vscsi with the config disk as a
+/// CD-ROM, virtio-blk with it as a second disk) and come up with different names, each read
+/// from its own `clone --activation` config disk.
 #[test]
-fn ppc64_pseries_firmware_boot_of_a_linked_clone_slof_grub_prep() {
-    if skip("ppc64_pseries_firmware_boot_of_a_linked_clone_slof_grub_prep") {
+fn ppc64_pseries_firmware_boot_of_two_linked_clones_named_by_their_config_disks() {
+    if skip("ppc64_pseries_firmware_boot_of_two_linked_clones_named_by_their_config_disks") {
         return;
     }
-    deploy_clones("firmware", &[("vm3-rootvg", "ssp-vm3", "vscsi")]);
+    deploy_clones(
+        "firmware",
+        &[
+            ("vm3-rootvg", "ssp-vm3", "vscsi"),
+            ("vm5-rootvg", "ssp-vm5", "virtio"),
+        ],
+        Identity::ConfigDisk,
+    );
 }
 
-/// The identity on a config disk (ISO 9660 with NoCloud meta-data and ovf-env.xml), served
-/// read-only as a second NBD export beside the root disk; it wins over the kernel command line.
+/// `sspctl clone IMAGE@SNAP NEW --activation hostname=NAME`: the identity comes from the
+/// clone's config disk NEW-config (ISO 9660 "cidata": NoCloud meta-data and ovf-env.xml), a
+/// read-only client image served as a second NBD export beside the root disk; it wins over the
+/// kernel command line.
 #[test]
-fn ppc64_pseries_activation_from_config_disk_on_a_second_export() {
-    if skip("ppc64_pseries_activation_from_config_disk_on_a_second_export") {
+fn ppc64_pseries_linked_clone_activates_from_its_clone_activation_config_disk() {
+    if skip("ppc64_pseries_linked_clone_activates_from_its_clone_activation_config_disk") {
         return;
     }
-    golden_boot("vm-config", "ssp-vm4", "vscsi", "kernel", true);
+    deploy_clones(
+        "kernel",
+        &[("vm4-rootvg", "ssp-vm4", "vscsi")],
+        Identity::ConfigDisk,
+    );
 }
 
 #[test]

@@ -50,6 +50,13 @@ pub enum Command {
         src: String,
         /// Name of the new LU
         name: String,
+        /// Also make an activation config disk NAME-config, a read-only client image (ISO 9660
+        /// "cidata": cloud-init NoCloud meta-data/user-data/network-config and an OVF
+        /// ovf-env.xml) the clone's first boot personalises itself from. Keys: hostname
+        /// (required), ip (A.B.C.D or A.B.C.D/PREFIX), netmask, gateway, dns (repeatable),
+        /// domain, adapter (the OVF adapter number, default 1)
+        #[arg(long, value_name = "hostname=NAME[,ip=..,gateway=..,dns=..]")]
+        activation: Option<crate::pool::activation::Activation>,
     },
     /// Accounting: file stat (owned/shared blocks, block debt), file layout (per extent)
     #[command(subcommand)]
@@ -217,7 +224,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Lu(cmd) => lu(cli, cmd, out)?,
         Command::Snapshot(cmd) => share::snapshot(cli, cmd, out)?,
         Command::Image(cmd) => share::image(cli, cmd, out)?,
-        Command::Clone { src, name } => share::clone(cli, src, name, out)?,
+        Command::Clone {
+            src,
+            name,
+            activation,
+        } => share::clone(cli, src, name, activation.as_ref(), out)?,
         Command::File(cmd) => share::file(cli, cmd, out)?,
         Command::Diff { from, to } => share::diff(cli, from, to, out)?,
         Command::Failgrp(cmd) => mirror::failgrp(cli, cmd, out)?,
@@ -350,11 +361,18 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
     if let Some(req) = req {
         match admin(cli, req)? {
             AdminReply::Lus { pool, lus } => print_lus(cli.json, &pool, &lus, out)?,
-            AdminReply::Removed { name } => {
+            AdminReply::Removed { name, also_removed } => {
                 if cli.json {
-                    writeln!(out, "{}", serde_json::json!({ "removed": name }))?;
+                    let mut v = serde_json::json!({ "removed": name });
+                    if !also_removed.is_empty() {
+                        v["also_removed"] = serde_json::json!(also_removed);
+                    }
+                    writeln!(out, "{v}")?;
                 } else {
                     writeln!(out, "removed LU {name}")?;
+                    for c in &also_removed {
+                        writeln!(out, "removed its activation config disk {c}")?;
+                    }
                 }
             }
             other => bail!("unexpected reply {other:?}"),

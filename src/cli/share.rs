@@ -3,6 +3,7 @@
 
 use super::{admin, admin_with_progress, print_lus, Cli};
 use crate::admin::{AdminReply, AdminRequest};
+use crate::pool::activation::Activation;
 use crate::pool::{FileStat, LayoutExtent, LuInfo};
 use anyhow::{bail, Result};
 use clap::Subcommand;
@@ -244,22 +245,52 @@ pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-pub fn clone(cli: &Cli, src: &str, name: &str, out: &mut dyn Write) -> Result<()> {
+pub fn clone(
+    cli: &Cli,
+    src: &str,
+    name: &str,
+    activation: Option<&Activation>,
+    out: &mut dyn Write,
+) -> Result<()> {
     let req = AdminRequest::Clone {
         src: src.into(),
         name: name.into(),
+        activation: activation.cloned(),
     };
     match admin(cli, req)? {
         AdminReply::Lus { lus, .. } => {
+            if activation.is_some() && !lus.iter().any(|l| l.kind == "image") {
+                // An sspd from before --activation ignores the field.
+                bail!(
+                    "sspd made the clone {name} but no config disk: it predates --activation; \
+                     restart it with this version, then `lu remove {name}` and clone again"
+                );
+            }
             if cli.json {
                 json_line(out, &lus)?;
             } else {
                 for l in &lus {
-                    writeln!(
-                        out,
-                        "created linked clone {} of {src} ({} MiB, sharing all {} blocks of data)",
-                        l.name, l.size_mb, l.mapped_blocks
-                    )?;
+                    if l.kind == "image" {
+                        writeln!(
+                            out,
+                            "created activation config disk {} for {name}: a read-only client image \
+                             (ISO 9660 \"{}\": meta-data, user-data, {}ovf-env.xml; {})",
+                            l.name,
+                            crate::pool::activation::VOLUME_LABEL,
+                            if activation.is_some_and(|a| a.ip.is_some()) {
+                                "network-config, "
+                            } else {
+                                ""
+                            },
+                            activation.map(|a| a.to_string()).unwrap_or_default()
+                        )?;
+                    } else {
+                        writeln!(
+                            out,
+                            "created linked clone {} of {src} ({} MiB, sharing all {} blocks of data)",
+                            l.name, l.size_mb, l.mapped_blocks
+                        )?;
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! metadata copy-on-write and commits it by writing a checkpoint slot on every PV. Opening a pool
 //! replays only the journal written since the last checkpoint.
 
+pub mod activation;
 mod check;
 mod ckpt;
 pub mod dir;
