@@ -101,6 +101,27 @@ pub enum DebugCmd {
         #[arg(long, default_value_t = 10_000_000)]
         max_writes: u64,
     },
+    /// Time a full mirror resync and the resync after a small change made while degraded
+    ResyncBench {
+        /// Directory for the PV files pv0.img and pv1.img (overwritten)
+        #[arg(long)]
+        dir: PathBuf,
+        /// Size of each PV file (sparse)
+        #[arg(long, value_parser = size_arg, default_value = "4G")]
+        pv_size: u64,
+        /// LU size, written in full before the second failure group is added
+        #[arg(long, value_parser = size_arg, default_value = "3G")]
+        fill: u64,
+        /// Data changed while degraded, in percent of the PV size
+        #[arg(long, default_value_t = 1.0)]
+        change_pct: f64,
+        /// Keep the PV files' pages in the page cache before the timed resyncs
+        #[arg(long)]
+        warm: bool,
+        /// Scrub both copies at the end
+        #[arg(long)]
+        verify: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -280,6 +301,24 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 ack_file,
                 *max_writes,
             )?;
+        }
+        Command::Debug(DebugCmd::ResyncBench {
+            dir,
+            pv_size,
+            fill,
+            change_pct,
+            warm,
+            verify,
+        }) => {
+            let a = debug::ResyncBench {
+                dir: dir.clone(),
+                pv_size: *pv_size,
+                fill: *fill,
+                change_pct: *change_pct,
+                cold: !*warm,
+                verify: *verify,
+            };
+            debug::resync_bench(&a, out)?;
         }
         Command::Gc(a) => {
             if let AdminReply::Gc(st) = admin(
