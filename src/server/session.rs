@@ -2,9 +2,13 @@
 //! (read a request → validate → execute on the pool → reply). Generic over the byte stream, so
 //! TCP, unix sockets and in-memory duplex streams all work.
 //!
-//! Requests of one connection run concurrently (bounded) and may complete out of order.
+//! Reads and writes run inline on the connection's task (no thread hand-off per request);
+//! flushes, FUA writes, trims, zeroing, block status and reads that wait for the device run on
+//! blocking threads, concurrently (bounded). Replies may come back out of order.
 
 use super::catalog::PoolCatalog;
+use crate::format::BLOCK_U64;
+use crate::metrics::{Cmd as MetricsCmd, RequestMetrics};
 use crate::nbd::proto::{
     CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CONTEXT_BASE_ALLOCATION, EINVAL,
     EIO, ENOSPC, EPERM, ESHUTDOWN, STATE_HOLE, STATE_ZERO,
@@ -147,24 +151,33 @@ where
     .await
 }
 
-/// Read from `s` until `inbuf` holds at least `want` bytes; false on a clean EOF.
-async fn fill<S: AsyncRead + Unpin>(
-    s: &mut S,
-    inbuf: &mut Vec<u8>,
-    want: usize,
-) -> Result<bool, SessionError> {
-    while inbuf.len() < want {
-        // Read straight into the buffer's spare room; take what is there beyond `want` too.
-        inbuf.reserve((want - inbuf.len()).max(64 * 1024));
-        if s.read_buf(inbuf).await? == 0 {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Requests executed at once on one connection; further requests wait (back-pressure).
+/// Requests executed on blocking threads at once on one connection; further ones wait
+/// (back-pressure). Requests run inline on the connection's task need no slot.
 const MAX_IN_FLIGHT: usize = 64;
+/// Largest read or write executed inline on the connection's task.
+const INLINE_MAX: u64 = 1 << 20;
+/// Replies collected inline go to the writer once they reach this size, else when the reader
+/// has run out of received requests.
+const BATCH_BYTES: usize = 256 << 10;
+/// The reader asks the socket for at least this much at a time.
+const READ_CHUNK: usize = 256 << 10;
+/// An inline read slower than this plus [`SLOW_READ_NS_PER_KIB`] per KiB most likely did not
+/// come from memory (page cache or the pool's stream buffers) but waited for the device (or for
+/// the pool lock, or its thread was preempted).
+const SLOW_READ_NS: u64 = 50_000;
+const SLOW_READ_NS_PER_KIB: u64 = 500;
+/// Reads run inline in rounds of up to this many; this many slow ones in a round (one alone is
+/// most likely a preemption) end it, and the connection's next reads go to blocking threads.
+const INLINE_ROUND: u32 = 1024;
+const SLOW_READ_STRIKES: u32 = 3;
+/// The first batch of reads sent to blocking threads after slow inline reads, and the largest:
+/// each time the inline reads that follow are slow again, the next batch is twice as long; a
+/// round of inline reads without enough slow ones goes back to the first length.
+const OFFLOAD_READS_MIN: u32 = 256;
+const OFFLOAD_READS_MAX: u32 = 64 << 10;
+/// Reply buffers kept for reuse per connection, and the largest one kept.
+const KEEP_BUFS: usize = 8;
+const KEEP_BUF_MAX: usize = (2 << 20) + (64 << 10);
 
 /// Everything a request handler needs, shared by the connection's tasks.
 struct Ctx {
@@ -173,6 +186,86 @@ struct Ctx {
     neg: Negotiated,
     /// Selected block-status contexts, in the order they were selected.
     contexts: Vec<(u32, MetaKind)>,
+    metrics: RequestMetrics,
+    /// Reply buffers handed back by the writer.
+    bufs: BufPool,
+}
+
+/// Encoded replies waiting for the writer. The buffer's bytes past `len` stay initialised from
+/// earlier use, so read data can land in it without zeroing the space first.
+#[derive(Default)]
+struct Replies {
+    buf: Vec<u8>,
+    len: usize,
+    /// Where encoders write before their output is copied behind `len`.
+    scratch: Vec<u8>,
+}
+
+impl Replies {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Append `n` bytes for the caller to fill (with stale contents, not zeroes).
+    fn grow(&mut self, n: usize) -> &mut [u8] {
+        let end = self.len + n;
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        let at = std::mem::replace(&mut self.len, end);
+        &mut self.buf[at..end]
+    }
+
+    /// Append what `f` encodes (only when it succeeds).
+    fn enc<E>(&mut self, f: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        let mut s = std::mem::take(&mut self.scratch);
+        s.clear();
+        let r = f(&mut s);
+        if r.is_ok() {
+            self.grow(s.len()).copy_from_slice(&s);
+        }
+        self.scratch = s;
+        r
+    }
+}
+
+/// Reply buffers for reuse, so neither a reply nor the read data in it is allocated (or zeroed)
+/// per request.
+#[derive(Default)]
+struct BufPool(std::sync::Mutex<Vec<Replies>>);
+
+impl BufPool {
+    fn get(&self) -> Replies {
+        let mut l = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        l.pop().unwrap_or_default()
+    }
+
+    fn put(&self, mut b: Replies) {
+        if b.buf.len() > KEEP_BUF_MAX {
+            return;
+        }
+        b.clear();
+        let mut l = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if l.len() < KEEP_BUFS {
+            l.push(b);
+        }
+    }
 }
 
 /// What a selected metadata context reports.
@@ -186,8 +279,81 @@ enum MetaKind {
     Changed(u64),
 }
 
-/// Read requests in order and run each as its own task; a writer task sends every reply as one
-/// unit as soon as it is ready, so replies may come back out of order.
+/// Whether a request runs inline on the connection's task rather than on a blocking thread.
+///
+/// Reads and writes up to [`INLINE_MAX`] do: a 4 KiB `Pool::read` from the page cache takes
+/// 2-3 µs and a buffered 4 KiB `Pool::write` about 1 µs (p50; now and then a write also writes
+/// out a full segment, ~0.1-0.4 ms, and rarely it checkpoints with an fsync, which can take up
+/// to a second on a busy disk), while handing a request to a blocking thread and its reply back
+/// costs two thread wake-ups, which made up most of the server's CPU time per request. The pool
+/// serialises writes (and read planning) on its lock anyway, so a blocking thread would not let
+/// them overlap: while one write stalls, every other request waits for the lock either way. Reads that have to wait for the device do overlap on blocking threads:
+/// when inline reads turn out slow, the connection's next reads go there ([`ReadMode`]). FUA
+/// writes, flushes (fsync), trims, zeroing and block status always go to blocking threads.
+fn runs_inline(req: &Request, reads: &mut ReadMode) -> bool {
+    match req.command() {
+        Some(Command::Read) => req.length <= INLINE_MAX && reads.inline(),
+        Some(Command::Write) => req.length <= INLINE_MAX && !req.has_flag(CMD_FLAG_FUA),
+        _ => false,
+    }
+}
+
+/// Where a connection's reads run: inline while they come from memory, on blocking threads
+/// (where device reads overlap instead of queueing behind each other) while they do not. Only
+/// inline reads are timed: many reads at once on blocking threads wait for the pool lock and
+/// the CPU, so they always look slow.
+struct ReadMode {
+    /// Inline reads in this round, and how many of them were slow.
+    round: u32,
+    slow: u32,
+    /// Reads still to send to blocking threads, and the length of the next such batch.
+    offload: u32,
+    next_offload: u32,
+}
+
+impl ReadMode {
+    fn new() -> Self {
+        ReadMode {
+            round: 0,
+            slow: 0,
+            offload: 0,
+            next_offload: OFFLOAD_READS_MIN,
+        }
+    }
+
+    /// Whether the next read runs inline.
+    fn inline(&mut self) -> bool {
+        if self.offload == 0 {
+            return true;
+        }
+        self.offload -= 1;
+        false
+    }
+
+    /// Account an inline read of `len` bytes that took `took`.
+    fn done(&mut self, len: u64, took: std::time::Duration) {
+        let slow_ns = SLOW_READ_NS + len / 1024 * SLOW_READ_NS_PER_KIB;
+        self.round += 1;
+        if took.as_nanos() > u128::from(slow_ns) {
+            self.slow += 1;
+        }
+        if self.slow >= SLOW_READ_STRIKES {
+            self.offload = self.next_offload;
+            self.next_offload = (self.next_offload * 2).min(OFFLOAD_READS_MAX);
+        } else if self.round >= INLINE_ROUND {
+            self.next_offload = OFFLOAD_READS_MIN;
+        } else {
+            return;
+        }
+        self.round = 0;
+        self.slow = 0;
+    }
+}
+
+/// Read requests in order. Reads and writes run inline ([`runs_inline`]) and their replies are
+/// collected into one buffer, handed to the writer task when the reader runs out of received
+/// requests (or the buffer is big); other requests run on blocking threads and send their
+/// replies themselves. Replies may therefore come back out of order; each is sent as one unit.
 async fn transmission<S>(
     s: S,
     pool: Arc<Pool>,
@@ -223,91 +389,139 @@ where
         vol,
         neg,
         contexts,
+        metrics: RequestMetrics::new(),
+        bufs: BufPool::default(),
     });
     let (mut rd, mut wr) = tokio::io::split(s);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Replies>(MAX_IN_FLIGHT);
+    let wctx = ctx.clone();
     let writer = tokio::spawn(async move {
-        while let Some(reply) = rx.recv().await {
-            wr.write_all(&reply).await?;
+        while let Some(replies) = rx.recv().await {
+            wr.write_all(replies.bytes()).await?;
+            wctx.bufs.put(replies);
         }
         wr.flush().await
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let result = loop {
-        let req = loop {
-            match decode_request_with_limit(&inbuf, extended, max) {
-                Ok(Decoded::Complete { value, consumed }) => {
-                    inbuf.drain(..consumed);
-                    break Some(value);
+    // Replies of inline requests not yet handed to the writer.
+    let mut batch = ctx.bufs.get();
+    // `inbuf[pos..]` is received but not yet decoded.
+    let mut pos = 0usize;
+    let mut reads = ReadMode::new();
+    let result: Result<(), SessionError> = 'conn: loop {
+        // Serve every complete request received so far.
+        let need = loop {
+            let avail = &inbuf[pos..];
+            let (req, hlen) = match decode_request_with_limit(avail, extended, max) {
+                Ok(Decoded::Complete { value, consumed }) => (value, consumed),
+                Ok(Decoded::Incomplete { need }) => break need,
+                Err(e) => break 'conn Err(e.into()),
+            };
+            let plen = req.payload_len as usize;
+            if avail.len() < hlen + plen {
+                break hlen + plen - avail.len();
+            }
+            let payload = &avail[hlen..hlen + plen];
+            pos += hlen + plen;
+            if req.command() == Some(Command::Disc) {
+                // Let in-flight requests finish, make their writes durable, then close.
+                if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                    break 'conn Ok(());
                 }
-                Ok(Decoded::Incomplete { need }) => {
-                    let want = inbuf.len() + need;
-                    match fill(&mut rd, &mut inbuf, want).await {
-                        Ok(true) => {}
-                        Ok(false) => break None, // client went away between requests
-                        Err(e) => return finish(tx, writer, Err(e)).await,
+                let _all = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
+                let p = ctx.pool.clone();
+                let _ = tokio::task::spawn_blocking(move || p.flush()).await;
+                break 'conn Ok(());
+            }
+            if *stopping.borrow() {
+                // The server is stopping: refuse new work, let the client disconnect.
+                let target = ReplyTarget::new(ctx.neg.reply_mode, &req);
+                batch.enc(|v| {
+                    encode_error_reply(v, &target, ESHUTDOWN, "server is shutting down")
+                })?;
+            } else if runs_inline(&req, &mut reads) {
+                let took = execute(&ctx, &req, payload, &mut batch);
+                if req.command() == Some(Command::Read) {
+                    reads.done(req.length, took);
+                }
+            } else {
+                let payload = payload.to_vec();
+                let slot = match slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        // Full: the replies collected so far must not wait for a free slot.
+                        if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                            break 'conn Ok(());
+                        }
+                        match slots.clone().acquire_owned().await {
+                            Ok(slot) => slot,
+                            Err(_) => break 'conn Ok(()),
+                        }
                     }
+                };
+                offload(ctx.clone(), req, payload, tx.clone(), slot);
+            }
+            if batch.len() >= BATCH_BYTES {
+                let full = std::mem::replace(&mut batch, ctx.bufs.get());
+                if tx.send(full).await.is_err() {
+                    break 'conn Ok(());
                 }
-                Err(e) => return finish(tx, writer, Err(e.into())).await,
             }
         };
-        let Some(req) = req else { break Ok(()) };
-        let plen = req.payload_len as usize;
-        match fill(&mut rd, &mut inbuf, plen).await {
-            Ok(true) => {}
-            Ok(false) => break Ok(()), // disconnected mid-write: nothing was applied
-            Err(e) => break Err(e),
-        }
-        let payload: Vec<u8> = inbuf.drain(..plen).collect();
-        if req.command() == Some(Command::Disc) {
-            // Let in-flight requests finish, make their writes durable, then close.
-            let _all = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
-            let p = ctx.pool.clone();
-            let _ = tokio::task::spawn_blocking(move || p.flush()).await;
-            break Ok(());
-        }
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break Ok(());
-        };
-        if *stopping.borrow() {
-            // The server is stopping: refuse new work, let the client disconnect.
-            let mut out = Vec::new();
-            let target = ReplyTarget::new(ctx.neg.reply_mode, &req);
-            encode_error_reply(&mut out, &target, ESHUTDOWN, "server is shutting down")?;
-            drop(slot);
-            if tx.send(out).await.is_err() {
+        // Out of requests: hand the replies over before waiting for the client.
+        if !batch.is_empty() {
+            let full = std::mem::replace(&mut batch, ctx.bufs.get());
+            if tx.send(full).await.is_err() {
                 break Ok(());
             }
-            continue;
         }
-        let (ctx, tx) = (ctx.clone(), tx.clone());
-        tokio::spawn(async move {
-            let reply = match handle(&ctx, req, payload).await {
-                Ok(r) => r,
-                Err(e) => {
-                    // Every request gets an answer: the client must not wait forever.
-                    tracing::warn!("request failed: {e}");
-                    let mut out = Vec::new();
-                    let target = ReplyTarget::new(ctx.neg.reply_mode, &req);
-                    let _ = encode_error_reply(&mut out, &target, EIO, &e.to_string());
-                    out
-                }
-            };
-            let _ = tx.send(reply).await;
-            drop(slot);
-        });
+        inbuf.drain(..pos);
+        pos = 0;
+        inbuf.reserve(need.max(READ_CHUNK));
+        match rd.read_buf(&mut inbuf).await {
+            // The client went away (between requests, or mid-write: nothing was applied).
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(e.into()),
+        }
     };
+    if !batch.is_empty() {
+        let _ = tx.send(batch).await;
+    }
     finish(tx, writer, result).await
+}
+
+/// Run one request on a blocking thread; it sends its reply to the writer itself.
+fn offload(
+    ctx: Arc<Ctx>,
+    req: Request,
+    payload: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Replies>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    tokio::task::spawn_blocking(move || {
+        let mut out = ctx.bufs.get();
+        let run = std::panic::AssertUnwindSafe(|| execute(&ctx, &req, &payload, &mut out));
+        if std::panic::catch_unwind(run).is_err() {
+            // Every request gets an answer: the client must not wait forever.
+            out.clear();
+            let target = ReplyTarget::new(ctx.neg.reply_mode, &req);
+            let _ = out.enc(|v| encode_error_reply(v, &target, EIO, "request handler panicked"));
+        }
+        let _ = tx.blocking_send(out);
+        drop(slot);
+    });
 }
 
 /// Close the reply channel and wait for the writer to send what is queued.
 async fn finish(
-    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    tx: tokio::sync::mpsc::Sender<Replies>,
     writer: tokio::task::JoinHandle<std::io::Result<()>>,
     result: Result<(), SessionError>,
 ) -> Result<(), SessionError> {
     drop(tx);
-    // Handlers still running hold their own senders; the writer ends when the last one is done.
+    // Requests still running on blocking threads hold their own senders; the writer ends when
+    // the last one is done.
     let w = writer
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -315,154 +529,187 @@ async fn finish(
     w.map_err(SessionError::Io)
 }
 
-/// Execute one request and encode its whole reply; account it in the metrics.
-async fn handle(ctx: &Ctx, req: Request, payload: Vec<u8>) -> Result<Vec<u8>, SessionError> {
-    let start = std::time::Instant::now();
-    let mut errno = 0u32;
-    let out = handle_inner(ctx, &req, payload, &mut errno).await?;
-    let cmd = match req.command() {
-        Some(Command::Read) => "read",
-        Some(Command::Write) => "write",
-        Some(Command::Flush) => "flush",
-        Some(Command::Trim) => "trim",
-        Some(Command::Cache) => "cache",
-        Some(Command::WriteZeroes) => "write_zeroes",
-        Some(Command::BlockStatus) => "block_status",
-        _ => "other",
-    };
-    let bytes = match req.command() {
-        Some(Command::Read | Command::Write) if errno == 0 => req.length,
-        _ => 0,
-    };
-    crate::metrics::request(cmd, bytes, start.elapsed().as_secs_f64(), errno);
-    Ok(out)
+/// The metrics label of a command.
+fn metrics_cmd(cmd: Option<Command>) -> MetricsCmd {
+    match cmd {
+        Some(Command::Read) => MetricsCmd::Read,
+        Some(Command::Write) => MetricsCmd::Write,
+        Some(Command::Flush) => MetricsCmd::Flush,
+        Some(Command::Trim) => MetricsCmd::Trim,
+        Some(Command::Cache) => MetricsCmd::Cache,
+        Some(Command::WriteZeroes) => MetricsCmd::WriteZeroes,
+        Some(Command::BlockStatus) => MetricsCmd::BlockStatus,
+        _ => MetricsCmd::Other,
+    }
 }
 
-async fn handle_inner(
+/// Execute one request on the calling thread, append its whole reply to `out` and account it in
+/// the metrics; how long it took.
+fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    let mark = out.len();
+    let target = ReplyTarget::new(ctx.neg.reply_mode, req);
+    let errno = match run_request(ctx, req, &target, payload, out) {
+        Ok(errno) => errno,
+        Err(e) => {
+            // Every request gets an answer: the client must not wait forever.
+            tracing::warn!("request failed: {e}");
+            out.truncate(mark);
+            let _ = out.enc(|v| encode_error_reply(v, &target, EIO, &e.to_string()));
+            EIO
+        }
+    };
+    let elapsed = start.elapsed();
+    let cmd = metrics_cmd(req.command());
+    let bytes = match cmd {
+        MetricsCmd::Read | MetricsCmd::Write if errno == 0 => req.length,
+        _ => 0,
+    };
+    ctx.metrics.record(cmd, bytes, elapsed.as_secs_f64(), errno);
+    elapsed
+}
+
+/// Validate and execute one request, appending its reply to `out`; the NBD errno it got (0 for
+/// success).
+fn run_request(
     ctx: &Ctx,
     req: &Request,
-    payload: Vec<u8>,
-    errno: &mut u32,
-) -> Result<Vec<u8>, SessionError> {
-    let req = *req;
+    target: &ReplyTarget,
+    payload: &[u8],
+    out: &mut Replies,
+) -> Result<u32, SessionError> {
     let (pool, vol, neg) = (&ctx.pool, ctx.vol, &ctx.neg);
-    let target = ReplyTarget::new(neg.reply_mode, &req);
-    let mut out = Vec::new();
     // Size as of now: LUs can be resized while attached.
     let size = pool
         .lu_size(vol)
         .map_err(|_| SessionError::ExportGone(neg.export.clone()))?;
-    if let Err(e) = validate(&req, size, neg) {
+    if let Err(e) = validate(req, size, neg) {
         tracing::debug!(?req, e, "request refused");
-        *errno = e;
-        encode_error_reply(&mut out, &target, e, "invalid request")?;
-        return Ok(out);
+        out.enc(|v| encode_error_reply(v, target, e, "invalid request"))?;
+        return Ok(e);
     }
-    match req.command() {
-        Some(Command::Read) => {
-            let (p, off, len) = (pool.clone(), req.offset, req.length);
-            // With structured replies (and no DF), unmapped ranges go back as hole chunks: no
-            // zeroes are read, copied or sent for them.
-            let holes = target.mode.chunks() && !req.has_flag(CMD_FLAG_DF) && len > 0;
-            let r = tokio::task::spawn_blocking(move || {
-                let ext = if holes {
-                    p.extents(vol, off, len)?
-                } else {
-                    vec![(off, len, true)]
-                };
-                let mut parts = Vec::with_capacity(ext.len());
-                for (start, n, mapped) in ext {
-                    let mut data = Vec::new();
-                    if mapped {
-                        data = vec![0u8; n as usize];
-                        p.read(vol, start, &mut data)?;
-                    }
-                    parts.push((start, n, data));
-                }
-                Ok(parts)
-            })
-            .await
-            .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
-            match r {
-                Ok(parts) if len == 0 || parts.is_empty() => encode_ok(&mut out, &target)?,
-                Ok(parts) => {
-                    let last = parts.len() - 1;
-                    for (i, (start, n, data)) in parts.into_iter().enumerate() {
-                        if data.is_empty() {
-                            encode_offset_hole(&mut out, &target, start, n as u32, i == last)?;
-                        } else {
-                            encode_read_data_header(&mut out, &target, start, n, i == last)?;
-                            out.extend_from_slice(&data);
-                        }
-                    }
-                }
-                Err(e) => {
-                    *errno = nbd_errno(&e);
-                    reply_error(&mut out, &target, &e)?
-                }
-            }
-        }
+    let mark = out.len();
+    let fua = req.has_flag(CMD_FLAG_FUA);
+    let (off, len) = (req.offset, req.length);
+    let r = match req.command() {
+        Some(Command::Read) => read(pool, vol, req, target, out)?,
         Some(Command::BlockStatus) if ctx.contexts.is_empty() => {
-            *errno = EINVAL;
-            encode_error_reply(&mut out, &target, EINVAL, "no metadata context")?
+            out.enc(|v| encode_error_reply(v, target, EINVAL, "no metadata context"))?;
+            return Ok(EINVAL);
         }
         Some(Command::BlockStatus) => {
-            block_status(pool, vol, &req, &target, &ctx.contexts, size, &mut out).await?
+            block_status(pool, vol, req, target, &ctx.contexts, size, out)?
         }
         Some(cmd) => {
-            let p = pool.clone();
-            let fua = req.has_flag(CMD_FLAG_FUA);
-            let (off, len) = (req.offset, req.length);
-            let no_hole = req.has_flag(CMD_FLAG_NO_HOLE);
-            let r = tokio::task::spawn_blocking(move || match cmd {
-                Command::Write => p.write(vol, off, &payload, fua),
-                Command::Flush => p.flush(),
+            let r = match cmd {
+                Command::Write => pool.write(vol, off, payload, fua),
+                Command::Flush => pool.flush(),
                 Command::Trim => {
-                    p.trim(vol, off, len)
-                        .and_then(|_| if fua { p.flush() } else { Ok(()) })
+                    pool.trim(vol, off, len)
+                        .and_then(|_| if fua { pool.flush() } else { Ok(()) })
                 }
                 // NO_HOLE asks for allocated zeroes; otherwise zero ranges use no space.
-                Command::WriteZeroes if no_hole => p.write(vol, off, &vec![0u8; len as usize], fua),
-                Command::WriteZeroes => p.write_zeroes(vol, off, len, fua),
+                Command::WriteZeroes if req.has_flag(CMD_FLAG_NO_HOLE) => {
+                    pool.write(vol, off, &vec![0u8; len as usize], fua)
+                }
+                Command::WriteZeroes => pool.write_zeroes(vol, off, len, fua),
                 // Everything is served from one shared cache: nothing to prefetch.
                 Command::Cache => Ok(()),
                 _ => Err(PoolError::Invalid("unsupported command".into())),
-            })
-            .await
-            .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
-            match r {
-                Ok(()) => encode_ok(&mut out, &target)?,
-                Err(e) => {
-                    *errno = nbd_errno(&e);
-                    reply_error(&mut out, &target, &e)?
-                }
+            };
+            if r.is_ok() {
+                out.enc(|v| encode_ok(v, target))?;
             }
+            r
         }
         None => {
-            *errno = EINVAL;
-            encode_error_reply(&mut out, &target, EINVAL, "unknown command")?
+            out.enc(|v| encode_error_reply(v, target, EINVAL, "unknown command"))?;
+            return Ok(EINVAL);
+        }
+    };
+    match r {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            out.truncate(mark);
+            reply_error(out, target, &e)?;
+            Ok(nbd_errno(&e))
         }
     }
-    Ok(out)
 }
 
-fn reply_error(out: &mut Vec<u8>, target: &ReplyTarget, e: &PoolError) -> Result<(), SessionError> {
+/// A read's reply: the data goes straight from the pool into `out`, behind its header.
+///
+/// With structured replies (and no DF), unmapped ranges of a read spanning several blocks go
+/// back as hole chunks: no zeroes are read, copied or sent for them. A read within one block is
+/// sent as data either way (an unmapped block reads as zeroes), which saves looking its mapping
+/// up twice.
+fn read(
+    pool: &Pool,
+    vol: u64,
+    req: &Request,
+    target: &ReplyTarget,
+    out: &mut Replies,
+) -> Result<Result<(), PoolError>, SessionError> {
+    let (off, len) = (req.offset, req.length);
+    if len == 0 {
+        out.enc(|v| encode_ok(v, target))?;
+        return Ok(Ok(()));
+    }
+    let one_block = off / BLOCK_U64 == (off + len - 1) / BLOCK_U64;
+    if !target.mode.chunks() || req.has_flag(CMD_FLAG_DF) || one_block {
+        return read_data(pool, vol, target, off, len, true, out);
+    }
+    let ext = match pool.extents(vol, off, len) {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Some(last) = ext.len().checked_sub(1) else {
+        out.enc(|v| encode_ok(v, target))?;
+        return Ok(Ok(()));
+    };
+    for (i, &(start, n, mapped)) in ext.iter().enumerate() {
+        if mapped {
+            if let Err(e) = read_data(pool, vol, target, start, n, i == last, out)? {
+                return Ok(Err(e));
+            }
+        } else {
+            out.enc(|v| encode_offset_hole(v, target, start, n as u32, i == last))?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Append a data chunk (or simple reply) header and `len` bytes read at `off`.
+fn read_data(
+    pool: &Pool,
+    vol: u64,
+    target: &ReplyTarget,
+    off: u64,
+    len: u64,
+    done: bool,
+    out: &mut Replies,
+) -> Result<Result<(), PoolError>, SessionError> {
+    out.enc(|v| encode_read_data_header(v, target, off, len, done))?;
+    Ok(pool.read(vol, off, out.grow(len as usize)))
+}
+
+fn reply_error(out: &mut Replies, target: &ReplyTarget, e: &PoolError) -> Result<(), SessionError> {
     tracing::warn!("request failed: {e}");
-    encode_error_reply(out, target, nbd_errno(e), &e.to_string())?;
+    out.enc(|v| encode_error_reply(v, target, nbd_errno(e), &e.to_string()))?;
     Ok(())
 }
 
-/// `base:allocation` extents: unmapped ranges are holes that read as zeroes.
-async fn block_status(
-    pool: &Arc<Pool>,
+/// Block status for every selected context; an error from the pool is returned for the caller
+/// to reply with.
+fn block_status(
+    pool: &Pool,
     vol: u64,
     req: &Request,
     target: &ReplyTarget,
     contexts: &[(u32, MetaKind)],
     size: u64,
-    out: &mut Vec<u8>,
-) -> Result<(), SessionError> {
-    let p = pool.clone();
+    out: &mut Replies,
+) -> Result<Result<(), PoolError>, SessionError> {
     // Answer at most 1 GiB per request (sharing: 64 MiB); the client asks again for the rest.
     let cap = if contexts
         .iter()
@@ -474,42 +721,38 @@ async fn block_status(
     };
     let len = req.length.min(size - req.offset).min(cap);
     let off = req.offset;
-    let kinds = contexts.to_vec();
-    let r = tokio::task::spawn_blocking(move || {
-        kinds
-            .iter()
-            .map(|&(id, k)| {
-                Ok((
-                    id,
-                    k,
-                    match k {
-                        MetaKind::Allocation => p.extents(vol, off, len)?,
-                        MetaKind::Sharing => p.shared_extents(vol, off, len)?,
-                        MetaKind::Changed(base) => p.changed_extents(vol, base, off, len)?,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>, PoolError>>()
-    })
-    .await
-    .unwrap_or_else(|e| Err(PoolError::Poisoned(e.to_string())));
-    let all = match r {
+    let all = contexts
+        .iter()
+        .map(|&(id, k)| {
+            Ok((
+                id,
+                k,
+                match k {
+                    MetaKind::Allocation => pool.extents(vol, off, len)?,
+                    MetaKind::Sharing => pool.shared_extents(vol, off, len)?,
+                    MetaKind::Changed(base) => pool.changed_extents(vol, base, off, len)?,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, PoolError>>();
+    let all = match all {
         Ok(e) => e,
-        Err(e) => return reply_error(out, target, &e),
+        Err(e) => return Ok(Err(e)),
     };
     let last = all.len() - 1;
     for (i, (id, kind, mut ext)) in all.into_iter().enumerate() {
         if req.has_flag(CMD_FLAG_REQ_ONE) {
             ext.truncate(1);
         }
+        // `base:allocation`: unmapped ranges are holes that read as zeroes.
         let flags = |set: bool| match kind {
             MetaKind::Allocation if !set => STATE_HOLE | STATE_ZERO,
             MetaKind::Allocation => 0,
             _ => u32::from(set),
         };
-        encode_extents(out, target, id, &ext, &flags, i == last)?;
+        out.enc(|v| encode_extents(v, target, id, &ext, &flags, i == last))?;
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 fn encode_extents(
@@ -540,4 +783,85 @@ fn encode_extents(
         encode_block_status(out, target, ctx, &e, done)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const FAST: Duration = Duration::from_micros(3);
+    const SLOW: Duration = Duration::from_millis(1);
+
+    fn inline_run(m: &mut ReadMode) -> u32 {
+        let mut n = 0;
+        while !m.inline() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn reads_go_to_blocking_threads_while_slow_and_come_back() {
+        let mut m = ReadMode::new();
+        // A preemption now and then does not move reads off the connection's task.
+        for i in 0..10 * INLINE_ROUND {
+            assert!(m.inline());
+            m.done(4096, if i % 600 == 0 { SLOW } else { FAST });
+        }
+        // Slow reads do, for batches that double while inline reads stay slow...
+        let mut want = OFFLOAD_READS_MIN;
+        for _ in 0..12 {
+            for _ in 0..SLOW_READ_STRIKES {
+                assert!(m.inline());
+                m.done(4096, SLOW);
+            }
+            assert_eq!(inline_run(&mut m), want);
+            want = (want * 2).min(OFFLOAD_READS_MAX);
+        }
+        assert_eq!(want, OFFLOAD_READS_MAX);
+        // ...and go back to the first length after a round of fast ones.
+        for _ in 0..INLINE_ROUND {
+            assert!(m.inline());
+            m.done(4096, FAST);
+        }
+        for _ in 0..SLOW_READ_STRIKES {
+            m.done(4096, SLOW);
+        }
+        assert_eq!(inline_run(&mut m), OFFLOAD_READS_MIN);
+        // Big reads may take longer before they count as slow.
+        for _ in 0..SLOW_READ_STRIKES {
+            m.done(1 << 20, Duration::from_micros(400));
+        }
+        assert!(m.inline());
+    }
+
+    #[test]
+    fn replies_reuse_initialised_space() {
+        let mut r = Replies::default();
+        r.enc(|v| {
+            v.extend_from_slice(b"head");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        r.grow(4).copy_from_slice(b"data");
+        assert_eq!(r.bytes(), b"headdata");
+        // A failed encoder appends nothing.
+        assert!(r
+            .enc(|v| {
+                v.push(1);
+                Err(())
+            })
+            .is_err());
+        assert_eq!(r.len(), 8);
+        r.truncate(4);
+        assert_eq!(r.bytes(), b"head");
+        // Space past the end is handed out again as it was, not zeroed.
+        assert_eq!(r.grow(4), b"data");
+        let pool = BufPool::default();
+        pool.put(r);
+        let r = pool.get();
+        assert!(r.is_empty());
+        assert_eq!(r.buf.len(), 8);
+    }
 }
