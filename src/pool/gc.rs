@@ -40,8 +40,16 @@ impl Inner {
         // Never copy more than the reserve can absorb in one pass.
         let max_live = (SEG_BLOCKS * 7 / 8) as u32;
         for seg in self.gc_candidates(max_live).into_iter().take(max_segments) {
-            if self.free_for(StreamId::Gc) == 0 && self.needs_segment(StreamId::Gc) {
+            // Moving a segment's blocks may open a new cleaner segment part-way: keep one.
+            if self.free_for(StreamId::Gc) == 0 {
                 break;
+            }
+            // Moves dirty metadata (VBA pages, nodes) that the next checkpoint must write into
+            // the reserve: commit before it outgrows what the reserve can take. The checkpoint
+            // also frees the segments cleaned so far.
+            if self.maps_dirty + self.vba.dirty_pages() + self.summaries.len() >= self.dirty_cap / 2
+            {
+                self.checkpoint()?;
             }
             match self.segs[seg as usize].state {
                 SEG_DATA => st.blocks_moved += self.gc_data_segment(seg)?,
