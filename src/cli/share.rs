@@ -138,40 +138,30 @@ fn print_snapshots(
         }
     };
     writeln!(out, "POOL_NAME: {pool}")?;
-    writeln!(
-        out,
-        "{:<40} {:>10} {:<14} {:>6} {:>11}  Lu Udid",
-        "Lu(Snapshot)Name", "Size(mb)", "ProvisionType", "%Used", "Unused(mb)"
-    )?;
-    for s in snaps {
+    for (title, rows) in [
+        ("Lu(Snapshot)Name", snaps),
+        ("Lu(Client Image)Name", images),
+    ] {
+        if title != "Lu(Snapshot)Name" {
+            writeln!(out)?;
+        }
         writeln!(
             out,
-            "{:<40} {:>10} {:<14} {:>5}% {:>11}  {}",
-            s.name,
-            s.size_mb,
-            "THIN",
-            pct(s),
-            s.unused_mb,
-            s.udid
+            "{:<40} {:>10} {:<14} {:>6} {:>11}  Lu Udid",
+            title, "Size(mb)", "ProvisionType", "%Used", "Unused(mb)"
         )?;
-    }
-    writeln!(out)?;
-    writeln!(
-        out,
-        "{:<40} {:>10} {:<14} {:>6} {:>11}  Lu Udid",
-        "Lu(Client Image)Name", "Size(mb)", "ProvisionType", "%Used", "Unused(mb)"
-    )?;
-    for s in images {
-        writeln!(
-            out,
-            "{:<40} {:>10} {:<14} {:>5}% {:>11}  {}",
-            s.name,
-            s.size_mb,
-            "THIN",
-            pct(s),
-            s.unused_mb,
-            s.udid
-        )?;
+        for s in rows {
+            writeln!(
+                out,
+                "{:<40} {:>10} {:<14} {:>5}% {:>11}  {}",
+                s.name,
+                s.size_mb,
+                "THIN",
+                pct(s),
+                s.unused_mb,
+                s.udid
+            )?;
+        }
     }
     Ok(())
 }
