@@ -92,6 +92,9 @@ pub enum AdminRequest {
     FailgrpCreate {
         name: String,
         pvs: Vec<String>,
+        /// Overwrite PVs that hold another pool's superblock (absent from older clients).
+        #[serde(default)]
+        force: bool,
     },
     FailgrpList,
     FailgrpModify {
@@ -108,11 +111,17 @@ pub enum AdminRequest {
     PvAdd {
         fg: String,
         pvs: Vec<String>,
+        /// Overwrite PVs that hold another pool's superblock (absent from older clients).
+        #[serde(default)]
+        force: bool,
     },
     /// Replace PV `old` with `new` (`PATH` or `PATH:SIZE`).
     PvReplace {
         old: String,
         new: String,
+        /// Overwrite a PV that holds another pool's superblock (absent from older clients).
+        #[serde(default)]
+        force: bool,
     },
     Scrub,
     Resync,
@@ -345,8 +354,8 @@ pub fn execute_with_progress(
             name: name.clone(),
             extents: pool.file_layout(name)?,
         },
-        AdminRequest::FailgrpCreate { name, pvs } => {
-            failgrp_create(ctx, name, pvs)?;
+        AdminRequest::FailgrpCreate { name, pvs, force } => {
+            failgrp_create(ctx, name, pvs, *force)?;
             failgroups(pool)
         }
         AdminRequest::FailgrpList => failgroups(pool),
@@ -377,14 +386,14 @@ pub fn execute_with_progress(
         AdminRequest::PvList => AdminReply::Pvs {
             pvs: pool.pv_list(),
         },
-        AdminRequest::PvAdd { fg, pvs } => {
-            pv_add(ctx, fg, pvs)?;
+        AdminRequest::PvAdd { fg, pvs, force } => {
+            pv_add(ctx, fg, pvs, *force)?;
             AdminReply::Pvs {
                 pvs: pool.pv_list(),
             }
         }
-        AdminRequest::PvReplace { old, new } => {
-            pv_replace(ctx, old, new, progress)?;
+        AdminRequest::PvReplace { old, new, force } => {
+            pv_replace(ctx, old, new, *force, progress)?;
             AdminReply::Pvs {
                 pvs: pool.pv_list(),
             }
@@ -416,7 +425,12 @@ fn failgroups(pool: &Pool) -> AdminReply {
 
 /// Create the new PVs, list them in the pool directory, then add them as a failure group; on
 /// refusal the configuration and any file made here are put back as they were.
-fn failgrp_create(ctx: &AdminCtx, name: &str, specs: &[String]) -> Result<(), PoolError> {
+fn failgrp_create(
+    ctx: &AdminCtx,
+    name: &str,
+    specs: &[String],
+    force: bool,
+) -> Result<(), PoolError> {
     use crate::pool::dir::{config_add_pvs, config_remove_pvs, make_devs};
     let specs = parse_specs(specs)?;
     let made: Vec<std::path::PathBuf> = specs
@@ -424,7 +438,7 @@ fn failgrp_create(ctx: &AdminCtx, name: &str, specs: &[String]) -> Result<(), Po
         .filter(|s| s.size.is_some())
         .map(|s| s.path.clone())
         .collect();
-    let devs = make_devs(&specs)?;
+    let devs = make_devs(&specs, force)?;
     let paths: Vec<std::path::PathBuf> = devs.iter().map(|(p, _)| p.clone()).collect();
     let dir = ctx.maps.dir().to_owned();
     let undo = |err: PoolError| {
@@ -451,10 +465,10 @@ fn parse_specs(specs: &[String]) -> Result<Vec<crate::pool::dir::PvSpec>, PoolEr
         .collect()
 }
 
-fn pv_add(ctx: &AdminCtx, fg: &str, specs: &[String]) -> Result<(), PoolError> {
+fn pv_add(ctx: &AdminCtx, fg: &str, specs: &[String], force: bool) -> Result<(), PoolError> {
     use crate::pool::dir::{config_add_pvs, config_remove_pvs, make_devs};
     let specs = parse_specs(specs)?;
-    let devs = make_devs(&specs)?;
+    let devs = make_devs(&specs, force)?;
     let paths: Vec<std::path::PathBuf> = devs.iter().map(|(p, _)| p.clone()).collect();
     let dir = ctx.maps.dir().to_owned();
     let undo = |e: PoolError| {
@@ -478,11 +492,12 @@ fn pv_replace(
     ctx: &AdminCtx,
     old: &str,
     new: &str,
+    force: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), PoolError> {
     use crate::pool::dir::{config_replace_pv, make_devs};
     let specs = parse_specs(&[new.to_owned()])?;
-    let mut devs = make_devs(&specs)?;
+    let mut devs = make_devs(&specs, force)?;
     let (path, dev) = devs.pop().expect("one PV");
     let dir = ctx.maps.dir().to_owned();
     let r = ctx.pool.pv_replace(old, dev, progress, &mut || {

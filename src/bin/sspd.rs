@@ -73,15 +73,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (_, _, "require") => anyhow::bail!("--tls require needs --tls-cert and --tls-key"),
         _ => ssp::server::tls::TlsPolicy::default(),
     };
-    let pd = PoolDir::open(&args.pool, Options::default())?;
-    let (pool, _lock) = pd.into_shared();
-    let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
+    // Every listener is bound before the pool is opened: a start that fails on a busy port has
+    // written nothing to the PVs (opening commits a checkpoint).
     if let Some(addr) = args.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
             .install()
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         ssp::metrics::describe();
+    }
+    let mut listeners = Vec::new();
+    let mut addrs = args.listen.clone();
+    if addrs.is_empty() && args.unix.is_none() {
+        addrs.push("127.0.0.1:10809".into());
+    }
+    for a in &addrs {
+        let l = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen on {a}"))?;
+        listeners.push(Listener::Tcp(l));
+    }
+    if let Some(p) = &args.unix {
+        // Bound before the pool lock is taken: never take over a socket a live server answers.
+        if std::os::unix::net::UnixStream::connect(p).is_ok() {
+            anyhow::bail!("cannot listen on {}: a server is listening there", p.display());
+        }
+        let _ = std::fs::remove_file(p);
+        let l = tokio::net::UnixListener::bind(p)
+            .with_context(|| format!("cannot listen on {}", p.display()))?;
+        listeners.push(Listener::Unix(l));
+    }
+    let pd = PoolDir::open(&args.pool, Options::default()).inspect_err(|_| {
+        if let Some(p) = &args.unix {
+            let _ = std::fs::remove_file(p);
+        }
+    })?;
+    let (pool, _lock) = pd.into_shared();
+    let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
+    if let Some(addr) = args.metrics {
         let p = pool.clone();
         tokio::spawn(async move {
             loop {
@@ -100,24 +129,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     spawn_admin(pool.clone(), attach.clone(), maps.clone(), &admin)
         .with_context(|| format!("cannot listen on the admin socket {}", admin.display()))?;
-    let mut listeners = Vec::new();
-    let mut addrs = args.listen.clone();
-    if addrs.is_empty() && args.unix.is_none() {
-        addrs.push("127.0.0.1:10809".into());
-    }
-    for a in &addrs {
-        let l = tokio::net::TcpListener::bind(a)
-            .await
-            .with_context(|| format!("cannot listen on {a}"))?;
-        announce(&format!("sspd: listening on {}", l.local_addr()?));
-        listeners.push(Listener::Tcp(l));
-    }
-    if let Some(p) = &args.unix {
-        let _ = std::fs::remove_file(p);
-        let l = tokio::net::UnixListener::bind(p)
-            .with_context(|| format!("cannot listen on {}", p.display()))?;
-        announce(&format!("sspd: listening on unix:{}", p.display()));
-        listeners.push(Listener::Unix(l));
+    for l in &listeners {
+        match l {
+            Listener::Tcp(t) => announce(&format!("sspd: listening on {}", t.local_addr()?)),
+            Listener::Unix(_) => {
+                let p = args.unix.as_deref().unwrap_or(std::path::Path::new(""));
+                announce(&format!("sspd: listening on unix:{}", p.display()));
+            }
+        }
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let shared = std::sync::Arc::new(Shared {

@@ -17,6 +17,9 @@ pub enum FailgrpCmd {
         /// PV as PATH (existing) or PATH:SIZE (new sparse file), repeatable
         #[arg(long = "pv", required = true)]
         pvs: Vec<PvSpec>,
+        /// Overwrite PVs that hold a superblock of another pool (that pool is destroyed)
+        #[arg(long)]
+        force: bool,
     },
     /// Rename a failure group
     Modify {
@@ -47,9 +50,18 @@ pub enum PvCmd {
         /// PATH (existing) or PATH:SIZE (new sparse file), repeatable
         #[arg(required = true)]
         pvs: Vec<PvSpec>,
+        /// Overwrite PVs that hold a superblock of another pool (that pool is destroyed)
+        #[arg(long)]
+        force: bool,
     },
     /// Replace a PV with a new one at least as large, online
-    Replace { old: String, new: PvSpec },
+    Replace {
+        old: String,
+        new: PvSpec,
+        /// Overwrite a new PV that holds a superblock of another pool (that pool is destroyed)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn spec_string(s: &PvSpec) -> String {
@@ -62,9 +74,10 @@ fn spec_string(s: &PvSpec) -> String {
 pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
     let req = match cmd {
         FailgrpCmd::List => AdminRequest::FailgrpList,
-        FailgrpCmd::Create { name, pvs } => AdminRequest::FailgrpCreate {
+        FailgrpCmd::Create { name, pvs, force } => AdminRequest::FailgrpCreate {
             name: name.clone(),
             pvs: pvs.iter().map(spec_string).collect(),
+            force: *force,
         },
         FailgrpCmd::Modify { name, new_name } => AdminRequest::FailgrpModify {
             name: name.clone(),
@@ -160,13 +173,15 @@ pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
 pub fn pv(cli: &Cli, cmd: &PvCmd, out: &mut dyn Write) -> Result<()> {
     let req = match cmd {
         PvCmd::List => AdminRequest::PvList,
-        PvCmd::Add { fg, pvs } => AdminRequest::PvAdd {
+        PvCmd::Add { fg, pvs, force } => AdminRequest::PvAdd {
             fg: fg.clone(),
             pvs: pvs.iter().map(spec_string).collect(),
+            force: *force,
         },
-        PvCmd::Replace { old, new } => AdminRequest::PvReplace {
+        PvCmd::Replace { old, new, force } => AdminRequest::PvReplace {
             old: old.clone(),
             new: spec_string(new),
+            force: *force,
         },
     };
     let json = cli.json;

@@ -143,6 +143,9 @@ pub struct PoolCreate {
     /// Journal size per PV in MiB
     #[arg(long, default_value_t = 16)]
     pub journal_mb: u64,
+    /// Overwrite PVs that hold a superblock of another pool (that pool is destroyed)
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -207,9 +210,33 @@ fn pool_dir(cli: &Cli) -> Result<PathBuf> {
         .context("no pool given: use --pool DIR (or set SSP_POOL)")
 }
 
-fn open(cli: &Cli) -> Result<PoolDir> {
+/// Open the pool offline; `read_only` replays the journal in memory and writes nothing to the
+/// PVs (no checkpoint at open or close, no incarnation bump).
+fn open_mode(cli: &Cli, read_only: bool) -> Result<PoolDir> {
     let dir = pool_dir(cli)?;
-    Ok(PoolDir::open(&dir, Options::default())?)
+    let opts = Options {
+        read_only,
+        ..Options::default()
+    };
+    Ok(PoolDir::open(&dir, opts)?)
+}
+
+/// Requests that only look: run offline on a read-only pool, so listing and monitoring never
+/// write to the PVs.
+fn read_only_request(req: &AdminRequest) -> bool {
+    matches!(
+        req,
+        AdminRequest::PoolStatus
+            | AdminRequest::LuList
+            | AdminRequest::Check
+            | AdminRequest::SnapshotList { .. }
+            | AdminRequest::ImageList
+            | AdminRequest::FileStat { .. }
+            | AdminRequest::FileLayout { .. }
+            | AdminRequest::Diff { .. }
+            | AdminRequest::FailgrpList
+            | AdminRequest::PvList
+    )
 }
 
 /// Run one command, writing its output to `out`.
@@ -221,7 +248,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 name: c.name.clone(),
                 journal_blocks: c.journal_mb * 256,
             };
-            let pd = PoolDir::create(&dir, &c.pvs, &copts, Options::default())?;
+            let pd = PoolDir::create_with(&dir, &c.pvs, &copts, Options::default(), c.force)?;
             let st = pd.pool.status();
             pd.pool.close()?;
             if cli.json {
@@ -357,7 +384,7 @@ fn admin_with_progress(
     match crate::admin::call_with_progress(&dir, &req, progress) {
         Ok(r) => Ok(r),
         Err(crate::admin::ClientError::NotRunning) => {
-            let pd = open(cli)?;
+            let pd = open_mode(cli, read_only_request(&req))?;
             let maps = crate::access::MapStore::load(&dir).map_err(anyhow::Error::msg)?;
             let ctx = crate::admin::AdminCtx {
                 pool: &pd.pool,
@@ -420,7 +447,11 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
     }
     // Bulk data copies run offline (online, copy through NBD, e.g. qemu-img convert).
     let dir = pool_dir(cli)?;
-    let pd = match PoolDir::open(&dir, Options::default()) {
+    let opts = Options {
+        read_only: matches!(cmd, LuCmd::Export { .. }),
+        ..Options::default()
+    };
+    let pd = match PoolDir::open(&dir, opts) {
         Err(crate::pool::PoolError::Locked(_)) if crate::admin::socket_path(&dir).exists() => bail!(
             "sspd is serving this pool: copy through NBD instead (e.g. qemu-img convert -n FILE nbd://HOST:PORT/LU), or stop sspd"
         ),

@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::mem::check_range;
@@ -19,13 +19,32 @@ pub struct FileDev {
 }
 
 impl FileDev {
-    /// Open an existing file or block device for reading and writing (never creates).
+    /// Open an existing file or block device for reading and writing (never creates), and take
+    /// it for this process alone while the returned device lives: a block device is opened with
+    /// `O_EXCL` (the kernel refuses it to a second exclusive opener and while it is mounted), a
+    /// regular file gets an exclusive `flock`. A PV that is taken fails with
+    /// [`io::ErrorKind::ResourceBusy`] and a message naming the holder when it can be found.
     pub fn open(path: &Path) -> io::Result<FileDev> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| annotate(path, "open", e))?;
+        let is_blockdev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(true);
+        if is_blockdev {
+            oo.custom_flags(libc::O_EXCL);
+        }
+        let file = oo.open(path).map_err(|e| {
+            if is_blockdev && e.raw_os_error() == Some(libc::EBUSY) {
+                busy(
+                    path,
+                    "is in use: another process holds the block device exclusively (an ssp \
+                     process, a mounted filesystem, a device-mapper or RAID member)",
+                )
+            } else {
+                annotate(path, "open", e)
+            }
+        })?;
+        if !is_blockdev {
+            lock_file(&file, path)?;
+        }
         Self::from_file(file, path)
     }
 
@@ -51,10 +70,13 @@ impl FileDev {
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)
             .map_err(|e| annotate(path, "create", e))?;
-        file.set_len(size)
+        // Take the file before discarding its content: a PV another process holds stays intact.
+        lock_file(&file, path)?;
+        file.set_len(0)
+            .and_then(|_| file.set_len(size))
             .map_err(|e| annotate(path, "set size", e))?;
         // Make the new file's size and directory entry durable, or a crash could lose the PV.
         file.sync_all().map_err(|e| annotate(path, "sync", e))?;
@@ -114,6 +136,61 @@ impl BlockDev for FileDev {
     }
 }
 
+/// Take an exclusive `flock` on a PV file without waiting; it is released when the file is
+/// closed (the lock belongs to this open file description, so a second open in the same
+/// process is refused too).
+fn lock_file(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a valid, open descriptor; no memory is passed.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(annotate(path, "lock", e));
+    }
+    let who = std::fs::metadata(path)
+        .ok()
+        .and_then(|m| flock_holder(&m))
+        .map(|(pid, comm)| format!("process {pid} ({comm})"))
+        .unwrap_or_else(|| "another process".into());
+    Err(busy(path, &format!("is in use: {who} holds its lock")))
+}
+
+fn busy(path: &Path, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        format!("PV {} {what}", path.display()),
+    )
+}
+
+/// The process holding a `flock` on the file `m` describes, from `/proc/locks`
+/// (`N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF`, device numbers in hex).
+fn flock_holder(m: &std::fs::Metadata) -> Option<(u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = m.dev();
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        m.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid: u32 = locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // "->" marks a waiter, which shifts the fields by one.
+        let f = if f.get(1) == Some(&"->") { &f[1..] } else { &f[..] };
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+    })?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    Some((pid, comm))
+}
+
 fn annotate(path: &Path, op: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
 }
@@ -171,6 +248,29 @@ mod tests {
         let mut buf = [0xFF; 8192];
         dev.read_at(&mut buf, 0).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_pv_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        let dev = FileDev::create(&path, SIZE).unwrap();
+        dev.write_at(b"keep", 0).unwrap();
+        for err in [
+            FileDev::open(&path).unwrap_err(),
+            FileDev::create(&path, SIZE).unwrap_err(),
+        ] {
+            assert_eq!(err.kind(), io::ErrorKind::ResourceBusy);
+            let msg = err.to_string();
+            let me = format!("process {}", std::process::id());
+            assert!(msg.contains(&path.display().to_string()) && msg.contains(&me), "{msg}");
+        }
+        // The refused create did not truncate the file.
+        let mut buf = [0; 4];
+        dev.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"keep");
+        drop(dev);
+        FileDev::open(&path).unwrap();
     }
 
     #[test]

@@ -100,9 +100,60 @@ fn lock(dir: &Path) -> Result<File> {
 }
 
 fn open_dev(path: &Path) -> Result<Arc<dyn BlockDev>> {
-    let d = FileDev::open(path)
-        .map_err(|e| PoolError::Config(format!("cannot open PV {}: {e}", path.display())))?;
+    let d = FileDev::open(path).map_err(|e| dev_error(path, "open", e))?;
     Ok(Arc::new(d))
+}
+
+/// A PV that cannot be opened. One another process holds is `InUse`, named with its pool and
+/// last writer as the PV records them (read through a separate, unlocked descriptor).
+fn dev_error(path: &Path, op: &str, e: std::io::Error) -> PoolError {
+    if e.kind() != std::io::ErrorKind::ResourceBusy {
+        return PoolError::Config(format!("cannot {op} PV {}: {e}", path.display()));
+    }
+    let owner = std::fs::File::open(path)
+        .ok()
+        .and_then(|f| super::describe_pv(&ReadOnlyFile(f, path.display().to_string())))
+        .map(|d| format!("; it is {d}"))
+        .unwrap_or_default();
+    PoolError::InUse(format!("{e}{owner}"))
+}
+
+/// Reads a PV without taking it (only to describe who holds it).
+struct ReadOnlyFile(File, String);
+
+impl BlockDev for ReadOnlyFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> u64 {
+        self.0.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+    fn name(&self) -> &str {
+        &self.1
+    }
+}
+
+/// Refuse a PV that holds a valid superblock of any pool (this one included) unless `force`:
+/// writing a new superblock would destroy that pool.
+fn check_unused(path: &Path, dev: &dyn BlockDev, force: bool) -> Result<()> {
+    let Some(owner) = super::describe_pv(dev) else {
+        return Ok(());
+    };
+    if force {
+        tracing::warn!("{}: overwriting {owner} (--force)", path.display());
+        return Ok(());
+    }
+    Err(PoolError::Exists(format!(
+        "{} holds {owner}: writing a new superblock would destroy that pool; give --force to \
+         overwrite it",
+        path.display()
+    )))
 }
 
 /// Keeps a pool directory locked while alive.
@@ -127,6 +178,18 @@ impl PoolDir {
         copts: &CreateOptions,
         opts: Options,
     ) -> Result<PoolDir> {
+        Self::create_with(dir, pvs, copts, opts, false)
+    }
+
+    /// [`PoolDir::create`]; with `force`, PVs that hold another pool's superblock are
+    /// overwritten instead of refused.
+    pub fn create_with(
+        dir: &Path,
+        pvs: &[PvSpec],
+        copts: &CreateOptions,
+        opts: Options,
+        force: bool,
+    ) -> Result<PoolDir> {
         if pvs.is_empty() {
             return Err(PoolError::Invalid(
                 "give at least one --pv PATH[:SIZE]".into(),
@@ -141,32 +204,8 @@ impl PoolDir {
             )));
         }
         let l = lock(dir)?;
-        let mut devs: Vec<Arc<dyn BlockDev>> = Vec::new();
-        let mut paths = Vec::new();
-        for spec in pvs {
-            if paths.contains(&spec.path) {
-                return Err(PoolError::Invalid(format!(
-                    "PV {} is given twice",
-                    spec.path.display()
-                )));
-            }
-            let dev: Arc<dyn BlockDev> = match spec.size {
-                Some(size) => {
-                    if spec.path.exists() && !is_block_device(&spec.path) {
-                        return Err(PoolError::Exists(format!(
-                            "{} already exists; give a new file or an existing PV without a size",
-                            spec.path.display()
-                        )));
-                    }
-                    Arc::new(FileDev::create(&spec.path, size).map_err(|e| {
-                        PoolError::Config(format!("cannot create PV {}: {e}", spec.path.display()))
-                    })?)
-                }
-                None => open_dev(&spec.path)?,
-            };
-            paths.push(spec.path.clone());
-            devs.push(dev);
-        }
+        let (paths, devs): (Vec<PathBuf>, Vec<Arc<dyn BlockDev>>) =
+            make_devs(pvs, force)?.into_iter().unzip();
         let pool = Pool::create(devs, copts, opts)?;
         let abs: Vec<PathBuf> = paths
             .iter()
@@ -200,19 +239,22 @@ impl PoolDir {
         let l = lock(dir)?;
         // A PV that cannot be opened stands in as missing: a mirrored pool opens degraded
         // without it, any other pool refuses with this error.
-        let devs: Vec<Arc<dyn BlockDev>> = cfg
-            .pvs
-            .iter()
-            .map(|p| {
-                open_dev(p).unwrap_or_else(|e| {
+        // A PV another process holds is an error: the pool is open elsewhere (another sspd or
+        // sspctl, perhaps through a copy of this directory).
+        let mut devs: Vec<Arc<dyn BlockDev>> = Vec::new();
+        for p in &cfg.pvs {
+            devs.push(match open_dev(p) {
+                Ok(d) => d,
+                Err(e @ PoolError::InUse(_)) => return Err(e),
+                Err(e) => {
                     tracing::warn!("{e}");
                     Arc::new(super::pvs::MissingDev {
                         name: p.display().to_string(),
                         len: 0,
                     })
-                })
-            })
-            .collect();
+                }
+            });
+        }
         let pool = Pool::open(devs, opts)?;
         Ok(PoolDir {
             dir: dir.to_owned(),
@@ -224,7 +266,9 @@ impl PoolDir {
 
 /// Create (or open) the PVs named by `specs` for adding to a pool: new files are made sparse at
 /// their size; existing devices or files without a size are used as they are.
-pub fn make_devs(specs: &[PvSpec]) -> Result<Vec<(PathBuf, Arc<dyn BlockDev>)>> {
+/// Every PV is taken for this process (see [`FileDev::open`]); one that holds a valid
+/// superblock of any pool is refused unless `force`.
+pub fn make_devs(specs: &[PvSpec], force: bool) -> Result<Vec<(PathBuf, Arc<dyn BlockDev>)>> {
     let mut out: Vec<(PathBuf, Arc<dyn BlockDev>)> = Vec::new();
     for spec in specs {
         if out.iter().any(|(p, _)| *p == spec.path) {
@@ -241,11 +285,17 @@ pub fn make_devs(specs: &[PvSpec]) -> Result<Vec<(PathBuf, Arc<dyn BlockDev>)>> 
                         spec.path.display()
                     )));
                 }
-                Arc::new(FileDev::create(&spec.path, size).map_err(|e| {
-                    PoolError::Config(format!("cannot create PV {}: {e}", spec.path.display()))
-                })?)
+                let dev = FileDev::create(&spec.path, size)
+                    .map_err(|e| dev_error(&spec.path, "create", e))?;
+                // A block device keeps its content: it may hold a pool.
+                check_unused(&spec.path, &dev, force)?;
+                Arc::new(dev)
             }
-            None => open_dev(&spec.path)?,
+            None => {
+                let dev = open_dev(&spec.path)?;
+                check_unused(&spec.path, dev.as_ref(), force)?;
+                dev
+            }
         };
         out.push((spec.path.clone(), dev));
     }

@@ -32,7 +32,7 @@ pub use error::{PoolError, Result};
 pub use failgrp::{FailGroupInfo, PvListEntry, ScrubReport};
 pub use gc::GcStats;
 pub use inner::Counters;
-pub use open::{read_superblock, CreateOptions};
+pub use open::{describe_pv, local_host_id, read_superblock, CreateOptions};
 pub use snapshots::{
     kind_name, split_snapshot, DiffExtent, FileStat, LayoutExtent, Placement, CAPTURE_PREFIX,
 };
@@ -58,7 +58,7 @@ pub struct Options {
     pub checkpoint_writes: u64,
     /// Open without writing anything (no replay commit, no changes).
     pub read_only: bool,
-    /// Writer host id stamped on metadata (multi-host fencing; 1 for single-host pools).
+    /// Writer host id stamped on metadata (FORMAT.md §7.3; this host's id by default).
     pub host_id: u32,
 }
 
@@ -70,7 +70,7 @@ impl Default for Options {
             dirty_limit: 8192,
             checkpoint_writes: 262_144,
             read_only: false,
-            host_id: 1,
+            host_id: open::local_host_id(),
         }
     }
 }

@@ -42,6 +42,81 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// This host's writer id (FORMAT.md §7.3): CRC-32C of `/etc/machine-id`, so every process on a
+/// host stamps the same id and another host (almost surely) a different one; 1 when the file is
+/// unreadable. Never 0.
+pub fn local_host_id() -> u32 {
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .map(|s| crc32c::crc32c(s.as_bytes()).max(1))
+            .unwrap_or(1)
+    })
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn fmt_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Who a PV belongs to, for refusals and "in use" errors: its pool (name, id, index) and the
+/// last writer recorded in its newest valid checkpoint (host, incarnation, time), or the
+/// creator from the superblock when no checkpoint verifies. `None`: no valid superblock.
+pub fn describe_pv(dev: &dyn BlockDev) -> Option<String> {
+    let sb = read_superblock(dev).ok()?;
+    let mut best: Option<Checkpoint> = None;
+    for off in CKPT_OFFSETS {
+        let mut buf = vec![0u8; BLOCK];
+        if dev.read_at(&mut buf, off).is_err() {
+            continue;
+        }
+        if let Ok(c) = Checkpoint::decode(&buf, &sb.pool_id) {
+            if best.as_ref().is_none_or(|b| c.generation > b.generation) {
+                best = Some(c);
+            }
+        }
+    }
+    let (w, t) = match &best {
+        Some(c) => (c.writer, c.timestamp),
+        None => (sb.writer, sb.created),
+    };
+    let here = if w.host_id == local_host_id() {
+        " (this host)"
+    } else {
+        ""
+    };
+    let id: String = sb.pool_id.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!(
+        "PV {} of pool {} (id {id}), last written by host {:08x}{here}, incarnation {}, at {}",
+        sb.pv_index,
+        sb.pool_name,
+        w.host_id,
+        w.incarnation,
+        fmt_time(t)
+    ))
+}
+
 /// Write superblocks and an empty first checkpoint to `devs`. Returns the pool id.
 pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options) -> Result<Inner> {
     if devs.is_empty() {
@@ -398,6 +473,17 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
         }
     }
     let ck = best.ok_or_else(|| PoolError::Config("no valid checkpoint on any PV".into()))?;
+    if !opts.read_only {
+        tracing::info!(
+            "pool {} last written by host {:08x}, incarnation {}, at {}; opening as host {:08x}, incarnation {}",
+            pvs[0].sb.pool_name,
+            ck.writer.host_id,
+            ck.writer.incarnation,
+            fmt_time(ck.timestamp),
+            opts.host_id,
+            ck.writer.incarnation.wrapping_add(1)
+        );
+    }
     let pvs = place_pvs(pvs, unusable, &ck)?;
     let total: u64 = if ck.pool_segments > 0 {
         ck.pool_segments
@@ -492,7 +578,9 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     inner.journal.seq = last_seq + 1 + inner.journal.blocks;
     inner.journal.start_seq = inner.journal.seq;
     inner.journal.start_pos = inner.journal.pos;
+    // This opener stamps itself on everything it writes (checkpoints, journal, nodes).
     inner.writer.incarnation = ck.writer.incarnation.wrapping_add(1);
+    inner.writer.host_id = inner.opts.host_id;
     if !read_only && inner.pvs.pvs.iter().any(|p| p.failed.is_some()) {
         // PVs that failed before may be back: they rejoin and resync in the background.
         inner.retry_failed()?;
