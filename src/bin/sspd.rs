@@ -96,7 +96,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = &args.unix {
         // Bound before the pool lock is taken: never take over a socket a live server answers.
         if std::os::unix::net::UnixStream::connect(p).is_ok() {
-            anyhow::bail!("cannot listen on {}: a server is listening there", p.display());
+            anyhow::bail!(
+                "cannot listen on {}: a server is listening there",
+                p.display()
+            );
         }
         let _ = std::fs::remove_file(p);
         let l = tokio::net::UnixListener::bind(p)

@@ -180,7 +180,11 @@ fn flock_holder(m: &std::fs::Metadata) -> Option<(u32, String)> {
     let pid: u32 = locks.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         // "->" marks a waiter, which shifts the fields by one.
-        let f = if f.get(1) == Some(&"->") { &f[1..] } else { &f[..] };
+        let f = if f.get(1) == Some(&"->") {
+            &f[1..]
+        } else {
+            &f[..]
+        };
         (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
             .then(|| f.get(4)?.parse().ok())
             .flatten()
@@ -263,7 +267,10 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::ResourceBusy);
             let msg = err.to_string();
             let me = format!("process {}", std::process::id());
-            assert!(msg.contains(&path.display().to_string()) && msg.contains(&me), "{msg}");
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains(&me),
+                "{msg}"
+            );
         }
         // The refused create did not truncate the file.
         let mut buf = [0; 4];

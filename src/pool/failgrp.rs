@@ -51,24 +51,37 @@ pub struct ScrubReport {
 }
 
 impl Inner {
-    /// Rewrite both superblock copies of every PV that is up, after `change`.
+    /// Rewrite both superblock copies of every PV that is up, after `change`: copy A on every
+    /// PV, sync, then copy B, sync (FORMAT.md §5.6). A crash or torn write can damage only the
+    /// copy being written; the other one verifies (the old version, or the new one once synced).
     fn rewrite_superblocks(&mut self, change: &dyn Fn(&mut Superblock)) -> Result<()> {
-        for i in 0..self.pvs.pvs.len() {
-            if self.pvs.pvs[i].failed.is_some() {
-                continue;
-            }
-            let mut sb = self.pvs.pvs[i].sb.clone();
-            change(&mut sb);
-            sb.generation += 1;
-            let buf = sb.encode();
-            for off in SB_OFFSETS {
-                if let Err(e) = self.pvs.write(i as u16, off, &buf) {
+        let mut new: Vec<Option<Superblock>> = Vec::with_capacity(self.pvs.pvs.len());
+        for p in &self.pvs.pvs {
+            new.push(p.failed.is_none().then(|| {
+                let mut sb = p.sb.clone();
+                change(&mut sb);
+                sb.generation += 1;
+                sb
+            }));
+        }
+        for off in SB_OFFSETS {
+            for (i, sb) in new.iter().enumerate() {
+                let Some(sb) = sb else { continue };
+                if self.pvs.pvs[i].failed.is_some() {
+                    continue;
+                }
+                if let Err(e) = self.pvs.write(i as u16, off, &sb.encode()) {
                     self.fail_pv(i as u16, e)?;
                 }
             }
-            self.pvs.pvs[i].sb = sb;
+            self.sync_pvs()?;
         }
-        self.sync_pvs()
+        for (p, sb) in self.pvs.pvs.iter_mut().zip(new) {
+            if let Some(sb) = sb {
+                p.sb = sb;
+            }
+        }
+        Ok(())
     }
 
     /// Scrub every live block: data through the VBA table (checked against its checksum) and
@@ -267,25 +280,7 @@ impl Pool {
             )));
         }
         for (dev, sb) in &new {
-            let buf = sb.encode();
-            let io = |off: u64, b: &[u8]| {
-                dev.write_at(b, off).map_err(|e| PoolError::Io {
-                    dev: dev.name().to_owned(),
-                    offset: off,
-                    source: e,
-                })
-            };
-            for off in SB_OFFSETS {
-                io(off, &buf)?;
-            }
-            for off in CKPT_OFFSETS {
-                io(off, &[0u8; BLOCK])?;
-            }
-            dev.sync().map_err(|e| PoolError::Io {
-                dev: dev.name().to_owned(),
-                offset: 0,
-                source: e,
-            })?;
+            Inner::init_pv(dev, sb)?;
         }
         g.write_out_all()?;
         g.rewrite_superblocks(&|sb| sb.incompat |= INCOMPAT_MIRROR)?;
@@ -449,7 +444,8 @@ impl Inner {
         Self::write_sb(dev, sb, true)
     }
 
-    /// Write both superblock copies (and clear the checkpoint slots if `clear_slots`), synced.
+    /// Write both superblock copies (after clearing the checkpoint slots if `clear_slots`), one
+    /// at a time: copy A, sync, copy B, sync, so a torn write never damages both.
     fn write_sb(dev: &Arc<dyn BlockDev>, sb: &Superblock, clear_slots: bool) -> Result<()> {
         let io = |off: u64, b: &[u8]| {
             dev.write_at(b, off).map_err(|e| PoolError::Io {
@@ -458,20 +454,24 @@ impl Inner {
                 source: e,
             })
         };
-        let buf = sb.encode();
-        for off in SB_OFFSETS {
-            io(off, &buf)?;
-        }
+        let sync = || {
+            dev.sync().map_err(|e| PoolError::Io {
+                dev: dev.name().to_owned(),
+                offset: 0,
+                source: e,
+            })
+        };
         if clear_slots {
             for off in CKPT_OFFSETS {
                 io(off, &[0u8; BLOCK])?;
             }
         }
-        dev.sync().map_err(|e| PoolError::Io {
-            dev: dev.name().to_owned(),
-            offset: 0,
-            source: e,
-        })
+        let buf = sb.encode();
+        for off in SB_OFFSETS {
+            io(off, &buf)?;
+            sync()?;
+        }
+        Ok(())
     }
 
     /// Pool segments every failure group can hold: the usable size.

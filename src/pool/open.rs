@@ -415,6 +415,41 @@ fn place_pvs(
     Ok(set.pvs)
 }
 
+/// A crash between the two ordered writes of a superblock rewrite (FORMAT.md §5.6) leaves one
+/// copy older or torn: rewrite it from the copy that won, one copy at a time, synced.
+fn repair_superblocks(inner: &mut Inner) -> Result<()> {
+    for i in 0..inner.pvs.pvs.len() {
+        if inner.pvs.pvs[i].failed.is_some() {
+            continue;
+        }
+        let want = inner.pvs.pvs[i].sb.encode();
+        for off in SB_OFFSETS {
+            let mut buf = vec![0u8; BLOCK];
+            let p = &inner.pvs.pvs[i];
+            if p.dev.read_at(&mut buf, off).is_ok() && buf == want {
+                continue;
+            }
+            tracing::warn!(
+                "{}: superblock copy at {off} is stale or damaged (an interrupted rewrite): rewriting it",
+                p.dev.name()
+            );
+            let dev = p.dev.clone();
+            let r = inner.pvs.write(i as u16, off, &want).and_then(|_| {
+                dev.sync().map_err(|e| PoolError::Io {
+                    dev: dev.name().to_owned(),
+                    offset: 0,
+                    source: e,
+                })
+            });
+            if let Err(e) = r {
+                inner.fail_pv(i as u16, e)?;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Open a pool from its PVs (in any order), replay the journal and commit a fresh checkpoint.
 pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     if devs.is_empty() {
@@ -597,6 +632,7 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
             tracing::warn!("removing {name}: a client-image capture that did not finish");
             inner.log_and_apply(crate::format::journal::Record::VolRemove { id })?;
         }
+        repair_superblocks(&mut inner)?;
         inner.checkpoint()?;
     }
     Ok(inner)
