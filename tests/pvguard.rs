@@ -1,5 +1,5 @@
 //! PVs are guarded against a second user, through the real binaries: `pool create` (and
-//! `failgrp create`, `pv add`) refuses a PV that holds another pool unless `--force`; a copied
+//! `failgrp create`, `pv add`, `pv replace`) refuses a PV that holds another pool unless `--force`; a copied
 //! pool directory cannot open the PVs while the original is open (sspd or sspctl, either way
 //! round); read-only verbs leave every PV byte as it was, even with a journal tail to replay;
 //! sspd binds its listeners before it touches the pool.
@@ -126,14 +126,19 @@ fn pool_create_refuses_a_pv_of_another_pool_unless_forced() {
 #[test]
 fn failgrp_create_and_pv_add_refuse_a_pv_of_another_pool() {
     let t = tempfile::tempdir().unwrap();
-    let (a, _) = pool(&t.path().join("a"), "alpha", &["vm"]);
+    let (a, apv) = pool(&t.path().join("a"), "alpha", &["vm"]);
+    let apvs = apv.display().to_string();
     let (c, cpv) = pool(&t.path().join("c"), "gamma", &[]);
     let gamma = pool_id(&c);
     let cpvs = cpv.display().to_string();
     let before = std::fs::read(&cpv).unwrap();
+    let fresh = t.path().join("fresh.img");
+    let fresh_spec = format!("{}:64M", fresh.display());
     for args in [
         vec!["failgrp", "create", "fg2", "--pv", &cpvs],
-        vec!["pv", "add", "--fg", "Default", &cpvs],
+        // A new file made for the same verb is removed again on the refusal.
+        vec!["pv", "add", "--fg", "Default", &fresh_spec, &cpvs],
+        vec!["pv", "replace", &apvs, &cpvs],
     ] {
         let err = sspctl_fails(&a, &args);
         assert!(
@@ -142,6 +147,7 @@ fn failgrp_create_and_pv_add_refuse_a_pv_of_another_pool() {
         );
     }
     assert!(std::fs::read(&cpv).unwrap() == before, "a refusal wrote");
+    assert!(!fresh.exists(), "a refused pv add left its new file behind");
     assert_eq!(sspctl(&a, &["pv", "list"]).lines().count(), 2);
     // Forced: gamma's PV joins alpha.
     sspctl(&a, &["pv", "add", "--fg", "Default", "--force", &cpvs]);

@@ -268,7 +268,23 @@ impl PoolDir {
 /// their size; existing devices or files without a size are used as they are.
 /// Every PV is taken for this process (see [`FileDev::open`]); one that holds a valid
 /// superblock of any pool is refused unless `force`.
+/// On a refusal, the files made here are removed again.
 pub fn make_devs(specs: &[PvSpec], force: bool) -> Result<Vec<(PathBuf, Arc<dyn BlockDev>)>> {
+    let mut made: Vec<PathBuf> = Vec::new();
+    let r = make_devs_into(specs, force, &mut made);
+    if r.is_err() {
+        for p in &made {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    r
+}
+
+fn make_devs_into(
+    specs: &[PvSpec],
+    force: bool,
+    made: &mut Vec<PathBuf>,
+) -> Result<Vec<(PathBuf, Arc<dyn BlockDev>)>> {
     let mut out: Vec<(PathBuf, Arc<dyn BlockDev>)> = Vec::new();
     for spec in specs {
         if out.iter().any(|(p, _)| *p == spec.path) {
@@ -285,8 +301,12 @@ pub fn make_devs(specs: &[PvSpec], force: bool) -> Result<Vec<(PathBuf, Arc<dyn 
                         spec.path.display()
                     )));
                 }
+                let new_file = !is_block_device(&spec.path);
                 let dev = FileDev::create(&spec.path, size)
                     .map_err(|e| dev_error(&spec.path, "create", e))?;
+                if new_file {
+                    made.push(spec.path.clone());
+                }
                 // A block device keeps its content: it may hold a pool.
                 check_unused(&spec.path, &dev, force)?;
                 Arc::new(dev)
