@@ -246,7 +246,11 @@ fn superblock_damage_is_survived_and_reported() {
     pool.lu_create("lu", MB).unwrap();
     pool.close().unwrap();
     ctl.corrupt(100, 1); // first superblock copy
-    let p = Pool::open(vec![dev.clone()], opts()).unwrap();
+    let ro = Options {
+        read_only: true,
+        ..opts()
+    };
+    let p = Pool::open(vec![dev.clone()], ro.clone()).unwrap();
     let rep = p.check().unwrap();
     assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
     assert!(
@@ -255,6 +259,13 @@ fn superblock_damage_is_survived_and_reported() {
         rep.errors
     );
     drop(p);
+    // A writable open rewrites the bad copy from the good one (FORMAT.md §5.5).
+    Pool::open(vec![dev.clone()], opts())
+        .unwrap()
+        .close()
+        .unwrap();
+    assert_check(&Pool::open(vec![dev.clone()], ro).unwrap());
+    ctl.corrupt(100, 1);
     ctl.corrupt(4096 + 100, 1); // both copies gone: a clear error
     let err = Pool::open(vec![dev], opts()).err().expect("must not open");
     assert!(err.to_string().contains("checksum"), "{err}");
