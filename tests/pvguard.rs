@@ -265,3 +265,64 @@ fn sspd_binds_before_it_opens_the_pool() {
     // And the pool still opens.
     Server::serve(a, tempfile::tempdir().unwrap()).stop();
 }
+
+/// Detaches a loop device when the test ends, however it ends.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_block_device_pv_is_opened_exclusively() {
+    let t = tempfile::tempdir().unwrap();
+    let img = t.path().join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let o = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output();
+    let dev = match o {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_owned(),
+        other => {
+            // Needs root and loop devices; the file-PV tests above cover the same logic.
+            eprintln!(
+                "pvguard: SKIPPED a_block_device_pv_is_opened_exclusively: losetup: {other:?}"
+            );
+            return;
+        }
+    };
+    let _detach = Loop(dev.clone());
+    let a = t.path().join("a");
+    sspctl(
+        &a,
+        &[
+            "pool",
+            "create",
+            "--name",
+            "loopy",
+            "--pv",
+            &dev,
+            "--journal-mb",
+            "1",
+        ],
+    );
+    let srv = Server::serve(a.clone(), tempfile::tempdir().unwrap());
+    let b = t.path().join("b");
+    let err = sspctl_fails(&b, &["pool", "create", "--force", "--pv", &dev]);
+    assert!(
+        err.contains(&dev) && err.contains("in use") && err.contains("pool loopy"),
+        "{err:?}"
+    );
+    srv.stop();
+    let err = sspctl_fails(&b, &["pool", "create", "--pv", &dev]);
+    assert!(
+        err.contains("pool loopy") && err.contains("--force"),
+        "{err:?}"
+    );
+}
