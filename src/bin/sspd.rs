@@ -61,6 +61,11 @@ fn main() {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Handled from the start: a signal during startup must not kill the server half-way.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let tls = match (&args.tls_cert, &args.tls_key, args.tls.as_str()) {
         (_, _, "off") => ssp::server::tls::TlsPolicy::default(),
         (Some(c), Some(k), mode) => {
@@ -134,12 +139,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stopping: rx,
     });
     let server = tokio::spawn(serve(shared.clone(), listeners));
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = term.recv() => break,
             _ = hup.recv() => reload(&shared),
         }
