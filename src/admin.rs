@@ -212,6 +212,9 @@ pub trait Attachments {
     /// End new sessions of `export` as soon as they attach, until [`Attachments::unfence`].
     fn fence(&self, export: &str);
     fn unfence(&self, export: &str);
+    /// Wait up to `wait` for the clients of `export` to detach by themselves (a client that
+    /// just sent its disconnect is still finishing); the clients still attached then.
+    fn settle(&self, export: &str, wait: std::time::Duration) -> Vec<String>;
     /// End the sessions attached to `export` cleanly (requests in flight finish and get their
     /// replies, then the connection closes) and wait up to `wait` for them to go; `Err` holds
     /// the clients still attached then.
@@ -224,6 +227,9 @@ impl Attachments for NoAttachments {
     fn clients(&self, _: &str) -> Vec<String> {
         Vec::new()
     }
+    fn settle(&self, _: &str, _: std::time::Duration) -> Vec<String> {
+        Vec::new()
+    }
     fn fence(&self, _: &str) {}
     fn unfence(&self, _: &str) {}
     fn end_sessions(&self, _: &str, _: std::time::Duration) -> Result<(), Vec<String>> {
@@ -231,6 +237,8 @@ impl Attachments for NoAttachments {
     }
 }
 
+/// How long an operation on an attached export waits for clients that are leaving anyway.
+pub const DETACH_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a forced operation waits for the sessions it ends to finish their requests.
 pub const SESSION_END_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -261,7 +269,7 @@ fn exclusive<'a>(
         att,
         export: export.to_owned(),
     };
-    let clients = att.clients(export);
+    let clients = att.settle(export, DETACH_GRACE);
     if clients.is_empty() {
         return Ok(fence);
     }

@@ -112,6 +112,29 @@ impl AttachMap {
     fn lock(&self) -> MutexGuard<'_, AttachState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Wait up to `wait` until no session is attached to `export`; the peers still attached.
+    fn wait_gone(
+        &self,
+        mut st: MutexGuard<'_, AttachState>,
+        export: &str,
+        wait: Duration,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = Instant::now();
+            match st.sessions.get(export) {
+                None => return Vec::new(),
+                Some(v) if now >= deadline => return v.iter().map(|s| s.peer.clone()).collect(),
+                Some(_) => {}
+            }
+            st = self
+                .detached
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
 }
 
 impl Attachments for AttachMap {
@@ -137,28 +160,21 @@ impl Attachments for AttachMap {
         }
     }
 
+    fn settle(&self, export: &str, wait: Duration) -> Vec<String> {
+        self.wait_gone(self.lock(), export, wait)
+    }
+
     fn end_sessions(&self, export: &str, wait: Duration) -> Result<(), Vec<String>> {
-        let deadline = Instant::now() + wait;
-        let mut st = self.lock();
+        let st = self.lock();
         for s in st.sessions.get(export).into_iter().flatten() {
             tracing::info!(export, peer = %s.peer, "ending session");
             s.end.send_replace(true);
         }
-        loop {
-            let left = st.sessions.get(export).map_or(0, Vec::len);
-            let now = Instant::now();
-            if left == 0 {
-                return Ok(());
-            }
-            if now >= deadline {
-                let peers = st.sessions[export].iter().map(|s| s.peer.clone());
-                return Err(peers.collect());
-            }
-            st = self
-                .detached
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        let left = self.wait_gone(st, export, wait);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(left)
         }
     }
 }
@@ -234,6 +250,13 @@ mod tests {
         assert_eq!(left, ["10.0.0.1:1000", "10.0.0.2:2000"]);
         assert!(*a.ended().borrow() && *b.ended().borrow());
         assert!(!*other.ended().borrow());
+        // Settling waits for clients leaving by themselves, without ending anyone.
+        assert_eq!(
+            map.settle("vm2", Duration::from_millis(10)),
+            ["10.0.0.3:3000"]
+        );
+        assert!(!*other.ended().borrow());
+        assert!(map.settle("vm3", Duration::from_secs(10)).is_empty());
         // Sessions that detach when told to.
         let t = std::thread::spawn(move || {
             drop(a);
