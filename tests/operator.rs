@@ -585,3 +585,137 @@ fn sighup_keeps_serving_and_reloads_certificates_and_maps() {
     assert!(!pool.join("admin.sock").exists());
     assert!(sspctl(&pool, &["check"]).contains("OK"));
 }
+
+/// A raw NBD connection to `export` after NBD_OPT_GO (fixed newstyle, simple replies).
+fn raw_connect(port: u16, export: &str) -> std::net::TcpStream {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
+    s.write_all(&3u32.to_be_bytes()).unwrap(); // fixed newstyle, no zeroes
+    let mut opt = b"IHAVEOPT".to_vec();
+    opt.extend_from_slice(&7u32.to_be_bytes()); // NBD_OPT_GO
+    opt.extend_from_slice(&(4 + export.len() as u32 + 2).to_be_bytes());
+    opt.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    opt.extend_from_slice(export.as_bytes());
+    opt.extend_from_slice(&0u16.to_be_bytes());
+    s.write_all(&opt).unwrap();
+    loop {
+        let mut h = [0u8; 20];
+        s.read_exact(&mut h).unwrap();
+        let typ = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+        let mut data = vec![0u8; len];
+        s.read_exact(&mut data).unwrap();
+        assert!(typ < 0x8000_0000, "option refused: {typ:#x}");
+        if typ == 1 {
+            return s; // NBD_REP_ACK
+        }
+    }
+}
+
+/// The 4 KiB written by request `i` of the busy client below.
+fn busy_block(i: u64) -> Vec<u8> {
+    (0..4096u64)
+        .map(|k| (i.wrapping_mul(31) ^ k.wrapping_mul(7)) as u8)
+        .collect()
+}
+
+#[test]
+fn a_forced_shrink_ends_a_busy_session_after_its_requests_in_flight() {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let pool = make_pool(dir.path(), &[("vm1", "8M")]);
+    let s = Sspd::start(
+        &pool,
+        dir.path(),
+        &dir.path().join("sspd.log"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let conn = raw_connect(s.port.unwrap(), "vm1");
+    let mut w = conn.try_clone().unwrap();
+    let mut r = conn;
+    // Pipelined FUA writes (they run on blocking threads, many at once) to distinct blocks
+    // below the new size, until the server closes the connection.
+    const N: u64 = 1000;
+    let writer = std::thread::spawn(move || {
+        for i in 0..N {
+            let mut q = Vec::with_capacity(28 + 4096);
+            q.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+            q.extend_from_slice(&1u16.to_be_bytes()); // FUA
+            q.extend_from_slice(&1u16.to_be_bytes()); // WRITE
+            q.extend_from_slice(&i.to_be_bytes());
+            q.extend_from_slice(&(i * 4096).to_be_bytes());
+            q.extend_from_slice(&4096u32.to_be_bytes());
+            q.extend_from_slice(&busy_block(i));
+            if w.write_all(&q).is_err() {
+                return;
+            }
+        }
+    });
+    let acked = std::sync::Arc::new(AtomicU64::new(0));
+    let count = acked.clone();
+    // Every reply arrives whole and reports success, then the connection ends.
+    let reader = std::thread::spawn(move || {
+        let mut cookies = Vec::new();
+        loop {
+            let mut h = [0u8; 16];
+            let mut got = 0;
+            while got < 16 {
+                match r.read(&mut h[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!("the connection did not end: {e}"),
+                }
+            }
+            if got == 0 {
+                return cookies;
+            }
+            assert_eq!(got, 16, "torn reply");
+            assert_eq!(u32::from_be_bytes(h[..4].try_into().unwrap()), 0x6744_6698);
+            let err = u32::from_be_bytes(h[4..8].try_into().unwrap());
+            let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
+            assert_eq!(err, 0, "write {cookie} failed");
+            assert!(cookie < N && !cookies.contains(&cookie));
+            cookies.push(cookie);
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let t = Instant::now();
+    while acked.load(Ordering::SeqCst) < 20 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no replies");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sspctl(
+        &pool,
+        &[
+            "lu",
+            "resize",
+            "vm1",
+            "--size",
+            "4M",
+            "--allow-shrink",
+            "--force",
+        ],
+    );
+    let cookies = reader.join().unwrap();
+    writer.join().unwrap();
+    assert!(cookies.len() >= 20);
+    assert_eq!(lu_size(&pool, "vm1"), 4 << 20);
+    // Every acknowledged write is there (FUA: durable too).
+    let out = dir.path().join("out.img");
+    assert!(s.stop().success());
+    sspctl(&pool, &["lu", "export", "vm1", out.to_str().unwrap()]);
+    let data = std::fs::read(&out).unwrap();
+    for &i in &cookies {
+        let at = (i * 4096) as usize;
+        assert!(
+            data[at..at + 4096] == busy_block(i)[..],
+            "acknowledged write {i} lost"
+        );
+    }
+}
