@@ -1,5 +1,6 @@
 //! Operator guards through the real binaries: shrinking and rolling back LUs under attached
 //! clients, importing a file larger than its LU, relative PV paths, unix socket paths, SIGHUP.
+#![allow(clippy::big_endian_bytes)] // the NBD wire format is big-endian
 
 mod common;
 
