@@ -550,10 +550,22 @@ fn failgrp_create(ctx: &AdminCtx, name: &str, specs: &[String]) -> Result<(), Po
     Ok(())
 }
 
+/// Parse PV specs of a request. Their paths must be absolute: whoever sent the request resolves
+/// relative paths where the user typed them (sspctl does); resolved here they would name
+/// something under sspd's working directory instead.
 fn parse_specs(specs: &[String]) -> Result<Vec<crate::pool::dir::PvSpec>, PoolError> {
     specs
         .iter()
-        .map(|s| s.parse().map_err(PoolError::Invalid))
+        .map(|s| {
+            let spec: crate::pool::dir::PvSpec = s.parse().map_err(PoolError::Invalid)?;
+            if spec.path.is_relative() {
+                return Err(PoolError::Invalid(format!(
+                    "PV path {} is relative: give an absolute path",
+                    spec.path.display()
+                )));
+            }
+            Ok(spec)
+        })
         .collect()
 }
 

@@ -389,6 +389,16 @@ fn relative_pv_paths_mean_the_users_directory() {
     let want = user_cwd.canonicalize().unwrap().join("pv2.img");
     assert!(pvs.contains(want.to_str().unwrap()), "{pvs}");
     assert!(!pvs.contains("pv1.img"), "{pvs}");
+    // A request that still carries a relative path (an older client, a script) is refused
+    // rather than resolved in sspd's directory.
+    let mut admin = std::os::unix::net::UnixStream::connect(pool.join("admin.sock")).unwrap();
+    admin
+        .write_all(b"{\"version\":2,\"cmd\":\"pv_add\",\"fg\":\"fg2\",\"pvs\":[\"rel.img:64M\"]}\n")
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(admin).read_line(&mut reply).unwrap();
+    assert!(reply.contains("relative"), "{reply}");
+    assert!(!server_cwd.join("rel.img").exists());
     assert!(s.stop().success());
     // The configuration names the PVs where the user meant: the pool opens from anywhere.
     assert!(sspctl(&pool, &["check"]).contains("OK"));
