@@ -730,3 +730,28 @@ fn a_forced_shrink_ends_a_busy_session_after_its_requests_in_flight() {
         );
     }
 }
+
+#[test]
+fn requests_of_older_clients_still_decode() {
+    use ssp::admin::AdminRequest;
+    let r: AdminRequest =
+        serde_json::from_str(r#"{"cmd":"lu_resize","name":"vm1","size":4096}"#).unwrap();
+    assert_eq!(
+        r,
+        AdminRequest::LuResize {
+            name: "vm1".into(),
+            size: 4096,
+            allow_shrink: false,
+            force: false,
+        }
+    );
+    let r: AdminRequest =
+        serde_json::from_str(r#"{"cmd":"snapshot_rollback","name":"vm1@s"}"#).unwrap();
+    assert_eq!(
+        r,
+        AdminRequest::SnapshotRollback {
+            name: "vm1@s".into(),
+            force: false,
+        }
+    );
+}
