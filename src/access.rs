@@ -180,6 +180,16 @@ impl MapStore {
         })
     }
 
+    /// Read the maps file again (edited out of band, e.g. restored from a backup): the new
+    /// maps apply to new sessions. On error the maps in use are kept.
+    pub fn reload(&self) -> Result<(), String> {
+        let dir = self.dir().to_owned();
+        let fresh = MapStore::load(&dir)?;
+        let maps = fresh.maps.into_inner().unwrap_or_else(|p| p.into_inner());
+        *self.lock() = maps;
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<String>>> {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }

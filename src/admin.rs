@@ -31,6 +31,12 @@ pub enum AdminRequest {
     LuResize {
         name: String,
         size: u64,
+        /// A smaller size discards the LU's tail: refused unless set.
+        #[serde(default)]
+        allow_shrink: bool,
+        /// Shrink even with clients attached: their sessions are ended first.
+        #[serde(default)]
+        force: bool,
     },
     LuRemove {
         name: String,
@@ -56,6 +62,9 @@ pub enum AdminRequest {
     },
     SnapshotRollback {
         name: String,
+        /// Roll back even with clients attached to the LU: their sessions are ended first.
+        #[serde(default)]
+        force: bool,
     },
     SnapshotRemove {
         name: String,
@@ -201,17 +210,95 @@ enum Outcome {
     },
 }
 
-/// How many clients have each export attached (the server knows; offline it is always 0).
+/// The client sessions attached to each export (the server knows; offline there are none).
 pub trait Attachments {
-    fn attached(&self, export: &str) -> usize;
+    /// The addresses of the clients attached to `export`.
+    fn clients(&self, export: &str) -> Vec<String>;
+    /// How many clients have `export` attached.
+    fn attached(&self, export: &str) -> usize {
+        self.clients(export).len()
+    }
+    /// End new sessions of `export` as soon as they attach, until [`Attachments::unfence`].
+    fn fence(&self, export: &str);
+    fn unfence(&self, export: &str);
+    /// Wait up to `wait` for the clients of `export` to detach by themselves (a client that
+    /// just sent its disconnect is still finishing); the clients still attached then.
+    fn settle(&self, export: &str, wait: std::time::Duration) -> Vec<String>;
+    /// End the sessions attached to `export` cleanly (requests in flight finish and get their
+    /// replies, then the connection closes) and wait up to `wait` for them to go; `Err` holds
+    /// the clients still attached then.
+    fn end_sessions(&self, export: &str, wait: std::time::Duration) -> Result<(), Vec<String>>;
 }
 
 /// Nobody is attached (offline use).
 pub struct NoAttachments;
 impl Attachments for NoAttachments {
-    fn attached(&self, _: &str) -> usize {
-        0
+    fn clients(&self, _: &str) -> Vec<String> {
+        Vec::new()
     }
+    fn settle(&self, _: &str, _: std::time::Duration) -> Vec<String> {
+        Vec::new()
+    }
+    fn fence(&self, _: &str) {}
+    fn unfence(&self, _: &str) {}
+    fn end_sessions(&self, _: &str, _: std::time::Duration) -> Result<(), Vec<String>> {
+        Ok(())
+    }
+}
+
+/// How long an operation on an attached export waits for clients that are leaving anyway.
+pub const DETACH_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a forced operation waits for the sessions it ends to finish their requests.
+pub const SESSION_END_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps new sessions away from an export while an operation changes it under them.
+struct Fence<'a> {
+    att: &'a dyn Attachments,
+    export: String,
+}
+
+impl Drop for Fence<'_> {
+    fn drop(&mut self) {
+        self.att.unfence(&self.export);
+    }
+}
+
+/// Take `export` for an operation (`what`, e.g. "shrinking LU vm1 to 4096 bytes") that changes
+/// its size or contents under its clients: refused while clients are attached unless `force`,
+/// which ends their sessions cleanly first. Sessions attaching meanwhile are ended while the
+/// returned fence lives.
+fn exclusive<'a>(
+    att: &'a dyn Attachments,
+    export: &str,
+    what: &str,
+    force: bool,
+) -> Result<Fence<'a>, PoolError> {
+    att.fence(export);
+    let fence = Fence {
+        att,
+        export: export.to_owned(),
+    };
+    let clients = att.settle(export, DETACH_GRACE);
+    if clients.is_empty() {
+        return Ok(fence);
+    }
+    let n = clients.len();
+    let list = clients.join(", ");
+    if !force {
+        return Err(PoolError::InUse(format!(
+            "{what}: {export} has {n} client(s) attached ({list}); detach them, or use --force to disconnect them"
+        )));
+    }
+    tracing::warn!(export, clients = %list, "{what}: disconnecting {n} client(s)");
+    att.end_sessions(export, SESSION_END_WAIT).map_err(|left| {
+        PoolError::InUse(format!(
+            "{what}: {} of {n} client(s) of {export} did not disconnect within {} s ({})",
+            left.len(),
+            SESSION_END_WAIT.as_secs(),
+            left.join(", ")
+        ))
+    })?;
+    Ok(fence)
 }
 
 /// Execute a request on an open pool.
@@ -225,17 +312,6 @@ pub struct AdminCtx<'a> {
 /// Execute a request on an open pool.
 pub fn execute(ctx: &AdminCtx, req: &AdminRequest) -> Result<AdminReply, PoolError> {
     execute_with_progress(ctx, req, &mut |_, _| {})
-}
-
-/// Refuse to remove an export clients have attached, unless forced.
-fn detached(att: &dyn Attachments, name: &str, what: &str, force: bool) -> Result<(), PoolError> {
-    let n = att.attached(name);
-    if n > 0 && !force {
-        return Err(PoolError::InUse(format!(
-            "{what} {name} has {n} client(s) attached; detach them or use --force"
-        )));
-    }
-    Ok(())
 }
 
 /// Execute a request; long ones report `progress(done, total)` as they go.
@@ -259,7 +335,27 @@ pub fn execute_with_progress(
         AdminRequest::PoolStatus => AdminReply::Status(Box::new(pool.status())),
         AdminRequest::LuCreate { name, size } => lus(vec![pool.lu_create(name, *size)?]),
         AdminRequest::LuList => lus(pool.lu_list()),
-        AdminRequest::LuResize { name, size } => lus(vec![pool.lu_resize(name, *size)?]),
+        AdminRequest::LuResize {
+            name,
+            size,
+            allow_shrink,
+            force,
+        } => {
+            let cur = pool.lu_get(name)?.size;
+            if *size >= cur {
+                lus(vec![pool.lu_resize(name, *size)?])
+            } else {
+                let what = format!("shrinking LU {name} from {cur} to {size} bytes");
+                if !allow_shrink {
+                    return Err(PoolError::Invalid(format!(
+                        "{what} discards its last {} bytes: add --allow-shrink",
+                        cur - size
+                    )));
+                }
+                let _fence = exclusive(att, name, &what, *force)?;
+                lus(vec![pool.lu_resize(name, *size)?])
+            }
+        }
         AdminRequest::LuMap { name, client } => {
             let info = pool.lu_get(name)?;
             ctx.maps
@@ -276,12 +372,18 @@ pub fn execute_with_progress(
         }
         AdminRequest::LuRemove { name, force } => {
             pool.lu_get(name)?;
-            detached(att, name, "LU", *force)?;
+            let _fence = exclusive(att, name, &format!("removing LU {name}"), *force)?;
             // A clone's activation config disk goes with it.
             let config = pool.activation_disk_of(name);
-            if let Some(c) = &config {
-                detached(att, c, "config disk", *force)?;
-            }
+            let _config_fence = match &config {
+                Some(c) => Some(exclusive(
+                    att,
+                    c,
+                    &format!("removing config disk {c}"),
+                    *force,
+                )?),
+                None => None,
+            };
             pool.lu_remove(name)?;
             ctx.maps.forget(name).map_err(PoolError::Config)?;
             let mut also_removed = Vec::new();
@@ -313,13 +415,17 @@ pub fn execute_with_progress(
             pool: pool.name(),
             snapshots: pool.snapshot_list(base.as_deref())?,
         },
-        AdminRequest::SnapshotRollback { name } => {
+        AdminRequest::SnapshotRollback { name, force } => {
+            let (base, _) = crate::pool::split_snapshot(name)?;
+            pool.lu_get(name)?;
+            let what = format!("rolling back to {name}");
+            let _fence = exclusive(att, base, &what, *force)?;
             let (lu, undo) = pool.snapshot_rollback(name)?;
             AdminReply::RolledBack { lu, undo }
         }
         AdminRequest::SnapshotRemove { name, force } => {
             crate::pool::split_snapshot(name)?;
-            detached(att, name, "snapshot", *force)?;
+            let _fence = exclusive(att, name, &format!("removing snapshot {name}"), *force)?;
             AdminReply::Freed {
                 name: name.clone(),
                 freed_blocks: pool.snapshot_remove(name)?,
@@ -343,7 +449,7 @@ pub fn execute_with_progress(
         }
         AdminRequest::ImageList => lus(pool.image_list()),
         AdminRequest::ImageRemove { name, force } => {
-            detached(att, name, "client image", *force)?;
+            let _fence = exclusive(att, name, &format!("removing client image {name}"), *force)?;
             AdminReply::Freed {
                 name: name.clone(),
                 freed_blocks: pool.image_remove(name)?,
@@ -458,10 +564,22 @@ fn failgrp_create(
     Ok(())
 }
 
+/// Parse PV specs of a request. Their paths must be absolute: whoever sent the request resolves
+/// relative paths where the user typed them (sspctl does); resolved here they would name
+/// something under sspd's working directory instead.
 fn parse_specs(specs: &[String]) -> Result<Vec<crate::pool::dir::PvSpec>, PoolError> {
     specs
         .iter()
-        .map(|s| s.parse().map_err(PoolError::Invalid))
+        .map(|s| {
+            let spec: crate::pool::dir::PvSpec = s.parse().map_err(PoolError::Invalid)?;
+            if spec.path.is_relative() {
+                return Err(PoolError::Invalid(format!(
+                    "PV path {} is relative: give an absolute path",
+                    spec.path.display()
+                )));
+            }
+            Ok(spec)
+        })
         .collect()
 }
 

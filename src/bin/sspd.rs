@@ -3,7 +3,7 @@ use anyhow::Context;
 use clap::Parser;
 use ssp::pool::dir::PoolDir;
 use ssp::pool::Options;
-use ssp::server::{serve, spawn_admin, AttachMap, Listener, Shared};
+use ssp::server::{claim_socket_path, serve, spawn_admin, AttachMap, Listener, Shared, SocketFile};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -61,15 +61,22 @@ fn main() {
 
 #[tokio::main]
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Handled from the start: a signal during startup must not kill the server half-way.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let tls = match (&args.tls_cert, &args.tls_key, args.tls.as_str()) {
         (_, _, "off") => ssp::server::tls::TlsPolicy::default(),
-        (Some(c), Some(k), mode) => ssp::server::tls::TlsPolicy {
-            acceptor: Some(
-                ssp::server::tls::acceptor(c, k, args.tls_ca.as_deref())
-                    .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
-            ),
-            required: mode == "require",
-        },
+        (Some(c), Some(k), mode) => {
+            let files = ssp::server::tls::TlsFiles {
+                cert: c.clone(),
+                key: k.clone(),
+                ca: args.tls_ca.clone(),
+            };
+            ssp::server::tls::TlsPolicy::from_files(files, mode == "require")
+                .map_err(|e| anyhow::anyhow!("TLS: {e}"))?
+        }
         (_, _, "require") => anyhow::bail!("--tls require needs --tls-cert and --tls-key"),
         _ => ssp::server::tls::TlsPolicy::default(),
     };
@@ -93,24 +100,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {a}"))?;
         listeners.push(Listener::Tcp(l));
     }
+    // Removed again when the server exits, whichever way `run` returns (a failed open too).
+    let mut _unix_sock = None;
     if let Some(p) = &args.unix {
-        // Bound before the pool lock is taken: never take over a socket a live server answers.
-        if std::os::unix::net::UnixStream::connect(p).is_ok() {
-            anyhow::bail!(
-                "cannot listen on {}: a server is listening there",
-                p.display()
-            );
-        }
-        let _ = std::fs::remove_file(p);
+        // Never takes over a socket a live server answers, nor unlinks anything but a socket.
+        claim_socket_path(p)?;
         let l = tokio::net::UnixListener::bind(p)
             .with_context(|| format!("cannot listen on {}", p.display()))?;
+        _unix_sock = Some(SocketFile::bound(p)?);
         listeners.push(Listener::Unix(l));
     }
-    let pd = PoolDir::open(&args.pool, Options::default()).inspect_err(|_| {
-        if let Some(p) = &args.unix {
-            let _ = std::fs::remove_file(p);
-        }
-    })?;
+    let pd = PoolDir::open(&args.pool, Options::default())?;
     let (pool, _lock) = pd.into_shared();
     let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
     if let Some(addr) = args.metrics {
@@ -132,6 +132,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     spawn_admin(pool.clone(), attach.clone(), maps.clone(), &admin)
         .with_context(|| format!("cannot listen on the admin socket {}", admin.display()))?;
+    // Removed again when the server exits, whichever way `run` returns.
+    let _admin_sock = SocketFile::bound(&admin)?;
     for l in &listeners {
         match l {
             Listener::Tcp(t) => announce(&format!("sspd: listening on {}", t.local_addr()?)),
@@ -149,18 +151,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tls: std::sync::Arc::new(tls),
         stopping: rx,
     });
-    let server = tokio::spawn(serve(shared, listeners));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let server = tokio::spawn(serve(shared.clone(), listeners));
+    loop {
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => reload(&shared),
+        }
     }
     tracing::info!("shutting down");
     let _ = tx.send(true);
     let _ = server.await;
     let p = pool.clone();
     tokio::task::spawn_blocking(move || p.flush().and_then(|_| p.checkpoint())).await??;
-    let _ = std::fs::remove_file(&admin);
     tracing::info!("pool closed cleanly");
     Ok(())
+}
+
+/// SIGHUP: load the TLS certificate, key and CA bundle and the LU maps again from their files.
+/// What fails to load is logged and the version in use kept.
+fn reload(shared: &Shared) {
+    tracing::info!("SIGHUP: reloading TLS certificates and LU maps");
+    match shared.tls.reload() {
+        Ok(true) => tracing::info!("TLS certificates reloaded"),
+        Ok(false) => {}
+        Err(e) => tracing::error!("TLS certificates not reloaded, keeping the old ones: {e}"),
+    }
+    match shared.maps.reload() {
+        Ok(()) => tracing::info!("LU maps reloaded"),
+        Err(e) => tracing::error!("LU maps not reloaded, keeping the old ones: {e}"),
+    }
 }

@@ -3,9 +3,10 @@
 use super::{admin, admin_with_progress, Cli};
 use crate::admin::{AdminReply, AdminRequest};
 use crate::pool::dir::PvSpec;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
 pub enum FailgrpCmd {
@@ -64,11 +65,36 @@ pub enum PvCmd {
     },
 }
 
-fn spec_string(s: &PvSpec) -> String {
-    match s.size {
-        Some(n) => format!("{}:{n}", s.path.display()),
-        None => s.path.display().to_string(),
+/// A path sspd is to open, as sspd must see it: a relative path means the directory the user
+/// typed it in, not sspd's working directory (under systemd, `/`). An existing file is
+/// canonicalized; a new one is joined to the canonical path of its directory (or to the working
+/// directory when that does not exist either). Absolute paths are left as given.
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_owned());
     }
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return Ok(c);
+    }
+    let abs = std::path::absolute(p)
+        .with_context(|| format!("cannot resolve {} in the current directory", p.display()))?;
+    Ok(match (abs.parent(), abs.file_name()) {
+        (Some(d), Some(n)) => std::fs::canonicalize(d).map_or(abs.clone(), |d| d.join(n)),
+        _ => abs,
+    })
+}
+
+/// A PV spec for the admin request, its path made absolute here.
+fn spec_string(s: &PvSpec) -> Result<String> {
+    let path = absolute(&s.path)?;
+    Ok(match s.size {
+        Some(n) => format!("{}:{n}", path.display()),
+        None => path.display().to_string(),
+    })
+}
+
+fn spec_strings(specs: &[PvSpec]) -> Result<Vec<String>> {
+    specs.iter().map(spec_string).collect()
 }
 
 pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
@@ -76,7 +102,7 @@ pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
         FailgrpCmd::List => AdminRequest::FailgrpList,
         FailgrpCmd::Create { name, pvs, force } => AdminRequest::FailgrpCreate {
             name: name.clone(),
-            pvs: pvs.iter().map(spec_string).collect(),
+            pvs: spec_strings(pvs)?,
             force: *force,
         },
         FailgrpCmd::Modify { name, new_name } => AdminRequest::FailgrpModify {
@@ -175,12 +201,13 @@ pub fn pv(cli: &Cli, cmd: &PvCmd, out: &mut dyn Write) -> Result<()> {
         PvCmd::List => AdminRequest::PvList,
         PvCmd::Add { fg, pvs, force } => AdminRequest::PvAdd {
             fg: fg.clone(),
-            pvs: pvs.iter().map(spec_string).collect(),
+            pvs: spec_strings(pvs)?,
             force: *force,
         },
+        // OLD names a PV of the pool by its path: a relative one means the user's directory.
         PvCmd::Replace { old, new, force } => AdminRequest::PvReplace {
-            old: old.clone(),
-            new: spec_string(new),
+            old: absolute(Path::new(old))?.display().to_string(),
+            new: spec_string(new)?,
             force: *force,
         },
     };

@@ -158,11 +158,19 @@ pub enum LuCmd {
     },
     /// List LUs (name, size, unused space, UDID)
     List,
-    /// Change an LU's size (shrinking discards the tail)
+    /// Change an LU's size. Shrinking discards the tail: it needs --allow-shrink, and is
+    /// refused while clients are attached unless --force
     Resize {
         name: String,
         #[arg(long, value_parser = size_arg)]
         size: u64,
+        /// Allow a size smaller than the LU's (its tail is discarded)
+        #[arg(long)]
+        allow_shrink: bool,
+        /// Shrink even with clients attached: they are disconnected first (their requests in
+        /// flight finish)
+        #[arg(long)]
+        force: bool,
     },
     /// Remove an LU and return its space (refused while clients are attached, unless --force)
     Remove {
@@ -406,9 +414,16 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
             size: *size,
         }),
         LuCmd::List => Some(AdminRequest::LuList),
-        LuCmd::Resize { name, size } => Some(AdminRequest::LuResize {
+        LuCmd::Resize {
+            name,
+            size,
+            allow_shrink,
+            force,
+        } => Some(AdminRequest::LuResize {
             name: name.clone(),
             size: *size,
+            allow_shrink: *allow_shrink,
+            force: *force,
         }),
         LuCmd::Remove { name, force } => Some(AdminRequest::LuRemove {
             name: name.clone(),
@@ -463,6 +478,17 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
             let id = p.lu_id(name)?;
             let mut f = std::fs::File::open(file)
                 .with_context(|| format!("cannot open {}", file.display()))?;
+            // Nothing is written unless the whole file fits.
+            let lu_size = p.lu_get(name)?.size;
+            let len = std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))?;
+            std::io::Seek::rewind(&mut f)?;
+            if offset.checked_add(len).is_none_or(|end| end > lu_size) {
+                bail!(
+                    "{} holds {len} bytes, which at offset {offset} do not fit in LU {name} of {lu_size} bytes; nothing was written (grow it first: sspctl lu resize {name} --size {})",
+                    file.display(),
+                    offset.saturating_add(len)
+                );
+            }
             let mut buf = vec![0u8; 1 << 20];
             let mut pos = *offset;
             let mut written = 0u64;

@@ -18,8 +18,14 @@ pub enum SnapshotCmd {
     },
     /// List snapshots (of one LU or image, or all)
     List { base: Option<String> },
-    /// Roll an LU back to any of its snapshots (an undo snapshot is taken first)
-    Rollback { name: String },
+    /// Roll an LU back to any of its snapshots (an undo snapshot is taken first); refused
+    /// while clients are attached to the LU, unless --force
+    Rollback {
+        name: String,
+        /// Disconnect the LU's clients first (their requests in flight finish)
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove a snapshot; clones made from it keep working
     Remove {
         name: String,
@@ -61,7 +67,10 @@ pub fn snapshot(cli: &Cli, cmd: &SnapshotCmd, out: &mut dyn Write) -> Result<()>
             names: names.clone(),
         },
         SnapshotCmd::List { base } => AdminRequest::SnapshotList { base: base.clone() },
-        SnapshotCmd::Rollback { name } => AdminRequest::SnapshotRollback { name: name.clone() },
+        SnapshotCmd::Rollback { name, force } => AdminRequest::SnapshotRollback {
+            name: name.clone(),
+            force: *force,
+        },
         SnapshotCmd::Remove { name, force } => AdminRequest::SnapshotRemove {
             name: name.clone(),
             force: *force,

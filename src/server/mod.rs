@@ -2,62 +2,17 @@
 
 pub mod catalog;
 pub mod session;
+pub mod socket;
 pub mod tls;
 
 use crate::access::{MapStore, Peer};
-use crate::admin::{handle_connection, Attachments};
+use crate::admin::handle_connection;
 use crate::pool::Pool;
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-/// Clients attached to each export (so removing an attached LU can be refused).
-#[derive(Default)]
-pub struct AttachMap(Mutex<HashMap<String, usize>>);
-
-impl AttachMap {
-    fn add(&self, export: &str, delta: isize) {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(export.to_owned()).or_insert(0);
-        *n = n.saturating_add_signed(delta);
-        if *n == 0 {
-            m.remove(export);
-        }
-    }
-}
-
-impl Attachments for AttachMap {
-    fn attached(&self, export: &str) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(export)
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-/// Counts a session as attached to its export until dropped.
-pub struct Attached {
-    map: Arc<AttachMap>,
-    export: String,
-}
-
-impl Attached {
-    pub fn new(map: Arc<AttachMap>, export: &str) -> Self {
-        map.add(export, 1);
-        Attached {
-            map,
-            export: export.to_owned(),
-        }
-    }
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        self.map.add(&self.export, -1);
-    }
-}
+pub use catalog::{AttachMap, Attached};
+pub use socket::{claim_socket_path, SocketFile, SocketPathError};
 
 /// Serve admin requests on the unix socket at `path` (mode 0600) on background threads.
 pub fn spawn_admin(
@@ -67,7 +22,7 @@ pub fn spawn_admin(
     path: &Path,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_file(path);
+    claim_socket_path(path).map_err(std::io::Error::other)?;
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::spawn(move || {

@@ -97,7 +97,7 @@ where
         peer: who,
     };
     let cfg = ServerConfig {
-        tls_available: shared.tls.acceptor.is_some(),
+        tls_available: shared.tls.available(),
         tls_required: shared.tls.required,
         ..ServerConfig::default()
     };
@@ -107,7 +107,7 @@ where
         Outcome::Closed => Ok(()),
         Outcome::Done(neg) => attached(s, &shared, neg, hs.take_leftover(), peer).await,
         Outcome::StartTls => {
-            let Some(acceptor) = shared.tls.acceptor.clone() else {
+            let Some(acceptor) = shared.tls.acceptor() else {
                 return Ok(());
             };
             let mut t = acceptor.accept(s).await?;
@@ -132,7 +132,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tracing::info!(peer, export = %neg.export, mode = ?neg.reply_mode, tls = neg.tls, "client attached");
-    let _attached = super::Attached::new(shared.attach.clone(), &neg.export);
+    let att = super::Attached::new(shared.attach.clone(), &neg.export, peer);
     crate::metrics::connections(1.0);
     struct Detach;
     impl Drop for Detach {
@@ -147,6 +147,7 @@ where
         neg,
         leftover,
         shared.stopping.clone(),
+        att.ended(),
     )
     .await
 }
@@ -360,6 +361,7 @@ async fn transmission<S>(
     neg: Negotiated,
     mut inbuf: Vec<u8>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    mut ended: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -478,7 +480,17 @@ where
         inbuf.drain(..pos);
         pos = 0;
         inbuf.reserve(need.max(READ_CHUNK));
-        match rd.read_buf(&mut inbuf).await {
+        let read = tokio::select! {
+            biased;
+            // Ended by the operator (shrink, rollback, removal): no more requests are read;
+            // those in flight finish and get their replies, then the connection closes.
+            Ok(_) = ended.wait_for(|e| *e) => {
+                tracing::info!(export = %ctx.neg.export, "session ended by the operator");
+                break Ok(());
+            }
+            r = rd.read_buf(&mut inbuf) => r,
+        };
+        match read {
             // The client went away (between requests, or mid-write: nothing was applied).
             Ok(0) => break Ok(()),
             Ok(_) => {}

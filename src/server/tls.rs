@@ -9,15 +9,62 @@
 use crate::access::TlsIdentity;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 pub use tokio_rustls::TlsAcceptor;
 
 /// What the server offers: TLS (with an acceptor) and whether plain sessions are refused.
-#[derive(Clone, Default)]
+/// The acceptor can be rebuilt from its files while the server runs ([`TlsPolicy::reload`]);
+/// sessions already past their TLS handshake keep the certificate they got.
+#[derive(Default)]
 pub struct TlsPolicy {
-    pub acceptor: Option<TlsAcceptor>,
+    acceptor: RwLock<Option<TlsAcceptor>>,
     pub required: bool,
+    files: Option<TlsFiles>,
+}
+
+/// The PEM files an acceptor is built from.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsPolicy {
+    /// TLS from these files; `required` refuses plain sessions.
+    pub fn from_files(files: TlsFiles, required: bool) -> Result<TlsPolicy, String> {
+        let a = acceptor(&files.cert, &files.key, files.ca.as_deref())?;
+        Ok(TlsPolicy {
+            acceptor: RwLock::new(Some(a)),
+            required,
+            files: Some(files),
+        })
+    }
+
+    /// The acceptor for a new TLS handshake, if TLS is offered.
+    pub fn acceptor(&self) -> Option<TlsAcceptor> {
+        self.acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn available(&self) -> bool {
+        self.acceptor().is_some()
+    }
+
+    /// Load the certificate, key and CA bundle again from the same paths: new handshakes use
+    /// them. When they do not load (or do not fit together) the error is returned and the
+    /// acceptor in use is kept. `Ok(false)` when TLS is not configured.
+    pub fn reload(&self) -> Result<bool, String> {
+        let Some(f) = &self.files else {
+            return Ok(false);
+        };
+        let a = acceptor(&f.cert, &f.key, f.ca.as_deref())?;
+        *self.acceptor.write().unwrap_or_else(|p| p.into_inner()) = Some(a);
+        Ok(true)
+    }
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
