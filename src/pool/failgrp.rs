@@ -52,7 +52,7 @@ pub struct ScrubReport {
 
 impl Inner {
     /// Rewrite both superblock copies of every PV that is up, after `change`.
-    fn rewrite_superblocks(&mut self, change: &dyn Fn(&mut Superblock)) -> Result<()> {
+    pub(super) fn rewrite_superblocks(&mut self, change: &dyn Fn(&mut Superblock)) -> Result<()> {
         for i in 0..self.pvs.pvs.len() {
             if self.pvs.pvs[i].failed.is_some() {
                 continue;

@@ -10,8 +10,20 @@ use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::ptree::NodeIo;
 use crate::format::node::{
-    decode_node, decode_u64s, NodeKind, Ptr, MAP_FANOUT, VOL_FLAG_SHARES_NODES,
+    decode_node, decode_u64s, map_entry_is_ref, NodeKind, Ptr, MAP_FANOUT, MAP_ZERO,
+    VOL_FLAG_SHARES_NODES,
 };
+
+/// What a run of LU blocks holds, as the block map says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    /// Unmapped: reads as zeroes and uses no space.
+    Hole,
+    /// Allocated and reads as zeroes, with no data block ([`MAP_ZERO`]).
+    Zero,
+    /// Backed by data blocks.
+    Data,
+}
 
 /// A cached block-map node.
 pub struct MapNode {
@@ -100,8 +112,9 @@ impl Inner {
         Ok(n)
     }
 
-    /// The data VBA mapped at `lba` of volume `vol` (0 = unmapped), and whether the block is
-    /// referenced by this volume alone (every node on the path and the block itself unshared).
+    /// The data VBA mapped at `lba` of volume `vol` (0 = unmapped, [`MAP_ZERO`] = allocated
+    /// zeroes), and whether the block is referenced by this volume alone (every node on the
+    /// path and the block itself unshared; never for 0 or [`MAP_ZERO`]).
     pub fn map_lookup(&mut self, vol: u64, lba: u64) -> Result<(u64, bool)> {
         let v = self
             .vols
@@ -113,8 +126,8 @@ impl Inner {
         let mut exclusive = true;
         let mut level = depth;
         while level > 0 {
-            if cur == 0 {
-                return Ok((0, false));
+            if !map_entry_is_ref(cur) {
+                return Ok((cur, false));
             }
             level -= 1;
             if check_nodes {
@@ -122,9 +135,10 @@ impl Inner {
             }
             cur = self.map_node(cur, level)?.entries[slot(lba, level)];
         }
-        if cur != 0 {
-            exclusive &= self.vba_get(cur)?.aux <= 1;
+        if !map_entry_is_ref(cur) {
+            return Ok((cur, false));
         }
+        exclusive &= self.vba_get(cur)?.aux <= 1;
         Ok((cur, exclusive))
     }
 
@@ -156,7 +170,7 @@ impl Inner {
                     .entries
                     .iter()
                     .copied()
-                    .filter(|&e| e != 0)
+                    .filter(|&e| map_entry_is_ref(e))
                     .collect();
                 let child_level = if l == 0 { None } else { Some(l - 1) };
                 stack.extend(children.into_iter().map(|c| (c, child_level)));
@@ -183,6 +197,37 @@ impl Inner {
                 self.maps_dirty += 1;
             }
         }
+    }
+
+    /// A new dirty map node at `level` whose every entry is `fill` (0: empty, [`MAP_ZERO`]: the
+    /// split of a zero span); returns its VBA.
+    fn new_map_node_filled(&mut self, level: u8, owner: u64, fill: u64) -> Result<u64> {
+        debug_assert!(!map_entry_is_ref(fill));
+        let vba = self.new_map_node(level, owner)?;
+        if fill != 0 {
+            if let Some(n) = self.maps.get_mut(&vba) {
+                n.entries.fill(fill);
+                n.count = MAP_FANOUT as u32;
+            }
+        }
+        Ok(vba)
+    }
+
+    /// Set entry `i` of cached node `vba`, keeping its count and dirty state.
+    fn set_entry(&mut self, vba: u64, i: usize, e: u64) {
+        let Some(n) = self.maps.get_mut(&vba) else {
+            return;
+        };
+        let old = std::mem::replace(&mut n.entries[i], e);
+        if old == e {
+            return;
+        }
+        match (old == 0, e == 0) {
+            (true, false) => n.count += 1,
+            (false, true) => n.count -= 1,
+            _ => {}
+        }
+        self.note_map_dirty(vba);
     }
 
     /// A new, empty, dirty map node at `level`; returns its VBA.
@@ -219,7 +264,7 @@ impl Inner {
         }
         let entries = self.map_node(vba, level)?.entries.clone();
         let copy = self.new_map_node(level, owner)?;
-        for &c in entries.iter().filter(|&&c| c != 0) {
+        for &c in entries.iter().filter(|&&c| map_entry_is_ref(c)) {
             self.incref(c)?;
         }
         let count = entries.iter().filter(|&&e| e != 0).count() as u32;
@@ -231,8 +276,9 @@ impl Inner {
         Ok(copy)
     }
 
-    /// Set the entry for `lba` of `vol` to `new` (0 unmaps). Returns the previous data VBA; the
-    /// caller owns the reference accounting of both data VBAs.
+    /// Set the entry for `lba` of `vol` to `new` (0 unmaps, [`MAP_ZERO`] zeroes). A zero span
+    /// on the path is split (a child node full of [`MAP_ZERO`] takes its place). Returns the
+    /// previous entry; the caller owns the reference accounting of both data VBAs.
     pub fn map_set(&mut self, vol: u64, lba: u64, new: u64) -> Result<u64> {
         let v = self
             .vols
@@ -259,13 +305,14 @@ impl Inner {
         while level > 0 {
             let s = slot(lba, level);
             let child = self.map_node(cur, level)?.entries[s];
-            if child == 0 && new == 0 {
-                return Ok(0);
+            if child == new && !map_entry_is_ref(new) {
+                // The whole span already is a hole, or already zeroes.
+                return Ok(new);
             }
-            let child = if child == 0 {
-                self.new_map_node(level - 1, vol)?
-            } else {
+            let child = if map_entry_is_ref(child) {
                 self.writable_node(child, level - 1, vol)?
+            } else {
+                self.new_map_node_filled(level - 1, vol, child)?
             };
             let n = self.map_node(cur, level)?;
             if n.entries[s] != child {
@@ -293,7 +340,182 @@ impl Inner {
         Ok(old)
     }
 
-    /// Visit mapped entries of `vol` in `[lba, lba+count)` in order: (lba, data vba).
+    /// Set every entry of `vol` in `[lba, lba+count)` to `value` (0: unmap, [`MAP_ZERO`]: zero),
+    /// dropping the data references the range held. A child span the range covers whole becomes
+    /// one entry, so the work is proportional to the tree's depth and to what the range held,
+    /// never to `count`; a child node left holding only `value` is folded into its parent.
+    pub fn map_fill(&mut self, vol: u64, lba: u64, count: u64, value: u64) -> Result<()> {
+        debug_assert!(!map_entry_is_ref(value));
+        let v = self
+            .vols
+            .get(&vol)
+            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
+        let (root, depth) = (v.map_root, v.map_depth);
+        let end = lba.saturating_add(count).min(entry_span(depth));
+        if lba >= end || (root == 0 && value == 0) {
+            return Ok(());
+        }
+        let root = if root == 0 {
+            self.new_map_node(depth - 1, vol)?
+        } else {
+            self.writable_node(root, depth - 1, vol)?
+        };
+        if let Some(v) = self.vols.get_mut(&vol) {
+            if v.map_root != root {
+                v.map_root = root;
+                self.vols_dirty.insert(vol);
+            }
+        }
+        self.fill_node(vol, root, depth - 1, 0, lba, end, value)?;
+        // A root left empty is dropped (the volume maps nothing).
+        if value == 0 && self.map_node(root, depth - 1)?.count == 0 {
+            self.decref(root, Some(depth - 1))?;
+            if let Some(v) = self.vols.get_mut(&vol) {
+                v.map_root = 0;
+                self.vols_dirty.insert(vol);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::map_fill`] below writable node `node` at `level`, which covers LU blocks from
+    /// `base`; `[lo, hi)` lies within it.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_node(
+        &mut self,
+        vol: u64,
+        node: u64,
+        level: u8,
+        base: u64,
+        lo: u64,
+        hi: u64,
+        value: u64,
+    ) -> Result<()> {
+        let span = entry_span(level);
+        let first = ((lo - base) / span) as usize;
+        let last = (((hi - 1 - base) / span) as usize).min(MAP_FANOUT - 1);
+        for i in first..=last {
+            let cb = base + i as u64 * span;
+            let ce = cb.saturating_add(span);
+            let e = self.map_node(node, level)?.entries[i];
+            if e == value {
+                continue;
+            }
+            if level == 0 {
+                self.set_entry(node, i, value);
+                if map_entry_is_ref(e) {
+                    self.drop_data_ref(vol, cb, e)?;
+                }
+                continue;
+            }
+            if !map_entry_is_ref(e) && lo <= cb && ce <= hi {
+                // A hole or zero span covered whole: one entry changes.
+                self.set_entry(node, i, value);
+                continue;
+            }
+            let child = if map_entry_is_ref(e) {
+                self.writable_node(e, level - 1, vol)?
+            } else {
+                self.new_map_node_filled(level - 1, vol, e)?
+            };
+            self.set_entry(node, i, child);
+            self.fill_node(vol, child, level - 1, cb, lo.max(cb), hi.min(ce), value)?;
+            if self
+                .map_node(child, level - 1)?
+                .entries
+                .iter()
+                .all(|&x| x == value)
+            {
+                self.set_entry(node, i, value);
+                self.decref(child, Some(level - 1))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs of `vol` in `[lba, lba+count)` in order, as (first lba, blocks, kind); holes are
+    /// reported too, so the runs cover the range. Zero spans of interior nodes are one run each.
+    pub fn map_runs(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64, MapKind)>> {
+        let mut out: Vec<(u64, u64, MapKind)> = Vec::new();
+        let end = lba.saturating_add(count);
+        let push = |s: u64, n: u64, k: MapKind, out: &mut Vec<(u64, u64, MapKind)>| {
+            if n == 0 {
+                return;
+            }
+            match out.last_mut() {
+                Some(l) if l.2 == k && l.0 + l.1 == s => l.1 += n,
+                _ => out.push((s, n, k)),
+            }
+        };
+        let mut cur = lba;
+        for (s, n, k) in self.map_walk(vol, lba, count)? {
+            if s > cur {
+                push(cur, s - cur, MapKind::Hole, &mut out);
+            }
+            push(s, n, k, &mut out);
+            cur = s + n;
+        }
+        if cur < end {
+            push(cur, end - cur, MapKind::Hole, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Non-hole entries of `vol` overlapping `[lba, lba+count)` in order, clipped to it: (first
+    /// lba, blocks, kind), one block per data entry, one run per zero entry.
+    fn map_walk(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64, MapKind)>> {
+        let v = self
+            .vols
+            .get(&vol)
+            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
+        let (root, depth) = (v.map_root, v.map_depth);
+        let mut out = Vec::new();
+        if root == 0 || count == 0 {
+            return Ok(out);
+        }
+        let end = lba.saturating_add(count);
+        self.walk_node(root, depth - 1, 0, lba, end, &mut out)?;
+        Ok(out)
+    }
+
+    fn walk_node(
+        &mut self,
+        node: u64,
+        level: u8,
+        base: u64,
+        lba: u64,
+        end: u64,
+        out: &mut Vec<(u64, u64, MapKind)>,
+    ) -> Result<()> {
+        let span = entry_span(level);
+        let lo = (lba.saturating_sub(base) / span) as usize;
+        let hi = ((end - base).div_ceil(span) as usize).min(MAP_FANOUT);
+        if lo >= hi {
+            return Ok(());
+        }
+        // Copy the slots of interest: the recursion below may evict nothing, but borrows `self`.
+        let entries: Vec<u64> = self.map_node(node, level)?.entries[lo..hi].to_vec();
+        for (k, e) in entries.into_iter().enumerate() {
+            let cb = base + (lo + k) as u64 * span;
+            if e == MAP_ZERO {
+                let (s, t) = (cb.max(lba), cb.saturating_add(span).min(end));
+                match out.last_mut() {
+                    Some(l) if l.2 == MapKind::Zero && l.0 + l.1 == s => l.1 += t - s,
+                    _ => out.push((s, t - s, MapKind::Zero)),
+                }
+            } else if e != 0 {
+                if level == 0 {
+                    out.push((cb, 1, MapKind::Data));
+                } else {
+                    self.walk_node(e, level - 1, cb, lba, end, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Visit data entries of `vol` in `[lba, lba+count)` in order: (lba, data vba). Zero
+    /// entries read as zeroes like holes and are not listed.
     pub fn map_range(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64)>> {
         let v = self
             .vols
@@ -315,16 +537,16 @@ impl Inner {
             let n = self.map_node(node, level)?;
             if level == 0 {
                 for (i, &e) in n.entries.iter().enumerate().take(hi).skip(lo) {
-                    if e != 0 {
+                    if map_entry_is_ref(e) {
                         out.push((base + i as u64, e));
                     }
                 }
                 continue;
             }
-            // Push children in reverse so they pop in ascending order.
+            // Push children in reverse so they pop in ascending order; zero spans hold no data.
             let mark = stack.len();
             for (i, &e) in n.entries.iter().enumerate().take(hi).skip(lo) {
-                if e != 0 {
+                if map_entry_is_ref(e) {
                     stack.push((e, level - 1, base + i as u64 * span));
                 }
             }
