@@ -550,7 +550,10 @@ pub(crate) mod tests {
         assert_eq!(golden[64], 12);
         assert_eq!(u16::from_le_bytes([golden[65], golden[66]]), 24);
         assert_eq!(u64::from_le_bytes(golden[67..75].try_into().unwrap()), 1);
-        assert_eq!(u64::from_le_bytes(golden[83..91].try_into().unwrap()), 1 << 27);
+        assert_eq!(
+            u64::from_le_bytes(golden[83..91].try_into().unwrap()),
+            1 << 27
+        );
         for rec in sample_zero().records {
             let mut w = Wr::default();
             rec.encode(&mut w);

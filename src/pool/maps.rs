@@ -602,3 +602,159 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MapKind::{Data, Hole, Zero};
+    use crate::dev::{BlockDev, MemDev};
+    use crate::pool::{CreateOptions, Options, Pool};
+    use std::sync::Arc;
+
+    const MB: u64 = 1 << 20;
+    const GB: u64 = 1 << 30;
+
+    fn pool() -> Pool {
+        let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new("mem0", 64 * MB));
+        let copts = CreateOptions {
+            name: "t".into(),
+            journal_blocks: 256,
+        };
+        Pool::create(vec![dev], &copts, Options::default()).expect("create")
+    }
+
+    fn runs(p: &Pool, vol: u64, lba: u64, n: u64) -> Vec<(u64, u64, super::MapKind)> {
+        p.lock().map_runs(vol, lba, n).expect("runs")
+    }
+
+    fn check(p: &Pool) {
+        let rep = p.check().expect("check runs");
+        assert!(rep.errors.is_empty(), "{:#?}", rep.errors);
+    }
+
+    #[test]
+    fn zeroing_half_a_tebibyte_is_a_few_entries() {
+        let p = pool();
+        let id = p.lu_create("a", 1 << 40).unwrap().id;
+        p.write_zeroes_allocated(id, 0, 512 * GB, false).unwrap();
+        // Whole spans are single entries: only the nodes along the range's end exist (fanout
+        // 504, so 512 GiB ends inside a span at every level).
+        let nodes = p.lock().maps.len();
+        assert!(
+            nodes <= 2 * usize::from(super::depth_for(1 << 28)),
+            "{nodes} nodes"
+        );
+        assert_eq!(
+            runs(&p, id, 0, 1 << 28),
+            vec![(0, 1 << 27, Zero), (1 << 27, 1 << 27, Hole)]
+        );
+        assert_eq!(p.lu_get("a").unwrap().mapped_blocks, 0);
+        // Unaligned: the edges are read-modify-written, whole spans stay single entries.
+        p.write_zeroes_allocated(id, 600 * GB + 512, 0xFFFF_F000, false)
+            .unwrap();
+        assert!(p.lock().maps.len() < 12, "{} nodes", p.lock().maps.len());
+        let first = (600 * GB) / 4096;
+        let last = (600 * GB + 512 + 0xFFFF_F000 - 1) / 4096;
+        assert_eq!(
+            runs(&p, id, first, last - first + 1),
+            vec![(first, last - first + 1, Zero)]
+        );
+        let mut b = vec![1u8; 8192];
+        p.read(id, 600 * GB, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        check(&p);
+    }
+
+    #[test]
+    fn writes_and_unmaps_split_a_zero_span_and_zeroing_folds_it_back() {
+        let p = pool();
+        let id = p.lu_create("a", 8 * GB).unwrap().id;
+        p.write_zeroes_allocated(id, 0, 4 * GB, false).unwrap();
+        let nodes = p.lock().maps.len();
+        // A write inside the span splits it down to one leaf.
+        p.write(id, 3 * GB, &[7u8; 4096], false).unwrap();
+        let l = 3 * GB / 4096;
+        assert_eq!(
+            runs(&p, id, 0, 2 * (1 << 20)),
+            vec![
+                (0, l, Zero),
+                (l, 1, Data),
+                (l + 1, (1 << 20) - l - 1, Zero),
+                (1 << 20, 1 << 20, Hole)
+            ]
+        );
+        assert_eq!(p.lu_get("a").unwrap().mapped_blocks, 1);
+        let mut b = vec![0u8; 3 * 4096];
+        p.read(id, 3 * GB - 4096, &mut b).unwrap();
+        assert!(b[..4096].iter().chain(&b[8192..]).all(|&x| x == 0));
+        assert!(b[4096..8192].iter().all(|&x| x == 7));
+        // A trim inside the span leaves a hole in it.
+        p.trim(id, GB, 8 * MB).unwrap();
+        let h = GB / 4096;
+        assert_eq!(
+            runs(&p, id, h - 1, 2050)[..3],
+            [(h - 1, 1, Zero), (h, 2048, Hole), (h + 2048, 1, Zero)]
+        );
+        check(&p);
+        // Zeroing the whole range again drops the data block and folds the split nodes away.
+        p.write_zeroes_allocated(id, 0, 4 * GB, false).unwrap();
+        assert_eq!(runs(&p, id, 0, 1 << 20), vec![(0, 1 << 20, Zero)]);
+        assert_eq!(p.lu_get("a").unwrap().mapped_blocks, 0);
+        assert!(p.lock().maps.len() <= nodes, "split nodes were not folded");
+        // Unmapping everything drops the root too.
+        p.trim(id, 0, 8 * GB).unwrap();
+        assert_eq!(runs(&p, id, 0, 1 << 21), vec![(0, 1 << 21, Hole)]);
+        assert_eq!(p.lock().vols[&id].map_root, 0);
+        check(&p);
+    }
+
+    #[test]
+    fn all_zero_writes_are_zero_entries() {
+        let p = pool();
+        let id = p.lu_create("a", 64 * MB).unwrap().id;
+        let mut buf = vec![0u8; 16 * 4096];
+        buf[5 * 4096 + 9] = 1;
+        p.write(id, 0, &buf, false).unwrap();
+        assert_eq!(
+            runs(&p, id, 0, 17),
+            vec![(0, 5, Zero), (5, 1, Data), (6, 10, Zero), (16, 1, Hole)]
+        );
+        assert_eq!(p.lu_get("a").unwrap().mapped_blocks, 1);
+        // A partial write that leaves the block all zero turns data into a zero entry.
+        p.write(id, 5 * 4096 + 9, &[0], false).unwrap();
+        assert_eq!(runs(&p, id, 0, 16), vec![(0, 16, Zero)]);
+        assert_eq!(p.lu_get("a").unwrap().mapped_blocks, 0);
+        check(&p);
+    }
+
+    #[test]
+    fn zero_spans_in_shared_maps_keep_accounting_exact() {
+        let p = pool();
+        let id = p.lu_create("a", 2 * GB).unwrap().id;
+        for i in 0..64u64 {
+            p.write(id, i * 16 * 4096, &[i as u8 + 1; 4096], false)
+                .unwrap();
+        }
+        p.write_zeroes_allocated(id, GB, GB, false).unwrap();
+        p.snapshot_create(&["a@s"]).unwrap();
+        let c = p.clone_create("a@s", "c").unwrap().id;
+        // The clone zeroes half of the shared data and writes into the shared zero span.
+        p.write_zeroes_allocated(c, 0, 32 * 16 * 4096, false)
+            .unwrap();
+        p.write(c, GB + 4096, &[9u8; 4096], false).unwrap();
+        p.write(c, 40 * 16 * 4096, &[0u8; 4096], false).unwrap();
+        let cl = p.lu_get("c").unwrap();
+        assert_eq!((cl.mapped_blocks, cl.owned_blocks), (64 - 33 + 1, 1));
+        let a = p.lu_get("a").unwrap();
+        assert_eq!((a.mapped_blocks, a.owned_blocks), (64, 0));
+        let mut b = vec![0u8; 4096];
+        p.read(id, 3 * 16 * 4096, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 4));
+        p.read(c, 3 * 16 * 4096, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        check(&p);
+        // Removing the snapshot credits the LU with what only it holds now.
+        p.snapshot_remove("a@s").unwrap();
+        assert_eq!(p.lu_get("a").unwrap().owned_blocks, 33);
+        check(&p);
+    }
+}

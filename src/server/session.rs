@@ -766,7 +766,9 @@ fn block_status(
 
 /// Runs with a property (`ssp:` contexts) as runs with status bit 0.
 fn flag_runs(ext: Vec<(u64, u64, bool)>) -> Vec<(u64, u64, u32)> {
-    ext.into_iter().map(|(s, l, m)| (s, l, u32::from(m))).collect()
+    ext.into_iter()
+        .map(|(s, l, m)| (s, l, u32::from(m)))
+        .collect()
 }
 
 fn encode_extents(
