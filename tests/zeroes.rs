@@ -25,7 +25,9 @@ fn json(pool: &std::path::Path, args: &[&str]) -> Value {
 }
 
 fn used(pool: &std::path::Path) -> u64 {
-    json(pool, &["pool", "status"])["used_bytes"].as_u64().unwrap()
+    json(pool, &["pool", "status"])["used_bytes"]
+        .as_u64()
+        .unwrap()
 }
 
 /// Peak resident memory of a process (KiB), from /proc.
@@ -107,7 +109,10 @@ impl Raw {
         loop {
             let mut h = [0u8; 20];
             self.s.read_exact(&mut h).unwrap();
-            assert_eq!(u64::from_be_bytes(h[..8].try_into().unwrap()), 0x3e889045565a9);
+            assert_eq!(
+                u64::from_be_bytes(h[..8].try_into().unwrap()),
+                0x3e889045565a9
+            );
             let typ = u32::from_be_bytes(h[12..16].try_into().unwrap());
             let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
             let mut d = vec![0u8; len];
@@ -177,7 +182,10 @@ fn qemu_io(uri: &str, cmds: &[&str]) -> String {
     }
     args.push(uri);
     let out = run("qemu-io", &args);
-    assert!(!out.contains("failed") && !out.contains("Pattern verification"), "{out}");
+    assert!(
+        !out.contains("failed") && !out.contains("Pattern verification"),
+        "{out}"
+    );
     out
 }
 
@@ -187,13 +195,20 @@ fn half_a_tebibyte_of_zeroes_and_a_whole_lu_trim_with_extended_headers() {
     let pid = s.child.id();
     qemu_io(
         &s.uri("big"),
-        &["write -P 0x11 0 1M", "write -P 0x22 600G 64k", "write -P 0x33 1023G 4k"],
+        &[
+            "write -P 0x11 0 1M",
+            "write -P 0x22 600G 64k",
+            "write -P 0x33 1023G 4k",
+        ],
     );
     let used0 = used(&s.pool);
     let hwm0 = vm_hwm_kib(pid);
 
     let mut c = Raw::connect(s.port, "big", true);
-    assert_eq!(c.call(CMD_WRITE_ZEROES, FLAG_NO_HOLE | FLAG_FUA, 0, 512 * GIB, &[]), 0);
+    assert_eq!(
+        c.call(CMD_WRITE_ZEROES, FLAG_NO_HOLE | FLAG_FUA, 0, 512 * GIB, &[]),
+        0
+    );
     // sspd is still up and small; the pool grew by metadata only.
     let hwm = vm_hwm_kib(pid);
     assert!(hwm < 300 << 10, "VmHWM {hwm} KiB (was {hwm0} KiB before)");
@@ -202,9 +217,16 @@ fn half_a_tebibyte_of_zeroes_and_a_whole_lu_trim_with_extended_headers() {
     // The range reads zero, the rest is untouched, and other clients carry on.
     qemu_io(
         &s.uri("big"),
-        &["read -P 0 0 1M", "read -P 0 511G 1M", "read -P 0x22 600G 64k"],
+        &[
+            "read -P 0 0 1M",
+            "read -P 0 511G 1M",
+            "read -P 0x22 600G 64k",
+        ],
     );
-    qemu_io(&s.uri("other"), &["write -P 0x44 0 1M", "read -P 0x44 0 1M"]);
+    qemu_io(
+        &s.uri("other"),
+        &["write -P 0x44 0 1M", "read -P 0x44 0 1M"],
+    );
     // Block status: allocated zeroes, not a hole.
     let m = map(&s.uri("big"));
     assert_eq!(types_in(&m, 0, 512 * GIB), vec![2], "{m:?}");
@@ -218,7 +240,10 @@ fn half_a_tebibyte_of_zeroes_and_a_whole_lu_trim_with_extended_headers() {
     assert!(hwm < 300 << 10, "VmHWM {hwm} KiB after the trims");
     assert_eq!(map(&s.uri("big")), vec![(0, 1 << 40, 3)]);
     qemu_io(&s.uri("big"), &["read -P 0 600G 64k", "read -P 0 1023G 4k"]);
-    assert_eq!(json(&s.pool, &["file", "stat", "big"])["data_blocks"], Value::from(0));
+    assert_eq!(
+        json(&s.pool, &["file", "stat", "big"])["data_blocks"],
+        Value::from(0)
+    );
     assert_check(&s.pool);
     assert!(s.stop().success());
 }
@@ -230,9 +255,15 @@ fn four_gib_of_no_hole_zeroes_without_extended_headers_and_zero_payloads() {
     let used0 = used(&s.pool);
     // 0xFFFFF000 bytes at an unaligned offset: both edges are partial blocks.
     let mut c = Raw::connect(s.port, "vm", false);
-    assert_eq!(c.call(CMD_WRITE_ZEROES, FLAG_NO_HOLE, 512, 0xFFFF_F000, &[]), 0);
+    assert_eq!(
+        c.call(CMD_WRITE_ZEROES, FLAG_NO_HOLE, 512, 0xFFFF_F000, &[]),
+        0
+    );
     let grown = used(&s.pool).saturating_sub(used0);
-    assert!(grown < 8 << 20, "4 GiB of zeroes in a 512 MiB pool took {grown} bytes");
+    assert!(
+        grown < 8 << 20,
+        "4 GiB of zeroes in a 512 MiB pool took {grown} bytes"
+    );
     let hwm = vm_hwm_kib(pid);
     assert!(hwm < 300 << 10, "VmHWM {hwm} KiB");
     let m = map(&s.uri("vm"));
@@ -247,21 +278,42 @@ fn four_gib_of_no_hole_zeroes_without_extended_headers_and_zero_payloads() {
     let first = &qm[0];
     assert_eq!(
         (first["start"].as_u64(), first["length"].as_u64()),
-        (Some(0), Some(0xFFFF_F000 + 512 - (0xFFFF_F000 + 512) % 4096 + 4096)),
+        (
+            Some(0),
+            Some(0xFFFF_F000 + 512 - (0xFFFF_F000 + 512) % 4096 + 4096)
+        ),
         "{out}"
     );
-    assert_eq!((&first["zero"], &first["data"]), (&Value::Bool(true), &Value::Bool(true)), "{out}");
+    assert_eq!(
+        (&first["zero"], &first["data"]),
+        (&Value::Bool(true), &Value::Bool(true)),
+        "{out}"
+    );
     let last = &qm.as_array().unwrap().last().unwrap();
-    assert_eq!((&last["zero"], &last["data"]), (&Value::Bool(true), &Value::Bool(false)), "{out}");
+    assert_eq!(
+        (&last["zero"], &last["data"]),
+        (&Value::Bool(true), &Value::Bool(false)),
+        "{out}"
+    );
 
     // Data, then all-zero WRITE payloads over it: stored as zero entries, not data.
     qemu_io(&s.uri("vm"), &["write -P 0x5a 5G 1M"]);
-    assert_eq!(json(&s.pool, &["file", "stat", "vm"])["data_blocks"], Value::from(256));
+    assert_eq!(
+        json(&s.pool, &["file", "stat", "vm"])["data_blocks"],
+        Value::from(256)
+    );
     let zeros = vec![0u8; 1 << 20];
     assert_eq!(c.call(CMD_WRITE, FLAG_FUA, 5 * GIB, 1 << 20, &zeros), 0);
-    assert_eq!(c.call(CMD_WRITE, 0, 5 * GIB + (2 << 20), 1 << 20, &zeros), 0);
+    assert_eq!(
+        c.call(CMD_WRITE, 0, 5 * GIB + (2 << 20), 1 << 20, &zeros),
+        0
+    );
     let st = json(&s.pool, &["file", "stat", "vm"]);
-    assert_eq!((&st["data_blocks"], &st["owned_blocks"]), (&Value::from(0), &Value::from(0)), "{st}");
+    assert_eq!(
+        (&st["data_blocks"], &st["owned_blocks"]),
+        (&Value::from(0), &Value::from(0)),
+        "{st}"
+    );
     qemu_io(&s.uri("vm"), &["read -P 0 5G 4M"]);
     let m = map(&s.uri("vm"));
     assert_eq!(types_in(&m, 5 * GIB, 1 << 20), vec![2], "{m:?}");
@@ -276,13 +328,28 @@ fn a_clone_that_zeroes_owns_nothing_and_the_zeroes_survive_kill_9() {
     let golden = dir.path().join("golden.raw");
     random_file(&golden, 8 << 20);
     let g = golden.to_str().unwrap();
-    run("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", g, &s.uri("golden")]);
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            g,
+            &s.uri("golden"),
+        ],
+    );
     sspctl(&s.pool, &["image", "capture", "golden", "img"]);
     sspctl(&s.pool, &["snapshot", "create", "img@gold"]);
     sspctl(&s.pool, &["clone", "img@gold", "vm1"]);
     // An all-zero payload (WRITE) over 4 MiB and WRITE_ZEROES with NO_HOLE (`write -z`
     // without -u) over 2 MiB more, as a guest's mkfs or lazy inode-table init does.
-    qemu_io(&s.uri("vm1"), &["write -P 0 0 4M", "write -z 4M 2M", "write -P 0x77 7M 64k"]);
+    qemu_io(
+        &s.uri("vm1"),
+        &["write -P 0 0 4M", "write -z 4M 2M", "write -P 0x77 7M 64k"],
+    );
     let st = json(&s.pool, &["file", "stat", "vm1"]);
     assert_eq!(
         (&st["owned_blocks"], &st["data_blocks"]),
@@ -290,7 +357,10 @@ fn a_clone_that_zeroes_owns_nothing_and_the_zeroes_survive_kill_9() {
         "only the 64 KiB of real data is the clone's own: {st}"
     );
     qemu_io(&s.uri("vm1"), &["read -P 0 0 6M", "read -P 0x77 7M 64k"]);
-    run("qemu-img", &["compare", "-f", "raw", "-F", "raw", &s.uri("img"), g]);
+    run(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", &s.uri("img"), g],
+    );
     assert_check(&s.pool);
 
     // Power cut: the Zero records are replayed from the journal.
@@ -304,7 +374,10 @@ fn a_clone_that_zeroes_owns_nothing_and_the_zeroes_survive_kill_9() {
     assert_eq!(types_in(&m, 0, 6 << 20), vec![2], "{m:?}");
     let st = json(&s.pool, &["file", "stat", "vm1"]);
     assert_eq!(st["owned_blocks"], Value::from(16), "{st}");
-    run("qemu-img", &["compare", "-f", "raw", "-F", "raw", &s.uri("img"), g]);
+    run(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", &s.uri("img"), g],
+    );
     assert_check(&s.pool);
     assert!(s.stop().success());
 }
