@@ -2,6 +2,7 @@
 //! map entries (metadata only, whatever the length, with or without extended headers), huge
 //! TRIMs cost no memory, all-zero WRITE payloads are stored the same way (detect-zeroes), and
 //! block status tells allocated zeroes (ZERO) from holes (HOLE|ZERO).
+#![allow(clippy::big_endian_bytes)] // the NBD wire format is big-endian
 
 mod common;
 use common::server::*;
