@@ -17,6 +17,7 @@ const CMD_TRIM: u16 = 4;
 const CMD_WRITE_ZEROES: u16 = 6;
 const FLAG_FUA: u16 = 1;
 const FLAG_NO_HOLE: u16 = 2;
+const FLAG_FAST_ZERO: u16 = 16;
 
 fn json(pool: &std::path::Path, args: &[&str]) -> Value {
     let mut a = args.to_vec();
@@ -270,7 +271,19 @@ fn four_gib_of_no_hole_zeroes_without_extended_headers_and_zero_payloads() {
     let hwm = vm_hwm_kib(pid);
     eprintln!("sspd VmHWM {hwm} KiB after 0xFFFFF000 NO_HOLE zeroes; pool grew {grown} bytes");
     assert!(hwm < 300 << 10, "VmHWM {hwm} KiB");
+    // FAST_ZERO with NO_HOLE: metadata only, so it is fast and is served.
+    assert_eq!(
+        c.call(
+            CMD_WRITE_ZEROES,
+            FLAG_NO_HOLE | FLAG_FAST_ZERO,
+            6 * GIB,
+            GIB,
+            &[]
+        ),
+        0
+    );
     let m = map(&s.uri("vm"));
+    assert_eq!(types_in(&m, 6 * GIB, GIB), vec![2], "{m:?}");
     assert_eq!(types_in(&m, 0, 0xFFFF_F000 + 512), vec![2], "{m:?}");
     assert_eq!(types_in(&m, 5 * GIB, GIB), vec![3], "{m:?}");
     // qemu reads NBD_STATE_ZERO without HOLE as allocated ("data": true), zeroes.

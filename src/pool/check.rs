@@ -156,6 +156,7 @@ impl Inner {
             .pvs
             .pvs
             .iter()
+            .filter(|p| p.failed.is_none())
             .all(|p| p.sb.incompat & INCOMPAT_ZERO != 0);
         if zero_entries > 0 && !zero_ok {
             err(

@@ -259,12 +259,14 @@ impl Inner {
     }
 
     /// Before the first zero entry of a pool created without `INCOMPAT_ZERO`: set the bit in
-    /// every superblock (synced), so no older reader takes the sentinel for a VBA.
+    /// the superblocks of every PV that is up (synced), so no older reader takes the sentinel
+    /// for a VBA. A failed PV that comes back without it gets it at the next zero write.
     fn enable_zero_entries(&mut self) -> Result<()> {
         if self
             .pvs
             .pvs
             .iter()
+            .filter(|p| p.failed.is_none())
             .all(|p| p.sb.incompat & INCOMPAT_ZERO != 0)
         {
             return Ok(());
