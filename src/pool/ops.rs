@@ -55,10 +55,13 @@ impl Inner {
                 Ok(true)
             }
             Record::Zero { vol, lba, count } => {
-                if !self.vols.contains_key(vol) {
+                let Some(v) = self.vols.get(vol) else {
                     return Ok(false);
-                }
-                self.map_fill(*vol, *lba, *count, MAP_ZERO)?;
+                };
+                // Zero entries never reach past the volume's end (check verifies it).
+                let blocks = v.size.div_ceil(BLOCK_U64);
+                let count = (*count).min(blocks.saturating_sub(*lba));
+                self.map_fill(*vol, *lba, count, MAP_ZERO)?;
                 Ok(true)
             }
             Record::VolCreate {
