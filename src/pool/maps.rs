@@ -708,6 +708,36 @@ mod tests {
     }
 
     #[test]
+    fn an_older_pool_gets_incompat_zero_with_its_first_zero_entry() {
+        use crate::format::INCOMPAT_ZERO;
+        let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new("mem0", 64 * MB));
+        let copts = CreateOptions {
+            name: "t".into(),
+            journal_blocks: 256,
+        };
+        let p = Pool::create(vec![dev.clone()], &copts, Options::default()).unwrap();
+        let bit = || crate::pool::read_superblock(dev.as_ref()).unwrap().incompat & INCOMPAT_ZERO;
+        assert_ne!(bit(), 0, "new pools have the bit");
+        // As a pool made before zero entries existed.
+        p.lock()
+            .rewrite_superblocks(&|sb| sb.incompat &= !INCOMPAT_ZERO)
+            .unwrap();
+        let id = p.lu_create("a", 64 * MB).unwrap().id;
+        p.write(id, 0, &[5u8; 8192], true).unwrap();
+        p.trim(id, 0, 4096).unwrap();
+        assert_eq!(bit(), 0, "data and holes need no new feature");
+        p.write(id, 4096, &[0u8; 4096], true).unwrap();
+        assert_ne!(bit(), 0, "set before the first zero entry is journaled");
+        p.close().unwrap();
+        let p = Pool::open(vec![dev], Options::default()).unwrap();
+        assert_eq!(
+            runs(&p, id, 0, 3),
+            vec![(0, 1, Hole), (1, 1, Zero), (2, 1, Hole)]
+        );
+        check(&p);
+    }
+
+    #[test]
     fn all_zero_writes_are_zero_entries() {
         let p = pool();
         let id = p.lu_create("a", 64 * MB).unwrap().id;
