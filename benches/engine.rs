@@ -14,6 +14,12 @@
 //! - `open`: `open_1m_blocks`, open (read-only) + close of a pool holding 1,000,000 mapped blocks;
 //!   `open_after_crash_200k_writes`, the same after a crash with 200,000 writes to replay.
 //!   Its throughput is mapped LU bytes per open, only there because every group reports bytes.
+//! - `detect_zeroes`: the all-zero check every written 4 KiB block goes through
+//!   (`is_zero_block`), on a zero block (full scan) and on a data block (first word decides), vs
+//!   a naive byte loop; then `write_zero_4k` (an all-zero 4 KiB write, stored as a zero entry)
+//!   vs `write_data_4k` into the same LU. Measured on the shared 2-core dev box: 93 ns per zero
+//!   block (41 GiB/s) and 8 ns on a data block, against 2.3 µs for the byte loop;
+//!   `write_zero_4k` 0.26 µs vs `write_data_4k` 9.2 µs.
 //!
 //! Measurement notes:
 //! - Setup is lazy (inside the first call of each benchmark), so a filtered run skips the
@@ -518,8 +524,43 @@ fn open_after_crash(c: &mut Criterion) {
     g.finish();
 }
 
+fn detect_zeroes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("detect_zeroes");
+    g.throughput(Throughput::Bytes(KB4));
+    let zero = PageBuf::new(KB4 as usize);
+    let data = filler(KB4 as usize, 7);
+    g.bench_function("is_zero_block_zero", |b| {
+        b.iter(|| black_box(ssp::pool::is_zero_block(black_box(&zero))))
+    });
+    g.bench_function("is_zero_block_data", |b| {
+        b.iter(|| black_box(ssp::pool::is_zero_block(black_box(&data))))
+    });
+    g.bench_function("naive_bytes_zero", |b| {
+        b.iter(|| black_box(black_box(&zero[..]).iter().all(|&x| x == 0)))
+    });
+    let dir = bench_dir();
+    let pool = file_pool(&dir.path().join("pv-zero"), 256 * MB, Options::default());
+    let lu = pool.lu_create("z", 64 * MB).unwrap().id;
+    let mut rng = Rng(11);
+    g.bench_function("write_zero_4k", |b| {
+        b.iter(|| {
+            pool.write(lu, rng.block_off(64 * MB), &zero, false)
+                .unwrap()
+        })
+    });
+    g.bench_function("write_data_4k", |b| {
+        b.iter(|| {
+            pool.write(lu, rng.block_off(64 * MB), &data, false)
+                .unwrap()
+        })
+    });
+    g.finish();
+    report_status("detect_zeroes", &pool);
+}
+
 criterion_group!(
     benches,
+    detect_zeroes,
     random_write_4k,
     reads,
     seq_write_1m,

@@ -16,6 +16,8 @@ enum Op {
     Write(u8, u16, u8, bool),
     Trim(u8, u16, u8),
     Zero(u8, u16, u8),
+    /// WRITE_ZEROES with NO_HOLE: zero map entries, allocated.
+    ZeroAlloc(u8, u16, u8),
     Flush,
     Resize(u8, u16),
     Remove(u8),
@@ -30,6 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         10 => (0..4u8, 0..700u16, 1..9u8, any::<bool>()).prop_map(|(l, a, n, f)| Op::Write(l, a, n, f)),
         2 => (0..4u8, 0..700u16, 1..40u8).prop_map(|(l, a, n)| Op::Trim(l, a, n)),
         2 => (0..4u8, 0..700u16, 1..40u8).prop_map(|(l, a, n)| Op::Zero(l, a, n)),
+        2 => (0..4u8, 0..700u16, 1..255u8).prop_map(|(l, a, n)| Op::ZeroAlloc(l, a, n)),
         2 => Just(Op::Flush),
         1 => (0..4u8, 1..700u16).prop_map(|(l, b)| Op::Resize(l, b)),
         1 => (0..4u8).prop_map(Op::Remove),
@@ -164,7 +167,7 @@ impl World {
                     self.flushed();
                 }
             }
-            Op::Trim(l, a, n) | Op::Zero(l, a, n) => {
+            Op::Trim(l, a, n) | Op::Zero(l, a, n) | Op::ZeroAlloc(l, a, n) => {
                 let Some(lu) = self.lus.get_mut(&l) else {
                     return;
                 };
@@ -179,6 +182,9 @@ impl World {
                 }
                 if matches!(op, Op::Trim(..)) {
                     p.trim(id, a * 4096, n * 4096).unwrap();
+                } else if matches!(op, Op::ZeroAlloc(..)) {
+                    p.write_zeroes_allocated(id, a * 4096, n * 4096, false)
+                        .unwrap();
                 } else {
                     p.write_zeroes(id, a * 4096, n * 4096, false).unwrap();
                 }

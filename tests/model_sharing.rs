@@ -18,6 +18,8 @@ enum Op {
     Create(u8, u16),
     Write(u8, u16, u8, bool),
     Trim(u8, u16, u8),
+    /// WRITE_ZEROES with NO_HOLE: zero map entries (no data block, nothing owned).
+    ZeroAlloc(u8, u16, u8),
     Flush,
     Resize(u8, u16),
     Snapshot(u8, u8),
@@ -40,6 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..SLOTS, 1..300u16).prop_map(|(l, b)| Op::Create(l, b)),
         10 => (0..16u8, 0..300u16, 1..9u8, any::<bool>()).prop_map(|(l, a, n, f)| Op::Write(l, a, n, f)),
         2 => (0..SLOTS, 0..300u16, 1..40u8).prop_map(|(l, a, n)| Op::Trim(l, a, n)),
+        2 => (0..SLOTS, 0..300u16, 1..255u8).prop_map(|(l, a, n)| Op::ZeroAlloc(l, a, n)),
         1 => Just(Op::Flush),
         1 => (0..SLOTS, 1..300u16).prop_map(|(l, b)| Op::Resize(l, b)),
         3 => (0..SLOTS + 2, 0..3u8).prop_map(|(l, s)| Op::Snapshot(l, s)),
@@ -244,7 +247,7 @@ impl World {
                     self.flushed();
                 }
             }
-            Op::Trim(l, a, n) => {
+            Op::Trim(l, a, n) | Op::ZeroAlloc(l, a, n) => {
                 let name = slot_name(l);
                 let Some(v) = self.vols.get_mut(&name) else {
                     return;
@@ -258,7 +261,12 @@ impl World {
                     v.cur.remove(&i);
                     v.since.entry(i).or_default().insert(0);
                 }
-                p.trim(id, a * 4096, n * 4096).unwrap();
+                if matches!(op, Op::Trim(..)) {
+                    p.trim(id, a * 4096, n * 4096).unwrap();
+                } else {
+                    p.write_zeroes_allocated(id, a * 4096, n * 4096, false)
+                        .unwrap();
+                }
             }
             Op::Flush => {
                 p.flush().unwrap();

@@ -69,7 +69,8 @@ fn random_overwrites_of_a_full_pool_never_starve_the_checkpoint() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        blk[..8].copy_from_slice(&i.to_le_bytes());
+        // Never all zero: a zero block would be a zero map entry, not an overwrite.
+        blk[..8].copy_from_slice(&(i + 1).to_le_bytes());
         p.write(id, (x % blocks) * 4096, &blk, false)
             .unwrap_or_else(|e| panic!("overwrite {i}: {e}"));
     }

@@ -81,6 +81,11 @@ pub enum Record {
     /// PV `pv` failed (`failed` 1: it is neither read nor written) or is back (0). Needs
     /// `INCOMPAT_MIRROR`.
     PvState { pv: u32, failed: u8 },
+    /// Blocks `[lba, lba+count)` of `vol` are allocated and read as zeroes (WRITE_ZEROES with
+    /// NO_HOLE, all-zero writes): map entries become [`super::node::MAP_ZERO`], whole aligned
+    /// spans at interior levels, so applying it costs metadata proportional to the tree depth,
+    /// not to `count`. Needs `INCOMPAT_ZERO`.
+    Zero { vol: u64, lba: u64, count: u64 },
 }
 
 const T_WRITE: u8 = 1;
@@ -94,13 +99,14 @@ const T_VOL_ROLLBACK: u8 = 8;
 const T_VOL_RENAME: u8 = 9;
 const T_SEG_STALE: u8 = 10;
 const T_PV_STATE: u8 = 11;
+const T_ZERO: u8 = 12;
 
 impl Record {
     /// Encoded size: type (1) + payload length (2) + payload.
     pub fn encoded_len(&self) -> usize {
         3 + match self {
             Record::Write { .. } => 36,
-            Record::Unmap { .. } => 24,
+            Record::Unmap { .. } | Record::Zero { .. } => 24,
             Record::VolCreate { name, .. } => 8 + 1 + 8 + 16 + 1 + name.len().min(MAX_NAME),
             Record::VolResize { .. } => 16,
             Record::VolRemove { .. } => 8,
@@ -204,6 +210,10 @@ impl Record {
                 w.u32(*pv).u8(*failed);
                 T_PV_STATE
             }
+            Record::Zero { vol, lba, count } => {
+                w.u64(*vol).u64(*lba).u64(*count);
+                T_ZERO
+            }
         };
         let len = (w.buf.len() - start - 3) as u16;
         w.buf[start] = ty;
@@ -300,6 +310,11 @@ impl Record {
             T_PV_STATE => Record::PvState {
                 pv: b.u32()?,
                 failed: b.u8()?,
+            },
+            T_ZERO => Record::Zero {
+                vol: b.u64()?,
+                lba: b.u64()?,
+                count: b.u64()?,
             },
             other => {
                 return Err(FormatError::Invalid {
@@ -501,6 +516,48 @@ pub(crate) mod tests {
                 Record::PvState { pv: 2, failed: 0 },
             ],
             ..sample()
+        }
+    }
+
+    /// The zero records (pools with `INCOMPAT_ZERO`).
+    pub(crate) fn sample_zero() -> JournalBlock {
+        JournalBlock {
+            seq: 45,
+            records: vec![
+                Record::Zero {
+                    vol: 1,
+                    lba: 0,
+                    count: 1 << 27,
+                },
+                Record::Zero {
+                    vol: 3,
+                    lba: 9,
+                    count: 1,
+                },
+            ],
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn golden_zero_vector_round_trip() {
+        let golden = include_bytes!("../../ondisk-format/vectors/journal-zero.bin");
+        let pool = *b"pool-id-0123456\0";
+        let j = JournalBlock::decode(golden, &pool).expect("golden journal block decodes");
+        assert_eq!(j, sample_zero());
+        assert_eq!(j.encode(&pool).as_slice(), &golden[..]);
+        // Record type 12 (Zero), payload length 24, then vol, lba, count.
+        assert_eq!(golden[64], 12);
+        assert_eq!(u16::from_le_bytes([golden[65], golden[66]]), 24);
+        assert_eq!(u64::from_le_bytes(golden[67..75].try_into().unwrap()), 1);
+        assert_eq!(
+            u64::from_le_bytes(golden[83..91].try_into().unwrap()),
+            1 << 27
+        );
+        for rec in sample_zero().records {
+            let mut w = Wr::default();
+            rec.encode(&mut w);
+            assert_eq!(w.buf.len(), rec.encoded_len());
         }
     }
 

@@ -26,8 +26,13 @@ pub const INCOMPAT_SHARING: u64 = 1;
 /// segment; the checkpoint carries the PV table and the journal the mirror records (`SegStale`,
 /// `PvState`). A reader without it would take the second group for extra capacity.
 pub const INCOMPAT_MIRROR: u64 = 2;
+/// Incompatible feature: block-map entries may hold [`node::MAP_ZERO`] ("allocated, reads as
+/// zeroes", no data block) and the journal may carry `Zero` records. Set on every pool this code
+/// creates, and on an older pool the first time it stores a zero entry. A reader without it
+/// would take the sentinel for a VBA.
+pub const INCOMPAT_ZERO: u64 = 4;
 /// Incompatible feature bits this code understands: an unknown one refuses to open.
-pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_SHARING | INCOMPAT_MIRROR;
+pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_SHARING | INCOMPAT_MIRROR | INCOMPAT_ZERO;
 /// Read-only-compatible feature bits this code understands: an unknown one opens read-only.
 pub const RO_COMPAT_SUPPORTED: u64 = 0;
 /// Blocks per segment (1 MiB segments): the unit of allocation, cleaning and mirroring.

@@ -20,6 +20,16 @@ const CRC_AT: usize = 8;
 
 /// Entries per block-map node (u64 VBAs).
 pub const MAP_FANOUT: usize = NPAYLOAD / 8;
+/// Block-map entry meaning "allocated, reads as zeroes", with no data block and no VBA behind
+/// it (needs `INCOMPAT_ZERO`). In a leaf it covers one LU block; in an interior node the whole
+/// span of that child. Data VBAs are even and map-node VBAs are allocated upwards from 1, so
+/// this value is never a real VBA. Entry 0 stays "unmapped" (a hole).
+pub const MAP_ZERO: u64 = u64::MAX;
+
+/// Whether a block-map entry references a VBA (a data block in a leaf, a child node above).
+pub fn map_entry_is_ref(e: u64) -> bool {
+    e != 0 && e != MAP_ZERO
+}
 /// Entries per node of 16-byte pointers (VBA-table pages, interior pages of every physical tree).
 pub const PTR_FANOUT: usize = NPAYLOAD / Ptr::SIZE;
 /// Segment-table entries per leaf page.
@@ -390,6 +400,20 @@ pub(crate) mod tests {
         (h, e)
     }
 
+    /// An interior map node (level 1) with zero spans beside child nodes (`INCOMPAT_ZERO`).
+    pub(crate) fn sample_map_zero() -> (NodeHeader, Vec<u64>) {
+        let (mut h, _) = sample_map();
+        h.level = 1;
+        h.count = 4;
+        h.id = 79;
+        let mut e = vec![0u64; MAP_FANOUT];
+        e[0] = MAP_ZERO;
+        e[1] = 81;
+        e[2] = MAP_ZERO;
+        e[500] = 83;
+        (h, e)
+    }
+
     pub(crate) fn sample_vol() -> VolRecord {
         VolRecord {
             id: 1,
@@ -434,6 +458,22 @@ pub(crate) mod tests {
         );
         assert_eq!(&golden[0..4], b"SSPN");
         assert_eq!(u64::from_le_bytes(golden[64..72].try_into().unwrap()), 100);
+    }
+
+    #[test]
+    fn golden_map_node_with_zero_entries() {
+        let golden = include_bytes!("../../ondisk-format/vectors/node-map-zero.bin");
+        let (h, p) = decode_node(golden, &POOL).expect("golden node decodes");
+        let (sh, se) = sample_map_zero();
+        assert_eq!(h, sh);
+        assert_eq!(decode_u64s(p, MAP_FANOUT).unwrap(), se);
+        assert_eq!(
+            encode_node(&POOL, &h, &encode_u64s(&se)).as_slice(),
+            &golden[..]
+        );
+        // Entry 0 is the zero sentinel: eight 0xff bytes.
+        assert_eq!(&golden[64..72], &[0xff; 8]);
+        assert!(!map_entry_is_ref(MAP_ZERO) && !map_entry_is_ref(0) && map_entry_is_ref(81));
     }
 
     #[test]

@@ -29,6 +29,15 @@ mod tests {
             journal::tests::sample_mirror().encode(&pool),
         );
         put(
+            "journal-zero.bin",
+            journal::tests::sample_zero().encode(&pool),
+        );
+        let (h, e) = nt::sample_map_zero();
+        put(
+            "node-map-zero.bin",
+            encode_node(&pool, &h, &encode_u64s(&e)),
+        );
+        put(
             "checkpoint-mirror.bin",
             checkpoint::tests::sample_mirror().encode(),
         );

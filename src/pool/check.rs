@@ -5,9 +5,9 @@ use super::error::Result;
 use super::inner::Inner;
 use super::ptree::NodeIo;
 use super::pvs::split;
-use crate::format::node::{NodeKind, Ptr, SEG_FREE};
+use crate::format::node::{NodeKind, Ptr, MAP_ZERO, SEG_FREE};
 use crate::format::superblock::{Superblock, SB_OFFSETS};
-use crate::format::{data_crc, BLOCK};
+use crate::format::{data_crc, BLOCK, INCOMPAT_ZERO};
 use std::collections::HashMap;
 
 /// Result of a check: empty `errors` means the pool is consistent.
@@ -19,6 +19,9 @@ pub struct CheckReport {
     pub data_blocks: u64,
     pub table_pages: u64,
     pub segments: u64,
+    /// Map entries that say "allocated, reads as zeroes" (each may cover a whole span).
+    #[serde(default)]
+    pub zero_entries: u64,
 }
 
 impl CheckReport {
@@ -69,6 +72,7 @@ impl Inner {
         let mut user: HashMap<u64, (u64, u64)> = HashMap::new();
         let vols: Vec<_> = self.vols.values().cloned().collect();
         rep.volumes = vols.len() as u64;
+        let mut zero_entries = 0u64;
         for v in &vols {
             let mut mapped = 0u64;
             if v.map_root != 0 {
@@ -97,6 +101,23 @@ impl Inner {
                             continue;
                         }
                         let lba = base + i as u64 * span;
+                        if e == MAP_ZERO {
+                            // Allocated zeroes: no VBA, no data; within the LU, and only in a
+                            // pool that says it may hold them.
+                            if first_visit {
+                                zero_entries += 1;
+                            }
+                            if lba.saturating_add(span) > v.size.div_ceil(BLOCK as u64) {
+                                err(
+                                    &mut rep,
+                                    format!(
+                                        "LU {}: zero entry for blocks {lba}+{span} reaches beyond the LU's end",
+                                        v.name
+                                    ),
+                                );
+                            }
+                            continue;
+                        }
                         if level == 0 {
                             mapped += 1;
                             if lba * BLOCK as u64 >= v.size {
@@ -128,6 +149,20 @@ impl Inner {
                     ),
                 );
             }
+        }
+
+        rep.zero_entries = zero_entries;
+        let zero_ok = self
+            .pvs
+            .pvs
+            .iter()
+            .filter(|p| p.failed.is_none())
+            .all(|p| p.sb.incompat & INCOMPAT_ZERO != 0);
+        if zero_entries > 0 && !zero_ok {
+            err(
+                &mut rep,
+                format!("{zero_entries} zero map entries, but the superblocks lack INCOMPAT_ZERO"),
+            );
         }
 
         // Owned blocks: recount which data blocks each volume alone references.

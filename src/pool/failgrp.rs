@@ -54,7 +54,7 @@ impl Inner {
     /// Rewrite both superblock copies of every PV that is up, after `change`: copy A on every
     /// PV, sync, then copy B, sync (FORMAT.md §5.6). A crash or torn write can damage only the
     /// copy being written; the other one verifies (the old version, or the new one once synced).
-    fn rewrite_superblocks(&mut self, change: &dyn Fn(&mut Superblock)) -> Result<()> {
+    pub(super) fn rewrite_superblocks(&mut self, change: &dyn Fn(&mut Superblock)) -> Result<()> {
         let mut new: Vec<Option<Superblock>> = Vec::with_capacity(self.pvs.pvs.len());
         for p in &self.pvs.pvs {
             new.push(p.failed.is_none().then(|| {

@@ -4,7 +4,23 @@ use super::error::{PoolError, Result};
 use super::inner::{Inner, StreamId};
 use super::pvs::split;
 use crate::format::journal::Record;
-use crate::format::{data_crc, BLOCK, BLOCK_U64};
+use crate::format::{data_crc, BLOCK, BLOCK_U64, INCOMPAT_ZERO};
+
+/// Blocks per `Unmap`/`Zero` record (4 GiB, aligned): bounds the data one record can drop
+/// before the next checkpoint check.
+const RECORD_CHUNK: u64 = 1 << 20;
+
+/// Whether a block is all zeroes: 256 bytes at a time are OR-ed as u128 words (branch-free, so
+/// the compiler vectorises it), and the first non-zero stretch ends the scan.
+pub fn is_zero_block(b: &[u8]) -> bool {
+    b.chunks(256).all(|part| {
+        let mut words = part.chunks_exact(16);
+        let acc = words.by_ref().fold(0u128, |a, w| {
+            a | u128::from_le_bytes(w.try_into().unwrap_or([0xff; 16]))
+        });
+        acc == 0 && words.remainder().iter().all(|&x| x == 0)
+    })
+}
 
 impl Inner {
     /// Size of a volume in bytes.
@@ -132,26 +148,131 @@ impl Inner {
     }
 
     /// Write into any volume (image capture fills a client image this way).
+    ///
+    /// Detect-zeroes: a block that is all zeroes once written (a partial write is merged with
+    /// the block first) is stored as a zero entry, not as data; runs of them are one record.
     pub fn write_any(&mut self, vol: u64, offset: u64, data: &[u8]) -> Result<()> {
         self.check_writable()?;
         self.check_range(vol, offset, data.len() as u64)?;
         let mut done = 0usize;
+        // A pending run of all-zero blocks: (first lba, blocks).
+        let mut zeros: Option<(u64, u64)> = None;
+        let mut blk = Vec::new();
         while done < data.len() {
             let pos = offset + done as u64;
             let lba = pos / BLOCK_U64;
             let within = (pos % BLOCK_U64) as usize;
             let n = (BLOCK - within).min(data.len() - done);
-            if n == BLOCK {
-                self.write_block(vol, lba, &data[done..done + BLOCK])?;
+            let block: &[u8] = if n == BLOCK {
+                &data[done..done + BLOCK]
             } else {
-                let mut blk = vec![0u8; BLOCK];
+                blk.resize(BLOCK, 0);
                 self.read(vol, lba * BLOCK_U64, &mut blk)?;
                 blk[within..within + n].copy_from_slice(&data[done..done + n]);
-                self.write_block(vol, lba, &blk)?;
+                &blk
+            };
+            if is_zero_block(block) {
+                zeros = match zeros {
+                    Some((s, c)) if s + c == lba => Some((s, c + 1)),
+                    other => {
+                        if let Some((s, c)) = other {
+                            self.zero_blocks(vol, s, c)?;
+                        }
+                        Some((lba, 1))
+                    }
+                };
+            } else {
+                if let Some((s, c)) = zeros.take() {
+                    self.zero_blocks(vol, s, c)?;
+                }
+                self.write_block(vol, lba, block)?;
             }
             done += n;
         }
+        if let Some((s, c)) = zeros {
+            self.zero_blocks(vol, s, c)?;
+        }
         Ok(())
+    }
+
+    /// WRITE_ZEROES with NO_HOLE: `[offset, offset+len)` reads as zeroes and stays allocated.
+    /// Whole blocks become zero entries (metadata only, whatever the length); partial blocks at
+    /// the edges are read, merged and written (and stored as zero entries if all zero).
+    pub fn zero(&mut self, vol: u64, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        self.check_vol_writable(vol)?;
+        self.check_range(vol, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let first_full = offset.div_ceil(BLOCK_U64);
+        let end_full = end / BLOCK_U64;
+        self.zero_edges(vol, offset, end, first_full, end_full)?;
+        if end_full > first_full {
+            self.zero_blocks(vol, first_full, end_full - first_full)?;
+        }
+        Ok(())
+    }
+
+    /// Zero the partial blocks at either end of `[offset, end)` (read-modify-write of less than
+    /// a block each).
+    fn zero_edges(
+        &mut self,
+        vol: u64,
+        offset: u64,
+        end: u64,
+        first_full: u64,
+        end_full: u64,
+    ) -> Result<()> {
+        let zero = [0u8; BLOCK];
+        let head_end = (first_full * BLOCK_U64).min(end);
+        if offset < head_end {
+            self.write(vol, offset, &zero[..(head_end - offset) as usize])?;
+        }
+        let tail_start = (end_full * BLOCK_U64).max(head_end);
+        if tail_start < end {
+            self.write(vol, tail_start, &zero[..(end - tail_start) as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Store blocks `[lba, lba+count)` of `vol` as zero entries: one `Zero` record per chunk
+    /// (chunks end on aligned boundaries, so no chunk splits a span the next one covers).
+    fn zero_blocks(&mut self, vol: u64, lba: u64, count: u64) -> Result<()> {
+        self.enable_zero_entries()?;
+        let end = lba + count;
+        let mut l = lba;
+        while l < end {
+            let n = (end - l).min(RECORD_CHUNK - l % RECORD_CHUNK);
+            self.log_and_apply(Record::Zero {
+                vol,
+                lba: l,
+                count: n,
+            })?;
+            l += n;
+            if self.checkpoint_due() {
+                self.checkpoint()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the first zero entry of a pool created without `INCOMPAT_ZERO`: set the bit in
+    /// the superblocks of every PV that is up (synced), so no older reader takes the sentinel
+    /// for a VBA. A failed PV that comes back without it gets it at the next zero write.
+    fn enable_zero_entries(&mut self) -> Result<()> {
+        if self
+            .pvs
+            .pvs
+            .iter()
+            .filter(|p| p.failed.is_none())
+            .all(|p| p.sb.incompat & INCOMPAT_ZERO != 0)
+        {
+            return Ok(());
+        }
+        tracing::info!("pool stores its first zero map entry: setting INCOMPAT_ZERO");
+        self.rewrite_superblocks(&|sb| sb.incompat |= INCOMPAT_ZERO)
     }
 
     /// Write one whole block.
@@ -186,20 +307,13 @@ impl Inner {
         let first_full = offset.div_ceil(BLOCK_U64);
         let end_full = end / BLOCK_U64;
         if zero_partial {
-            let head_end = (first_full * BLOCK_U64).min(end);
-            if offset < head_end {
-                self.write(vol, offset, &vec![0u8; (head_end - offset) as usize])?;
-            }
-            let tail_start = (end_full * BLOCK_U64).max(head_end);
-            if tail_start < end {
-                self.write(vol, tail_start, &vec![0u8; (end - tail_start) as usize])?;
-            }
+            self.zero_edges(vol, offset, end, first_full, end_full)?;
         }
         if end_full > first_full {
-            // Chunk so one record never covers an unbounded amount of work.
+            // Chunk so one record never drops an unbounded number of data blocks.
             let mut lba = first_full;
             while lba < end_full {
-                let n = (end_full - lba).min(1 << 20);
+                let n = (end_full - lba).min(RECORD_CHUNK - lba % RECORD_CHUNK);
                 self.log_and_apply(Record::Unmap { vol, lba, count: n })?;
                 lba += n;
                 if self.checkpoint_due() {

@@ -32,6 +32,8 @@ pub use error::{PoolError, Result};
 pub use failgrp::{FailGroupInfo, PvListEntry, ScrubReport};
 pub use gc::GcStats;
 pub use inner::Counters;
+pub use io::is_zero_block;
+pub use maps::MapKind;
 pub use open::{describe_pv, local_host_id, read_superblock, CreateOptions};
 pub use snapshots::{
     kind_name, split_snapshot, DiffExtent, FileStat, LayoutExtent, Placement, CAPTURE_PREFIX,
@@ -383,6 +385,19 @@ impl Pool {
         self.lock().unmap(vol, offset, len, false)
     }
 
+    /// WRITE_ZEROES with NO_HOLE: the range reads as zeroes and stays allocated; whole blocks
+    /// become zero entries (metadata only, whatever the length) and use no data space.
+    pub fn write_zeroes_allocated(&self, vol: u64, offset: u64, len: u64, fua: bool) -> Result<()> {
+        let mut g = self.lock();
+        let r = g.zero(vol, offset, len);
+        g.trim_caches();
+        r?;
+        if fua {
+            g.flush()?;
+        }
+        Ok(())
+    }
+
     /// WRITE_ZEROES: the range reads as zeroes afterwards; whole blocks use no space.
     pub fn write_zeroes(&self, vol: u64, offset: u64, len: u64, fua: bool) -> Result<()> {
         let mut g = self.lock();
@@ -398,9 +413,23 @@ impl Pool {
         self.lock().flush()
     }
 
-    /// Which 4 KiB blocks of `[offset, offset+len)` hold data: sorted (lba, mapped) runs as
-    /// (start byte, length, mapped).
+    /// Which 4 KiB blocks of `[offset, offset+len)` hold data: sorted runs as (start byte,
+    /// length, mapped) covering the range. Zero entries read as zeroes and count as unmapped.
     pub fn extents(&self, vol: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        for (s, n, k) in self.allocation(vol, offset, len)? {
+            let m = k == MapKind::Data;
+            match out.last_mut() {
+                Some(l) if l.2 == m && l.0 + l.1 == s => l.1 += n,
+                _ => out.push((s, n, m)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// What `[offset, offset+len)` holds: sorted runs as (start byte, length, kind) covering the
+    /// range, a zero span being one run however long (NBD `base:allocation`).
+    pub fn allocation(&self, vol: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64, MapKind)>> {
         let mut g = self.lock();
         g.check_range(vol, offset, len)?;
         if len == 0 {
@@ -408,30 +437,17 @@ impl Pool {
         }
         let first = offset / BLOCK_U64;
         let last = (offset + len - 1) / BLOCK_U64;
-        let mapped = g.map_range(vol, first, last - first + 1)?;
-        let mut out: Vec<(u64, u64, bool)> = Vec::new();
-        let mut push = |start: u64, end: u64, m: bool| {
-            let (s, e) = (start.max(offset), end.min(offset + len));
-            if s >= e {
-                return;
-            }
-            match out.last_mut() {
-                Some(l) if l.2 == m && l.0 + l.1 == s => l.1 += e - s,
-                _ => out.push((s, e - s, m)),
-            }
-        };
-        let mut cur = first;
-        for (lba, _) in mapped {
-            if lba > cur {
-                push(cur * BLOCK_U64, lba * BLOCK_U64, false);
-            }
-            push(lba * BLOCK_U64, (lba + 1) * BLOCK_U64, true);
-            cur = lba + 1;
-        }
-        if cur <= last {
-            push(cur * BLOCK_U64, (last + 1) * BLOCK_U64, false);
-        }
-        Ok(out)
+        let runs = g.map_runs(vol, first, last - first + 1)?;
+        g.trim_caches();
+        let end = offset + len;
+        Ok(runs
+            .into_iter()
+            .map(|(l, n, k)| {
+                let s = (l * BLOCK_U64).max(offset);
+                let e = ((l + n) * BLOCK_U64).min(end);
+                (s, e - s, k)
+            })
+            .collect())
     }
 
     /// Commit all metadata now (also bounds the next replay).

@@ -142,7 +142,7 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
         let mut pv_id = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut pv_id);
         let sb = Superblock {
-            incompat: crate::format::INCOMPAT_SHARING,
+            incompat: crate::format::INCOMPAT_SHARING | crate::format::INCOMPAT_ZERO,
             compat: 0,
             ro_compat: 0,
             generation: 1,

@@ -5,7 +5,7 @@ use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::maps::depth_for;
 use crate::format::journal::Record;
-use crate::format::node::{Ptr, VolRecord, VOL_FLAG_SHARES_NODES};
+use crate::format::node::{map_entry_is_ref, Ptr, VolRecord, MAP_ZERO, VOL_FLAG_SHARES_NODES};
 use crate::format::{data_crc, BLOCK_U64};
 
 /// How a record is being applied.
@@ -52,6 +52,16 @@ impl Inner {
                     return Ok(false);
                 }
                 self.apply_unmap(*vol, *lba, *count)?;
+                Ok(true)
+            }
+            Record::Zero { vol, lba, count } => {
+                let Some(v) = self.vols.get(vol) else {
+                    return Ok(false);
+                };
+                // Zero entries never reach past the volume's end (check verifies it).
+                let blocks = v.size.div_ceil(BLOCK_U64);
+                let count = (*count).min(blocks.saturating_sub(*lba));
+                self.map_fill(*vol, *lba, count, MAP_ZERO)?;
                 Ok(true)
             }
             Record::VolCreate {
@@ -217,7 +227,7 @@ impl Inner {
             self.map_set(vol, lba, vba)?;
             self.vba_set(vba, Ptr { pba, crc, aux: 1 })?;
             self.bump_counts(vol, 1, 1);
-            if old != 0 {
+            if map_entry_is_ref(old) {
                 self.drop_data_ref(vol, lba, old)?;
             }
         }
@@ -228,18 +238,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Unmap `[lba, lba+count)` of `vol`, dropping references to the data blocks.
+    /// Unmap `[lba, lba+count)` of `vol` (data and zero entries alike), dropping references
+    /// to the data blocks.
     pub fn apply_unmap(&mut self, vol: u64, lba: u64, count: u64) -> Result<()> {
-        for (l, v) in self.map_range(vol, lba, count)? {
-            self.map_set(vol, l, 0)?;
-            self.drop_data_ref(vol, l, v)?;
-        }
-        Ok(())
+        self.map_fill(vol, lba, count, 0)
     }
 
     /// `vol` no longer references data VBA `vba` at `lba` (its map entry is already changed,
     /// so a shared path has been shadowed and the count below is exact).
-    fn drop_data_ref(&mut self, vol: u64, lba: u64, vba: u64) -> Result<()> {
+    pub(super) fn drop_data_ref(&mut self, vol: u64, lba: u64, vba: u64) -> Result<()> {
         let owned = self.vba_get(vba)?.aux <= 1;
         let freed = self.decref(vba, None)?;
         self.bump_counts(vol, -1, if owned { -1 } else { 0 });

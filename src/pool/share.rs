@@ -16,7 +16,9 @@
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::maps::entry_span;
-use crate::format::node::{VolRecord, MAP_FANOUT, VOL_FLAG_SHARES_NODES};
+use crate::format::node::{
+    map_entry_is_ref, VolRecord, MAP_FANOUT, MAP_ZERO, VOL_FLAG_SHARES_NODES,
+};
 use crate::format::{BLOCK_U64, INCOMPAT_SHARING};
 
 const FANOUT: u64 = MAP_FANOUT as u64;
@@ -49,7 +51,8 @@ impl Inner {
             .collect()
     }
 
-    /// The data VBA mapped at `lba` of `vol` (0 if none), without sharing checks.
+    /// The entry mapped at `lba` of `vol` (a data VBA, 0 if none, [`MAP_ZERO`] for allocated
+    /// zeroes), without sharing checks.
     pub fn map_get(&mut self, vol: u64, lba: u64) -> Result<u64> {
         let v = self
             .vols
@@ -61,8 +64,8 @@ impl Inner {
         // One entry per level, no copies: this runs for every family member on a first write.
         let (mut cur, mut level) = (v.map_root, v.map_depth);
         while level > 0 {
-            if cur == 0 {
-                return Ok(0);
+            if !map_entry_is_ref(cur) {
+                return Ok(cur);
             }
             level -= 1;
             let s = ((lba / entry_span(level)) % FANOUT) as usize;
@@ -71,7 +74,8 @@ impl Inner {
         Ok(cur)
     }
 
-    /// The leaf covering `lba` of `vol`: its entries and VBA, if the leaf exists.
+    /// The leaf covering `lba` of `vol`: its entries and VBA, if the leaf exists. A zero span
+    /// above reads as a leaf of [`MAP_ZERO`] entries whose VBA is [`MAP_ZERO`].
     fn leaf_of(&mut self, vol: u64, lba: u64) -> Result<Option<(Vec<u64>, u64)>> {
         let v = self
             .vols
@@ -84,6 +88,9 @@ impl Inner {
         while level > 0 {
             if cur == 0 {
                 return Ok(None);
+            }
+            if cur == MAP_ZERO {
+                return Ok(Some((vec![MAP_ZERO; MAP_FANOUT], MAP_ZERO)));
             }
             level -= 1;
             if level == 0 {
@@ -152,7 +159,7 @@ impl Inner {
                 };
                 let same_leaf = their_vba == my_vba;
                 for i in 0..MAP_FANOUT {
-                    if mine[i] != 0 && (same_leaf || theirs[i] == mine[i]) {
+                    if map_entry_is_ref(mine[i]) && (same_leaf || theirs[i] == mine[i]) {
                         count[i] = count[i].saturating_add(1);
                         who[i] = m;
                     }
@@ -286,7 +293,8 @@ impl Inner {
     }
 
     /// Changed LU blocks between volumes `a` and `b` in `[lba, lba+count)`, as (start, len)
-    /// runs. Leaves that are the same node are skipped without looking inside.
+    /// runs. Leaves that are the same node are skipped without looking inside. Entries are
+    /// compared as they are: a zero entry differs from a hole (it was allocated since).
     pub fn map_diff(&mut self, a: u64, b: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64)>> {
         let end = lba.saturating_add(count);
         let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -319,13 +327,13 @@ impl Inner {
         Ok(runs)
     }
 
-    /// Per block of `[lba, lba+count)` of `vol`: 0 unmapped, 1 owned, 2 shared, with the
-    /// data's pool block address.
+    /// Per block of `[lba, lba+count)` of `vol`: 0 unmapped or zero (no data block), 1 owned,
+    /// 2 shared, with the data's pool block address.
     pub fn map_sharing(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u8, u64)>> {
         let mut out = Vec::with_capacity(count as usize);
         for l in lba..lba.saturating_add(count) {
             let (vba, exclusive) = self.map_lookup(vol, l)?;
-            if vba == 0 {
+            if !map_entry_is_ref(vba) {
                 out.push((0, 0));
             } else {
                 let pba = self.vba_get(vba)?.pba;

@@ -18,7 +18,7 @@ use crate::nbd::{
     encode_offset_hole, encode_ok, encode_read_data_header, validate, CodecError, Command, Decoded,
     Event, Extent, ExtentExt, Handshake, Negotiated, ReplyTarget, Request, ServerConfig,
 };
-use crate::pool::{Pool, PoolError};
+use crate::pool::{MapKind, Pool, PoolError};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -620,9 +620,10 @@ fn run_request(
                     pool.trim(vol, off, len)
                         .and_then(|_| if fua { pool.flush() } else { Ok(()) })
                 }
-                // NO_HOLE asks for allocated zeroes; otherwise zero ranges use no space.
+                // NO_HOLE asks for allocated zeroes (zero map entries: metadata only);
+                // otherwise zero ranges become holes. Neither uses data space.
                 Command::WriteZeroes if req.has_flag(CMD_FLAG_NO_HOLE) => {
-                    pool.write(vol, off, &vec![0u8; len as usize], fua)
+                    pool.write_zeroes_allocated(vol, off, len, fua)
                 }
                 Command::WriteZeroes => pool.write_zeroes(vol, off, len, fua),
                 // Everything is served from one shared cache: nothing to prefetch.
@@ -740,9 +741,23 @@ fn block_status(
                 id,
                 k,
                 match k {
-                    MetaKind::Allocation => pool.extents(vol, off, len)?,
-                    MetaKind::Sharing => pool.shared_extents(vol, off, len)?,
-                    MetaKind::Changed(base) => pool.changed_extents(vol, base, off, len)?,
+                    // A hole is HOLE|ZERO, allocated zeroes ZERO alone, data neither.
+                    MetaKind::Allocation => pool
+                        .allocation(vol, off, len)?
+                        .into_iter()
+                        .map(|(s, l, kind)| {
+                            let st = match kind {
+                                MapKind::Hole => STATE_HOLE | STATE_ZERO,
+                                MapKind::Zero => STATE_ZERO,
+                                MapKind::Data => 0,
+                            };
+                            (s, l, st)
+                        })
+                        .collect(),
+                    MetaKind::Sharing => flag_runs(pool.shared_extents(vol, off, len)?),
+                    MetaKind::Changed(base) => {
+                        flag_runs(pool.changed_extents(vol, base, off, len)?)
+                    }
                 },
             ))
         })
@@ -752,44 +767,44 @@ fn block_status(
         Err(e) => return Ok(Err(e)),
     };
     let last = all.len() - 1;
-    for (i, (id, kind, mut ext)) in all.into_iter().enumerate() {
+    for (i, (id, _, mut ext)) in all.into_iter().enumerate() {
         if req.has_flag(CMD_FLAG_REQ_ONE) {
             ext.truncate(1);
         }
-        // `base:allocation`: unmapped ranges are holes that read as zeroes.
-        let flags = |set: bool| match kind {
-            MetaKind::Allocation if !set => STATE_HOLE | STATE_ZERO,
-            MetaKind::Allocation => 0,
-            _ => u32::from(set),
-        };
-        out.enc(|v| encode_extents(v, target, id, &ext, &flags, i == last))?;
+        out.enc(|v| encode_extents(v, target, id, &ext, i == last))?;
     }
     Ok(Ok(()))
+}
+
+/// Runs with a property (`ssp:` contexts) as runs with status bit 0.
+fn flag_runs(ext: Vec<(u64, u64, bool)>) -> Vec<(u64, u64, u32)> {
+    ext.into_iter()
+        .map(|(s, l, m)| (s, l, u32::from(m)))
+        .collect()
 }
 
 fn encode_extents(
     out: &mut Vec<u8>,
     target: &ReplyTarget,
     ctx: u32,
-    ext: &[(u64, u64, bool)],
-    flags: &dyn Fn(bool) -> u32,
+    ext: &[(u64, u64, u32)],
     done: bool,
 ) -> Result<(), SessionError> {
     if target.mode.extended() {
         let e: Vec<ExtentExt> = ext
             .iter()
-            .map(|&(_, l, m)| ExtentExt {
+            .map(|&(_, l, st)| ExtentExt {
                 length: l,
-                status: u64::from(flags(m)),
+                status: u64::from(st),
             })
             .collect();
         encode_block_status_ext(out, target, ctx, &e, done)?;
     } else {
         let e: Vec<Extent> = ext
             .iter()
-            .map(|&(_, l, m)| Extent {
+            .map(|&(_, l, st)| Extent {
                 length: l as u32,
-                flags: flags(m),
+                flags: st,
             })
             .collect();
         encode_block_status(out, target, ctx, &e, done)?;
