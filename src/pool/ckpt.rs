@@ -2,7 +2,7 @@
 //! checkpoint slot on every PV. Nothing the previous checkpoint references is overwritten, and
 //! segments emptied since then become reusable only after the new checkpoint is durable.
 
-use super::error::Result;
+use super::error::{PoolError, Result};
 use super::inner::{Inner, StreamId};
 use super::pvs::split;
 use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
@@ -41,12 +41,22 @@ impl Inner {
 
     pub fn checkpoint(&mut self) -> Result<()> {
         self.check_writable()?;
+        // Buffered data goes out first: if the host file system is full this fails before
+        // anything changed, and the checkpoint can be tried again once there is room.
+        for w in [StreamId::Data, StreamId::Gc] {
+            match self.write_out(w) {
+                Err(e @ PoolError::NoSpace(_)) => return Err(e),
+                r => self.poison(r)?,
+            }
+        }
         let r = self.checkpoint_inner();
         if let Err(e) = &r {
             tracing::error!("checkpoint failed, pool poisoned: {e}");
             self.poisoned = Some(format!("checkpoint failed: {e}"));
         }
-        r
+        r?;
+        self.top_up_backing();
+        Ok(())
     }
 
     fn checkpoint_inner(&mut self) -> Result<()> {
@@ -108,7 +118,7 @@ impl Inner {
         for &seg in &to_free {
             let old_summary = self.segs[seg as usize].summary;
             self.live_dec(old_summary);
-            let e = self.seg_mut(seg);
+            let e = self.seg_mut(seg)?;
             e.state = SEG_FREE;
             e.summary = 0;
             e.summary_crc = 0;
@@ -145,7 +155,7 @@ impl Inner {
             let old = self.segs[seg as usize].summary;
             self.live_dec(old);
             self.live_inc(pba);
-            let e = self.seg_mut(seg);
+            let e = self.seg_mut(seg)?;
             e.summary = pba;
             e.summary_crc = crc;
             if let Some(s) = self.summaries.get_mut(&seg) {

@@ -275,6 +275,9 @@ impl Pool {
                     source: e,
                 })
             };
+            if let Err(e) = dev.reserve(0, sb.data_offset) {
+                tracing::warn!("cannot back the metadata area of {}: {e}", dev.name());
+            }
             for off in SB_OFFSETS {
                 io(off, &buf)?;
             }

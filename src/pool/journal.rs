@@ -83,6 +83,8 @@ impl Inner {
             }
         }
         if let Some(e) = err {
+            // The batch's records are gone from memory: whatever the cause, stop here.
+            self.poisoned.get_or_insert_with(|| e.to_string());
             return self.poison(Err(e));
         }
         if written == 0 {

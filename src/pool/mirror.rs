@@ -207,6 +207,8 @@ impl Inner {
             let off = self.pvs.offset(pv, pv_seg, slot)?;
             match self.pvs.write(pv, off, buf) {
                 Ok(()) => written += 1,
+                // Not a failed PV: the caller keeps the blocks and the client gets ENOSPC.
+                Err(e @ PoolError::NoSpace(_)) => return Err(e),
                 Err(e) => {
                     last_err = Some(e.to_string());
                     self.fail_pv(pv, e)?;
@@ -326,10 +328,12 @@ impl Inner {
     }
 
     pub fn apply_seg_stale(&mut self, seg: u64, fg: u32, stale: bool) {
-        if seg == 0 || seg as usize >= self.segs.len() {
+        if seg == 0 {
             return;
         }
-        let e = self.seg_mut(seg);
+        let Ok(e) = self.seg_mut(seg) else {
+            return;
+        };
         if stale {
             e.flags |= seg_flag_stale(fg);
         } else {

@@ -89,6 +89,21 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
             pool_name: copts.name.clone(),
         };
         first += g.pv_segments;
+        // Superblocks, journal ring and checkpoint slots are rewritten in place for the
+        // pool's life: give them their backing store now, so a full host cannot refuse them.
+        dev.reserve(0, g.data_offset).map_err(|e| {
+            if crate::dev::is_no_space(&e) {
+                PoolError::NoSpace(format!(
+                    "no room on the host for the PV's metadata area: {e}"
+                ))
+            } else {
+                PoolError::Io {
+                    dev: dev.name().to_owned(),
+                    offset: 0,
+                    source: e,
+                }
+            }
+        })?;
         let buf = sb.encode();
         let io = |off| {
             dev.write_at(&buf, off).map_err(|e| PoolError::Io {
@@ -129,6 +144,7 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
     for seg in 1..=total {
         inner.segs_dirty.insert(seg);
     }
+    inner.top_up_backing();
     inner.checkpoint()?;
     Ok(inner)
 }
@@ -209,6 +225,7 @@ fn assemble(
         reuse: Default::default(),
         mirror: Default::default(),
         alloc_cursor: 0,
+        backed: BTreeSet::new(),
         opts,
     })
 }
@@ -475,7 +492,7 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
         if inner.segs[seg as usize].state == SEG_FREE && inner.segs[seg as usize].live > 0 {
             inner.free.remove(&seg);
             let gen = inner.generation;
-            let e = inner.seg_mut(seg);
+            let e = inner.seg_mut(seg)?;
             e.state = crate::format::node::SEG_DATA;
             e.seq = gen;
         }
@@ -509,6 +526,13 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
             tracing::warn!("removing {name}: a client-image capture that did not finish");
             inner.log_and_apply(crate::format::journal::Record::VolRemove { id })?;
         }
+        // Pools created before the metadata area was reserved, or PVs restored sparse.
+        for p in inner.pvs.pvs.iter().filter(|p| p.failed.is_none()) {
+            if let Err(e) = p.dev.reserve(0, p.sb.data_offset) {
+                tracing::warn!("cannot back the metadata area of {}: {e}", p.dev.name());
+            }
+        }
+        inner.top_up_backing();
         inner.checkpoint()?;
     }
     Ok(inner)
