@@ -90,13 +90,63 @@ impl Inner {
             }
         }
         if out.is_empty() {
-            return Err(PoolError::Io {
-                dev: format!("pool segment {seg}"),
-                offset: 0,
-                source: std::io::Error::other("no failure group holds a good copy"),
+            // Name the failed PV that holds the segment, if that is why.
+            let failed = self.pvs.groups().into_iter().find_map(|fg| {
+                let (pv, _) = self.pvs.locate_in(fg, seg)?;
+                let p = self.pvs.pv(pv).ok()?;
+                Some((p.dev.name().to_owned(), p.failed.clone()?))
+            });
+            return Err(match failed {
+                Some((dev, why)) => PoolError::Io {
+                    dev,
+                    offset: 0,
+                    source: std::io::Error::other(format!("the PV has failed: {why}")),
+                },
+                None => PoolError::Io {
+                    dev: format!("pool segment {seg}"),
+                    offset: 0,
+                    source: std::io::Error::other("no failure group holds a good copy"),
+                },
             });
         }
         Ok(out)
+    }
+
+    /// Check every PV that is up against what was opened (see [`crate::dev::BlockDev::health`]:
+    /// file deleted, truncated, replaced or made read-only). Such a PV is failed: in a
+    /// mirrored pool its group goes degraded and the pool carries on; otherwise the pool stops
+    /// taking writes and reads of that PV fail with EIO naming it. Returns how many PVs failed.
+    pub fn check_pv_health(&mut self) -> usize {
+        let mut n = 0;
+        for i in 0..self.pvs.pvs.len() {
+            let Some(p) = self.pvs.pvs.get(i) else {
+                break;
+            };
+            if p.failed.is_some() {
+                continue;
+            }
+            let Err(why) = p.dev.health() else {
+                continue;
+            };
+            n += 1;
+            let err = PoolError::Io {
+                dev: p.dev.name().to_owned(),
+                offset: 0,
+                source: std::io::Error::other(why.clone()),
+            };
+            let Ok(pv) = u16::try_from(i) else {
+                break;
+            };
+            if let Err(e) = self.fail_pv(pv, err) {
+                // No other copy can stand in for it: nothing more may be written.
+                tracing::error!("{e}: the pool refuses writes, reads of this PV fail");
+                if let Some(p) = self.pvs.pvs.get_mut(i) {
+                    p.failed = Some(why);
+                }
+                self.poisoned.get_or_insert_with(|| e.to_string());
+            }
+        }
+        n
     }
 
     /// Read consecutive blocks of one segment from a good copy; on an I/O error try the next.
@@ -460,9 +510,12 @@ impl Inner {
             if p.failed.is_none() {
                 continue;
             }
-            let ok = super::open::read_superblock(p.dev.as_ref())
-                .map(|sb| sb.pv_id == p.sb.pv_id && sb.pool_id == self.pool_id)
-                .unwrap_or(false)
+            // A PV whose file was deleted, truncated or replaced stays failed; one made
+            // writable again (chmod, remount) passes its health check and rejoins.
+            let ok = p.dev.health().is_ok()
+                && super::open::read_superblock(p.dev.as_ref())
+                    .map(|sb| sb.pv_id == p.sb.pv_id && sb.pool_id == self.pool_id)
+                    .unwrap_or(false)
                 && p.dev.sync().is_ok();
             if !ok {
                 continue;

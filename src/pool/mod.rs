@@ -494,7 +494,18 @@ impl Pool {
         Ok(())
     }
 
-    /// Run [`Pool::maintenance`] every `period` on a thread until the pool is dropped.
+    /// Check each PV is still the file that was opened, whole and writable; a PV that is not
+    /// is failed (see `Inner::check_pv_health`). Returns how many PVs failed now.
+    pub fn check_pv_health(&self) -> usize {
+        let mut g = self.lock();
+        if g.opts.read_only {
+            return 0;
+        }
+        g.check_pv_health()
+    }
+
+    /// Run [`Pool::check_pv_health`] and [`Pool::maintenance`] every `period` on a thread
+    /// until the pool is dropped.
     pub fn spawn_cleaner(
         self: &Arc<Self>,
         period: std::time::Duration,
@@ -503,6 +514,7 @@ impl Pool {
         std::thread::spawn(move || loop {
             std::thread::sleep(period);
             let Some(p) = weak.upgrade() else { return };
+            p.check_pv_health();
             if let Err(e) = p.maintenance() {
                 tracing::warn!("cleaner: {e}");
             }
