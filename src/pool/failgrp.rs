@@ -526,7 +526,7 @@ impl Pool {
             .iter()
             .find(|p| p.sb.fg_id == fg_id)
             .map(|p| p.sb.clone())
-            .expect("group has a PV");
+            .ok_or_else(|| PoolError::Internal(format!("failure group {fg} has no PV")))?;
         let jblocks = g.journal.blocks;
         let mut first = g.pvs.group_segments(fg_id) + 1;
         let mut new = Vec::new();
@@ -684,7 +684,9 @@ impl Pool {
             .groups()
             .into_iter()
             .find(|&f| f != fg)
-            .expect("two groups");
+            .ok_or_else(|| {
+                PoolError::Invalid(format!("{name} is the pool's only failure group"))
+            })?;
         if g.pvs.group_failed(keep) {
             return Err(PoolError::Invalid(format!(
                 "failure group {} has a failed PV: it cannot hold the pool alone",
@@ -705,7 +707,7 @@ impl Pool {
             .pvs
             .iter()
             .position(|p| p.sb.fg_id == fg)
-            .expect("group has a PV");
+            .ok_or_else(|| PoolError::Internal(format!("failure group {name} has no PV")))?;
         if g.pvs.pvs[first_removed..].iter().any(|p| p.sb.fg_id != fg) {
             return Err(PoolError::Invalid(format!(
                 "failure group {name} is not made of the pool's last PVs (PVs were added to \

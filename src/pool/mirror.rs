@@ -162,7 +162,7 @@ impl Inner {
                 }
             }
         }
-        Err(first_err.expect("at least one copy"))
+        Err(first_err.unwrap_or_else(|| PoolError::Internal(format!("no copy of block {pba}"))))
     }
 
     /// Read one block, accepting only data that passes `good`; a bad copy is repaired from a
@@ -200,7 +200,7 @@ impl Inner {
                 }
             }
         }
-        Err(first_err.expect("at least one copy"))
+        Err(first_err.unwrap_or_else(|| PoolError::Internal(format!("no copy of block {pba}"))))
     }
 
     /// Replay of a block written since the last checkpoint: a crash may have come between the
@@ -452,7 +452,9 @@ impl Inner {
                 let Some(src) = src else {
                     continue; // no good copy anywhere: check and scrub report it
                 };
-                let (spv, sseg) = self.pvs.locate_in(src, seg).expect("segment in group");
+                let (spv, sseg) = self.pvs.locate_in(src, seg).ok_or_else(|| {
+                    PoolError::Invalid(format!("segment {seg} is beyond failure group {src}"))
+                })?;
                 let (dpv, dseg) = self.pvs.locate_in(fg, seg).ok_or_else(|| {
                     PoolError::Invalid(format!("segment {seg} is beyond failure group {fg}"))
                 })?;

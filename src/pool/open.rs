@@ -1,5 +1,9 @@
 //! Creating a pool on fresh PVs, and opening one: pick the newest valid superblock and
 //! checkpoint, load the tables, replay the journal, and commit a fresh checkpoint.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 use super::error::{PoolError, Result};
 use super::inner::{Counters, Inner, Stream};
@@ -179,7 +183,7 @@ fn assemble(
         durable_seq: ck.journal_seq.saturating_sub(1),
     };
     let free: BTreeSet<u64> = (1..segs.len() as u64)
-        .filter(|&s| segs[s as usize].state == SEG_FREE)
+        .filter(|&s| segs.get(s as usize).is_some_and(|e| e.state == SEG_FREE))
         .collect();
     let names: HashMap<String, u64> = vols.values().map(|v| (v.name.clone(), v.id)).collect();
     let total = segs.len() as u64 - 1;
@@ -285,17 +289,21 @@ fn place_pvs(
     let mut out: Vec<Option<Pv>> = (0..n).map(|_| None).collect();
     for p in pvs {
         let i = p.sb.pv_index as usize;
-        if out[i].is_some() {
+        // `pvs` holds only indexes below `n` (filtered above).
+        let Some(slot) = out.get_mut(i) else {
+            continue;
+        };
+        if slot.is_some() {
             return Err(PoolError::Config(format!(
                 "two PVs claim index {i} ({})",
                 p.dev.name()
             )));
         }
-        out[i] = Some(p);
+        *slot = Some(p);
     }
     let template = out.iter().flatten().next().map(|p| p.sb.clone());
     for i in 0..n {
-        if out[i].is_some() {
+        if out.get(i).is_none_or(Option::is_some) {
             continue;
         }
         let entry = ck.pv_table.iter().find(|e| e.pv_index as usize == i);
@@ -336,7 +344,9 @@ fn place_pvs(
         );
         let mut p = Pv::new(dev, sb);
         p.failed = Some(why);
-        out[i] = Some(p);
+        if let Some(slot) = out.get_mut(i) {
+            *slot = Some(p);
+        }
     }
     let mut pvs: Vec<Pv> = out.into_iter().flatten().collect();
     for e in &ck.pv_table {
@@ -391,7 +401,9 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
             .map(|(_, e)| e)
             .unwrap_or_else(|| PoolError::Invalid("no PVs given".into())));
     }
-    let pool_id = pvs[0].sb.pool_id;
+    let Some(pool_id) = pvs.first().map(|p| p.sb.pool_id) else {
+        return Err(PoolError::Invalid("no PVs given".into()));
+    };
     if let Some(p) = pvs.iter().find(|p| p.sb.pool_id != pool_id) {
         return Err(PoolError::Config(format!(
             "{} belongs to another pool",
@@ -463,7 +475,12 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     inner.names = vols.values().map(|v| (v.name.clone(), v.id)).collect();
     inner.vols = vols;
     inner.free = (1..inner.segs.len() as u64)
-        .filter(|&s| inner.segs[s as usize].state == SEG_FREE)
+        .filter(|&s| {
+            inner
+                .segs
+                .get(s as usize)
+                .is_some_and(|e| e.state == SEG_FREE)
+        })
         .collect();
 
     // Replay.
@@ -489,7 +506,11 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     }
     // Segments that were free at the checkpoint but received blocks since are in use now.
     for seg in 1..inner.segs.len() as u64 {
-        if inner.segs[seg as usize].state == SEG_FREE && inner.segs[seg as usize].live > 0 {
+        let reused = inner
+            .segs
+            .get(seg as usize)
+            .is_some_and(|e| e.state == SEG_FREE && e.live > 0);
+        if reused {
             inner.free.remove(&seg);
             let gen = inner.generation;
             let e = inner.seg_mut(seg)?;
