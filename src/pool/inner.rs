@@ -1,5 +1,10 @@
 //! The pool's in-memory state and its low-level block plumbing (streams, allocation, reads).
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::journal::Journal;
 use super::maps::MapNode;
@@ -70,9 +75,11 @@ impl DirtySet {
         if i >= self.flags.len() {
             self.flags.resize(i + 1, false);
         }
-        if !self.flags[i] {
-            self.flags[i] = true;
-            self.list.push(seg);
+        if let Some(f) = self.flags.get_mut(i) {
+            if !*f {
+                *f = true;
+                self.list.push(seg);
+            }
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -82,7 +89,9 @@ impl DirtySet {
     pub fn take(&mut self) -> Vec<u64> {
         let mut l = std::mem::take(&mut self.list);
         for &s in &l {
-            self.flags[s as usize] = false;
+            if let Some(f) = self.flags.get_mut(s as usize) {
+                *f = false;
+            }
         }
         l.sort_unstable();
         l
@@ -171,7 +180,10 @@ impl Inner {
             offset: off,
             source: e,
         })?;
-        let stored = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let stored = buf
+            .get(8..12)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_le_bytes);
         if stored != ptr.crc {
             return Err(PoolError::Checksum {
                 dev,
@@ -270,6 +282,34 @@ impl Inner {
             }
         }
         r
+    }
+
+    /// The append head of a stream.
+    pub fn stream(&self, which: StreamId) -> &Stream {
+        let [data, meta, gc] = &self.streams;
+        match which {
+            StreamId::Data => data,
+            StreamId::Meta => meta,
+            StreamId::Gc => gc,
+        }
+    }
+
+    pub fn stream_mut(&mut self, which: StreamId) -> &mut Stream {
+        let [data, meta, gc] = &mut self.streams;
+        match which {
+            StreamId::Data => data,
+            StreamId::Meta => meta,
+            StreamId::Gc => gc,
+        }
+    }
+
+    /// A copy of a segment's table entry (an all-zero, free entry for one outside the table).
+    pub fn seg(&self, seg: u64) -> SegEntry {
+        usize::try_from(seg)
+            .ok()
+            .and_then(|i| self.segs.get(i))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// A segment's table entry, marked dirty for the next checkpoint.
@@ -483,7 +523,7 @@ impl Inner {
                 },
             );
         }
-        self.streams[which as usize] = Stream {
+        *self.stream_mut(which) = Stream {
             seg,
             next: 0,
             buf_slot: 0,
@@ -495,7 +535,7 @@ impl Inner {
 
     /// Whether appending one block to `which` needs a fresh segment.
     pub fn needs_segment(&self, which: StreamId) -> bool {
-        let s = &self.streams[which as usize];
+        let s = self.stream(which);
         s.seg == 0 || s.next >= SEG_BLOCKS
     }
 
@@ -506,7 +546,7 @@ impl Inner {
             self.poison(r)?;
             self.open_segment(which)?;
         }
-        let s = &mut self.streams[which as usize];
+        let s = self.stream_mut(which);
         let pba = seg_start(s.seg) + s.next;
         s.buf.extend_from_slice(block);
         s.next += 1;
@@ -521,16 +561,16 @@ impl Inner {
 
     /// Write a stream's buffered blocks to their PV (not yet durable).
     pub fn write_out(&mut self, which: StreamId) -> Result<()> {
-        let s = &self.streams[which as usize];
+        let s = self.stream(which);
         if s.seg == 0 || s.buf.is_empty() {
             return Ok(());
         }
         let pba = seg_start(s.seg) + s.buf_slot;
-        let buf = std::mem::take(&mut self.streams[which as usize].buf);
+        let buf = std::mem::take(&mut self.stream_mut(which).buf);
         let r = self.put_run(pba, &buf);
-        self.streams[which as usize].buf = buf;
+        self.stream_mut(which).buf = buf;
         r?;
-        let s = &mut self.streams[which as usize];
+        let s = self.stream_mut(which);
         s.buf.clear();
         s.buf_slot = s.next;
         Ok(())
@@ -578,7 +618,9 @@ impl Inner {
         let (seg, slot) = split(pba);
         self.load_summary(seg)?;
         if let Some(s) = self.summaries.get_mut(&seg) {
-            s.tags[slot as usize] = vba;
+            if let Some(t) = s.tags.get_mut(slot as usize) {
+                *t = vba;
+            }
             s.dirty = true;
         }
         Ok(())

@@ -8,6 +8,11 @@
 //! in the segment table (`seg_flag_stale`) and every change is journaled (`SegStale`), as is a PV
 //! failing or coming back (`PvState`), so a crash never forgets what resync owes.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::pvs::split;
@@ -281,7 +286,7 @@ impl Inner {
     pub fn put_all_pvs(&mut self, off: u64, buf: &[u8]) -> Result<()> {
         let mut written = 0;
         for i in 0..self.pvs.pvs.len() as u16 {
-            if self.pvs.pvs[usize::from(i)].failed.is_some() {
+            if self.pvs.pv(i)?.failed.is_some() {
                 continue;
             }
             match self.pvs.write(i, off, buf) {
@@ -302,7 +307,7 @@ impl Inner {
     /// Sync every PV that is up; one failing degrades its group (mirrored) or is an error.
     pub fn sync_pvs(&mut self) -> Result<()> {
         for i in 0..self.pvs.pvs.len() as u16 {
-            let p = &self.pvs.pvs[usize::from(i)];
+            let p = self.pvs.pv(i)?;
             if p.failed.is_some() {
                 continue;
             }
@@ -322,7 +327,7 @@ impl Inner {
     /// goes degraded: the failure and every segment its copy may now lack are journaled, and
     /// the pool carries on. Otherwise `err` is returned.
     pub fn fail_pv(&mut self, pv: u16, err: PoolError) -> Result<()> {
-        let fg = self.pvs.pvs[usize::from(pv)].sb.fg_id;
+        let fg = self.pvs.pv(pv)?.sb.fg_id;
         let others_ok = self
             .pvs
             .groups()
@@ -331,7 +336,7 @@ impl Inner {
         if !self.pvs.mirrored() || !others_ok {
             return Err(err);
         }
-        if self.pvs.pvs[usize::from(pv)].failed.is_some() {
+        if self.pvs.pv(pv)?.failed.is_some() {
             return Ok(());
         }
         tracing::error!(
@@ -339,7 +344,9 @@ impl Inner {
             self.pvs.name(pv),
             self.pvs.group_name(fg)
         );
-        self.pvs.pvs[usize::from(pv)].failed = Some(err.to_string());
+        if let Some(p) = self.pvs.pvs.get_mut(usize::from(pv)) {
+            p.failed = Some(err.to_string());
+        }
         self.journal_append(Record::PvState {
             pv: u32::from(pv),
             failed: 1,
@@ -350,7 +357,7 @@ impl Inner {
         let since = self.generation;
         let mut stale: Vec<u64> = (1..self.segs.len() as u64)
             .filter(|&s| {
-                let e = &self.segs[s as usize];
+                let e = self.seg(s);
                 e.state != SEG_FREE && e.seq >= since
             })
             .collect();
@@ -410,8 +417,10 @@ impl Inner {
             if self.pvs.group_failed(fg) {
                 continue;
             }
-            n += self.segs[1..]
+            n += self
+                .segs
                 .iter()
+                .skip(1)
                 .filter(|e| e.state != SEG_FREE && e.flags & seg_flag_stale(fg) != 0)
                 .count() as u64;
         }
@@ -439,7 +448,7 @@ impl Inner {
                 if done.len() >= max {
                     break 'groups;
                 }
-                if self.segs[seg as usize].state == SEG_FREE {
+                if self.seg(seg).state == SEG_FREE {
                     // Nothing to copy: a free segment is rewritten from scratch when reused.
                     done.push((seg, fg));
                     continue;
@@ -508,7 +517,9 @@ impl Inner {
     pub fn retry_failed(&mut self) -> Result<usize> {
         let mut back = 0;
         for i in 0..self.pvs.pvs.len() {
-            let p = &self.pvs.pvs[i];
+            let Some(p) = self.pvs.pvs.get(i) else {
+                break;
+            };
             if p.failed.is_none() {
                 continue;
             }
@@ -523,7 +534,9 @@ impl Inner {
                 continue;
             }
             tracing::info!("PV {} is back: resyncing its failure group", p.dev.name());
-            self.pvs.pvs[i].failed = None;
+            if let Some(p) = self.pvs.pvs.get_mut(i) {
+                p.failed = None;
+            }
             self.journal_append(Record::PvState {
                 pv: i as u32,
                 failed: 0,
