@@ -356,8 +356,9 @@ impl Inner {
     /// Free segments to try for a new append head, one per PV of the first failure group,
     /// starting at the round-robin cursor: (cursor position, segment). Consecutive segments
     /// spread over the PVs so an LU's extents land on every PV and PVs of unequal size all
-    /// fill up. Segments in `backed` are left out (they are kept for checkpoints).
-    fn free_candidates(&self) -> Vec<(usize, u64)> {
+    /// fill up. With `skip_backed`, segments in `backed` (kept for checkpoints) are left out.
+    fn free_candidates(&self, skip_backed: bool) -> Vec<(usize, u64)> {
+        let usable = |s: &&u64| !skip_backed || !self.backed.contains(s);
         let Some(fg) = self.pvs.pvs.first().map(|p| p.sb.fg_id) else {
             return Vec::new();
         };
@@ -380,12 +381,12 @@ impl Inner {
             let Some(&(lo, hi)) = ranges.get(i) else {
                 break;
             };
-            if let Some(&seg) = self.free.range(lo..hi).find(|s| !self.backed.contains(s)) {
+            if let Some(&seg) = self.free.range(lo..hi).find(usable) {
                 out.push((i, seg));
             }
         }
         if out.is_empty() {
-            if let Some(&seg) = self.free.iter().find(|s| !self.backed.contains(s)) {
+            if let Some(&seg) = self.free.iter().find(usable) {
                 out.push((self.alloc_cursor, seg));
             }
         }
@@ -418,8 +419,9 @@ impl Inner {
 
     /// Take a free segment for a new append head, with its backing store allocated on the
     /// host (so writing it cannot fail with ENOSPC on a sparse PV file). Segments already
-    /// backed for checkpoints (`backed`) go to the metadata stream first; the data stream may
-    /// use them only while more than the reserve remain, the cleaner while more than half.
+    /// backed for checkpoints (`backed`, the highest free ones, so placement is otherwise
+    /// unchanged) stay available to the metadata stream; the data stream may use them only
+    /// while more than the reserve remain, the cleaner while more than half.
     fn take_segment(&mut self, which: StreamId) -> Result<u64> {
         let free = &self.free;
         self.backed.retain(|s| free.contains(s));
@@ -429,19 +431,15 @@ impl Inner {
             StreamId::Meta => 0,
         };
         let spare_backed = self.backed.len() as u64 > floor;
-        if which == StreamId::Meta && spare_backed {
-            if let Some(seg) = self.backed.pop_first() {
-                return Ok(seg);
-            }
-        }
-        for (i, seg) in self.free_candidates() {
+        for (i, seg) in self.free_candidates(!spare_backed) {
             if self.back_segment(seg)? {
                 self.alloc_cursor = i + 1;
+                self.backed.remove(&seg);
                 return Ok(seg);
             }
         }
         if spare_backed {
-            if let Some(seg) = self.backed.pop_first() {
+            if let Some(seg) = self.backed.pop_last() {
                 return Ok(seg);
             }
         }
@@ -466,6 +464,7 @@ impl Inner {
         let cands: Vec<u64> = self
             .free
             .iter()
+            .rev()
             .filter(|s| !self.backed.contains(s))
             .take(want - self.backed.len())
             .copied()
