@@ -23,6 +23,8 @@ pub struct FileDev {
     ident: (u64, u64),
     /// A regular file (sparse: [`BlockDev::reserve`] allocates its backing store).
     regular: bool,
+    /// Whether its mode had a write bit at open (losing them all later fails the PV).
+    mode_writable: bool,
 }
 
 impl FileDev {
@@ -80,9 +82,11 @@ impl FileDev {
             file,
             name: path.display().to_string(),
             len,
-            path: path.to_owned(),
+            // The health check looks the path up again later, whatever the working directory.
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
             ident: (md.dev(), md.ino()),
             regular: md.file_type().is_file(),
+            mode_writable: md.mode() & 0o222 != 0,
         })
     }
 
@@ -109,7 +113,7 @@ impl FileDev {
             Ok(_) => {}
             Err(e) => return Some(format!("the path cannot be looked up: {e}")),
         }
-        if self.regular && md.mode() & 0o222 == 0 {
+        if self.regular && self.mode_writable && md.mode() & 0o222 == 0 {
             return Some(format!(
                 "the PV file was made read-only (mode {:o})",
                 md.mode() & 0o7777
@@ -270,5 +274,48 @@ mod tests {
         let err = FileDev::open(&missing).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn reserve_allocates_backing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        let dev = FileDev::create(&path, 4 << 20).unwrap();
+        let before = std::fs::metadata(&path).unwrap().blocks();
+        dev.reserve(1 << 20, 1 << 20).unwrap();
+        let after = std::fs::metadata(&path).unwrap().blocks();
+        assert!(after >= before + 2048, "{before} -> {after} sectors");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
+        assert!(dev.reserve(4 << 20, 4096).is_err(), "past the end");
+    }
+
+    #[test]
+    fn health_notices_truncation_deletion_and_chmod() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        let dev = FileDev::create(&path, SIZE).unwrap();
+        dev.health().unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let e = dev.health().unwrap_err();
+        assert!(e.contains("read-only") && e.contains("pv0"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        dev.health().unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(SIZE / 2)
+            .unwrap();
+        assert!(dev.health().unwrap_err().contains("truncated"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(dev.health().unwrap_err().contains("deleted"));
+        // A new file at the same path is not the PV.
+        std::fs::write(&path, vec![0u8; SIZE as usize]).unwrap();
+        assert!(dev.health().unwrap_err().contains("deleted"));
+        let other = FileDev::open(&path).unwrap();
+        std::fs::rename(dir.path().join("pv0"), dir.path().join("pv0.old")).unwrap();
+        std::fs::write(&path, vec![0u8; SIZE as usize]).unwrap();
+        assert!(other.health().unwrap_err().contains("another file"));
     }
 }

@@ -356,9 +356,8 @@ impl Inner {
     /// Free segments to try for a new append head, one per PV of the first failure group,
     /// starting at the round-robin cursor: (cursor position, segment). Consecutive segments
     /// spread over the PVs so an LU's extents land on every PV and PVs of unequal size all
-    /// fill up. With `skip_backed`, segments in `backed` (kept for checkpoints) are left out.
-    fn free_candidates(&self, skip_backed: bool) -> Vec<(usize, u64)> {
-        let usable = |s: &&u64| !skip_backed || !self.backed.contains(s);
+    /// fill up.
+    fn free_candidates(&self) -> Vec<(usize, u64)> {
         let Some(fg) = self.pvs.pvs.first().map(|p| p.sb.fg_id) else {
             return Vec::new();
         };
@@ -381,12 +380,12 @@ impl Inner {
             let Some(&(lo, hi)) = ranges.get(i) else {
                 break;
             };
-            if let Some(&seg) = self.free.range(lo..hi).find(usable) {
+            if let Some(&seg) = self.free.range(lo..hi).next() {
                 out.push((i, seg));
             }
         }
         if out.is_empty() {
-            if let Some(&seg) = self.free.iter().find(usable) {
+            if let Some(&seg) = self.free.iter().next() {
                 out.push((self.alloc_cursor, seg));
             }
         }
@@ -418,10 +417,11 @@ impl Inner {
     }
 
     /// Take a free segment for a new append head, with its backing store allocated on the
-    /// host (so writing it cannot fail with ENOSPC on a sparse PV file). Segments already
-    /// backed for checkpoints (`backed`, the highest free ones, so placement is otherwise
-    /// unchanged) stay available to the metadata stream; the data stream may use them only
-    /// while more than the reserve remain, the cleaner while more than half.
+    /// host (so writing it cannot fail with ENOSPC on a sparse PV file). Placement does not
+    /// depend on backing: the usual candidate is taken if it can be backed. One of the
+    /// segments kept backed for checkpoints (`backed`) goes to the data stream only while more
+    /// than the reserve remain, to the cleaner while more than half, unless another free
+    /// segment can be backed in its place.
     fn take_segment(&mut self, which: StreamId) -> Result<u64> {
         let free = &self.free;
         self.backed.retain(|s| free.contains(s));
@@ -431,8 +431,13 @@ impl Inner {
             StreamId::Meta => 0,
         };
         let spare_backed = self.backed.len() as u64 > floor;
-        for (i, seg) in self.free_candidates(!spare_backed) {
-            if self.back_segment(seg)? {
+        for (i, seg) in self.free_candidates() {
+            let ok = if self.backed.contains(&seg) {
+                spare_backed || self.back_instead_of(seg)?
+            } else {
+                self.back_segment(seg)?
+            };
+            if ok {
                 self.alloc_cursor = i + 1;
                 self.backed.remove(&seg);
                 return Ok(seg);
@@ -447,6 +452,24 @@ impl Inner {
             "the host file system holding the PVs is full: no backing store for a new {which:?} segment ({} pool segments free)",
             self.free.len()
         )))
+    }
+
+    /// Back the highest free segment not yet backed, to take the place of `seg` among the
+    /// segments kept for checkpoints. `Ok(false)`: the host has no room for it.
+    fn back_instead_of(&mut self, seg: u64) -> Result<bool> {
+        let Some(&other) = self
+            .free
+            .iter()
+            .rev()
+            .find(|s| **s != seg && !self.backed.contains(s))
+        else {
+            return Ok(false);
+        };
+        if !self.back_segment(other)? {
+            return Ok(false);
+        }
+        self.backed.insert(other);
+        Ok(true)
     }
 
     /// Keep `reserve` free segments backed on the host, so a checkpoint can always be written

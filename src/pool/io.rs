@@ -235,15 +235,12 @@ impl Inner {
         for _ in 0..8 {
             // Clean a good batch per checkpoint: each round costs a checkpoint and its sync.
             let batch = (self.segs.len() / 32).max(8);
-            let free_before = self.free.len();
             let cleaned = self.gc_run(batch)?;
             self.checkpoint()?;
             if self.free_for(StreamId::Data) > 0 {
                 return Ok(());
             }
-            // The checkpoint may free segments an earlier round cleaned, which lets the
-            // cleaner go on: give up only when a round gained nothing.
-            if cleaned.segments_cleaned == 0 && self.free.len() <= free_before {
+            if cleaned.segments_cleaned == 0 {
                 break;
             }
         }
