@@ -157,3 +157,73 @@ fn host_fs_full_gives_enospc_keeps_data_and_recovers() {
     assert!(status.success());
     drop(fs);
 }
+
+/// A PV on a file system without fallocate: reserving succeeds without allocating, and writes
+/// fail with ENOSPC while `full` is set.
+struct NoFallocate {
+    inner: ssp::dev::MemDev,
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl ssp::dev::BlockDev for NoFallocate {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+}
+
+/// Without fallocate the host's ENOSPC reaches the write itself: the blocks stay buffered, the
+/// caller gets ENOSPC, nothing is poisoned, and once there is room the same data goes out.
+#[test]
+fn enospc_from_a_write_keeps_blocks_buffered_and_does_not_poison() {
+    use common::{assert_check, copts, small_opts, MB};
+    use ssp::dev::BlockDev;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let dev = Arc::new(NoFallocate {
+        inner: ssp::dev::MemDev::new("pv", 64 * MB),
+        full: false.into(),
+    });
+    let pool = ssp::pool::Pool::create(
+        vec![dev.clone() as Arc<dyn BlockDev>],
+        &copts(),
+        small_opts(),
+    )
+    .unwrap();
+    let id = pool.lu_create("a", 16 * MB).unwrap().id;
+    let a = vec![0xAAu8; MB as usize];
+    pool.write(id, 0, &a, false).unwrap();
+    pool.flush().unwrap();
+
+    dev.full.store(true, Ordering::SeqCst);
+    let b = vec![0xBBu8; MB as usize];
+    let e = pool.write(id, MB, &b, false).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOSPC, "{e}");
+    assert_eq!(pool.flush().unwrap_err().errno(), libc::ENOSPC);
+    let mut got = vec![0u8; MB as usize];
+    pool.read(id, 0, &mut got).unwrap();
+    assert!(got == a, "acknowledged data must stay readable");
+
+    dev.full.store(false, Ordering::SeqCst);
+    pool.write(id, MB, &b, false).unwrap();
+    pool.flush().unwrap();
+    pool.read(id, MB, &mut got).unwrap();
+    assert!(got == b);
+    pool.read(id, 0, &mut got).unwrap();
+    assert!(got == a);
+    assert_check(&pool);
+}
