@@ -66,6 +66,12 @@ impl PvSet {
             .ok_or_else(|| PoolError::Invalid(format!("PV index {idx} is not in the pool")))
     }
 
+    pub fn pv_mut(&mut self, idx: u16) -> Result<&mut Pv> {
+        self.pvs
+            .get_mut(usize::from(idx))
+            .ok_or_else(|| PoolError::Invalid(format!("PV index {idx} is not in the pool")))
+    }
+
     /// Byte offset on a PV of a slot of one of its segments.
     pub fn offset(&self, pv: u16, pv_seg: u32, slot: u64) -> Result<u64> {
         let p = self.pv(pv)?;
