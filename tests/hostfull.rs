@@ -147,6 +147,7 @@ fn host_fs_full_gives_enospc_keeps_data_and_recovers() {
     let (more, err) = write_until_full(&s.uri("vm1"), acked);
     assert!(more >= 8, "after freeing space only {more} MiB more: {err}");
     assert!(err.contains("No space left on device"), "{err}");
+    eprintln!("{acked} MiB acknowledged before ENOSPC, {more} MiB more once the filler was gone");
 
     // A clean stop checks the pool (Server::stop); a restart serves everything acknowledged.
     let (status, keep) = s.stop_keep();
