@@ -284,6 +284,15 @@ impl Inner {
         r
     }
 
+    /// The pool's name (from the first PV's superblock).
+    pub fn pool_name(&self) -> String {
+        self.pvs
+            .pvs
+            .first()
+            .map(|p| p.sb.pool_name.clone())
+            .unwrap_or_default()
+    }
+
     /// The append head of a stream.
     pub fn stream(&self, which: StreamId) -> &Stream {
         let [data, meta, gc] = &self.streams;

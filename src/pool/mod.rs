@@ -531,7 +531,7 @@ impl Pool {
 
     /// The pool's name.
     pub fn name(&self) -> String {
-        self.lock().pvs.pvs[0].sb.pool_name.clone()
+        self.lock().pool_name()
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -559,7 +559,7 @@ impl Pool {
             + c.journal_blocks_written) as f64
             / user;
         PoolStatus {
-            name: g.pvs.pvs[0].sb.pool_name.clone(),
+            name: g.pool_name(),
             pool_id: hex(&g.pool_id),
             pvs: g
                 .pvs
