@@ -2,8 +2,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use super::mem::check_range;
 use super::BlockDev;
@@ -16,6 +17,14 @@ pub struct FileDev {
     name: String,
     /// Size at open time: a PV does not change size under a running pool.
     len: u64,
+    /// The path opened and the (device, inode) it named then: [`BlockDev::health`] checks
+    /// the path still names this file.
+    path: PathBuf,
+    ident: (u64, u64),
+    /// A regular file (sparse: [`BlockDev::reserve`] allocates its backing store).
+    regular: bool,
+    /// Whether its mode had a write bit at open (losing them all later fails the PV).
+    mode_writable: bool,
 }
 
 impl FileDev {
@@ -90,11 +99,56 @@ impl FileDev {
         let len = (&file)
             .seek(SeekFrom::End(0))
             .map_err(|e| annotate(path, "get size of", e))?;
+        let md = file.metadata().map_err(|e| annotate(path, "stat", e))?;
         Ok(FileDev {
             file,
             name: path.display().to_string(),
             len,
+            // The health check looks the path up again later, whatever the working directory.
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()),
+            ident: (md.dev(), md.ino()),
+            regular: md.file_type().is_file(),
+            mode_writable: md.mode() & 0o222 != 0,
         })
+    }
+
+    /// What changed under the open file, if anything (see [`BlockDev::health`]).
+    fn health_problem(&self) -> Option<String> {
+        let md = match self.file.metadata() {
+            Ok(md) => md,
+            Err(e) => return Some(format!("cannot stat the open file: {e}")),
+        };
+        if md.nlink() == 0 {
+            return Some("the PV file was deleted".into());
+        }
+        if self.regular && md.len() < self.len {
+            return Some(format!(
+                "the PV file was truncated from {} to {} bytes",
+                self.len,
+                md.len()
+            ));
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(p) if (p.dev(), p.ino()) != self.ident => {
+                return Some("the path now names another file".into())
+            }
+            Ok(_) => {}
+            Err(e) => return Some(format!("the path cannot be looked up: {e}")),
+        }
+        if self.regular && self.mode_writable && md.mode() & 0o222 == 0 {
+            return Some(format!(
+                "the PV file was made read-only (mode {:o})",
+                md.mode() & 0o7777
+            ));
+        }
+        // SAFETY: an all-zero statvfs is a valid value of the plain C struct.
+        let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the fd is open for the lifetime of `self.file`; `vfs` is a valid out pointer.
+        let rc = unsafe { libc::fstatvfs(self.file.as_raw_fd(), &mut vfs) };
+        if rc == 0 && vfs.f_flag & libc::ST_RDONLY != 0 {
+            return Some("its file system is now mounted read-only".into());
+        }
+        None
     }
 
     fn io_error(&self, op: &str, len: usize, offset: u64, e: io::Error) -> io::Error {
@@ -134,13 +188,42 @@ impl BlockDev for FileDev {
     fn name(&self) -> &str {
         &self.name
     }
+
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.regular || len == 0 {
+            return Ok(());
+        }
+        check_range(&self.name, "reserve", offset, len as usize, self.len)?;
+        let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Ok(());
+        };
+        // Mode 0 allocates without changing the file size; ranges already allocated cost no
+        // space, so reserving them again succeeds on a full file system.
+        // SAFETY: the fd is open for the lifetime of `self.file`; fallocate takes plain integers.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, off, n) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // A file system without fallocate: writes find out for themselves.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+            _ => Err(self.io_error("reserve", len as usize, offset, e)),
+        }
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match self.health_problem() {
+            Some(why) => Err(format!("{}: {why}", self.name)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Take an exclusive `flock` on a PV file without waiting; it is released when the file is
 /// closed (the lock belongs to this open file description, so a second open in the same
 /// process is refused too).
 fn lock_file(file: &File, path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     // SAFETY: flock on a valid, open descriptor; no memory is passed.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r == 0 {
@@ -297,5 +380,48 @@ mod tests {
         let err = FileDev::open(&missing).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn reserve_allocates_backing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        let dev = FileDev::create(&path, 4 << 20).unwrap();
+        let before = std::fs::metadata(&path).unwrap().blocks();
+        dev.reserve(1 << 20, 1 << 20).unwrap();
+        let after = std::fs::metadata(&path).unwrap().blocks();
+        assert!(after >= before + 2048, "{before} -> {after} sectors");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
+        assert!(dev.reserve(4 << 20, 4096).is_err(), "past the end");
+    }
+
+    #[test]
+    fn health_notices_truncation_deletion_and_chmod() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        let dev = FileDev::create(&path, SIZE).unwrap();
+        dev.health().unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let e = dev.health().unwrap_err();
+        assert!(e.contains("read-only") && e.contains("pv0"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        dev.health().unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(SIZE / 2)
+            .unwrap();
+        assert!(dev.health().unwrap_err().contains("truncated"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(dev.health().unwrap_err().contains("deleted"));
+        // A new file at the same path is not the PV.
+        std::fs::write(&path, vec![0u8; SIZE as usize]).unwrap();
+        assert!(dev.health().unwrap_err().contains("deleted"));
+        let other = FileDev::open(&path).unwrap();
+        std::fs::rename(dir.path().join("pv0"), dir.path().join("pv0.old")).unwrap();
+        std::fs::write(&path, vec![0u8; SIZE as usize]).unwrap();
+        assert!(other.health().unwrap_err().contains("another file"));
     }
 }

@@ -35,4 +35,25 @@ pub trait BlockDev: Send + Sync {
     fn len(&self) -> u64;
     /// Human-readable name for error messages (usually the path).
     fn name(&self) -> &str;
+    /// Allocate backing store for `[offset, offset + len)` so later writes there cannot fail
+    /// for lack of space (fallocate on a sparse file). An error of kind
+    /// [`io::ErrorKind::StorageFull`] or [`io::ErrorKind::QuotaExceeded`] means the host has no
+    /// room now; backends with nothing to allocate (block devices, memory) return `Ok`.
+    fn reserve(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Whether the device is still the one that was opened and can be written: `Err` names
+    /// what changed under the pool (file deleted, truncated, replaced, made read-only).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Whether an I/O error means "no space on the host" (ENOSPC, EDQUOT) rather than a failed
+/// device.
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }

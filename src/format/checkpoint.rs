@@ -117,7 +117,7 @@ impl Checkpoint {
             .u64(self.timestamp);
         let n = self.pv_table.len().min(MAX_PV_TABLE);
         w.u32(n as u32).u32(0);
-        for e in &self.pv_table[..n] {
+        for e in self.pv_table.iter().take(n) {
             w.u32(e.pv_index)
                 .u32(e.fg_id)
                 .u64(e.first_pool_segment)

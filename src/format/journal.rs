@@ -216,8 +216,10 @@ impl Record {
             }
         };
         let len = (w.buf.len() - start - 3) as u16;
-        w.buf[start] = ty;
-        w.buf[start + 1..start + 3].copy_from_slice(&len.to_le_bytes());
+        let [lo, hi] = len.to_le_bytes();
+        if let Some(head) = w.buf.get_mut(start..start + 3) {
+            head.copy_from_slice(&[ty, lo, hi]);
+        }
     }
 
     fn decode(r: &mut Rd) -> Result<Self, FormatError> {
@@ -390,7 +392,11 @@ impl JournalBlock {
                 detail: used.to_string(),
             });
         }
-        let body = &buf[JHDR..JHDR + used];
+        let body = buf.get(JHDR..JHDR + used).ok_or(FormatError::Short {
+            what: W,
+            len: buf.len(),
+            need: JHDR + used,
+        })?;
         let mut br = Rd::new(body, W);
         let mut records = Vec::with_capacity(count.min(JPAYLOAD / 3));
         while br.pos() < used {

@@ -3,6 +3,10 @@
 //! Conventions: every integer is little-endian; the pool block is 4096 bytes; every structure
 //! carries a CRC-32C (Castagnoli) that is *seeded with the pool id* so a block from another pool
 //! (or another format) never verifies. Decoding never panics: it returns [`FormatError`].
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod checkpoint;
 pub mod journal;
@@ -111,7 +115,7 @@ pub fn open_block<'a>(
         len: buf.len(),
         need: BLOCK,
     })?;
-    let found = &block[..magic.len()];
+    let found = block.get(..magic.len()).unwrap_or_default();
     if found != magic {
         let as_u64 = |b: &[u8]| b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x));
         return Err(FormatError::BadMagic {
@@ -254,13 +258,13 @@ impl Wr {
 pub fn encode_name(w: &mut Wr, name: &str, len: usize) {
     let b = name.as_bytes();
     let n = b.len().min(len);
-    w.bytes(&b[..n]).zeros(len - n);
+    w.bytes(b.get(..n).unwrap_or_default()).zeros(len - n);
 }
 
 /// Decode a NUL-padded name field.
 pub fn decode_name(raw: &[u8], what: &'static str) -> Result<String, FormatError> {
     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-    std::str::from_utf8(&raw[..end])
+    std::str::from_utf8(raw.get(..end).unwrap_or_default())
         .map(str::to_owned)
         .map_err(|e| FormatError::Invalid {
             what,

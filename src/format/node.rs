@@ -100,7 +100,7 @@ pub fn encode_node(pool_id: &[u8; 16], h: &NodeHeader, payload: &[u8]) -> Vec<u8
         .u64(h.writer.fencing_epoch);
     w.u64(h.owner).zeros(8);
     let n = payload.len().min(NPAYLOAD);
-    w.bytes(&payload[..n]).pad_to(BLOCK);
+    w.bytes(payload.get(..n).unwrap_or_default()).pad_to(BLOCK);
     let crc = crc_with_hole(pool_id, &w.buf, CRC_AT);
     w.put_u32_at(CRC_AT, crc);
     w.buf
@@ -140,7 +140,12 @@ pub fn decode_node<'a>(
         },
         owner: r.u64()?,
     };
-    Ok((h, &buf[NHDR..BLOCK]))
+    let payload = buf.get(NHDR..BLOCK).ok_or(FormatError::Short {
+        what: "metadata node",
+        len: buf.len(),
+        need: BLOCK,
+    })?;
+    Ok((h, payload))
 }
 
 /// Encode a slice of u64 (map entries, summary tags) as a payload.

@@ -23,7 +23,10 @@
 //! [`Request::payload_len`] bytes of payload, [`validate()`] it against the [`Negotiated`]
 //! parameters, execute, and answer with the reply encoders for the negotiated [`ReplyMode`].
 //! Decoders never panic on malformed input; they return errors that mean "disconnect".
-#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod codec;
 #[cfg(test)]

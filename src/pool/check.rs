@@ -1,6 +1,11 @@
 //! Full consistency check: every checksum, every map entry, reference counts, live-block counts
 //! and free space recomputed from scratch and compared with what the pool records.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::Result;
 use super::inner::Inner;
 use super::ptree::NodeIo;
@@ -169,7 +174,13 @@ impl Inner {
         match self.recount_owned() {
             Ok(counts) => {
                 for (id, mapped, owned) in counts {
-                    let v = &self.vols[&id];
+                    let Some(v) = self.vols.get(&id) else {
+                        err(
+                            &mut rep,
+                            format!("volume {id} was counted but is not in the directory"),
+                        );
+                        continue;
+                    };
                     if v.mapped_blocks != mapped {
                         err(
                             &mut rep,
@@ -249,7 +260,7 @@ impl Inner {
                     let tag = self
                         .summaries
                         .get(&seg)
-                        .map(|s| s.tags[slot as usize])
+                        .and_then(|s| s.tags.get(slot as usize).copied())
                         .unwrap_or(0);
                     if tag != vba {
                         err(
@@ -283,7 +294,7 @@ impl Inner {
         pages_of!(segtab, NodeKind::SegTab);
         pages_of!(voldir, NodeKind::VolDir);
         for seg in 1..self.segs.len() as u64 {
-            let e = self.segs[seg as usize];
+            let e = self.seg(seg);
             if e.summary != 0 {
                 pages.push((
                     NodeKind::Summary,
@@ -307,7 +318,7 @@ impl Inner {
 
         // Live counts and free space.
         for seg in 1..self.segs.len() as u64 {
-            let e = self.segs[seg as usize];
+            let e = self.seg(seg);
             let counted = live.remove(&seg).unwrap_or(0);
             if e.live != counted {
                 err(
@@ -360,18 +371,16 @@ impl Inner {
                 .filter_map(|&g| self.pvs.locate_in(g, seg))
                 .filter_map(|(pv, s)| Some((pv, self.pvs.offset(pv, s, slot).ok()?)))
                 .collect();
-            if locs.len() < 2 {
+            let [(pa, oa), (pb, ob), ..] = locs[..] else {
                 continue;
-            }
-            let ra = self.pvs.read(locs[0].0, locs[0].1, &mut a);
-            let rb = self.pvs.read(locs[1].0, locs[1].1, &mut b);
+            };
+            let ra = self.pvs.read(pa, oa, &mut a);
+            let rb = self.pvs.read(pb, ob, &mut b);
             if ra.is_err() || rb.is_err() || a != b {
                 rep.errors.push(format!(
-                    "VBA {vba}: the copies on {} at offset {} and {} at offset {} differ or cannot be read",
-                    self.pvs.name(locs[0].0),
-                    locs[0].1,
-                    self.pvs.name(locs[1].0),
-                    locs[1].1
+                    "VBA {vba}: the copies on {} at offset {oa} and {} at offset {ob} differ or cannot be read",
+                    self.pvs.name(pa),
+                    self.pvs.name(pb),
                 ));
             }
         }

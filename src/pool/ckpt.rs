@@ -2,7 +2,12 @@
 //! checkpoint slot on every PV. Nothing the previous checkpoint references is overwritten, and
 //! segments emptied since then become reusable only after the new checkpoint is durable.
 
-use super::error::Result;
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
+use super::error::{PoolError, Result};
 use super::inner::{Inner, StreamId};
 use super::pvs::split;
 use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
@@ -21,10 +26,13 @@ impl Inner {
     /// Fill a block reserved earlier (still buffered, or already written out).
     fn put_block(&mut self, pba: u64, buf: &[u8]) -> Result<()> {
         let (seg, slot) = split(pba);
-        let s = &mut self.streams[StreamId::Meta as usize];
+        let s = self.stream_mut(StreamId::Meta);
         if s.seg == seg && slot >= s.buf_slot && slot < s.next {
             let at = ((slot - s.buf_slot) as usize) * BLOCK;
-            s.buf[at..at + BLOCK].copy_from_slice(buf);
+            let dst = s.buf.get_mut(at..at + BLOCK).ok_or_else(|| {
+                PoolError::Internal(format!("metadata block {pba} is not in its buffer"))
+            })?;
+            dst.copy_from_slice(buf);
             return Ok(());
         }
         self.put_run(pba, buf)
@@ -41,12 +49,22 @@ impl Inner {
 
     pub fn checkpoint(&mut self) -> Result<()> {
         self.check_writable()?;
+        // Buffered data goes out first: if the host file system is full this fails before
+        // anything changed, and the checkpoint can be tried again once there is room.
+        for w in [StreamId::Data, StreamId::Gc] {
+            match self.write_out(w) {
+                Err(e @ PoolError::NoSpace(_)) => return Err(e),
+                r => self.poison(r)?,
+            }
+        }
         let r = self.checkpoint_inner();
         if let Err(e) = &r {
             tracing::error!("checkpoint failed, pool poisoned: {e}");
             self.poisoned = Some(format!("checkpoint failed: {e}"));
         }
-        r
+        r?;
+        self.top_up_backing();
+        Ok(())
     }
 
     fn checkpoint_inner(&mut self) -> Result<()> {
@@ -100,15 +118,15 @@ impl Inner {
         //    the allocator once this checkpoint is durable.
         let mut to_free = Vec::new();
         for seg in 1..self.segs.len() as u64 {
-            let e = self.segs[seg as usize];
+            let e = self.seg(seg);
             if e.state != SEG_FREE && e.live == 0 && !self.is_open(seg) {
                 to_free.push(seg);
             }
         }
         for &seg in &to_free {
-            let old_summary = self.segs[seg as usize].summary;
+            let old_summary = self.seg(seg).summary;
             self.live_dec(old_summary);
-            let e = self.seg_mut(seg);
+            let e = self.seg_mut(seg)?;
             e.state = SEG_FREE;
             e.summary = 0;
             e.summary_crc = 0;
@@ -119,7 +137,7 @@ impl Inner {
         //    its blocks died, e.g. written and trimmed during replay) needs none.
         let segs = &self.segs;
         self.summaries
-            .retain(|seg, _| segs[*seg as usize].state != SEG_FREE);
+            .retain(|seg, _| segs.get(*seg as usize).is_some_and(|e| e.state != SEG_FREE));
         let mut sdirty: Vec<u64> = self
             .summaries
             .iter()
@@ -142,10 +160,10 @@ impl Inner {
             };
             let payload = encode_u64s(&s.tags);
             let (pba, crc) = self.write_node(&h, &payload)?;
-            let old = self.segs[seg as usize].summary;
+            let old = self.seg(seg).summary;
             self.live_dec(old);
             self.live_inc(pba);
-            let e = self.seg_mut(seg);
+            let e = self.seg_mut(seg)?;
             e.summary = pba;
             e.summary_crc = crc;
             if let Some(s) = self.summaries.get_mut(&seg) {
@@ -178,7 +196,7 @@ impl Inner {
         loop {
             let dirty = self.segs_dirty.take();
             for seg in &dirty {
-                let e = self.segs[*seg as usize];
+                let e = self.seg(*seg);
                 if let Err(e) = segtab.set(self, *seg, e) {
                     r = Err(e);
                 }
@@ -233,7 +251,8 @@ impl Inner {
                 .unwrap_or(0),
         };
         let buf = ck.encode();
-        let slot = CKPT_OFFSETS[(gen % 2) as usize];
+        let [even, odd] = CKPT_OFFSETS;
+        let slot = if gen % 2 == 0 { even } else { odd };
         self.put_all_pvs(slot, &buf)?;
         self.sync_pvs()?;
 

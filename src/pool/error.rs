@@ -47,6 +47,10 @@ pub enum PoolError {
     InUse(String),
     #[error("pool was shut down after a fatal error: {0}")]
     Poisoned(String),
+    /// An invariant of the engine did not hold: the operation is refused instead of
+    /// panicking under the pool lock (which would stop every client).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl PoolError {

@@ -117,7 +117,11 @@ impl Inner {
                         data_crc(&pid, &buf) == p.crc
                     } else {
                         crate::format::node::decode_node(&buf, &pid).is_ok()
-                            && u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) == p.crc
+                            && buf
+                                .get(8..12)
+                                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                                .map(u32::from_le_bytes)
+                                == Some(p.crc)
                     };
                 if ok {
                     good.get_or_insert_with(|| buf.clone());
@@ -173,15 +177,17 @@ impl Inner {
         let seg_bytes = (SEG_BLOCKS * BLOCK_U64) as usize;
         let (mut a, mut b) = (vec![0u8; seg_bytes], vec![0u8; seg_bytes]);
         for seg in 1..self.segs.len() as u64 {
-            if self.segs[seg as usize].state != crate::format::node::SEG_META
+            if self.seg(seg).state != crate::format::node::SEG_META
                 || self.read_groups(seg).len() < 2
             {
                 continue;
             }
-            let (Some((pa, sa)), Some((pb, sb))) = (
-                self.pvs.locate_in(groups[0], seg),
-                self.pvs.locate_in(groups[1], seg),
-            ) else {
+            let [ga, gb, ..] = groups[..] else {
+                break;
+            };
+            let (Some((pa, sa)), Some((pb, sb))) =
+                (self.pvs.locate_in(ga, seg), self.pvs.locate_in(gb, seg))
+            else {
                 continue;
             };
             let (oa, ob) = (self.pvs.offset(pa, sa, 0)?, self.pvs.offset(pb, sb, 0)?);
@@ -244,7 +250,7 @@ impl Pool {
         }
         let need = g.segs.len() as u64 - 1;
         let jblocks = g.journal.blocks;
-        let template = g.pvs.pvs[0].sb.clone();
+        let template = g.pvs.pv(0)?.sb.clone();
         let base = g.pvs.pvs.len() as u32;
         let mut first = 1u64;
         let mut new = Vec::new();
@@ -291,7 +297,7 @@ impl Pool {
         g.journal.mirror = Some(mirror_pv);
         // Every segment in use must be copied to the new group before it is read there.
         for seg in 1..g.segs.len() as u64 {
-            if g.segs[seg as usize].state != SEG_FREE {
+            if g.seg(seg).state != SEG_FREE {
                 g.apply_seg_stale(seg, 1, true);
             }
         }
@@ -335,7 +341,7 @@ impl Pool {
             .groups()
             .into_iter()
             .map(|fg| {
-                let stale = g.segs[1..].iter().any(|e| {
+                let stale = g.segs.iter().skip(1).any(|e| {
                     e.state != SEG_FREE && e.flags & crate::format::node::seg_flag_stale(fg) != 0
                 });
                 FailGroupInfo {
@@ -364,7 +370,12 @@ impl Pool {
 
     pub fn pv_list(&self) -> Vec<PvListEntry> {
         let g = self.lock();
-        let pool = g.pvs.pvs[0].sb.pool_name.clone();
+        let pool = g
+            .pvs
+            .pvs
+            .first()
+            .map(|p| p.sb.pool_name.clone())
+            .unwrap_or_default();
         g.pvs
             .pvs
             .iter()
@@ -441,6 +452,10 @@ impl Pool {
 impl Inner {
     /// Write a new PV's superblock (both copies) and clear its checkpoint slots.
     fn init_pv(dev: &Arc<dyn BlockDev>, sb: &Superblock) -> Result<()> {
+        // Back the metadata area now, so a full host file system fails here and not later.
+        if let Err(e) = dev.reserve(0, sb.data_offset) {
+            tracing::warn!("cannot back the metadata area of {}: {e}", dev.name());
+        }
         Self::write_sb(dev, sb, true)
     }
 
@@ -523,7 +538,7 @@ impl Pool {
             .iter()
             .find(|p| p.sb.fg_id == fg_id)
             .map(|p| p.sb.clone())
-            .expect("group has a PV");
+            .ok_or_else(|| PoolError::Internal(format!("failure group {fg} has no PV")))?;
         let jblocks = g.journal.blocks;
         let mut first = g.pvs.group_segments(fg_id) + 1;
         let mut new = Vec::new();
@@ -580,7 +595,7 @@ impl Pool {
         let mut g = self.lock();
         g.check_writable()?;
         let i = g.find_pv(old)?;
-        let osb = g.pvs.pvs[usize::from(i)].sb.clone();
+        let osb = g.pvs.pv(i)?.sb.clone();
         if new.len() < osb.pv_size {
             return Err(PoolError::Invalid(format!(
                 "{} holds {} MiB but {} holds {} MiB: the new PV must be at least as large",
@@ -611,14 +626,16 @@ impl Pool {
             let mut off = 0;
             while off < head {
                 let n = (head - off).min(seg_bytes as u64) as usize;
-                g.pvs.read(i, off, &mut buf[..n])?;
-                new.write_at(&buf[..n], off).map_err(|e| PoolError::Io {
+                buf.resize(n, 0);
+                g.pvs.read(i, off, &mut buf)?;
+                new.write_at(&buf, off).map_err(|e| PoolError::Io {
                     dev: new.name().to_owned(),
                     offset: off,
                     source: e,
                 })?;
                 off += n as u64;
             }
+            buf.resize(seg_bytes, 0);
             let total = range.end - range.start;
             for (k, seg) in range.clone().enumerate() {
                 if g.segs
@@ -642,14 +659,14 @@ impl Pool {
             })?;
             Inner::write_sb(&new, &sb, false)?;
             commit()?;
-            g.pvs.pvs[usize::from(i)] = Pv::new(new, sb);
+            *g.pvs.pv_mut(i)? = Pv::new(new, sb);
             g.checkpoint()?;
             return Ok(());
         }
         // Mirrored: the new PV starts empty; every segment in use on it is copied by resync.
         Inner::write_sb(&new, &sb, false)?;
         commit()?;
-        g.pvs.pvs[usize::from(i)] = Pv::new(new, sb);
+        *g.pvs.pv_mut(i)? = Pv::new(new, sb);
         for seg in range {
             if g.segs
                 .get(seg as usize)
@@ -681,14 +698,16 @@ impl Pool {
             .groups()
             .into_iter()
             .find(|&f| f != fg)
-            .expect("two groups");
+            .ok_or_else(|| {
+                PoolError::Invalid(format!("{name} is the pool's only failure group"))
+            })?;
         if g.pvs.group_failed(keep) {
             return Err(PoolError::Invalid(format!(
                 "failure group {} has a failed PV: it cannot hold the pool alone",
                 g.pvs.group_name(keep)
             )));
         }
-        let lagging = g.segs[1..].iter().any(|e| {
+        let lagging = g.segs.iter().skip(1).any(|e| {
             e.state != SEG_FREE && e.flags & crate::format::node::seg_flag_stale(keep) != 0
         });
         if lagging {
@@ -702,8 +721,13 @@ impl Pool {
             .pvs
             .iter()
             .position(|p| p.sb.fg_id == fg)
-            .expect("group has a PV");
-        if g.pvs.pvs[first_removed..].iter().any(|p| p.sb.fg_id != fg) {
+            .ok_or_else(|| PoolError::Internal(format!("failure group {name} has no PV")))?;
+        if g.pvs
+            .pvs
+            .iter()
+            .skip(first_removed)
+            .any(|p| p.sb.fg_id != fg)
+        {
             return Err(PoolError::Invalid(format!(
                 "failure group {name} is not made of the pool's last PVs (PVs were added to \
                  {} after it): this version cannot renumber PVs",

@@ -3,6 +3,11 @@
 //! metadata nodes dirty so the next checkpoint rewrites them elsewhere. A cleaned segment becomes
 //! free once a checkpoint no longer references it.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::Result;
 use super::inner::{Inner, StreamId};
 use super::pvs::seg_start;
@@ -24,10 +29,10 @@ impl Inner {
     fn gc_candidates(&self, max_live: u32) -> Vec<u64> {
         let mut c: Vec<(u32, u64)> = (1..self.segs.len() as u64)
             .filter(|&s| {
-                let e = &self.segs[s as usize];
+                let e = self.seg(s);
                 e.state != SEG_FREE && !self.is_open(s) && e.live > 0 && e.live <= max_live
             })
-            .map(|s| (self.segs[s as usize].live, s))
+            .map(|s| (self.seg(s).live, s))
             .collect();
         c.sort_unstable();
         c.into_iter().map(|(_, s)| s).collect()
@@ -51,7 +56,7 @@ impl Inner {
             {
                 self.checkpoint()?;
             }
-            match self.segs[seg as usize].state {
+            match self.seg(seg).state {
                 SEG_DATA => st.blocks_moved += self.gc_data_segment(seg)?,
                 SEG_META => st.nodes_relocated += self.gc_meta_segment(seg)?,
                 _ => continue,

@@ -1,13 +1,19 @@
 //! The pool's in-memory state and its low-level block plumbing (streams, allocation, reads).
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::journal::Journal;
 use super::maps::MapNode;
 use super::ptree::{NodeIo, PhysTree};
 use super::pvs::{seg_start, split, PvSet};
 use super::Options;
+use crate::dev::is_no_space;
 use crate::format::node::{decode_node, NodeKind, Ptr, SegEntry, VolRecord, SEG_DATA, SEG_META};
-use crate::format::{Writer, BLOCK, SEG_BLOCKS};
+use crate::format::{Writer, BLOCK, BLOCK_U64, SEG_BLOCKS};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,9 +75,11 @@ impl DirtySet {
         if i >= self.flags.len() {
             self.flags.resize(i + 1, false);
         }
-        if !self.flags[i] {
-            self.flags[i] = true;
-            self.list.push(seg);
+        if let Some(f) = self.flags.get_mut(i) {
+            if !*f {
+                *f = true;
+                self.list.push(seg);
+            }
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -81,7 +89,9 @@ impl DirtySet {
     pub fn take(&mut self) -> Vec<u64> {
         let mut l = std::mem::take(&mut self.list);
         for &s in &l {
-            self.flags[s as usize] = false;
+            if let Some(f) = self.flags.get_mut(s as usize) {
+                *f = false;
+            }
         }
         l.sort_unstable();
         l
@@ -135,6 +145,9 @@ pub struct Inner {
     pub reuse: std::sync::Arc<std::sync::RwLock<()>>,
     /// Which PV the next new segment is taken from (round robin).
     pub alloc_cursor: usize,
+    /// Free segments whose backing store is allocated on the host, kept for checkpoints
+    /// (see [`Inner::top_up_backing`]).
+    pub backed: BTreeSet<u64>,
     /// Mirror counters (shared with reads outside the lock).
     pub mirror: std::sync::Arc<super::mirror::MirrorStats>,
 }
@@ -167,7 +180,10 @@ impl Inner {
             offset: off,
             source: e,
         })?;
-        let stored = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let stored = buf
+            .get(8..12)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_le_bytes);
         if stored != ptr.crc {
             return Err(PoolError::Checksum {
                 dev,
@@ -268,17 +284,60 @@ impl Inner {
         r
     }
 
-    pub fn seg_mut(&mut self, seg: u64) -> &mut SegEntry {
-        self.segs_dirty.insert(seg);
-        &mut self.segs[seg as usize]
+    /// The pool's name (from the first PV's superblock).
+    pub fn pool_name(&self) -> String {
+        self.pvs
+            .pvs
+            .first()
+            .map(|p| p.sb.pool_name.clone())
+            .unwrap_or_default()
     }
 
-    /// Account one more live block at `pba`.
+    /// The append head of a stream.
+    pub fn stream(&self, which: StreamId) -> &Stream {
+        let [data, meta, gc] = &self.streams;
+        match which {
+            StreamId::Data => data,
+            StreamId::Meta => meta,
+            StreamId::Gc => gc,
+        }
+    }
+
+    pub fn stream_mut(&mut self, which: StreamId) -> &mut Stream {
+        let [data, meta, gc] = &mut self.streams;
+        match which {
+            StreamId::Data => data,
+            StreamId::Meta => meta,
+            StreamId::Gc => gc,
+        }
+    }
+
+    /// A copy of a segment's table entry (an all-zero, free entry for one outside the table).
+    pub fn seg(&self, seg: u64) -> SegEntry {
+        usize::try_from(seg)
+            .ok()
+            .and_then(|i| self.segs.get(i))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A segment's table entry, marked dirty for the next checkpoint.
+    pub fn seg_mut(&mut self, seg: u64) -> Result<&mut SegEntry> {
+        let e = usize::try_from(seg)
+            .ok()
+            .and_then(|i| self.segs.get_mut(i))
+            .ok_or_else(|| {
+                PoolError::Invalid(format!("segment {seg} is outside the segment table"))
+            })?;
+        self.segs_dirty.insert(seg);
+        Ok(e)
+    }
+
+    /// Account one more live block at `pba` (PBA 0 and addresses outside the pool are ignored).
     pub fn live_inc(&mut self, pba: u64) {
         if pba != 0 {
-            let (seg, _) = split(pba);
-            if (seg as usize) < self.segs.len() {
-                self.seg_mut(seg).live += 1;
+            if let Ok(e) = self.seg_mut(split(pba).0) {
+                e.live += 1;
             }
         }
     }
@@ -286,9 +345,7 @@ impl Inner {
     /// Account one block less at `pba`.
     pub fn live_dec(&mut self, pba: u64) {
         if pba != 0 {
-            let (seg, _) = split(pba);
-            if (seg as usize) < self.segs.len() {
-                let e = self.seg_mut(seg);
+            if let Ok(e) = self.seg_mut(split(pba).0) {
                 e.live = e.live.saturating_sub(1);
             }
         }
@@ -305,10 +362,14 @@ impl Inner {
         }
     }
 
-    /// A free segment, spreading consecutive segments over the PVs (of the first failure
-    /// group) in turn, so an LU's extents land on every PV and PVs of unequal size all fill up.
-    fn pick_free_segment(&mut self) -> u64 {
-        let fg = self.pvs.pvs[0].sb.fg_id;
+    /// Free segments to try for a new append head, one per PV of the first failure group,
+    /// starting at the round-robin cursor: (cursor position, segment). Consecutive segments
+    /// spread over the PVs so an LU's extents land on every PV and PVs of unequal size all
+    /// fill up.
+    fn free_candidates(&self) -> Vec<(usize, u64)> {
+        let Some(fg) = self.pvs.pvs.first().map(|p| p.sb.fg_id) else {
+            return Vec::new();
+        };
         let ranges: Vec<(u64, u64)> = self
             .pvs
             .pvs
@@ -322,17 +383,142 @@ impl Inner {
             })
             .collect();
         let n = ranges.len().max(1);
+        let mut out = Vec::new();
         for k in 0..n {
             let i = (self.alloc_cursor + k) % n;
             let Some(&(lo, hi)) = ranges.get(i) else {
                 break;
             };
             if let Some(&seg) = self.free.range(lo..hi).next() {
-                self.alloc_cursor = i + 1;
-                return seg;
+                out.push((i, seg));
             }
         }
-        self.free.iter().next().copied().unwrap_or(0)
+        if out.is_empty() {
+            if let Some(&seg) = self.free.iter().next() {
+                out.push((self.alloc_cursor, seg));
+            }
+        }
+        out
+    }
+
+    /// Allocate the host's backing store for pool segment `seg` on its PV in every failure
+    /// group that is up. `Ok(false)`: the host file system has no room for it now.
+    pub fn back_segment(&self, seg: u64) -> Result<bool> {
+        for fg in self.pvs.groups() {
+            if self.pvs.group_failed(fg) {
+                continue;
+            }
+            let Some((pv, pv_seg)) = self.pvs.locate_in(fg, seg) else {
+                continue;
+            };
+            let off = self.pvs.offset(pv, pv_seg, 0)?;
+            let dev = &self.pvs.pv(pv)?.dev;
+            if let Err(e) = dev.reserve(off, SEG_BLOCKS * BLOCK_U64) {
+                if is_no_space(&e) {
+                    tracing::debug!("segment {seg} cannot be backed now: {e}");
+                    return Ok(false);
+                }
+                // Any other failure shows up again, and is handled, when the segment is written.
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Take a free segment for a new append head, with its backing store allocated on the
+    /// host (so writing it cannot fail with ENOSPC on a sparse PV file). Placement does not
+    /// depend on backing: the usual candidate is taken if it can be backed. One of the
+    /// segments kept backed for checkpoints (`backed`) goes to the data stream only while more
+    /// than the reserve remain, to the cleaner while more than half, unless another free
+    /// segment can be backed in its place.
+    fn take_segment(&mut self, which: StreamId) -> Result<u64> {
+        let free = &self.free;
+        self.backed.retain(|s| free.contains(s));
+        let floor = match which {
+            StreamId::Data => self.reserve,
+            StreamId::Gc => self.reserve / 2,
+            StreamId::Meta => 0,
+        };
+        let spare_backed = self.backed.len() as u64 > floor;
+        for (i, seg) in self.free_candidates() {
+            let ok = if self.backed.contains(&seg) {
+                spare_backed || self.back_instead_of(seg)?
+            } else {
+                self.back_segment(seg)?
+            };
+            if ok {
+                self.alloc_cursor = i + 1;
+                self.backed.remove(&seg);
+                return Ok(seg);
+            }
+        }
+        if spare_backed {
+            if let Some(seg) = self.backed.pop_last() {
+                return Ok(seg);
+            }
+        }
+        Err(PoolError::NoSpace(format!(
+            "the host file system holding the PVs is full: no backing store for a new {which:?} segment ({} pool segments free)",
+            self.free.len()
+        )))
+    }
+
+    /// Back the highest free segment not yet backed, to take the place of `seg` among the
+    /// segments kept for checkpoints. `Ok(false)`: the host has no room for it.
+    fn back_instead_of(&mut self, seg: u64) -> Result<bool> {
+        let Some(&other) = self
+            .free
+            .iter()
+            .rev()
+            .find(|s| **s != seg && !self.backed.contains(s))
+        else {
+            return Ok(false);
+        };
+        if !self.back_segment(other)? {
+            return Ok(false);
+        }
+        self.backed.insert(other);
+        Ok(true)
+    }
+
+    /// Keep `reserve` free segments backed on the host, so a checkpoint can always be written
+    /// even once the host file system is full. Best effort: stops at the first refusal.
+    pub fn top_up_backing(&mut self) {
+        if self.opts.read_only {
+            return;
+        }
+        let free = &self.free;
+        self.backed.retain(|s| free.contains(s));
+        let want = usize::try_from(self.reserve).unwrap_or(usize::MAX);
+        if self.backed.len() >= want {
+            return;
+        }
+        let cands: Vec<u64> = self
+            .free
+            .iter()
+            .rev()
+            .filter(|s| !self.backed.contains(s))
+            .take(want - self.backed.len())
+            .copied()
+            .collect();
+        for seg in cands {
+            match self.back_segment(seg) {
+                Ok(true) => {
+                    self.backed.insert(seg);
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        "host file system is full: {} of {want} segments kept for checkpoints are backed",
+                        self.backed.len()
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("backing segment {seg}: {e}");
+                    return;
+                }
+            }
+        }
     }
 
     /// Open a new segment for a stream. Segments are taken round-robin over the PVs so an LU's
@@ -343,13 +529,13 @@ impl Inner {
                 "no free segment for {which:?} ({} free, {} reserved for metadata, {} in pool)",
                 self.free.len(),
                 self.reserve,
-                self.segs.len() - 1
+                self.segs.len().saturating_sub(1)
             )));
         }
-        let seg = self.pick_free_segment();
+        let seg = self.take_segment(which)?;
         self.free.remove(&seg);
         let gen = self.generation;
-        let e = self.seg_mut(seg);
+        let e = self.seg_mut(seg)?;
         e.state = if which == StreamId::Meta {
             SEG_META
         } else {
@@ -368,8 +554,7 @@ impl Inner {
                 },
             );
         }
-        let s = &mut self.streams[which as usize];
-        *s = Stream {
+        *self.stream_mut(which) = Stream {
             seg,
             next: 0,
             buf_slot: 0,
@@ -381,7 +566,7 @@ impl Inner {
 
     /// Whether appending one block to `which` needs a fresh segment.
     pub fn needs_segment(&self, which: StreamId) -> bool {
-        let s = &self.streams[which as usize];
+        let s = self.stream(which);
         s.seg == 0 || s.next >= SEG_BLOCKS
     }
 
@@ -392,7 +577,7 @@ impl Inner {
             self.poison(r)?;
             self.open_segment(which)?;
         }
-        let s = &mut self.streams[which as usize];
+        let s = self.stream_mut(which);
         let pba = seg_start(s.seg) + s.next;
         s.buf.extend_from_slice(block);
         s.next += 1;
@@ -407,16 +592,16 @@ impl Inner {
 
     /// Write a stream's buffered blocks to their PV (not yet durable).
     pub fn write_out(&mut self, which: StreamId) -> Result<()> {
-        let s = &self.streams[which as usize];
+        let s = self.stream(which);
         if s.seg == 0 || s.buf.is_empty() {
             return Ok(());
         }
         let pba = seg_start(s.seg) + s.buf_slot;
-        let buf = std::mem::take(&mut self.streams[which as usize].buf);
+        let buf = std::mem::take(&mut self.stream_mut(which).buf);
         let r = self.put_run(pba, &buf);
-        self.streams[which as usize].buf = buf;
+        self.stream_mut(which).buf = buf;
         r?;
-        let s = &mut self.streams[which as usize];
+        let s = self.stream_mut(which);
         s.buf.clear();
         s.buf_slot = s.next;
         Ok(())
@@ -464,7 +649,9 @@ impl Inner {
         let (seg, slot) = split(pba);
         self.load_summary(seg)?;
         if let Some(s) = self.summaries.get_mut(&seg) {
-            s.tags[slot as usize] = vba;
+            if let Some(t) = s.tags.get_mut(slot as usize) {
+                *t = vba;
+            }
             s.dirty = true;
         }
         Ok(())

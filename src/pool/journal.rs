@@ -1,5 +1,9 @@
 //! The journal ring: records are batched into 4096-byte blocks and written in sequence.
 //! A block, once written, is never rewritten while the checkpoint that precedes it is current.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 use super::error::{PoolError, Result};
 use super::inner::Inner;
@@ -71,7 +75,7 @@ impl Inner {
         let mut written = 0;
         let mut err = None;
         for pv in std::iter::once(self.journal.pv).chain(self.journal.mirror) {
-            if self.pvs.pvs[usize::from(pv)].failed.is_some() {
+            if self.pvs.pv(pv)?.failed.is_some() {
                 continue;
             }
             match self.pvs.write(pv, off, &buf) {
@@ -83,6 +87,8 @@ impl Inner {
             }
         }
         if let Some(e) = err {
+            // The batch's records are gone from memory: whatever the cause, stop here.
+            self.poisoned.get_or_insert_with(|| e.to_string());
             return self.poison(Err(e));
         }
         if written == 0 {

@@ -107,7 +107,9 @@ impl Inner {
             );
         }
         let tick = self.map_tick;
-        let n = self.maps.get_mut(&vba).expect("inserted above");
+        let n = self.maps.get_mut(&vba).ok_or_else(|| {
+            PoolError::Internal(format!("map node {vba} vanished from the cache"))
+        })?;
         n.tick = tick;
         Ok(n)
     }
@@ -567,16 +569,24 @@ impl Inner {
                 return Ok(());
             }
             let (root, depth) = (v.map_root, v.map_depth);
-            let new_root = if root == 0 {
-                0
-            } else {
-                let r = self.new_map_node(depth, vol)?;
-                let n = self.maps.get_mut(&r).expect("new node");
-                n.entries[0] = root;
-                n.count = 1;
-                r
-            };
-            let v = self.vols.get_mut(&vol).expect("checked");
+            let new_root =
+                if root == 0 {
+                    0
+                } else {
+                    let r = self.new_map_node(depth, vol)?;
+                    let n = self.maps.get_mut(&r).ok_or_else(|| {
+                        PoolError::Internal(format!("new map node {r} not cached"))
+                    })?;
+                    *n.entries.first_mut().ok_or_else(|| {
+                        PoolError::Internal(format!("map node {r} has no entries"))
+                    })? = root;
+                    n.count = 1;
+                    r
+                };
+            let v = self
+                .vols
+                .get_mut(&vol)
+                .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
             v.map_root = new_root;
             v.map_depth = depth + 1;
             self.vols_dirty.insert(vol);

@@ -8,6 +8,11 @@
 //! in the segment table (`seg_flag_stale`) and every change is journaled (`SegStale`), as is a PV
 //! failing or coming back (`PvState`), so a crash never forgets what resync owes.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::pvs::split;
@@ -90,13 +95,63 @@ impl Inner {
             }
         }
         if out.is_empty() {
-            return Err(PoolError::Io {
-                dev: format!("pool segment {seg}"),
-                offset: 0,
-                source: std::io::Error::other("no failure group holds a good copy"),
+            // Name the failed PV that holds the segment, if that is why.
+            let failed = self.pvs.groups().into_iter().find_map(|fg| {
+                let (pv, _) = self.pvs.locate_in(fg, seg)?;
+                let p = self.pvs.pv(pv).ok()?;
+                Some((p.dev.name().to_owned(), p.failed.clone()?))
+            });
+            return Err(match failed {
+                Some((dev, why)) => PoolError::Io {
+                    dev,
+                    offset: 0,
+                    source: std::io::Error::other(format!("the PV has failed: {why}")),
+                },
+                None => PoolError::Io {
+                    dev: format!("pool segment {seg}"),
+                    offset: 0,
+                    source: std::io::Error::other("no failure group holds a good copy"),
+                },
             });
         }
         Ok(out)
+    }
+
+    /// Check every PV that is up against what was opened (see [`crate::dev::BlockDev::health`]:
+    /// file deleted, truncated, replaced or made read-only). Such a PV is failed: in a
+    /// mirrored pool its group goes degraded and the pool carries on; otherwise the pool stops
+    /// taking writes and reads of that PV fail with EIO naming it. Returns how many PVs failed.
+    pub fn check_pv_health(&mut self) -> usize {
+        let mut n = 0;
+        for i in 0..self.pvs.pvs.len() {
+            let Some(p) = self.pvs.pvs.get(i) else {
+                break;
+            };
+            if p.failed.is_some() {
+                continue;
+            }
+            let Err(why) = p.dev.health() else {
+                continue;
+            };
+            n += 1;
+            let err = PoolError::Io {
+                dev: p.dev.name().to_owned(),
+                offset: 0,
+                source: std::io::Error::other(why.clone()),
+            };
+            let Ok(pv) = u16::try_from(i) else {
+                break;
+            };
+            if let Err(e) = self.fail_pv(pv, err) {
+                // No other copy can stand in for it: nothing more may be written.
+                tracing::error!("{e}: the pool refuses writes, reads of this PV fail");
+                if let Some(p) = self.pvs.pvs.get_mut(i) {
+                    p.failed = Some(why);
+                }
+                self.poisoned.get_or_insert_with(|| e.to_string());
+            }
+        }
+        n
     }
 
     /// Read consecutive blocks of one segment from a good copy; on an I/O error try the next.
@@ -112,7 +167,7 @@ impl Inner {
                 }
             }
         }
-        Err(first_err.expect("at least one copy"))
+        Err(first_err.unwrap_or_else(|| PoolError::Internal(format!("no copy of block {pba}"))))
     }
 
     /// Read one block, accepting only data that passes `good`; a bad copy is repaired from a
@@ -150,7 +205,7 @@ impl Inner {
                 }
             }
         }
-        Err(first_err.expect("at least one copy"))
+        Err(first_err.unwrap_or_else(|| PoolError::Internal(format!("no copy of block {pba}"))))
     }
 
     /// Replay of a block written since the last checkpoint: a crash may have come between the
@@ -207,6 +262,8 @@ impl Inner {
             let off = self.pvs.offset(pv, pv_seg, slot)?;
             match self.pvs.write(pv, off, buf) {
                 Ok(()) => written += 1,
+                // Not a failed PV: the caller keeps the blocks and the client gets ENOSPC.
+                Err(e @ PoolError::NoSpace(_)) => return Err(e),
                 Err(e) => {
                     last_err = Some(e.to_string());
                     self.fail_pv(pv, e)?;
@@ -229,7 +286,7 @@ impl Inner {
     pub fn put_all_pvs(&mut self, off: u64, buf: &[u8]) -> Result<()> {
         let mut written = 0;
         for i in 0..self.pvs.pvs.len() as u16 {
-            if self.pvs.pvs[usize::from(i)].failed.is_some() {
+            if self.pvs.pv(i)?.failed.is_some() {
                 continue;
             }
             match self.pvs.write(i, off, buf) {
@@ -250,7 +307,7 @@ impl Inner {
     /// Sync every PV that is up; one failing degrades its group (mirrored) or is an error.
     pub fn sync_pvs(&mut self) -> Result<()> {
         for i in 0..self.pvs.pvs.len() as u16 {
-            let p = &self.pvs.pvs[usize::from(i)];
+            let p = self.pvs.pv(i)?;
             if p.failed.is_some() {
                 continue;
             }
@@ -270,7 +327,7 @@ impl Inner {
     /// goes degraded: the failure and every segment its copy may now lack are journaled, and
     /// the pool carries on. Otherwise `err` is returned.
     pub fn fail_pv(&mut self, pv: u16, err: PoolError) -> Result<()> {
-        let fg = self.pvs.pvs[usize::from(pv)].sb.fg_id;
+        let fg = self.pvs.pv(pv)?.sb.fg_id;
         let others_ok = self
             .pvs
             .groups()
@@ -279,7 +336,7 @@ impl Inner {
         if !self.pvs.mirrored() || !others_ok {
             return Err(err);
         }
-        if self.pvs.pvs[usize::from(pv)].failed.is_some() {
+        if self.pvs.pv(pv)?.failed.is_some() {
             return Ok(());
         }
         tracing::error!(
@@ -287,7 +344,9 @@ impl Inner {
             self.pvs.name(pv),
             self.pvs.group_name(fg)
         );
-        self.pvs.pvs[usize::from(pv)].failed = Some(err.to_string());
+        if let Some(p) = self.pvs.pvs.get_mut(usize::from(pv)) {
+            p.failed = Some(err.to_string());
+        }
         self.journal_append(Record::PvState {
             pv: u32::from(pv),
             failed: 1,
@@ -298,7 +357,7 @@ impl Inner {
         let since = self.generation;
         let mut stale: Vec<u64> = (1..self.segs.len() as u64)
             .filter(|&s| {
-                let e = &self.segs[s as usize];
+                let e = self.seg(s);
                 e.state != SEG_FREE && e.seq >= since
             })
             .collect();
@@ -326,10 +385,12 @@ impl Inner {
     }
 
     pub fn apply_seg_stale(&mut self, seg: u64, fg: u32, stale: bool) {
-        if seg == 0 || seg as usize >= self.segs.len() {
+        if seg == 0 {
             return;
         }
-        let e = self.seg_mut(seg);
+        let Ok(e) = self.seg_mut(seg) else {
+            return;
+        };
         if stale {
             e.flags |= seg_flag_stale(fg);
         } else {
@@ -356,8 +417,10 @@ impl Inner {
             if self.pvs.group_failed(fg) {
                 continue;
             }
-            n += self.segs[1..]
+            n += self
+                .segs
                 .iter()
+                .skip(1)
                 .filter(|e| e.state != SEG_FREE && e.flags & seg_flag_stale(fg) != 0)
                 .count() as u64;
         }
@@ -385,7 +448,7 @@ impl Inner {
                 if done.len() >= max {
                     break 'groups;
                 }
-                if self.segs[seg as usize].state == SEG_FREE {
+                if self.seg(seg).state == SEG_FREE {
                     // Nothing to copy: a free segment is rewritten from scratch when reused.
                     done.push((seg, fg));
                     continue;
@@ -398,7 +461,9 @@ impl Inner {
                 let Some(src) = src else {
                     continue; // no good copy anywhere: check and scrub report it
                 };
-                let (spv, sseg) = self.pvs.locate_in(src, seg).expect("segment in group");
+                let (spv, sseg) = self.pvs.locate_in(src, seg).ok_or_else(|| {
+                    PoolError::Invalid(format!("segment {seg} is beyond failure group {src}"))
+                })?;
                 let (dpv, dseg) = self.pvs.locate_in(fg, seg).ok_or_else(|| {
                     PoolError::Invalid(format!("segment {seg} is beyond failure group {fg}"))
                 })?;
@@ -452,19 +517,26 @@ impl Inner {
     pub fn retry_failed(&mut self) -> Result<usize> {
         let mut back = 0;
         for i in 0..self.pvs.pvs.len() {
-            let p = &self.pvs.pvs[i];
+            let Some(p) = self.pvs.pvs.get(i) else {
+                break;
+            };
             if p.failed.is_none() {
                 continue;
             }
-            let ok = super::open::read_superblock(p.dev.as_ref())
-                .map(|sb| sb.pv_id == p.sb.pv_id && sb.pool_id == self.pool_id)
-                .unwrap_or(false)
+            // A PV whose file was deleted, truncated or replaced stays failed; one made
+            // writable again (chmod, remount) passes its health check and rejoins.
+            let ok = p.dev.health().is_ok()
+                && super::open::read_superblock(p.dev.as_ref())
+                    .map(|sb| sb.pv_id == p.sb.pv_id && sb.pool_id == self.pool_id)
+                    .unwrap_or(false)
                 && p.dev.sync().is_ok();
             if !ok {
                 continue;
             }
             tracing::info!("PV {} is back: resyncing its failure group", p.dev.name());
-            self.pvs.pvs[i].failed = None;
+            if let Some(p) = self.pvs.pvs.get_mut(i) {
+                p.failed = None;
+            }
             self.journal_append(Record::PvState {
                 pv: i as u32,
                 failed: 0,

@@ -510,7 +510,18 @@ impl Pool {
         Ok(())
     }
 
-    /// Run [`Pool::maintenance`] every `period` on a thread until the pool is dropped.
+    /// Check each PV is still the file that was opened, whole and writable; a PV that is not
+    /// is failed (see `Inner::check_pv_health`). Returns how many PVs failed now.
+    pub fn check_pv_health(&self) -> usize {
+        let mut g = self.lock();
+        if g.opts.read_only {
+            return 0;
+        }
+        g.check_pv_health()
+    }
+
+    /// Run [`Pool::check_pv_health`] and [`Pool::maintenance`] every `period` on a thread
+    /// until the pool is dropped.
     pub fn spawn_cleaner(
         self: &Arc<Self>,
         period: std::time::Duration,
@@ -519,6 +530,7 @@ impl Pool {
         std::thread::spawn(move || loop {
             std::thread::sleep(period);
             let Some(p) = weak.upgrade() else { return };
+            p.check_pv_health();
             if let Err(e) = p.maintenance() {
                 tracing::warn!("cleaner: {e}");
             }
@@ -535,7 +547,7 @@ impl Pool {
 
     /// The pool's name.
     pub fn name(&self) -> String {
-        self.lock().pvs.pvs[0].sb.pool_name.clone()
+        self.lock().pool_name()
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -563,7 +575,7 @@ impl Pool {
             + c.journal_blocks_written) as f64
             / user;
         PoolStatus {
-            name: g.pvs.pvs[0].sb.pool_name.clone(),
+            name: g.pool_name(),
             pool_id: hex(&g.pool_id),
             pvs: g
                 .pvs

@@ -1,5 +1,9 @@
 //! Creating a pool on fresh PVs, and opening one: pick the newest valid superblock and
 //! checkpoint, load the tables, replay the journal, and commit a fresh checkpoint.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 use super::error::{PoolError, Result};
 use super::inner::{Counters, Inner, Stream};
@@ -164,6 +168,21 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
             pool_name: copts.name.clone(),
         };
         first += g.pv_segments;
+        // Superblocks, journal ring and checkpoint slots are rewritten in place for the
+        // pool's life: give them their backing store now, so a full host cannot refuse them.
+        dev.reserve(0, g.data_offset).map_err(|e| {
+            if crate::dev::is_no_space(&e) {
+                PoolError::NoSpace(format!(
+                    "no room on the host for the PV's metadata area: {e}"
+                ))
+            } else {
+                PoolError::Io {
+                    dev: dev.name().to_owned(),
+                    offset: 0,
+                    source: e,
+                }
+            }
+        })?;
         let buf = sb.encode();
         let io = |off| {
             dev.write_at(&buf, off).map_err(|e| PoolError::Io {
@@ -204,6 +223,7 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
     for seg in 1..=total {
         inner.segs_dirty.insert(seg);
     }
+    inner.top_up_backing();
     inner.checkpoint()?;
     Ok(inner)
 }
@@ -238,7 +258,7 @@ fn assemble(
         durable_seq: ck.journal_seq.saturating_sub(1),
     };
     let free: BTreeSet<u64> = (1..segs.len() as u64)
-        .filter(|&s| segs[s as usize].state == SEG_FREE)
+        .filter(|&s| segs.get(s as usize).is_some_and(|e| e.state == SEG_FREE))
         .collect();
     let names: HashMap<String, u64> = vols.values().map(|v| (v.name.clone(), v.id)).collect();
     let total = segs.len() as u64 - 1;
@@ -284,6 +304,7 @@ fn assemble(
         reuse: Default::default(),
         mirror: Default::default(),
         alloc_cursor: 0,
+        backed: BTreeSet::new(),
         opts,
     })
 }
@@ -343,17 +364,21 @@ fn place_pvs(
     let mut out: Vec<Option<Pv>> = (0..n).map(|_| None).collect();
     for p in pvs {
         let i = p.sb.pv_index as usize;
-        if out[i].is_some() {
+        // `pvs` holds only indexes below `n` (filtered above).
+        let Some(slot) = out.get_mut(i) else {
+            continue;
+        };
+        if slot.is_some() {
             return Err(PoolError::Config(format!(
                 "two PVs claim index {i} ({})",
                 p.dev.name()
             )));
         }
-        out[i] = Some(p);
+        *slot = Some(p);
     }
     let template = out.iter().flatten().next().map(|p| p.sb.clone());
     for i in 0..n {
-        if out[i].is_some() {
+        if out.get(i).is_none_or(Option::is_some) {
             continue;
         }
         let entry = ck.pv_table.iter().find(|e| e.pv_index as usize == i);
@@ -394,7 +419,9 @@ fn place_pvs(
         );
         let mut p = Pv::new(dev, sb);
         p.failed = Some(why);
-        out[i] = Some(p);
+        if let Some(slot) = out.get_mut(i) {
+            *slot = Some(p);
+        }
     }
     let mut pvs: Vec<Pv> = out.into_iter().flatten().collect();
     for e in &ck.pv_table {
@@ -419,21 +446,20 @@ fn place_pvs(
 /// copy older or torn: rewrite it from the copy that won, one copy at a time, synced.
 fn repair_superblocks(inner: &mut Inner) -> Result<()> {
     for i in 0..inner.pvs.pvs.len() {
-        if inner.pvs.pvs[i].failed.is_some() {
+        let Some(pv) = inner.pvs.pvs.get(i).filter(|p| p.failed.is_none()) else {
             continue;
-        }
-        let want = inner.pvs.pvs[i].sb.encode();
+        };
+        let want = pv.sb.encode();
+        let dev = pv.dev.clone();
         for off in SB_OFFSETS {
             let mut buf = vec![0u8; BLOCK];
-            let p = &inner.pvs.pvs[i];
-            if p.dev.read_at(&mut buf, off).is_ok() && buf == want {
+            if dev.read_at(&mut buf, off).is_ok() && buf == want {
                 continue;
             }
             tracing::warn!(
                 "{}: superblock copy at {off} is stale or damaged (an interrupted rewrite): rewriting it",
-                p.dev.name()
+                dev.name()
             );
-            let dev = p.dev.clone();
             let r = inner.pvs.write(i as u16, off, &want).and_then(|_| {
                 dev.sync().map_err(|e| PoolError::Io {
                     dev: dev.name().to_owned(),
@@ -484,7 +510,9 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
             .map(|(_, e)| e)
             .unwrap_or_else(|| PoolError::Invalid("no PVs given".into())));
     }
-    let pool_id = pvs[0].sb.pool_id;
+    let Some(pool_id) = pvs.first().map(|p| p.sb.pool_id) else {
+        return Err(PoolError::Invalid("no PVs given".into()));
+    };
     if let Some(p) = pvs.iter().find(|p| p.sb.pool_id != pool_id) {
         return Err(PoolError::Config(format!(
             "{} belongs to another pool",
@@ -511,7 +539,7 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     if !opts.read_only {
         tracing::info!(
             "pool {} last written by host {:08x}, incarnation {}, at {}; opening as host {:08x}, incarnation {}",
-            pvs[0].sb.pool_name,
+            pvs.first().map_or("?", |p| p.sb.pool_name.as_str()),
             ck.writer.host_id,
             ck.writer.incarnation,
             fmt_time(ck.timestamp),
@@ -567,7 +595,12 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     inner.names = vols.values().map(|v| (v.name.clone(), v.id)).collect();
     inner.vols = vols;
     inner.free = (1..inner.segs.len() as u64)
-        .filter(|&s| inner.segs[s as usize].state == SEG_FREE)
+        .filter(|&s| {
+            inner
+                .segs
+                .get(s as usize)
+                .is_some_and(|e| e.state == SEG_FREE)
+        })
         .collect();
 
     // Replay.
@@ -593,10 +626,14 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     }
     // Segments that were free at the checkpoint but received blocks since are in use now.
     for seg in 1..inner.segs.len() as u64 {
-        if inner.segs[seg as usize].state == SEG_FREE && inner.segs[seg as usize].live > 0 {
+        let reused = inner
+            .segs
+            .get(seg as usize)
+            .is_some_and(|e| e.state == SEG_FREE && e.live > 0);
+        if reused {
             inner.free.remove(&seg);
             let gen = inner.generation;
-            let e = inner.seg_mut(seg);
+            let e = inner.seg_mut(seg)?;
             e.state = crate::format::node::SEG_DATA;
             e.seq = gen;
         }
@@ -633,6 +670,13 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
             inner.log_and_apply(crate::format::journal::Record::VolRemove { id })?;
         }
         repair_superblocks(&mut inner)?;
+        // Pools created before the metadata area was reserved, or PVs restored sparse.
+        for p in inner.pvs.pvs.iter().filter(|p| p.failed.is_none()) {
+            if let Err(e) = p.dev.reserve(0, p.sb.data_offset) {
+                tracing::warn!("cannot back the metadata area of {}: {e}", p.dev.name());
+            }
+        }
+        inner.top_up_backing();
         inner.checkpoint()?;
     }
     Ok(inner)

@@ -5,6 +5,11 @@
 //! ancestors) stay pinned until a checkpoint writes them to new places, bottom-up, so each parent
 //! records its children's new address and checksum.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::Result;
 use crate::format::checkpoint::Root;
 use crate::format::node::{
@@ -188,13 +193,19 @@ impl<E: Entry> PhysTree<E> {
         }) = self.pages.get_mut(&(0, pidx))
         {
             *tick = self.tick;
-            return Ok(v[(index % E::PER_PAGE as u64) as usize].clone());
+            return Ok(v
+                .get((index % E::PER_PAGE as u64) as usize)
+                .cloned()
+                .unwrap_or_default());
         }
         if !self.load(io, 0, pidx, false)? {
             return Ok(E::default());
         }
         match self.pages.get(&(0, pidx)).map(|c| &c.page) {
-            Some(Page::Leaf(v)) => Ok(v[(index % E::PER_PAGE as u64) as usize].clone()),
+            Some(Page::Leaf(v)) => Ok(v
+                .get((index % E::PER_PAGE as u64) as usize)
+                .cloned()
+                .unwrap_or_default()),
             _ => Ok(E::default()),
         }
     }
@@ -220,11 +231,13 @@ impl<E: Entry> PhysTree<E> {
             let mut ptrs = vec![Ptr::default(); PTR_FANOUT];
             // The old root becomes child 0 of the new root; if it was on disk, point at it.
             if self.root.depth == self.depth {
-                ptrs[0] = Ptr {
-                    pba: self.root.pba,
-                    crc: self.root.crc,
-                    aux: 0,
-                };
+                if let Some(first) = ptrs.first_mut() {
+                    *first = Ptr {
+                        pba: self.root.pba,
+                        crc: self.root.crc,
+                        aux: 0,
+                    };
+                }
             }
             self.pages.insert(
                 (self.depth, 0),
@@ -282,7 +295,7 @@ impl<E: Entry> PhysTree<E> {
             ..
         }) = self.pages.get_mut(&(0, pidx))
         {
-            v[(index % E::PER_PAGE as u64) as usize] = e;
+            *leaf_slot(v, index)? = e;
             return Ok(());
         }
         self.load_path(io, 0, pidx)?;
@@ -291,7 +304,7 @@ impl<E: Entry> PhysTree<E> {
             ..
         }) = self.pages.get_mut(&(0, pidx))
         {
-            v[(index % E::PER_PAGE as u64) as usize] = e;
+            *leaf_slot(v, index)? = e;
         }
         self.mark_dirty_path(0, pidx);
         Ok(())
@@ -391,7 +404,9 @@ impl<E: Entry> PhysTree<E> {
                 ..
             }) = self.pages.get_mut(&(level + 1, idx / PTR_FANOUT as u64))
             {
-                p[(idx % PTR_FANOUT as u64) as usize] = Ptr { pba, crc, aux: 0 };
+                if let Some(slot) = p.get_mut((idx % PTR_FANOUT as u64) as usize) {
+                    *slot = Ptr { pba, crc, aux: 0 };
+                }
             }
         }
         self.dirty = 0;
@@ -557,4 +572,13 @@ mod entries {
             self.id == 0
         }
     }
+}
+
+/// The entry for `index` in its leaf page (a page decoded short is an error, not a panic).
+fn leaf_slot<E: Entry>(v: &mut [E], index: u64) -> Result<&mut E> {
+    let at = (index % E::PER_PAGE as u64) as usize;
+    let len = v.len();
+    v.get_mut(at).ok_or_else(|| {
+        super::error::PoolError::Internal(format!("entry {at} of a {len}-entry table page"))
+    })
 }

@@ -26,6 +26,20 @@ impl Pv {
             failed: None,
         }
     }
+
+    /// An I/O error on this PV, saying what changed under it if its health check fails (a
+    /// deleted or truncated file fails reads and writes for that reason).
+    pub fn io_error(&self, offset: u64, e: std::io::Error) -> PoolError {
+        let source = match self.dev.health() {
+            Err(why) => std::io::Error::new(e.kind(), format!("{e} ({why})")),
+            Ok(()) => e,
+        };
+        PoolError::Io {
+            dev: self.dev.name().to_owned(),
+            offset,
+            source,
+        }
+    }
 }
 
 /// The opened PVs, indexed by `pv_index`. Each failure group lays pool segments 1.. over its own
@@ -52,6 +66,12 @@ impl PvSet {
             .ok_or_else(|| PoolError::Invalid(format!("PV index {idx} is not in the pool")))
     }
 
+    pub fn pv_mut(&mut self, idx: u16) -> Result<&mut Pv> {
+        self.pvs
+            .get_mut(usize::from(idx))
+            .ok_or_else(|| PoolError::Invalid(format!("PV index {idx} is not in the pool")))
+    }
+
     /// Byte offset on a PV of a slot of one of its segments.
     pub fn offset(&self, pv: u16, pv_seg: u32, slot: u64) -> Result<u64> {
         let p = self.pv(pv)?;
@@ -65,19 +85,19 @@ impl PvSet {
 
     pub fn read(&self, pv: u16, off: u64, buf: &mut [u8]) -> Result<()> {
         let p = self.pv(pv)?;
-        p.dev.read_at(buf, off).map_err(|e| PoolError::Io {
-            dev: p.dev.name().to_owned(),
-            offset: off,
-            source: e,
-        })
+        p.dev.read_at(buf, off).map_err(|e| p.io_error(off, e))
     }
 
+    /// Write to a PV. A host file system without room gives [`PoolError::NoSpace`] (the
+    /// caller keeps the data and reports ENOSPC); any other failure is an I/O error.
     pub fn write(&self, pv: u16, off: u64, buf: &[u8]) -> Result<()> {
         let p = self.pv(pv)?;
-        p.dev.write_at(buf, off).map_err(|e| PoolError::Io {
-            dev: p.dev.name().to_owned(),
-            offset: off,
-            source: e,
+        p.dev.write_at(buf, off).map_err(|e| {
+            if crate::dev::is_no_space(&e) {
+                PoolError::NoSpace(format!("the host file system is full: {e}"))
+            } else {
+                p.io_error(off, e)
+            }
         })
     }
 

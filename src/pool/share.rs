@@ -13,6 +13,11 @@
 //!
 //! Reading the counters never scans anything.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::maps::entry_span;
@@ -69,7 +74,12 @@ impl Inner {
             }
             level -= 1;
             let s = ((lba / entry_span(level)) % FANOUT) as usize;
-            cur = self.map_node(cur, level)?.entries[s];
+            cur = self
+                .map_node(cur, level)?
+                .entries
+                .get(s)
+                .copied()
+                .unwrap_or(0);
         }
         Ok(cur)
     }
@@ -97,7 +107,12 @@ impl Inner {
                 return Ok(Some((self.map_node(cur, 0)?.entries.clone(), cur)));
             }
             let s = ((lba / entry_span(level)) % FANOUT) as usize;
-            cur = self.map_node(cur, level)?.entries[s];
+            cur = self
+                .map_node(cur, level)?
+                .entries
+                .get(s)
+                .copied()
+                .unwrap_or(0);
         }
         Ok(None)
     }
@@ -158,18 +173,19 @@ impl Inner {
                     continue;
                 };
                 let same_leaf = their_vba == my_vba;
-                for i in 0..MAP_FANOUT {
-                    if map_entry_is_ref(mine[i]) && (same_leaf || theirs[i] == mine[i]) {
-                        count[i] = count[i].saturating_add(1);
-                        who[i] = m;
+                let slots = count.iter_mut().zip(who.iter_mut());
+                for ((c, w), (&e, &t)) in slots.zip(mine.iter().zip(theirs.iter())) {
+                    if map_entry_is_ref(e) && (same_leaf || t == e) {
+                        *c = c.saturating_add(1);
+                        *w = m;
                     }
                 }
             }
-            for i in 0..MAP_FANOUT {
-                if count[i] == 1 {
+            for (&c, &w) in count.iter().zip(who.iter()) {
+                if c == 1 {
                     match credit.last_mut() {
-                        Some((h, n)) if *h == who[i] => *n += 1,
-                        _ => credit.push((who[i], 1)),
+                        Some((h, n)) if *h == w => *n += 1,
+                        _ => credit.push((w, 1)),
                     }
                 }
             }
@@ -314,8 +330,9 @@ impl Inner {
                 _ => {
                     for l in lo..hi {
                         let i = (l - leaf_start) as usize;
-                        let ea = la.as_ref().map(|(e, _)| e[i]).unwrap_or(0);
-                        let eb = lb.as_ref().map(|(e, _)| e[i]).unwrap_or(0);
+                        let ea = la.as_ref().and_then(|(e, _)| e.get(i).copied());
+                        let eb = lb.as_ref().and_then(|(e, _)| e.get(i).copied());
+                        let (ea, eb) = (ea.unwrap_or(0), eb.unwrap_or(0));
                         if ea != eb {
                             push(l, &mut runs);
                         }
@@ -367,7 +384,7 @@ impl Inner {
         Ok(per_vol
             .into_iter()
             .map(|(id, vbas)| {
-                let owned = vbas.iter().filter(|v| holders[v] == 1).count() as u64;
+                let owned = vbas.iter().filter(|v| holders.get(v) == Some(&1)).count() as u64;
                 (id, vbas.len() as u64, owned)
             })
             .collect())

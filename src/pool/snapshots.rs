@@ -1,6 +1,11 @@
 //! Snapshots (`LU@SNAP`), client images, linked clones, and what `file stat`, `file layout`
 //! and `diff` report about sharing. Everything here but image capture is metadata only.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::{validate_name, LuInfo, Pool};
 use crate::format::journal::Record;
@@ -150,7 +155,7 @@ impl Pool {
                     "{base} is a snapshot: snapshots of snapshots are made by cloning it first"
                 )));
             }
-            if g.names.contains_key(name) || names[..i].contains(&name) {
+            if g.names.contains_key(name) || names.iter().take(i).any(|n| *n == name) {
                 return Err(PoolError::Exists(format!("snapshot {name} already exists")));
             }
             plan.push((b.id, name));
@@ -353,19 +358,20 @@ impl Pool {
                 )));
             }
             let mapped = g.map_range(src, lba, n)?;
-            let mut i = 0;
-            while i < mapped.len() {
-                let mut j = i + 1;
-                while j < mapped.len() && mapped[j].0 == mapped[j - 1].0 + 1 {
-                    j += 1;
+            // Runs of consecutive mapped blocks, each copied with one read and one write.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for &(lba, _) in &mapped {
+                match runs.last_mut() {
+                    Some((first, count)) if *first + *count == lba => *count += 1,
+                    _ => runs.push((lba, 1)),
                 }
-                let (first, count) = (mapped[i].0, (j - i) as u64);
-                buf.resize((count * BLOCK_U64) as usize, 0);
+            }
+            for (first, count) in runs {
                 let off = first * BLOCK_U64;
                 let len = (count * BLOCK_U64).min(size - off) as usize;
-                g.read(src, off, &mut buf[..len])?;
-                g.write_any(dst, off, &buf[..len])?;
-                i = j;
+                buf.resize(len, 0);
+                g.read(src, off, &mut buf)?;
+                g.write_any(dst, off, &buf)?;
             }
             g.trim_caches();
             drop(g);
@@ -499,7 +505,7 @@ impl Pool {
                         Some(p) if last_pba + 1 == pba => p.blocks += 1,
                         _ => placement.push(Placement {
                             pv: g.pvs.name(pv),
-                            failure_group: g.pvs.pvs[usize::from(pv)].sb.fg_name.clone(),
+                            failure_group: g.pvs.pv(pv)?.sb.fg_name.clone(),
                             offset,
                             blocks: 1,
                         }),

@@ -5,6 +5,10 @@
 //! Reads and writes run inline on the connection's task (no thread hand-off per request);
 //! flushes, FUA writes, trims, zeroing, block status and reads that wait for the device run on
 //! blocking threads, concurrently (bounded). Replies may come back out of order.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 use super::catalog::PoolCatalog;
 use crate::format::BLOCK_U64;
@@ -69,7 +73,7 @@ where
         if n == 0 {
             return Ok(Outcome::Closed); // left during the handshake
         }
-        let step = hs.input(&buf[..n], catalog)?;
+        let step = hs.input(buf.get(..n).unwrap_or_default(), catalog)?;
         s.write_all(&step.output).await?;
         s.flush().await?;
         match step.event {
@@ -220,7 +224,7 @@ impl Replies {
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        self.buf.get(..self.len).unwrap_or_default()
     }
 
     /// Append `n` bytes for the caller to fill (with stale contents, not zeroes).
@@ -230,7 +234,7 @@ impl Replies {
             self.buf.resize(end, 0);
         }
         let at = std::mem::replace(&mut self.len, end);
-        &mut self.buf[at..end]
+        self.buf.get_mut(at..end).unwrap_or_default()
     }
 
     /// Append what `f` encodes (only when it succeeds).
@@ -413,7 +417,7 @@ where
     let result: Result<(), SessionError> = 'conn: loop {
         // Serve every complete request received so far.
         let need = loop {
-            let avail = &inbuf[pos..];
+            let avail = inbuf.get(pos..).unwrap_or_default();
             let (req, hlen) = match decode_request_with_limit(avail, extended, max) {
                 Ok(Decoded::Complete { value, consumed }) => (value, consumed),
                 Ok(Decoded::Incomplete { need }) => break need,
@@ -423,7 +427,7 @@ where
             if avail.len() < hlen + plen {
                 break hlen + plen - avail.len();
             }
-            let payload = &avail[hlen..hlen + plen];
+            let payload = avail.get(hlen..hlen + plen).unwrap_or_default();
             pos += hlen + plen;
             if req.command() == Some(Command::Disc) {
                 // Let in-flight requests finish, make their writes durable, then close.
