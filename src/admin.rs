@@ -509,7 +509,7 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 
 /// One request line from an admin client.
 enum Line {
-    Line(Vec<u8>),
+    Complete(Vec<u8>),
     /// Longer than [`MAX_ADMIN_LINE`].
     TooLong,
     Eof,
@@ -550,7 +550,7 @@ impl LineReader {
                 return Ok(if line.len() > MAX_ADMIN_LINE {
                     Line::TooLong
                 } else {
-                    Line::Line(line)
+                    Line::Complete(line)
                 });
             }
             scanned = self.pending.len();
@@ -580,7 +580,7 @@ impl LineReader {
                 return Ok(if self.pending.is_empty() {
                     Line::Eof
                 } else {
-                    Line::Line(std::mem::take(&mut self.pending))
+                    Line::Complete(std::mem::take(&mut self.pending))
                 });
             }
             self.pending.extend_from_slice(&self.chunk[..n]);
@@ -619,7 +619,7 @@ pub fn handle_connection(stream: UnixStream, ctx: &AdminCtx) -> std::io::Result<
                 w.write_all(error_line(msg.clone())?.as_bytes())?;
                 return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
             }
-            Line::Line(l) => l,
+            Line::Complete(l) => l,
         };
         let outcome = match serde_json::from_slice::<serde_json::Value>(&line) {
             Err(e) => Outcome::Error(format!("malformed admin request: {e}")),

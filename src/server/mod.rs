@@ -265,9 +265,14 @@ impl RateLog {
 }
 
 /// Bytes in flight over all connections, counted in KiB (see [`Limits::max_total_inflight_bytes`]).
+///
+/// Connections wait for it without queueing (`freed` wakes them to try again): a connection
+/// waiting for a large amount must not hold up the small requests of others, as a fair
+/// semaphore's queue would.
 pub struct InflightBudget {
     pub(crate) sem: Arc<Semaphore>,
     pub(crate) kib: u32,
+    pub(crate) freed: Arc<tokio::sync::Notify>,
 }
 
 impl InflightBudget {
@@ -277,6 +282,7 @@ impl InflightBudget {
         InflightBudget {
             sem: Arc::new(Semaphore::new(kib as usize)),
             kib,
+            freed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 

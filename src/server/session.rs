@@ -255,6 +255,7 @@ struct Budget {
     conn_kib: u32,
     global: Arc<tokio::sync::Semaphore>,
     global_kib: u32,
+    global_freed: Arc<tokio::sync::Notify>,
 }
 
 /// Credit taken from a [`Budget`]; given back when dropped.
@@ -262,6 +263,18 @@ struct Budget {
 struct Credit {
     conn: Option<tokio::sync::OwnedSemaphorePermit>,
     global: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Wakes connections waiting for server-wide credit.
+    freed: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        if self.global.take().is_some() {
+            if let Some(f) = &self.freed {
+                f.notify_waiters();
+            }
+        }
+    }
 }
 
 impl Credit {
@@ -277,8 +290,12 @@ impl Credit {
                 (Some(_), None) => {}
             }
         }
-        merge(&mut self.conn, other.conn);
-        merge(&mut self.global, other.global);
+        let mut other = other;
+        merge(&mut self.conn, other.conn.take());
+        merge(&mut self.global, other.global.take());
+        if self.freed.is_none() {
+            self.freed = other.freed.take();
+        }
     }
 }
 
@@ -291,6 +308,7 @@ impl Budget {
             conn_kib,
             global: global.sem.clone(),
             global_kib: global.kib,
+            global_freed: global.freed.clone(),
         }
     }
 
@@ -314,6 +332,7 @@ impl Budget {
         Some(Credit {
             conn: Some(conn),
             global: Some(global),
+            freed: Some(self.global_freed.clone()),
         })
     }
 
@@ -325,15 +344,22 @@ impl Budget {
             .acquire_many_owned(Self::kib(bytes, self.conn_kib))
             .await
             .ok()?;
-        let global = self
-            .global
-            .clone()
-            .acquire_many_owned(Self::kib(bytes, self.global_kib))
-            .await
-            .ok()?;
+        let kib = Self::kib(bytes, self.global_kib);
+        let global = loop {
+            let freed = self.global_freed.notified();
+            tokio::pin!(freed);
+            // Registered before trying, so a release in between is not missed.
+            freed.as_mut().enable();
+            match self.global.clone().try_acquire_many_owned(kib) {
+                Ok(p) => break p,
+                Err(tokio::sync::TryAcquireError::NoPermits) => freed.await,
+                Err(tokio::sync::TryAcquireError::Closed) => return None,
+            }
+        };
         Some(Credit {
             conn: Some(conn),
             global: Some(global),
+            freed: Some(self.global_freed.clone()),
         })
     }
 
@@ -356,11 +382,7 @@ fn inflight_bytes(req: &Request, offloaded: bool, contexts: usize) -> u64 {
         }
         _ => 0,
     };
-    let payload = if offloaded {
-        u64::from(req.payload_len)
-    } else {
-        0
-    };
+    let payload = if offloaded { req.payload_len } else { 0 };
     reply.saturating_add(payload).saturating_add(REPLY_OVERHEAD)
 }
 
