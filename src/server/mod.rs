@@ -432,6 +432,10 @@ async fn serve_one(stream: Stream, shared: Arc<Shared>, peer: String) {
     };
     match r {
         Ok(()) => tracing::info!(peer, "client detached"),
+        // Timeouts are the limits doing their job: a flood of them must not flood the log.
+        Err(e @ (session::SessionError::HandshakeTimeout(_) | session::SessionError::Idle(_))) => {
+            tracing::info!(peer, "session closed: {e}")
+        }
         Err(e) => tracing::warn!(peer, "session ended: {e}"),
     }
 }
