@@ -729,10 +729,9 @@ where
             // `read_buf` reads nothing when cancelled, so a timeout loses no bytes.
             match tokio::time::timeout(limit, rd.read_buf(&mut inbuf)).await {
                 Ok(r) => break r,
-                // Idle: no request for `limit` and none outstanding.
-                Err(_) if budget.idle() && inbuf.is_empty() => {
-                    break 'conn Err(SessionError::Idle(limit))
-                }
+                // Idle: no bytes for `limit` (a request cut short counts too) and no request
+                // outstanding.
+                Err(_) if budget.idle() => break 'conn Err(SessionError::Idle(limit)),
                 Err(_) => {}
             }
         };
@@ -1094,6 +1093,58 @@ mod tests {
             m.done(1 << 20, Duration::from_micros(400));
         }
         assert!(m.inline());
+    }
+
+    #[tokio::test]
+    async fn budgets_bound_bytes_in_flight_and_serve_oversize_requests_alone() {
+        let global = super::super::InflightBudget::new(256 << 10);
+        let b = Budget::new(64 << 10, &global);
+        // Charged in KiB, at least 1.
+        let small = b.try_take(1).unwrap();
+        assert_eq!(b.conn.available_permits(), 63);
+        assert!(!b.idle());
+        drop(small);
+        assert!(b.idle());
+        // A request larger than the connection's budget takes all of it, and waits for all of it.
+        let a = b.try_take(32 << 10).unwrap();
+        assert!(b.try_take(1 << 20).is_none());
+        let waiter = tokio::time::timeout(Duration::from_millis(50), b.take(1 << 20));
+        assert!(waiter.await.is_err(), "granted while credit was out");
+        drop(a);
+        let all = b.take(1 << 20).await.unwrap();
+        assert_eq!(b.conn.available_permits(), 0);
+        // The server-wide budget is charged the request's real size (capped by that budget).
+        assert_eq!(global.available_kib(), 0);
+        // Merged credit goes back as a whole.
+        let mut c = Credit::default();
+        c.absorb(all);
+        drop(c);
+        assert!(b.idle());
+        assert_eq!(global.available_kib(), 256);
+    }
+
+    #[tokio::test]
+    async fn a_large_waiter_for_server_wide_credit_does_not_block_small_requests() {
+        let global = super::super::InflightBudget::new(200 << 10);
+        let (a, b) = (
+            Arc::new(Budget::new(1 << 30, &global)),
+            Budget::new(1 << 30, &global),
+        );
+        let held = a.try_take(150 << 10).unwrap();
+        // `a` waits for more than is left...
+        let a2 = a.clone();
+        let big = tokio::spawn(async move { a2.take(100 << 10).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        // ...while `b`'s small request is served at once.
+        let small = tokio::time::timeout(Duration::from_secs(1), b.take(4096)).await;
+        assert!(small.unwrap().is_some());
+        // Once credit comes back, the large one is served too.
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(1), big)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 
     #[test]
