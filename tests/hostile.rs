@@ -498,6 +498,15 @@ fn slow_handshakes_and_idle_clients_are_closed() {
     }
     assert!(closed_within(&mut idle.0, Duration::from_secs(3)));
     busy.read(0, 4096);
+    // So is one that reads none of its replies (it would hold its bytes in flight for ever).
+    let mut hoarder = Raw::connect(d.port, "vm1");
+    let reqs: Vec<u8> = (0..64)
+        .flat_map(|i| Raw::header(NBD_CMD_READ, i, 0, 8 << 20))
+        .collect();
+    hoarder.0.write_all(&reqs).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(closed_within(&mut hoarder.0, Duration::from_secs(5)));
+    Raw::connect(d.port, "vm1").read(0, 4096);
 }
 
 #[test]

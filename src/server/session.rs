@@ -609,7 +609,23 @@ where
     let wctx = ctx.clone();
     let writer = tokio::spawn(async move {
         while let Some(replies) = rx.recv().await {
-            wr.write_all(replies.bytes()).await?;
+            match idle_timeout {
+                None => wr.write_all(replies.bytes()).await?,
+                // A client that takes none of its replies for that long is idle too (it would
+                // hold its bytes in flight for ever); one that reads slowly is not.
+                Some(limit) => {
+                    for part in replies.bytes().chunks(READ_CHUNK) {
+                        tokio::time::timeout(limit, wr.write_all(part))
+                            .await
+                            .map_err(|_| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!("the client read none of its replies for {limit:?}"),
+                                )
+                            })??;
+                    }
+                }
+            }
             wctx.bufs.put(replies);
         }
         wr.flush().await
