@@ -673,3 +673,75 @@ fn hang_ups_mid_write_and_wrapping_offsets_hurt_no_one() {
     assert_eq!(other.read(0, 4096), vec![0u8; 4096]);
     assert!(s.stop().success());
 }
+
+#[test]
+fn sspd_raises_its_open_file_limit_to_the_hard_one() {
+    let d = Daemon::start(&["prlimit", "--nofile=256:4096"], &[("vm1", "16M")], &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((v[3], v[4]), ("4096", "4096"), "{line}");
+}
+
+#[test]
+fn admin_connections_are_capped_and_idle_ones_cost_no_more() {
+    let s = Server::start(&[("vm1", "16M")]);
+    let sock = s.pool.join("admin.sock");
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", s.child.id()))
+            .unwrap()
+            .count()
+    };
+    let before = threads();
+    let idle: Vec<_> = (0..16)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    // The 17th gets a clear error line and is closed; 500 more cost no threads.
+    let mut extra = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(&mut extra).read_line(&mut reply).unwrap();
+    assert!(reply.contains("too many admin connections"), "{reply}");
+    let more: Vec<_> = (0..500)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        threads() <= before + 16,
+        "{} threads (before: {before})",
+        threads()
+    );
+    drop(more);
+    let o = Command::new(env!("CARGO_BIN_EXE_sspctl"))
+        .arg("--pool")
+        .arg(&s.pool)
+        .args(["lu", "list"])
+        .output()
+        .unwrap();
+    // While every slot is taken, sspctl says so (an error, not an empty listing).
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("too many admin connections"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(idle);
+    let mut out = String::new();
+    assert!(eventually(Duration::from_secs(5), || {
+        let o = Command::new(env!("CARGO_BIN_EXE_sspctl"))
+            .arg("--pool")
+            .arg(&s.pool)
+            .args(["lu", "list"])
+            .output()
+            .unwrap();
+        out = String::from_utf8_lossy(&o.stdout).into_owned();
+        o.status.success()
+    }));
+    assert!(out.contains("vm1"), "{out}");
+    assert!(s.stop().success());
+}
