@@ -535,7 +535,8 @@ fn too_many_options_get_an_error_and_close() {
     assert!(closed_within(&mut c, Duration::from_secs(5)));
     // Others carry on.
     Raw::connect(s.port, "vm1").read(0, 4096);
-    assert!(s.stop().success());
+    let st = s.stop();
+    assert!(st.success(), "{st:?}");
 }
 
 #[test]

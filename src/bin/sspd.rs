@@ -145,6 +145,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     spawn_admin(pool.clone(), attach.clone(), maps.clone(), &admin)
         .with_context(|| format!("cannot listen on the admin socket {}", admin.display()))?;
+    // Handle SIGTERM/SIGINT before announcing the listeners: whoever started us may stop us as
+    // soon as we are announced (and clients served meanwhile).
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     let mut listeners = Vec::new();
     let mut addrs = args.listen.clone();
     if addrs.is_empty() && args.unix.is_none() {
@@ -185,9 +192,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         limits,
     });
     let server = tokio::spawn(serve(shared, listeners));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
