@@ -300,7 +300,7 @@ fn hoard(d: &mut Daemon) -> (u64, u64, u64) {
     let mut after = rss(pid);
     eventually(Duration::from_secs(5), || {
         after = rss(pid);
-        after < before + 48 * MIB
+        after < before + 16 * MIB
     });
     // And sspd still serves.
     assert_eq!(fresh.read(0, 4096), vec![0u8; 4096]);
@@ -320,7 +320,7 @@ fn reply_hoarding_is_bounded_and_memory_returns() {
     // Unbounded, the replies of one such client grew sspd by ~4 GiB.
     assert!(peak < 400 * MIB, "peak RSS {} MiB", peak >> 20);
     assert!(
-        after < before + 48 * MIB,
+        after < before + 16 * MIB,
         "RSS {} MiB after the client left (before: {} MiB)",
         after >> 20,
         before >> 20

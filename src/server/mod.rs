@@ -187,7 +187,7 @@ pub const FD_RESERVE: u64 = 64 + MAX_REFUSING as u64 + crate::admin::MAX_ADMIN_C
 /// are closed without one.
 const MAX_REFUSING: usize = 16;
 /// How long a refused client has to read its refusal.
-const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Repeated warnings (refusals, accept failures) are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 

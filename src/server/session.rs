@@ -651,6 +651,11 @@ where
             }
             let payload = &avail[hlen..hlen + plen];
             pos += hlen + plen;
+            if tx.is_closed() {
+                // The writer is gone (the client left or stopped reading past the idle
+                // timeout): nobody would see the replies of the requests still received.
+                break 'conn Ok(());
+            }
             if req.command() == Some(Command::Disc) {
                 // Let in-flight requests finish, make their writes durable, then close.
                 if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
@@ -774,6 +779,10 @@ fn offload(
     credit: Credit,
 ) {
     tokio::task::spawn_blocking(move || {
+        if tx.is_closed() {
+            // The client is gone: no work (and no reply buffer) for nobody.
+            return;
+        }
         let mut out = ctx.bufs.get();
         out.credit = credit;
         let run = std::panic::AssertUnwindSafe(|| execute(&ctx, &req, &payload, &mut out));
