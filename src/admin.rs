@@ -18,6 +18,14 @@ use std::path::{Path, PathBuf};
 pub const ADMIN_VERSION: u32 = 2;
 /// Socket file name inside the pool directory.
 pub const ADMIN_SOCKET: &str = "admin.sock";
+/// Longest request line the server reads; a longer one gets an error and the connection closes.
+pub const MAX_ADMIN_LINE: usize = 1 << 20;
+/// Admin connections served at once; more get an error line and are closed.
+pub const MAX_ADMIN_CONNECTIONS: usize = 16;
+/// A connection must send each request line within this time (idle connections close).
+pub const ADMIN_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// A reply the client does not read within this time ends the connection.
+pub const ADMIN_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -632,13 +640,121 @@ pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(ADMIN_SOCKET)
 }
 
-/// Serve one admin connection (blocking): read request lines, write reply lines.
+/// One request line from an admin client.
+enum Line {
+    Complete(Vec<u8>),
+    /// Longer than [`MAX_ADMIN_LINE`].
+    TooLong,
+    Eof,
+}
+
+/// Reads newline-terminated lines of at most [`MAX_ADMIN_LINE`] bytes, each within
+/// [`ADMIN_READ_TIMEOUT`].
+struct LineReader {
+    stream: UnixStream,
+    pending: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl LineReader {
+    fn new(stream: UnixStream) -> Self {
+        LineReader {
+            stream,
+            pending: Vec::new(),
+            chunk: vec![0u8; 64 << 10],
+        }
+    }
+
+    fn next(&mut self) -> std::io::Result<Line> {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + ADMIN_READ_TIMEOUT;
+        let timed_out = || {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no complete request line in time",
+            )
+        };
+        let mut scanned = 0;
+        loop {
+            if let Some(i) = self.pending[scanned..].iter().position(|&b| b == b'\n') {
+                let rest = self.pending.split_off(scanned + i + 1);
+                let mut line = std::mem::replace(&mut self.pending, rest);
+                line.pop();
+                return Ok(if line.len() > MAX_ADMIN_LINE {
+                    Line::TooLong
+                } else {
+                    Line::Complete(line)
+                });
+            }
+            scanned = self.pending.len();
+            if self.pending.len() > MAX_ADMIN_LINE {
+                return Ok(Line::TooLong);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let n = match self.stream.read(&mut self.chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(timed_out())
+                }
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                // A last line without its newline still counts.
+                return Ok(if self.pending.is_empty() {
+                    Line::Eof
+                } else {
+                    Line::Complete(std::mem::take(&mut self.pending))
+                });
+            }
+            self.pending.extend_from_slice(&self.chunk[..n]);
+        }
+    }
+}
+
+fn error_line(msg: String) -> std::io::Result<String> {
+    let mut out = serde_json::to_string(&Envelope {
+        version: ADMIN_VERSION,
+        body: Outcome::Error(msg),
+    })?;
+    out.push('\n');
+    Ok(out)
+}
+
+/// Answer a connection the server will not serve with one error line, then close it.
+pub fn refuse_connection(mut stream: UnixStream, why: &str) {
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+    if let Ok(l) = error_line(why.to_owned()) {
+        let _ = stream.write_all(l.as_bytes());
+    }
+}
+
+/// Serve one admin connection (blocking): read request lines (each at most
+/// [`MAX_ADMIN_LINE`] bytes, within [`ADMIN_READ_TIMEOUT`]), write reply lines.
 pub fn handle_connection(stream: UnixStream, ctx: &AdminCtx) -> std::io::Result<()> {
     let mut w = stream.try_clone()?;
-    let reader = BufReader::new(stream);
-    for line in reader.lines() {
-        let line = line?;
-        let outcome = match serde_json::from_str::<serde_json::Value>(&line) {
+    w.set_write_timeout(Some(ADMIN_WRITE_TIMEOUT))?;
+    let mut reader = LineReader::new(stream);
+    loop {
+        let line = match reader.next()? {
+            Line::Eof => return Ok(()),
+            Line::TooLong => {
+                let msg = format!("admin request line longer than {MAX_ADMIN_LINE} bytes");
+                w.write_all(error_line(msg.clone())?.as_bytes())?;
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, msg));
+            }
+            Line::Complete(l) => l,
+        };
+        let outcome = match serde_json::from_slice::<serde_json::Value>(&line) {
             Err(e) => Outcome::Error(format!("malformed admin request: {e}")),
             Ok(v) => match v.get("version").and_then(|x| x.as_u64()) {
                 Some(ver) if ver == u64::from(ADMIN_VERSION) => {
@@ -671,7 +787,6 @@ pub fn handle_connection(stream: UnixStream, ctx: &AdminCtx) -> std::io::Result<
         out.push('\n');
         w.write_all(out.as_bytes())?;
     }
-    Ok(())
 }
 
 /// Errors of the client side.
@@ -681,6 +796,8 @@ pub enum ClientError {
     NotRunning,
     #[error("admin socket: {0}")]
     Io(#[from] std::io::Error),
+    #[error("admin socket: sspd closed the connection while the request was sent: {0}")]
+    Send(std::io::Error),
     #[error("{0}")]
     Remote(String),
     #[error("malformed reply from sspd: {0}")]
@@ -718,8 +835,20 @@ pub fn call_with_progress(
     })
     .map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push('\n');
-    w.write_all(line.as_bytes())?;
+    let sent = w.write_all(line.as_bytes());
     let mut reader = BufReader::new(stream);
+    if let Err(e) = sent {
+        // sspd may have refused the request and closed: its answer says why.
+        let mut reply = String::new();
+        if reader.read_line(&mut reply).is_ok() {
+            if let Ok(env) = serde_json::from_str::<Envelope<Outcome>>(&reply) {
+                if let Outcome::Error(msg) = env.body {
+                    return Err(ClientError::Remote(msg));
+                }
+            }
+        }
+        return Err(ClientError::Send(e));
+    }
     loop {
         let mut reply = String::new();
         if reader.read_line(&mut reply)? == 0 {

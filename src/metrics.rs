@@ -11,6 +11,7 @@ pub const BYTES: &str = "ssp_nbd_bytes_total";
 pub const LATENCY: &str = "ssp_nbd_request_seconds";
 pub const ERRORS: &str = "ssp_nbd_errors_total";
 pub const CONNECTIONS: &str = "ssp_nbd_connections";
+pub const REFUSED: &str = "ssp_nbd_connections_refused_total";
 pub const POOL_FREE: &str = "ssp_pool_free_bytes";
 pub const POOL_USED: &str = "ssp_pool_used_bytes";
 pub const POOL_TOTAL: &str = "ssp_pool_total_bytes";
@@ -26,6 +27,7 @@ pub fn describe() {
     describe_histogram!(LATENCY, Unit::Seconds, "NBD request latency, by command");
     describe_counter!(ERRORS, "NBD requests that failed, by errno");
     describe_gauge!(CONNECTIONS, "Clients in the transmission phase");
+    describe_counter!(REFUSED, "Clients refused at the connection limit");
     describe_gauge!(POOL_FREE, Unit::Bytes, "Free space in the pool");
     describe_gauge!(POOL_USED, Unit::Bytes, "Space holding live blocks");
     describe_gauge!(POOL_TOTAL, Unit::Bytes, "Size of the pool's data area");
@@ -131,6 +133,10 @@ impl Default for RequestMetrics {
 
 pub fn connections(delta: f64) {
     gauge!(CONNECTIONS).increment(delta);
+}
+
+pub fn connection_refused() {
+    counter!(REFUSED).increment(1);
 }
 
 pub fn pool_space(total: u64, free: u64, used: u64) {

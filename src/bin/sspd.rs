@@ -35,6 +35,49 @@ struct Args {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100)
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    /// NBD clients served at once; more are refused during the handshake (lowered to fit the
+    /// open file limit)
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Close clients that have not finished the handshake within this time (e.g. 10s, 500ms)
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    handshake_timeout: std::time::Duration,
+    /// Close attached clients idle this long (no request and none outstanding); off by default
+    #[arg(long, value_parser = duration_arg)]
+    idle_timeout: Option<std::time::Duration>,
+    /// Bytes of replies and request data one client may hold in the server's memory; beyond
+    /// it the client's requests are not read until its replies are sent
+    #[arg(long, default_value = "64M", value_parser = size_arg)]
+    max_inflight_bytes: u64,
+    /// The same bound over all clients together
+    #[arg(long, default_value = "1G", value_parser = size_arg)]
+    max_total_inflight_bytes: u64,
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    ssp::pool::dir::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// `N` (seconds), `Ns`, `Nms` or `Nm`.
+fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 10s, 500ms or 2m"))?;
+    let d = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("bad duration {s:?}: unit must be ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err(format!("bad duration {s:?}: must be more than zero"));
+    }
+    Ok(d)
 }
 
 /// Tell whoever started us where we listen; a closed stdout must not stop the server.
@@ -80,6 +123,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (_, _, "require") => anyhow::bail!("--tls require needs --tls-cert and --tls-key"),
         _ => ssp::server::tls::TlsPolicy::default(),
     };
+    // Clients, PV files and sockets all need descriptors: use all we may.
+    let nofile = ssp::server::raise_nofile_limit().context("open file limit")?;
     // Every listener is bound before the pool is opened: a start that fails on a busy port has
     // written nothing to the PVs (opening commits a checkpoint).
     if let Some(addr) = args.metrics {
@@ -144,12 +189,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let limits = ssp::server::Limits {
+        max_connections: ssp::server::connections_for_fd_limit(
+            args.max_connections as usize,
+            nofile,
+        ),
+        handshake_timeout: args.handshake_timeout,
+        idle_timeout: args.idle_timeout,
+        max_inflight_bytes: args.max_inflight_bytes,
+        max_total_inflight_bytes: args.max_total_inflight_bytes,
+    };
     let shared = std::sync::Arc::new(Shared {
         pool: pool.clone(),
         attach,
         maps,
         tls: std::sync::Arc::new(tls),
         stopping: rx,
+        inflight: ssp::server::InflightBudget::new(limits.max_total_inflight_bytes),
+        limits,
     });
     let server = tokio::spawn(serve(shared.clone(), listeners));
     loop {

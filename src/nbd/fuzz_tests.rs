@@ -324,6 +324,7 @@ fn config() -> impl Strategy<Value = ServerConfig> {
                     max_option_len,
                     max_payload,
                     require_block_size,
+                    ..ServerConfig::default()
                 }
             },
         )

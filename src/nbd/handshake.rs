@@ -30,6 +30,9 @@ use super::wire::{put_u16, put_u32, put_u64, Reader};
 /// service attempt and close the session.
 pub const MAX_SKIPPABLE_OPTION_LEN: u32 = 1024 * 1024;
 
+/// Default for [`ServerConfig::max_options`] (nbdkit also cuts clients off after about 64).
+pub const DEFAULT_MAX_OPTIONS: u32 = 64;
+
 /// Server policy for the handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -45,6 +48,14 @@ pub struct ServerConfig {
     /// `NBD_REP_ERR_BLOCK_SIZE_REQD` when the export's minimum block size is above 1.
     /// Off by default, as proto.md recommends for interoperability.
     pub require_block_size: bool,
+    /// Options one handshake may send (counted across STARTTLS); the next one gets
+    /// `NBD_REP_ERR_POLICY` and the session closes (`NBD_OPT_EXPORT_NAME`, which cannot carry
+    /// an error, just closes).
+    pub max_options: u32,
+    /// Refuse this session (e.g. the server is at its connection limit): every option but
+    /// `NBD_OPT_ABORT` gets `NBD_REP_ERR_POLICY` with this message, and `NBD_OPT_GO`/
+    /// `NBD_OPT_INFO`/`NBD_OPT_EXPORT_NAME` end the session.
+    pub refusal: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +66,8 @@ impl Default for ServerConfig {
             max_option_len: 64 * 1024,
             max_payload: DEFAULT_MAX_PAYLOAD,
             require_block_size: false,
+            max_options: DEFAULT_MAX_OPTIONS,
+            refusal: None,
         }
     }
 }
@@ -163,7 +176,8 @@ pub struct Negotiated {
 pub enum Event {
     /// `NBD_OPT_STARTTLS` acknowledged: send the output, then start TLS.
     StartTls,
-    /// `NBD_OPT_ABORT` acknowledged: send the output, then close.
+    /// `NBD_OPT_ABORT` acknowledged, or the server ended the negotiation after an error reply
+    /// (too many options, refused session): send the output, then close.
     Abort,
     /// Enter the transmission phase after sending the output.
     Done(Negotiated),
@@ -201,6 +215,15 @@ pub enum HandshakeError {
     /// `input` was called after the handshake ended or failed.
     #[error("the handshake is already over")]
     Finished,
+    /// More than [`ServerConfig::max_options`] options (this error only when the last one was
+    /// `NBD_OPT_EXPORT_NAME`, which cannot be answered with an error; otherwise the client gets
+    /// an error reply and [`Event::Abort`]).
+    #[error("more than {0} options in one handshake")]
+    TooManyOptions(u32),
+    /// [`ServerConfig::refusal`] and the client asked for an export with
+    /// `NBD_OPT_EXPORT_NAME`, which cannot be answered with an error.
+    #[error("session refused: {0}")]
+    Refused(String),
 }
 
 /// Why an `NBD_OPT_EXPORT_NAME` was refused.
@@ -233,8 +256,18 @@ impl fmt::Display for ExportNameRefusal {
 enum Phase {
     ClientFlags,
     OptionHeader,
-    OptionData { option: u32, len: usize },
-    Skip { option: u32, remaining: u64 },
+    OptionData {
+        option: u32,
+        len: usize,
+    },
+    Skip {
+        option: u32,
+        remaining: u64,
+    },
+    /// Data of an option already answered: drop it silently.
+    Discard {
+        remaining: u64,
+    },
     Over,
 }
 
@@ -256,6 +289,8 @@ pub struct Handshake {
     structured: bool,
     extended: bool,
     meta: Option<MetaSelection>,
+    /// Options received so far (not reset by STARTTLS).
+    options: u32,
 }
 
 const OPTION_HEADER_LEN: usize = 16;
@@ -356,6 +391,7 @@ impl Handshake {
             structured: false,
             extended: false,
             meta: None,
+            options: 0,
         }
     }
 
@@ -444,6 +480,40 @@ impl Handshake {
                         return Err(HandshakeError::BadOptionMagic(magic));
                     }
                     self.buf.drain(..OPTION_HEADER_LEN);
+                    self.options = self.options.saturating_add(1);
+                    if self.options > self.cfg.max_options {
+                        let max = self.cfg.max_options;
+                        if option == OPT_EXPORT_NAME {
+                            return Err(HandshakeError::TooManyOptions(max));
+                        }
+                        let msg = format!("too many options (at most {max} per handshake)");
+                        push_err(out, option, REP_ERR_POLICY, &msg);
+                        self.phase = Phase::Over;
+                        self.buf.clear();
+                        return Ok(Some(Event::Abort));
+                    }
+                    if let Some(why) = self.cfg.refusal.clone() {
+                        if option == OPT_EXPORT_NAME {
+                            return Err(HandshakeError::Refused(why));
+                        }
+                        if option != OPT_ABORT {
+                            push_err(out, option, REP_ERR_POLICY, &why);
+                        }
+                        // The option's data is not needed: skip it (bounded by the caller's
+                        // handshake timeout and the option limit above).
+                        self.phase = Phase::Discard {
+                            remaining: u64::from(len),
+                        };
+                        if matches!(option, OPT_ABORT | OPT_GO | OPT_INFO) {
+                            if option == OPT_ABORT {
+                                push_ack(out, option);
+                            }
+                            self.phase = Phase::Over;
+                            self.buf.clear();
+                            return Ok(Some(Event::Abort));
+                        }
+                        continue;
+                    }
                     if len > self.cfg.max_option_len {
                         if option == OPT_EXPORT_NAME || len > MAX_SKIPPABLE_OPTION_LEN {
                             return Err(HandshakeError::OptionTooLarge { option, len });
@@ -475,6 +545,18 @@ impl Handshake {
                     } else {
                         push_err(out, option, REP_ERR_TOO_BIG, "option data too large");
                     }
+                }
+                Phase::Discard { remaining } => {
+                    let n = usize::try_from(remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(self.buf.len());
+                    self.buf.drain(..n);
+                    let remaining = remaining - n as u64;
+                    if remaining > 0 {
+                        self.phase = Phase::Discard { remaining };
+                        return Ok(None);
+                    }
+                    self.phase = Phase::OptionHeader;
                 }
                 Phase::OptionData { option, len } => {
                     if self.buf.len() < len {
@@ -1695,6 +1777,77 @@ mod tests {
     }
 
     // ---- framing and malformed input ------------------------------------------------------
+
+    #[test]
+    fn too_many_options_get_an_error_and_close() {
+        let cfg = ServerConfig {
+            max_options: 3,
+            ..ServerConfig::default()
+        };
+        let mut script = flags(BOTH);
+        for _ in 0..4 {
+            script.extend(opt(OPT_LIST, &[]));
+        }
+        // A fifth option is never looked at.
+        script.extend(opt(OPT_GO, &go_data("lu0", &[])));
+        let (out, res) = run(cfg.clone(), &script);
+        assert_eq!(res, Ok(Some(Event::Abort)));
+        let reps = parse_reps(&out);
+        let last = reps.last().unwrap();
+        assert_eq!((last.option, last.typ), (OPT_LIST, REP_ERR_POLICY));
+        assert!(String::from_utf8_lossy(&last.data).contains("too many options"));
+        assert_eq!(
+            reps.iter().filter(|r| r.typ == REP_ACK).count(),
+            3,
+            "three LISTs answered"
+        );
+        // NBD_OPT_EXPORT_NAME cannot carry an error: the session just ends.
+        let mut script = flags(BOTH);
+        for _ in 0..3 {
+            script.extend(opt(OPT_LIST, &[]));
+        }
+        script.extend(opt(OPT_EXPORT_NAME, b"lu0"));
+        assert_eq!(run(cfg, &script).1, Err(HandshakeError::TooManyOptions(3)));
+        // The default limit holds across STARTTLS and matches nbdkit's.
+        assert_eq!(ServerConfig::default().max_options, 64);
+    }
+
+    #[test]
+    fn refused_sessions_get_the_reason_and_close() {
+        let cfg = ServerConfig {
+            refusal: Some("too many connections".into()),
+            ..ServerConfig::default()
+        };
+        let mut script = flags(BOTH);
+        script.extend(opt(OPT_STRUCTURED_REPLY, &[]));
+        script.extend(opt(OPT_LIST, &[]));
+        script.extend(opt(OPT_GO, &go_data("lu0", &[INFO_NAME])));
+        let (out, res) = run(cfg.clone(), &script);
+        assert_eq!(res, Ok(Some(Event::Abort)));
+        let reps = parse_reps(&out);
+        assert_eq!(types(&reps), vec![REP_ERR_POLICY; 3]);
+        assert_eq!(reps[2].option, OPT_GO);
+        assert_eq!(reps[2].data, b"too many connections");
+        // Fed one byte at a time, the same.
+        let mut hs = Handshake::new(cfg.clone());
+        let mut out2 = Vec::new();
+        let mut ev = None;
+        for b in &script {
+            let step = hs.input(&[*b], &catalog()).unwrap();
+            out2.extend(step.output);
+            if step.event.is_some() {
+                ev = step.event;
+                break;
+            }
+        }
+        assert_eq!((out2, ev), (out, Some(Event::Abort)));
+        let mut script = flags(BOTH);
+        script.extend(opt(OPT_EXPORT_NAME, b"lu0"));
+        assert_eq!(
+            run(cfg, &script).1,
+            Err(HandshakeError::Refused("too many connections".into()))
+        );
+    }
 
     #[test]
     fn unknown_client_flags_close() {

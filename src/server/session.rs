@@ -39,6 +39,10 @@ pub enum SessionError {
     Encode(#[from] crate::nbd::EncodeError),
     #[error("export {0} disappeared")]
     ExportGone(String),
+    #[error("handshake not completed within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    #[error("idle for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 /// NBD errno for a pool error.
@@ -62,7 +66,7 @@ enum Outcome {
 async fn negotiate<S>(
     s: &mut S,
     hs: &mut Handshake,
-    catalog: &PoolCatalog,
+    catalog: &(dyn crate::nbd::ExportCatalog + Sync),
 ) -> Result<Outcome, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -85,13 +89,41 @@ where
     }
 }
 
-/// Serve one client until it disconnects.
+/// A finished handshake: the stream to serve (plain or TLS), what was negotiated and the
+/// bytes the client sent after its last option.
+enum Ready<S> {
+    Plain(S, Negotiated, Vec<u8>),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>, Negotiated, Vec<u8>),
+}
+
+/// Serve one client until it disconnects. The handshake (TLS included) must end within
+/// [`super::Limits::handshake_timeout`].
 pub async fn run<S>(
-    mut s: S,
+    s: S,
     shared: Arc<super::Shared>,
     who: crate::access::Peer,
     peer: &str,
 ) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = shared.limits.handshake_timeout;
+    let ready = tokio::time::timeout(limit, handshake(s, &shared, who))
+        .await
+        .map_err(|_| SessionError::HandshakeTimeout(limit))??;
+    match ready {
+        None => Ok(()),
+        Some(Ready::Plain(s, neg, left)) => attached(s, &shared, neg, left, peer).await,
+        Some(Ready::Tls(t, neg, left)) => attached(t, &shared, neg, left, peer).await,
+    }
+}
+
+/// Run the handshake; `None` when the client left or aborted.
+async fn handshake<S>(
+    mut s: S,
+    shared: &super::Shared,
+    who: crate::access::Peer,
+) -> Result<Option<Ready<S>>, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -108,21 +140,50 @@ where
     let mut hs = Handshake::new(cfg);
     s.write_all(&hs.initial_output()).await?;
     match negotiate(&mut s, &mut hs, &catalog).await? {
-        Outcome::Closed => Ok(()),
-        Outcome::Done(neg) => attached(s, &shared, neg, hs.take_leftover(), peer).await,
+        Outcome::Closed => Ok(None),
+        Outcome::Done(neg) => Ok(Some(Ready::Plain(s, neg, hs.take_leftover()))),
         Outcome::StartTls => {
             let Some(acceptor) = shared.tls.acceptor() else {
-                return Ok(());
+                return Ok(None);
             };
             let mut t = acceptor.accept(s).await?;
             catalog.peer.tls = super::tls::client_identity(t.get_ref().1);
             match negotiate(&mut t, &mut hs, &catalog).await? {
-                Outcome::Done(neg) => attached(t, &shared, neg, hs.take_leftover(), peer).await,
+                Outcome::Done(neg) => Ok(Some(Ready::Tls(Box::new(t), neg, hs.take_leftover()))),
                 // The state machine refuses a second STARTTLS itself.
-                Outcome::StartTls | Outcome::Closed => Ok(()),
+                Outcome::StartTls | Outcome::Closed => Ok(None),
             }
         }
     }
+}
+
+/// Tell a client the server will not serve it (`why`, as the error message of its options),
+/// then close. The caller bounds the time this may take.
+pub async fn refuse<S>(mut s: S, why: String) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// A refused client is shown nothing.
+    struct NoExports;
+    impl crate::nbd::ExportCatalog for NoExports {
+        fn list(&self) -> Vec<crate::nbd::ExportEntry> {
+            Vec::new()
+        }
+        fn lookup(&self, _: &str) -> crate::nbd::Lookup {
+            crate::nbd::Lookup::Refused
+        }
+        fn meta_contexts(&self, _: &str) -> Vec<String> {
+            Vec::new()
+        }
+    }
+    let mut hs = Handshake::new(ServerConfig {
+        refusal: Some(why),
+        ..ServerConfig::default()
+    });
+    s.write_all(&hs.initial_output()).await?;
+    negotiate(&mut s, &mut hs, &NoExports).await?;
+    s.shutdown().await?;
+    Ok(())
 }
 
 async fn attached<S>(
@@ -145,13 +206,18 @@ where
         }
     }
     let _detach = Detach;
+    let budget = Budget::new(shared.limits.max_inflight_bytes, &shared.inflight);
     transmission(
         s,
         shared.pool.clone(),
         neg,
         leftover,
-        shared.stopping.clone(),
-        att.ended(),
+        SessionEnds {
+            stopping: shared.stopping.clone(),
+            ended: att.ended(),
+            idle_timeout: shared.limits.idle_timeout,
+        },
+        budget,
     )
     .await
 }
@@ -180,9 +246,152 @@ const SLOW_READ_STRIKES: u32 = 3;
 /// round of inline reads without enough slow ones goes back to the first length.
 const OFFLOAD_READS_MIN: u32 = 256;
 const OFFLOAD_READS_MAX: u32 = 64 << 10;
-/// Reply buffers kept for reuse per connection, and the largest one kept.
+/// Reply buffers kept for reuse per connection, and the largest one kept (by capacity): a
+/// connection keeps at most `KEEP_BUFS * KEEP_BUF_MAX` bytes between requests, besides its
+/// bytes in flight ([`Budget`]); bigger buffers go back to the allocator when sent.
 const KEEP_BUFS: usize = 8;
-const KEEP_BUF_MAX: usize = (2 << 20) + (64 << 10);
+const KEEP_BUF_MAX: usize = (4 << 20) + (128 << 10);
+
+/// A connection's bound on the bytes it holds in flight: replies not yet sent and payloads of
+/// requests running on blocking threads, counted in KiB against its own semaphore and the
+/// server-wide one. The reader takes credit before it executes a request and the writer returns
+/// it once the reply is sent, so a client that does not read its replies stops having its
+/// requests read (back-pressure) instead of growing the server.
+struct Budget {
+    conn: Arc<tokio::sync::Semaphore>,
+    conn_kib: u32,
+    global: Arc<tokio::sync::Semaphore>,
+    global_kib: u32,
+    global_freed: Arc<tokio::sync::Notify>,
+}
+
+/// Credit taken from a [`Budget`]; given back when dropped.
+#[derive(Default)]
+struct Credit {
+    conn: Option<tokio::sync::OwnedSemaphorePermit>,
+    global: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Wakes connections waiting for server-wide credit.
+    freed: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        if self.global.take().is_some() {
+            if let Some(f) = &self.freed {
+                f.notify_waiters();
+            }
+        }
+    }
+}
+
+impl Credit {
+    /// Hold `other`'s credit too.
+    fn absorb(&mut self, other: Credit) {
+        fn merge(
+            a: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+            b: Option<tokio::sync::OwnedSemaphorePermit>,
+        ) {
+            match (a.as_mut(), b) {
+                (Some(a), Some(b)) => a.merge(b),
+                (None, b) => *a = b,
+                (Some(_), None) => {}
+            }
+        }
+        let mut other = other;
+        merge(&mut self.conn, other.conn.take());
+        merge(&mut self.global, other.global.take());
+        if self.freed.is_none() {
+            self.freed = other.freed.take();
+        }
+    }
+}
+
+impl Budget {
+    fn new(conn_bytes: u64, global: &super::InflightBudget) -> Self {
+        let conn_kib = u32::try_from(conn_bytes.div_ceil(1024).clamp(1, u64::from(u32::MAX >> 3)))
+            .unwrap_or(u32::MAX >> 3);
+        Budget {
+            conn: Arc::new(tokio::sync::Semaphore::new(conn_kib as usize)),
+            conn_kib,
+            global: global.sem.clone(),
+            global_kib: global.kib,
+            global_freed: global.freed.clone(),
+        }
+    }
+
+    /// KiB charged for `bytes`: at least 1, at most the whole budget (a single request larger
+    /// than the budget is still served, alone).
+    fn kib(bytes: u64, cap: u32) -> u32 {
+        u32::try_from(bytes.div_ceil(1024).clamp(1, u64::from(cap))).unwrap_or(cap)
+    }
+
+    fn try_take(&self, bytes: u64) -> Option<Credit> {
+        let conn = self
+            .conn
+            .clone()
+            .try_acquire_many_owned(Self::kib(bytes, self.conn_kib))
+            .ok()?;
+        let global = self
+            .global
+            .clone()
+            .try_acquire_many_owned(Self::kib(bytes, self.global_kib))
+            .ok()?;
+        Some(Credit {
+            conn: Some(conn),
+            global: Some(global),
+            freed: Some(self.global_freed.clone()),
+        })
+    }
+
+    /// Wait until `bytes` of credit are free (the semaphores are never closed).
+    async fn take(&self, bytes: u64) -> Option<Credit> {
+        let conn = self
+            .conn
+            .clone()
+            .acquire_many_owned(Self::kib(bytes, self.conn_kib))
+            .await
+            .ok()?;
+        let kib = Self::kib(bytes, self.global_kib);
+        let global = loop {
+            let freed = self.global_freed.notified();
+            tokio::pin!(freed);
+            // Registered before trying, so a release in between is not missed.
+            freed.as_mut().enable();
+            match self.global.clone().try_acquire_many_owned(kib) {
+                Ok(p) => break p,
+                Err(tokio::sync::TryAcquireError::NoPermits) => freed.await,
+                Err(tokio::sync::TryAcquireError::Closed) => return None,
+            }
+        };
+        Some(Credit {
+            conn: Some(conn),
+            global: Some(global),
+            freed: Some(self.global_freed.clone()),
+        })
+    }
+
+    /// Nothing of this connection is in flight.
+    fn idle(&self) -> bool {
+        self.conn.available_permits() == self.conn_kib as usize
+    }
+}
+
+/// Bytes a request holds in memory until its reply is sent: the reply (read data, extents),
+/// plus its payload when it is copied to a blocking thread.
+fn inflight_bytes(req: &Request, offloaded: bool, contexts: usize) -> u64 {
+    const REPLY_OVERHEAD: u64 = 1024;
+    let reply = match req.command() {
+        Some(Command::Read) => req.length,
+        // At most one extent (16 bytes with extended headers) per block per context, for at
+        // most 1 GiB (see `block_status`).
+        Some(Command::BlockStatus) => {
+            (req.length.min(1 << 30) / BLOCK_U64 + 1) * 16 * contexts as u64
+        }
+        _ => 0,
+    };
+    let payload = if offloaded { req.payload_len } else { 0 };
+    reply.saturating_add(payload).saturating_add(REPLY_OVERHEAD)
+}
 
 /// Everything a request handler needs, shared by the connection's tasks.
 struct Ctx {
@@ -204,6 +413,8 @@ struct Replies {
     len: usize,
     /// Where encoders write before their output is copied behind `len`.
     scratch: Vec<u8>,
+    /// In-flight credit of the replies in `buf`, returned when they have been sent.
+    credit: Credit,
 }
 
 impl Replies {
@@ -262,7 +473,8 @@ impl BufPool {
     }
 
     fn put(&self, mut b: Replies) {
-        if b.buf.len() > KEEP_BUF_MAX {
+        b.credit = Credit::default();
+        if b.buf.capacity() > KEEP_BUF_MAX || b.scratch.capacity() > KEEP_BUF_MAX {
             return;
         }
         b.clear();
@@ -355,6 +567,14 @@ impl ReadMode {
     }
 }
 
+/// What ends a session other than its client: the server stopping, the operator ending it
+/// (shrink, rollback, removal), or the client idling past the idle timeout.
+struct SessionEnds {
+    stopping: tokio::sync::watch::Receiver<bool>,
+    ended: tokio::sync::watch::Receiver<bool>,
+    idle_timeout: Option<std::time::Duration>,
+}
+
 /// Read requests in order. Reads and writes run inline ([`runs_inline`]) and their replies are
 /// collected into one buffer, handed to the writer task when the reader runs out of received
 /// requests (or the buffer is big); other requests run on blocking threads and send their
@@ -364,12 +584,17 @@ async fn transmission<S>(
     pool: Arc<Pool>,
     neg: Negotiated,
     mut inbuf: Vec<u8>,
-    stopping: tokio::sync::watch::Receiver<bool>,
-    mut ended: tokio::sync::watch::Receiver<bool>,
+    ends: SessionEnds,
+    budget: Budget,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let SessionEnds {
+        stopping,
+        mut ended,
+        idle_timeout,
+    } = ends;
     let vol = pool
         .lu_id(&neg.export)
         .map_err(|_| SessionError::ExportGone(neg.export.clone()))?;
@@ -403,7 +628,23 @@ where
     let wctx = ctx.clone();
     let writer = tokio::spawn(async move {
         while let Some(replies) = rx.recv().await {
-            wr.write_all(replies.bytes()).await?;
+            match idle_timeout {
+                None => wr.write_all(replies.bytes()).await?,
+                // A client that takes none of its replies for that long is idle too (it would
+                // hold its bytes in flight for ever); one that reads slowly is not.
+                Some(limit) => {
+                    for part in replies.bytes().chunks(READ_CHUNK) {
+                        tokio::time::timeout(limit, wr.write_all(part))
+                            .await
+                            .map_err(|_| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!("the client read none of its replies for {limit:?}"),
+                                )
+                            })??;
+                    }
+                }
+            }
             wctx.bufs.put(replies);
         }
         wr.flush().await
@@ -429,6 +670,11 @@ where
             }
             let payload = avail.get(hlen..hlen + plen).unwrap_or_default();
             pos += hlen + plen;
+            if tx.is_closed() {
+                // The writer is gone (the client left or stopped reading past the idle
+                // timeout): nobody would see the replies of the requests still received.
+                break 'conn Ok(());
+            }
             if req.command() == Some(Command::Disc) {
                 // Let in-flight requests finish, make their writes durable, then close.
                 if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
@@ -446,11 +692,43 @@ where
                     encode_error_reply(v, &target, ESHUTDOWN, "server is shutting down")
                 })?;
             } else if runs_inline(&req, &mut reads) {
+                let want = inflight_bytes(&req, false, ctx.contexts.len());
+                let credit = match budget.try_take(want) {
+                    Some(c) => c,
+                    None => {
+                        // Out of credit: send what is collected (its credit comes back once the
+                        // client reads it), then wait; meanwhile no more requests are read.
+                        if !batch.is_empty() {
+                            let full = std::mem::replace(&mut batch, ctx.bufs.get());
+                            if tx.send(full).await.is_err() {
+                                break 'conn Ok(());
+                            }
+                        }
+                        match budget.take(want).await {
+                            Some(c) => c,
+                            None => break 'conn Ok(()),
+                        }
+                    }
+                };
+                batch.credit.absorb(credit);
                 let took = execute(&ctx, &req, payload, &mut batch);
                 if req.command() == Some(Command::Read) {
                     reads.done(req.length, took);
                 }
             } else {
+                let want = inflight_bytes(&req, true, ctx.contexts.len());
+                let credit = match budget.try_take(want) {
+                    Some(c) => c,
+                    None => {
+                        if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                            break 'conn Ok(());
+                        }
+                        match budget.take(want).await {
+                            Some(c) => c,
+                            None => break 'conn Ok(()),
+                        }
+                    }
+                };
                 let payload = payload.to_vec();
                 let slot = match slots.clone().try_acquire_owned() {
                     Ok(slot) => slot,
@@ -465,7 +743,7 @@ where
                         }
                     }
                 };
-                offload(ctx.clone(), req, payload, tx.clone(), slot);
+                offload(ctx.clone(), req, payload, tx.clone(), slot, credit);
             }
             if batch.len() >= BATCH_BYTES {
                 let full = std::mem::replace(&mut batch, ctx.bufs.get());
@@ -484,17 +762,34 @@ where
         inbuf.drain(..pos);
         pos = 0;
         inbuf.reserve(need.max(READ_CHUNK));
-        let read = tokio::select! {
-            biased;
-            // Ended by the operator (shrink, rollback, removal): no more requests are read;
-            // those in flight finish and get their replies, then the connection closes.
-            Ok(_) = ended.wait_for(|e| *e) => {
-                tracing::info!(export = %ctx.neg.export, "session ended by the operator");
-                break Ok(());
+        let got = loop {
+            let read = async {
+                match idle_timeout {
+                    None => Ok(rd.read_buf(&mut inbuf).await),
+                    // `read_buf` reads nothing when cancelled, so a timeout loses no bytes.
+                    Some(limit) => tokio::time::timeout(limit, rd.read_buf(&mut inbuf)).await,
+                }
+            };
+            tokio::select! {
+                biased;
+                // Ended by the operator (shrink, rollback, removal): no more requests are read;
+                // those in flight finish and get their replies, then the connection closes.
+                Ok(_) = ended.wait_for(|e| *e) => {
+                    tracing::info!(export = %ctx.neg.export, "session ended by the operator");
+                    break 'conn Ok(());
+                }
+                r = read => match r {
+                    Ok(r) => break r,
+                    // Idle: no bytes for the limit (a request cut short counts too) and no
+                    // request outstanding.
+                    Err(_) if budget.idle() => {
+                        break 'conn Err(SessionError::Idle(idle_timeout.unwrap_or_default()))
+                    }
+                    Err(_) => {}
+                },
             }
-            r = rd.read_buf(&mut inbuf) => r,
         };
-        match read {
+        match got {
             // The client went away (between requests, or mid-write: nothing was applied).
             Ok(0) => break Ok(()),
             Ok(_) => {}
@@ -514,9 +809,15 @@ fn offload(
     payload: Vec<u8>,
     tx: tokio::sync::mpsc::Sender<Replies>,
     slot: tokio::sync::OwnedSemaphorePermit,
+    credit: Credit,
 ) {
     tokio::task::spawn_blocking(move || {
+        if tx.is_closed() {
+            // The client is gone: no work (and no reply buffer) for nobody.
+            return;
+        }
         let mut out = ctx.bufs.get();
+        out.credit = credit;
         let run = std::panic::AssertUnwindSafe(|| execute(&ctx, &req, &payload, &mut out));
         if std::panic::catch_unwind(run).is_err() {
             // Every request gets an answer: the client must not wait forever.
@@ -865,6 +1166,58 @@ mod tests {
             m.done(1 << 20, Duration::from_micros(400));
         }
         assert!(m.inline());
+    }
+
+    #[tokio::test]
+    async fn budgets_bound_bytes_in_flight_and_serve_oversize_requests_alone() {
+        let global = super::super::InflightBudget::new(256 << 10);
+        let b = Budget::new(64 << 10, &global);
+        // Charged in KiB, at least 1.
+        let small = b.try_take(1).unwrap();
+        assert_eq!(b.conn.available_permits(), 63);
+        assert!(!b.idle());
+        drop(small);
+        assert!(b.idle());
+        // A request larger than the connection's budget takes all of it, and waits for all of it.
+        let a = b.try_take(32 << 10).unwrap();
+        assert!(b.try_take(1 << 20).is_none());
+        let waiter = tokio::time::timeout(Duration::from_millis(50), b.take(1 << 20));
+        assert!(waiter.await.is_err(), "granted while credit was out");
+        drop(a);
+        let all = b.take(1 << 20).await.unwrap();
+        assert_eq!(b.conn.available_permits(), 0);
+        // The server-wide budget is charged the request's real size (capped by that budget).
+        assert_eq!(global.available_kib(), 0);
+        // Merged credit goes back as a whole.
+        let mut c = Credit::default();
+        c.absorb(all);
+        drop(c);
+        assert!(b.idle());
+        assert_eq!(global.available_kib(), 256);
+    }
+
+    #[tokio::test]
+    async fn a_large_waiter_for_server_wide_credit_does_not_block_small_requests() {
+        let global = super::super::InflightBudget::new(200 << 10);
+        let (a, b) = (
+            Arc::new(Budget::new(1 << 30, &global)),
+            Budget::new(1 << 30, &global),
+        );
+        let held = a.try_take(150 << 10).unwrap();
+        // `a` waits for more than is left...
+        let a2 = a.clone();
+        let big = tokio::spawn(async move { a2.take(100 << 10).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        // ...while `b`'s small request is served at once.
+        let small = tokio::time::timeout(Duration::from_secs(1), b.take(4096)).await;
+        assert!(small.unwrap().is_some());
+        // Once credit comes back, the large one is served too.
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(1), big)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 
     #[test]
