@@ -54,7 +54,10 @@ for t in "${targets[@]}"; do
     grep -E 'panicked|ERROR: libFuzzer|SUMMARY' -A3 "$artifacts/../$t.log" | head -20 || true
     echo "FUZZ FINDING in $t (exit $rc); full log: tools/fuzz/artifacts/$t.log" >&2
     for f in $new; do echo "  crashing input: $f" >&2; done
+    echo "fuzz target $t: FINDING"
     failed+=("$t")
+  else
+    echo "fuzz target $t: ok"
   fi
 done
 if [ ${#failed[@]} -gt 0 ]; then
