@@ -4,6 +4,7 @@
 #
 #   zeroes  WRITE_ZEROES with NO_HOLE, then TRIM, of 512 GiB on a 1 TiB export with extended
 #           headers where the server negotiates them, else of 0xFFFFF000 bytes (60 s per reply)
+#   zeroes32  the same with compact headers for every server: 0xFFFFF000 bytes
 #   hoard   2000 READs of 32 MiB whose replies are never read (stop sending when the socket
 #           blocks for 5 s), wait 5 s, close
 #   churn   20,000 x connect, handshake, close
@@ -22,7 +23,7 @@
 #
 # Environment (defaults in brackets):
 #   HOSTILE_SERVERS   ["sspd qemu-nbd nbdkit nbd-server"]
-#   HOSTILE_CASES     ["zeroes hoard churn flood slow"]
+#   HOSTILE_CASES     ["zeroes zeroes32 hoard churn flood slow"]
 #   HOSTILE_CHURN     connections in the churn case [20000]
 #   HOSTILE_PV_GIB    sspd's PV size [2]
 #   HOSTILE_TMPFS_GIB [6]
@@ -35,7 +36,7 @@ BENCH_NAME=bench-hostile
 source scripts/lib/bench-common.sh
 
 SERVERS=${HOSTILE_SERVERS:-sspd qemu-nbd nbdkit nbd-server}
-CASES=${HOSTILE_CASES:-zeroes hoard churn flood slow}
+CASES=${HOSTILE_CASES:-zeroes zeroes32 hoard churn flood slow}
 DOC=${HOSTILE_DOC:-$ROOT/docs/bench-hostile.md}
 
 ensure_tools nbdkit=nbdkit nbd-server=nbd-server qemu-nbd=qemu-utils nbdinfo=libnbd-bin prlimit=util-linux
@@ -97,7 +98,8 @@ RSS is VmRSS from /proc (for nbd-server summed with its per-connection children)
 case, a new client negotiates (NBD_OPT_GO) and reads 4 KiB within 10 s.
 
 Cases: **huge WRITE_ZEROES/TRIM**: WRITE_ZEROES with NO_HOLE, then TRIM, of 512 GiB with extended
-headers where the server negotiates them, else of 0xFFFFF000 bytes (each reply awaited 60 s).
+headers where the server negotiates them, else of 0xFFFFF000 bytes (each reply awaited 60 s);
+then the same with compact headers (0xFFFFF000 bytes) for every server.
 **Reply hoarding**: 2000 READs of 32 MiB, replies never read; sending stops when the socket
 blocks for 5 s; then 5 s wait and close. **Connection churn**: {int("${HOSTILE_CHURN:-20000}")} x
 connect, NBD_OPT_GO, close (at most 240 s). **Flood**: the server under \`prlimit --nofile=256:256\`,

@@ -287,19 +287,28 @@ def wait_reply(s, ext, secs):
         return f"connection lost after {time.time() - t0:.1f} s ({e})"
 
 
-def case_zeroes(srv):
-    """WRITE_ZEROES with NO_HOLE, then TRIM, of 512 GiB with extended headers (when the server
-    negotiates them), else of 0xFFFFF000 bytes."""
-    s, size, ext = handshake(srv.port, extended=True)
+def zeroes(srv, want_extended):
+    """WRITE_ZEROES with NO_HOLE at offset 0, then TRIM of the next range: 512 GiB each with
+    extended headers (when asked for and negotiated), else 0xFFFFF000 bytes."""
+    s, size, ext = handshake(srv.port, extended=want_extended)
     ln = 512 * GIB if ext else 0xFFFFF000
     notes = [f"{'extended headers' if ext else 'compact headers'}, length {ln:#x}"]
     s.sendall(request(s, ext, CMD_WRITE_ZEROES, 0, ln, FLAG_NO_HOLE, cookie=1))
-    notes.append("WRITE_ZEROES NO_HOLE: " + wait_reply(s, ext, CFG["op_seconds"]))
-    if not notes[-1].startswith(("connection lost", "no reply")):
+    outcome = wait_reply(s, ext, CFG["op_seconds"])
+    notes.append("WRITE_ZEROES NO_HOLE: " + outcome)
+    if not outcome.startswith(("connection lost", "no reply")):
         s.sendall(request(s, ext, CMD_TRIM, ln, ln, 0, cookie=2))
         notes.append("TRIM: " + wait_reply(s, ext, CFG["op_seconds"]))
     s.close()
     return "; ".join(notes)
+
+
+def case_zeroes(srv):
+    return zeroes(srv, True)
+
+
+def case_zeroes32(srv):
+    return zeroes(srv, False)
 
 
 def case_hoard(srv):
@@ -407,7 +416,8 @@ def case_slow(srv):
 
 
 CASES = {
-    "zeroes": ("huge WRITE_ZEROES/TRIM", case_zeroes, None),
+    "zeroes": ("huge WRITE_ZEROES/TRIM (extended headers if supported)", case_zeroes, None),
+    "zeroes32": ("WRITE_ZEROES/TRIM 0xFFFFF000 (compact headers)", case_zeroes32, None),
     "hoard": ("reply hoarding", case_hoard, None),
     "churn": (f"connection churn", case_churn, None),
     "flood": ("flood at nofile=256", case_flood, 256),
@@ -445,8 +455,11 @@ def main():
                 time.sleep(1)
                 row["after"] = srv.rss() if row["alive"] else 0
                 if not row["alive"]:
-                    tail = open(os.path.join(srv.dir, "server.log")).read()[-300:]
-                    row["notes"] += f"; server died: {tail.strip().splitlines()[-1:]}"
+                    lines = open(os.path.join(srv.dir, "server.log"), errors="replace") \
+                        .read().splitlines()
+                    why = [l for l in lines if any(w in l for w in (
+                        "panicked", "memory allocation", "Assertion", "Aborted", "error", "killed"))]
+                    row["notes"] += f"; server died: {(why or lines or ['(no log)'])[-1][:200]}"
             finally:
                 srv.stop()
             log(json.dumps(row))
