@@ -114,8 +114,7 @@ fn check_option_replies(out: &[u8], export_name_reply: bool) {
         if r.u64() != Some(REPLY_MAGIC) {
             let tail = &out[at..];
             assert!(
-                export_name_reply
-                    && (tail.len() == 10 || tail.len() == 10 + EXPORT_NAME_ZEROES),
+                export_name_reply && (tail.len() == 10 || tail.len() == 10 + EXPORT_NAME_ZEROES),
                 "not an option reply: {tail:?}"
             );
             return;
@@ -123,7 +122,10 @@ fn check_option_replies(out: &[u8], export_name_reply: bool) {
         let (Some(_option), Some(_typ), Some(len)) = (r.u32(), r.u32(), r.u32()) else {
             panic!("truncated option reply header");
         };
-        assert!(r.bytes(len as usize).is_some(), "truncated option reply data");
+        assert!(
+            r.bytes(len as usize).is_some(),
+            "truncated option reply data"
+        );
         at += 20 + len as usize;
     }
 }
@@ -282,7 +284,8 @@ fn small_opts(read_only: bool) -> Options {
 
 fn dev_bytes(dev: &dyn BlockDev) -> Vec<u8> {
     let mut v = vec![0u8; dev.len() as usize];
-    dev.read_at(&mut v, 0).expect("MemDev reads within its size");
+    dev.read_at(&mut v, 0)
+        .expect("MemDev reads within its size");
     v
 }
 
@@ -385,7 +388,11 @@ pub fn pool_image(data: &[u8]) {
         }
         let _ = pool.check();
         let _ = pool.close();
-        assert_eq!(dev_crc(dev.as_ref()), crc, "a read-only open wrote to the PV");
+        assert_eq!(
+            dev_crc(dev.as_ref()),
+            crc,
+            "a read-only open wrote to the PV"
+        );
     }
     let Ok(pool) = Pool::open(vec![dev.clone()], small_opts(false)) else {
         return;

@@ -457,9 +457,9 @@ def main():
                 if not row["alive"]:
                     lines = open(os.path.join(srv.dir, "server.log"), errors="replace") \
                         .read().splitlines()
-                    why = [l for l in lines if any(w in l for w in (
-                        "panicked", "memory allocation", "Assertion", "Aborted", "error", "killed"))]
-                    row["notes"] += f"; server died: {(why or lines or ['(no log)'])[-1][:200]}"
+                    why = [l for w in ("memory allocation", "panicked", "Assertion", "Aborted",
+                                       "ERROR", "error:") for l in lines if w in l]
+                    row["notes"] += f"; server died: {(why or lines[-1:] or ['(no log)'])[0][:200]}"
             finally:
                 srv.stop()
             log(json.dumps(row))
