@@ -77,11 +77,12 @@ git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=Tru
 dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                        capture_output=True, text=True).stdout.strip()
 ver = lambda c: subprocess.run(c, capture_output=True, text=True, shell=True).stdout.strip()
-table = ["| case | server | RSS before MiB | RSS peak MiB | RSS after MiB | alive | fresh client served | what happened |",
-         "| --- | --- | ---: | ---: | ---: | --- | --- | --- |"]
+table = ["| case | server | RSS before MiB | RSS peak MiB | RSS after MiB | alive after | fresh client during | fresh client after | what happened |",
+         "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |"]
 for r in rows:
+    during = "-" if r.get("during") is None else yn(r["during"])
     table.append(f"| {r['case']} | {r['server']} | {mib(r.get('before'))} | {mib(r.get('peak'))} | "
-                 f"{mib(r.get('after'))} | {yn(r.get('alive'))} | {yn(r.get('served'))} | "
+                 f"{mib(r.get('after'))} | {yn(r.get('alive'))} | {during} | {yn(r.get('served'))} | "
                  f"{r.get('notes', '').replace('|', '/')} |")
 text = "\n".join(table)
 print(text)
@@ -94,8 +95,9 @@ Versions: {ver('qemu-nbd --version | head -1')}; {ver('nbdkit --version')}; {ver
 Each server is started fresh for each case, with a 1 TiB export on a {int("${HOSTILE_TMPFS_GIB:-6}")} GiB tmpfs
 (sspd: a thin LU on a {int("${HOSTILE_PV_GIB:-2}")} GiB sparse PV file; the peers: a sparse raw file).
 RSS is VmRSS from /proc (for nbd-server summed with its per-connection children), sampled every
-50 ms: before the case, its peak, and 3 s after the client left. "Fresh client served": after the
-case, a new client negotiates (NBD_OPT_GO) and reads 4 KiB within 10 s.
+50 ms: before the case, its peak, and 4 s after the client left ("-": the server died). A fresh
+client negotiates (NBD_OPT_GO) and reads 4 KiB within 10 s: "during" the flood (400 connections
+open) and the slow handshake (the silent connection open), and "after" every case.
 
 Cases: **huge WRITE_ZEROES/TRIM**: WRITE_ZEROES with NO_HOLE, then TRIM, of 512 GiB with extended
 headers where the server negotiates them, else of 0xFFFFF000 bytes (each reply awaited 60 s);

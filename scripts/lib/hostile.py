@@ -371,21 +371,20 @@ def case_flood(srv):
                 connected += 1
     time.sleep(2)
     served = fresh_client(srv.port)
-    notes = [f"{connected}/400 connected; fresh client during the flood: "
-             f"{'served' if served else 'NOT served'}"]
+    notes = [f"{connected}/400 connected"]
     if srv.name == "sspd":
         try:
             r = subprocess.run([CFG["sspctl"], "--pool", srv.pool, "lu", "list"],
                                capture_output=True, text=True, timeout=15)
             lines = [l for l in r.stdout.splitlines() if l.strip()]
             ok = r.returncode == 0 and any(EXPORT in l for l in lines)
-            notes.append(f"sspctl lu list: exit {r.returncode}, {len(lines)} lines"
-                         + ("" if ok else " (NOT served)"))
+            notes.append(f"sspctl lu list during the flood: exit {r.returncode}, "
+                         f"{len(lines)} lines" + ("" if ok else " (NOT served)"))
         except subprocess.TimeoutExpired:
             notes.append("sspctl lu list: hung 15 s (NOT served)")
     for s in socks:
         s.close()
-    return "; ".join(notes)
+    return "; ".join(notes), served
 
 
 def case_slow(srv):
@@ -412,7 +411,7 @@ def case_slow(srv):
     s.close()
     when = f"closed by the server after {closed:.1f} s" if closed is not None else \
         f"still open after {CFG['slow_seconds']} s"
-    return f"{when}; fresh client meanwhile: {'served' if served else 'NOT served'}"
+    return when, served
 
 
 CASES = {
@@ -443,7 +442,8 @@ def main():
                 smp = Sampler(srv.pid, srv.tree)
                 smp.start()
                 try:
-                    row["notes"] = fn(srv)
+                    out = fn(srv)
+                    row["notes"], row["during"] = out if isinstance(out, tuple) else (out, None)
                 except Exception as e:  # noqa: BLE001
                     row["notes"] = f"client error: {e}"
                 time.sleep(3)
@@ -453,7 +453,7 @@ def main():
                 row["alive"] = alive(srv.pid)
                 row["served"] = row["alive"] and fresh_client(srv.port)
                 time.sleep(1)
-                row["after"] = srv.rss() if row["alive"] else 0
+                row["after"] = srv.rss() if row["alive"] else None
                 if not row["alive"]:
                     lines = open(os.path.join(srv.dir, "server.log"), errors="replace") \
                         .read().splitlines()
