@@ -8,9 +8,11 @@ use ssp::pool::{Options, Pool};
 use std::path::Path;
 use std::sync::Arc;
 
-fn replay(target: &str, run: fn(&[u8])) -> usize {
+/// Run every input in `tools/fuzz/KIND/TARGET/` (KIND: `seeds` or `regressions`).
+fn replay(kind: &str, target: &str, run: fn(&[u8])) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tools/fuzz/regressions")
+        .join("tools/fuzz")
+        .join(kind)
         .join(target);
     let mut n = 0;
     if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -59,17 +61,19 @@ fn pool_seeds_open_and_replay() {
 
 #[test]
 fn pool_image_regressions() {
-    replay("pool_image", fuzzing::pool_image);
+    replay("regressions", "pool_image", fuzzing::pool_image);
 }
 
 #[test]
-fn nbd_stream_regressions() {
-    replay("nbd_stream", fuzzing::nbd_stream);
+fn nbd_stream_seeds_and_regressions() {
+    assert!(replay("seeds", "nbd_stream", fuzzing::nbd_stream) >= 4);
+    replay("regressions", "nbd_stream", fuzzing::nbd_stream);
 }
 
 #[test]
-fn admin_lines_regressions() {
-    replay("admin_lines", fuzzing::admin_lines);
+fn admin_lines_seeds_and_regressions() {
+    assert!(replay("seeds", "admin_lines", fuzzing::admin_lines) >= 3);
+    replay("regressions", "admin_lines", fuzzing::admin_lines);
     // A valid request runs; the same line with another version is refused by the decoder.
     fuzzing::admin_lines(b"{\"version\":2,\"cmd\":\"lu_create\",\"name\":\"x\",\"size\":4096}\n");
     assert!(ssp::admin::decode_request_line("{\"version\":1,\"cmd\":\"lu_list\"}").is_err());
