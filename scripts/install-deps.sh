@@ -58,5 +58,9 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
+# cargo-fuzz for scripts/fuzz.sh (libFuzzer targets in tools/fuzz; stable Rust with
+# RUSTC_BOOTSTRAP=1).
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+
 # Crates.
 cargo fetch --locked

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README and CI): install what is needed, then format check,
-# clippy with warnings as errors, every test, and a build of the benchmarks. Ends with one
-# summary line: "tests: N passed, N failed".
+# clippy with warnings as errors, every test, a build of the benchmarks, and each fuzz target for
+# a bounded time (scripts/fuzz.sh; a target counts as one test). Ends with one summary line:
+# "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -19,7 +20,16 @@ set +e
 cargo test --locked --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# Each fuzz target for a bounded time (scripts/fuzz.sh; FUZZ_SECONDS each, 45 by default here).
+echo "== fuzz"
+set +e
+FUZZ_SECONDS=${FUZZ_SECONDS:-45} scripts/fuzz.sh 2>&1 | tee -a "$log"
+fuzz_status=${PIPESTATUS[0]}
+set -e
+[ "$status" != 0 ] || status=$fuzz_status
 # Sum every "test result: ... N passed; M failed" line (lib, each test file, doc tests).
+# scripts/fuzz.sh prints "fuzz target T: ok" or "fuzz target T: FINDING" per target.
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^fuzz target .*: ok$/ { p++ } /^fuzz target .*: FINDING/ { f++ }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -640,6 +640,31 @@ pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(ADMIN_SOCKET)
 }
 
+/// Decode one request line as the server does: JSON, the envelope's version, then the
+/// request. The error is the message sent back to the client.
+pub fn decode_request_line(line: &str) -> Result<AdminRequest, String> {
+    let v = serde_json::from_str::<serde_json::Value>(line)
+        .map_err(|e| format!("malformed admin request: {e}"))?;
+    match v.get("version").and_then(|x| x.as_u64()) {
+        Some(ver) if ver == u64::from(ADMIN_VERSION) => {
+            serde_json::from_value::<Envelope<AdminRequest>>(v)
+                .map(|env| env.body)
+                .map_err(|e| format!("unknown admin request: {e}"))
+        }
+        other => Err(format!(
+            "admin protocol version mismatch: this sspd speaks version {ADMIN_VERSION}, the client sent {other:?}; use matching sspctl and sspd"
+        )),
+    }
+}
+
+/// Encode a request as the client sends it (one JSON line, without the newline).
+pub fn encode_request_line(req: &AdminRequest) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&Envelope {
+        version: ADMIN_VERSION,
+        body: req.clone(),
+    })
+}
+
 /// One request line from an admin client.
 enum Line {
     Complete(Vec<u8>),
@@ -754,30 +779,23 @@ pub fn handle_connection(stream: UnixStream, ctx: &AdminCtx) -> std::io::Result<
             }
             Line::Complete(l) => l,
         };
-        let outcome = match serde_json::from_slice::<serde_json::Value>(&line) {
-            Err(e) => Outcome::Error(format!("malformed admin request: {e}")),
-            Ok(v) => match v.get("version").and_then(|x| x.as_u64()) {
-                Some(ver) if ver == u64::from(ADMIN_VERSION) => {
-                    match serde_json::from_value::<Envelope<AdminRequest>>(v) {
-                        Ok(env) => match execute_with_progress(ctx, &env.body, &mut |done, total| {
-                            // Progress is best effort: a client that went away loses nothing.
-                            if let Ok(mut l) = serde_json::to_string(&Envelope {
-                                version: ADMIN_VERSION,
-                                body: Outcome::Progress { done, total },
-                            }) {
-                                l.push('\n');
-                                let _ = w.write_all(l.as_bytes());
-                            }
-                        }) {
-                            Ok(r) => Outcome::Ok(r),
-                            Err(e) => Outcome::Error(e.to_string()),
-                        },
-                        Err(e) => Outcome::Error(format!("unknown admin request: {e}")),
-                    }
+        let outcome = match std::str::from_utf8(&line)
+            .map_err(|e| format!("malformed admin request: {e}"))
+            .and_then(decode_request_line)
+        {
+            Err(e) => Outcome::Error(e),
+            Ok(req) => match execute_with_progress(ctx, &req, &mut |done, total| {
+                // Progress is best effort: a client that went away loses nothing.
+                if let Ok(mut l) = serde_json::to_string(&Envelope {
+                    version: ADMIN_VERSION,
+                    body: Outcome::Progress { done, total },
+                }) {
+                    l.push('\n');
+                    let _ = w.write_all(l.as_bytes());
                 }
-                other => Outcome::Error(format!(
-                    "admin protocol version mismatch: this sspd speaks version {ADMIN_VERSION}, the client sent {other:?}; use matching sspctl and sspd"
-                )),
+            }) {
+                Ok(r) => Outcome::Ok(r),
+                Err(e) => Outcome::Error(e.to_string()),
             },
         };
         let mut out = serde_json::to_string(&Envelope {
@@ -829,11 +847,7 @@ pub fn call_with_progress(
         Err(e) => return Err(e.into()),
     };
     let mut w = stream.try_clone()?;
-    let mut line = serde_json::to_string(&Envelope {
-        version: ADMIN_VERSION,
-        body: req.clone(),
-    })
-    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut line = encode_request_line(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push('\n');
     let sent = w.write_all(line.as_bytes());
     let mut reader = BufReader::new(stream);

@@ -13,6 +13,8 @@ pub mod admin;
 pub mod cli;
 pub mod dev;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod nbd;
 pub mod pool;

@@ -23,6 +23,15 @@ impl MemDev {
         }
     }
 
+    /// A device holding `bytes` (its size is their length).
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> MemDev {
+        MemDev {
+            name: name.to_string(),
+            len: bytes.len() as u64,
+            data: Mutex::new(bytes),
+        }
+    }
+
     fn data(&self) -> MutexGuard<'_, Vec<u8>> {
         // No code panics while holding the lock, so a poisoned lock still guards valid bytes.
         self.data.lock().unwrap_or_else(PoisonError::into_inner)

@@ -34,7 +34,7 @@ mod fuzz_tests;
 pub mod handshake;
 pub mod proto;
 pub mod validate;
-mod wire;
+pub(crate) mod wire;
 
 pub use codec::{
     decode_request, decode_request_with_limit, encode_block_status, encode_block_status_ext,
