@@ -2,6 +2,11 @@
 //! opened itself; online it sends them to the running server over the unix socket
 //! `DIR/admin.sock` (mode 0600), one JSON line each way, in a versioned envelope.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use crate::access::{ClientSpec, MapStore};
 use crate::pool::activation::Activation;
 use crate::pool::{

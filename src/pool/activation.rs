@@ -16,6 +16,11 @@
 //! The disk names its clone in the primary volume descriptor's application-use field
 //! ([`MARKER`]), so removing the clone also removes its config disk, and nothing else.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::{validate_name, LuInfo, Pool, CAPTURE_PREFIX};
 use crate::format::journal::Record;

@@ -2,6 +2,11 @@
 //! group (which starts the mirror resync), renaming groups, listing PVs and their state,
 //! resync, and scrub.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::pvs::{geometry, Pv};

@@ -8,6 +8,11 @@
 //! metadata copy-on-write and commits it by writing a checkpoint slot on every PV. Opening a pool
 //! replays only the journal written since the last checkpoint.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 pub mod activation;
 mod check;
 mod ckpt;
