@@ -72,7 +72,7 @@ impl Inner {
         for off in SB_OFFSETS {
             for (i, sb) in new.iter().enumerate() {
                 let Some(sb) = sb else { continue };
-                if self.pvs.pvs[i].failed.is_some() {
+                if self.pvs.pvs.get(i).is_none_or(|p| p.failed.is_some()) {
                     continue;
                 }
                 if let Err(e) = self.pvs.write(i as u16, off, &sb.encode()) {

@@ -163,6 +163,17 @@ pub struct Pool {
     reuse: Arc<RwLock<()>>,
 }
 
+/// The record of volume `id`, which `name` resolved to under the same lock.
+fn vol_rec<'a>(
+    g: &'a Inner,
+    id: u64,
+    name: &str,
+) -> Result<&'a crate::format::node::VolRecord> {
+    g.vols
+        .get(&id)
+        .ok_or_else(|| PoolError::Internal(format!("{name} names volume {id}, which is missing")))
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -295,7 +306,7 @@ impl Pool {
             .names
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.into()))?;
-        Ok(Self::vol_info(&g, &g.vols[&id]))
+        Ok(Self::vol_info(&g, vol_rec(&g, id, name)?))
     }
 
     /// Size in bytes of the volume with this id (cheap: for the data path).
@@ -326,7 +337,7 @@ impl Pool {
         g.check_vol_writable(id)?;
         g.log_and_apply(Record::VolResize { id, size })?;
         g.flush()?;
-        Ok(Self::lu_info(&g.vols[&id]))
+        Ok(Self::lu_info(vol_rec(&g, id, name)?))
     }
 
     /// Remove an LU or clone (its snapshots first). Returns the blocks freed.
@@ -336,7 +347,7 @@ impl Pool {
             .names
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.into()))?;
-        let v = g.vols[&id].clone();
+        let v = vol_rec(&g, id, name)?.clone();
         match v.kind {
             VOL_LU => {}
             VOL_SNAPSHOT => {
