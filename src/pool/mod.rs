@@ -164,11 +164,7 @@ pub struct Pool {
 }
 
 /// The record of volume `id`, which `name` resolved to under the same lock.
-fn vol_rec<'a>(
-    g: &'a Inner,
-    id: u64,
-    name: &str,
-) -> Result<&'a crate::format::node::VolRecord> {
+fn vol_rec<'a>(g: &'a Inner, id: u64, name: &str) -> Result<&'a crate::format::node::VolRecord> {
     g.vols
         .get(&id)
         .ok_or_else(|| PoolError::Internal(format!("{name} names volume {id}, which is missing")))
