@@ -4,6 +4,11 @@
 //! Maps are access policy, not data: they live in the pool directory (`DIR/lu-maps.json`,
 //! written atomically), beside the configuration and the admin socket.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

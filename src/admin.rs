@@ -2,6 +2,11 @@
 //! opened itself; online it sends them to the running server over the unix socket
 //! `DIR/admin.sock` (mode 0600), one JSON line each way, in a versioned envelope.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use crate::access::{ClientSpec, MapStore};
 use crate::pool::activation::Activation;
 use crate::pool::{
@@ -624,12 +629,14 @@ fn pv_replace(
     use crate::pool::dir::{config_replace_pv, make_devs};
     let specs = parse_specs(&[new.to_owned()])?;
     let mut devs = make_devs(&specs, force)?;
-    let (path, dev) = devs.pop().expect("one PV");
+    let (path, dev) = devs
+        .pop()
+        .ok_or_else(|| PoolError::Internal(format!("no PV made for {new}")))?;
     let dir = ctx.maps.dir().to_owned();
     let r = ctx.pool.pv_replace(old, dev, progress, &mut || {
         config_replace_pv(&dir, std::path::Path::new(old), &path)
     });
-    if r.is_err() && specs[0].size.is_some() {
+    if r.is_err() && specs.first().is_some_and(|s| s.size.is_some()) {
         let _ = std::fs::remove_file(&path);
     }
     r

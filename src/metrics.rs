@@ -1,6 +1,11 @@
 //! Every metric the server exports, with its description (the `metrics` facade; `sspd
 //! --metrics ADDR` serves them in Prometheus format).
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
     Histogram, Unit,
@@ -113,12 +118,14 @@ impl RequestMetrics {
 
     /// Account one completed request; `bytes` is only counted when nonzero, like [`request`].
     pub fn record(&self, cmd: Cmd, bytes: u64, seconds: f64, errno: u32) {
-        let m = &self.by_cmd[cmd as usize];
-        m.requests.increment(1);
-        if bytes > 0 {
-            m.bytes.increment(bytes);
+        // `by_cmd` holds one entry per `Cmd::ALL`, in discriminant order.
+        if let Some(m) = self.by_cmd.get(cmd as usize) {
+            m.requests.increment(1);
+            if bytes > 0 {
+                m.bytes.increment(bytes);
+            }
+            m.latency.record(seconds);
         }
-        m.latency.record(seconds);
         if errno != 0 {
             counter!(ERRORS, "errno" => errno_name(errno)).increment(1);
         }

@@ -1,5 +1,10 @@
 //! [`FileDev`]: a regular file or a block device.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -264,9 +269,9 @@ fn flock_holder(m: &std::fs::Metadata) -> Option<(u32, String)> {
         let f: Vec<&str> = l.split_whitespace().collect();
         // "->" marks a waiter, which shifts the fields by one.
         let f = if f.get(1) == Some(&"->") {
-            &f[1..]
+            f.get(1..).unwrap_or_default()
         } else {
-            &f[..]
+            f.as_slice()
         };
         (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
             .then(|| f.get(4)?.parse().ok())

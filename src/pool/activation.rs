@@ -16,6 +16,11 @@
 //! The disk names its clone in the primary volume descriptor's application-use field
 //! ([`MARKER`]), so removing the clone also removes its config disk, and nothing else.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::{validate_name, LuInfo, Pool, CAPTURE_PREFIX};
 use crate::format::journal::Record;
@@ -409,7 +414,9 @@ impl Civil {
             self.second
         );
         let mut d = [0u8; 17];
-        d[..16].copy_from_slice(&s.as_bytes()[..16]);
+        for (d, c) in d.iter_mut().zip(s.bytes().take(16)) {
+            *d = c;
+        }
         d
     }
 }
@@ -438,13 +445,16 @@ fn iso_ident(name: &str) -> String {
 
 /// A directory record (ECMA-119 9.1) with a system-use field.
 fn dir_record(ident: &[u8], extent: u32, len: u32, dir: bool, t: &[u8; 7], su: &[u8]) -> Vec<u8> {
-    let mut r = vec![0u8; 33];
-    r[2..10].copy_from_slice(&both32(extent));
-    r[10..18].copy_from_slice(&both32(len));
-    r[18..25].copy_from_slice(t);
-    r[25] = if dir { 2 } else { 0 };
-    r[28..32].copy_from_slice(&both16(1));
-    r[32] = ident.len() as u8;
+    // Record length (set last) and extended attribute record length.
+    let mut r = vec![0u8, 0];
+    r.extend_from_slice(&both32(extent));
+    r.extend_from_slice(&both32(len));
+    r.extend_from_slice(t);
+    r.push(if dir { 2 } else { 0 });
+    // File unit size and interleave gap.
+    r.extend_from_slice(&[0, 0]);
+    r.extend_from_slice(&both16(1));
+    r.push(ident.len() as u8);
     r.extend_from_slice(ident);
     if ident.len() % 2 == 0 {
         r.push(0);
@@ -453,7 +463,10 @@ fn dir_record(ident: &[u8], extent: u32, len: u32, dir: bool, t: &[u8; 7], su: &
     if r.len() % 2 == 1 {
         r.push(0);
     }
-    r[0] = r.len() as u8;
+    let n = r.len() as u8;
+    if let Some(l) = r.first_mut() {
+        *l = n;
+    }
     r
 }
 
@@ -498,8 +511,22 @@ fn susp_root() -> Vec<u8> {
 
 fn put_str(buf: &mut [u8], s: &str) {
     buf.fill(b' ');
-    let n = s.len().min(buf.len());
-    buf[..n].copy_from_slice(&s.as_bytes()[..n]);
+    for (d, c) in buf.iter_mut().zip(s.bytes()) {
+        *d = c;
+    }
+}
+
+/// `len` bytes of `buf` at `at`. The image layout is fixed, so a miss is an engine bug.
+fn region(buf: &mut [u8], at: usize, len: usize) -> Result<&mut [u8]> {
+    let total = buf.len();
+    buf.get_mut(at..at + len)
+        .ok_or_else(|| PoolError::Internal(format!("config disk: {len} bytes at {at} of {total}")))
+}
+
+/// Copy `src` into `buf` at `at` (see [`region`]).
+fn put(buf: &mut [u8], at: usize, src: &[u8]) -> Result<()> {
+    region(buf, at, src.len())?.copy_from_slice(src);
+    Ok(())
 }
 
 /// An ISO 9660 image of one root directory holding `files` (name, content), with Rock Ridge
@@ -511,7 +538,7 @@ pub fn iso9660(
     app_use: &[u8],
     when: Civil,
     pad_to: usize,
-) -> Vec<u8> {
+) -> Result<Vec<u8>> {
     const ROOT: usize = 20;
     let t = when.record();
     let mut sorted: Vec<(String, &str, &[u8])> = files
@@ -563,68 +590,63 @@ pub fn iso9660(
             &su,
         ));
     }
-    assert!(
-        root.len() <= SECTOR,
-        "the config disk's directory fits one sector"
-    );
+    if root.len() > SECTOR {
+        return Err(PoolError::Invalid(format!(
+            "the config disk's directory needs {} bytes, more than one sector",
+            root.len()
+        )));
+    }
 
     let mut img = vec![0u8; size];
     // Primary volume descriptor (ECMA-119 8.4).
     {
-        let p = &mut img[PVD_SECTOR * SECTOR..(PVD_SECTOR + 1) * SECTOR];
-        p[0] = 1;
-        p[1..6].copy_from_slice(b"CD001");
-        p[6] = 1;
-        put_str(&mut p[8..40], "LINUX");
-        put_str(&mut p[40..72], label);
-        p[80..88].copy_from_slice(&both32(sectors));
-        p[120..124].copy_from_slice(&both16(1));
-        p[124..128].copy_from_slice(&both16(1));
-        p[128..132].copy_from_slice(&both16(SECTOR as u16));
-        p[132..140].copy_from_slice(&both32(10));
-        p[140..144].copy_from_slice(&18u32.to_le_bytes());
-        p[148..152].copy_from_slice(&be32(19));
+        let p = region(&mut img, PVD_SECTOR * SECTOR, SECTOR)?;
+        put(p, 0, b"\x01CD001\x01")?;
+        put_str(region(p, 8, 32)?, "LINUX");
+        put_str(region(p, 40, 32)?, label);
+        put(p, 80, &both32(sectors))?;
+        put(p, 120, &both16(1))?;
+        put(p, 124, &both16(1))?;
+        put(p, 128, &both16(SECTOR as u16))?;
+        put(p, 132, &both32(10))?;
+        put(p, 140, &18u32.to_le_bytes())?;
+        put(p, 148, &be32(19))?;
         let rr = dir_record(&[0], ROOT as u32, SECTOR as u32, true, &t, &[]);
-        p[156..156 + rr.len()].copy_from_slice(&rr);
-        put_str(&mut p[190..318], "");
-        put_str(&mut p[318..446], "SSP");
-        put_str(&mut p[446..574], "SSPCTL CLONE --ACTIVATION");
+        put(p, 156, &rr)?;
+        put_str(region(p, 190, 128)?, "");
+        put_str(region(p, 318, 128)?, "SSP");
+        put_str(region(p, 446, 128)?, "SSPCTL CLONE --ACTIVATION");
         put_str(
-            &mut p[574..702],
+            region(p, 574, 128)?,
             "SSP ACTIVATION CONFIG DISK (CLOUD-INIT NOCLOUD, OVF)",
         );
-        put_str(&mut p[702..813], "");
+        put_str(region(p, 702, 111)?, "");
         let d = when.descriptor();
-        p[813..830].copy_from_slice(&d);
-        p[830..847].copy_from_slice(&d);
-        p[847..863].fill(b'0');
-        p[864..880].fill(b'0');
-        p[881] = 1;
+        put(p, 813, &d)?;
+        put(p, 830, &d)?;
+        region(p, 847, 16)?.fill(b'0');
+        region(p, 864, 16)?.fill(b'0');
+        put(p, 881, &[1])?;
         let n = app_use.len().min(APP_USE_LEN);
-        p[PVD_APP_USE..PVD_APP_USE + n].copy_from_slice(&app_use[..n]);
+        put(p, PVD_APP_USE, app_use.get(..n).unwrap_or_default())?;
     }
     // Volume descriptor set terminator.
-    {
-        let p = &mut img[17 * SECTOR..18 * SECTOR];
-        p[0] = 255;
-        p[1..6].copy_from_slice(b"CD001");
-        p[6] = 1;
-    }
+    put(&mut img, 17 * SECTOR, b"\xffCD001\x01")?;
     // Path tables (the root only): L (little-endian) at 18, M (big-endian) at 19.
     let mut l = vec![1u8, 0];
     l.extend_from_slice(&(ROOT as u32).to_le_bytes());
     l.extend_from_slice(&1u16.to_le_bytes());
     l.extend_from_slice(&[0, 0]);
-    img[18 * SECTOR..18 * SECTOR + 10].copy_from_slice(&l);
+    put(&mut img, 18 * SECTOR, &l)?;
     let mut m = vec![1u8, 0];
     m.extend_from_slice(&be32(ROOT as u32));
     m.extend_from_slice(&[0, 1, 0, 0]);
-    img[19 * SECTOR..19 * SECTOR + 10].copy_from_slice(&m);
-    img[ROOT * SECTOR..ROOT * SECTOR + root.len()].copy_from_slice(&root);
+    put(&mut img, 19 * SECTOR, &m)?;
+    put(&mut img, ROOT * SECTOR, &root)?;
     for ((_, _, data), &ext) in sorted.iter().zip(&extents) {
-        img[ext * SECTOR..ext * SECTOR + data.len()].copy_from_slice(data);
+        put(&mut img, ext * SECTOR, data)?;
     }
-    img
+    Ok(img)
 }
 
 /// The clone an ISO image's primary volume descriptor says it is the config disk of.
@@ -638,11 +660,11 @@ pub fn marked_clone(pvd: &[u8]) -> Option<&str> {
         .iter()
         .position(|&b| b == 0 || b == b'\n')
         .unwrap_or(f.len());
-    std::str::from_utf8(&f[..end]).ok()
+    std::str::from_utf8(f.get(..end)?).ok()
 }
 
 /// The whole config disk for clone `clone`: ISO image bytes, padded to [`MIN_DISK_SIZE`].
-pub fn config_disk(clone: &str, a: &Activation) -> Vec<u8> {
+pub fn config_disk(clone: &str, a: &Activation) -> Result<Vec<u8>> {
     let mut r = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut r);
     let iid = format!(
@@ -750,7 +772,7 @@ impl Pool {
                 )));
             }
         }
-        let image = config_disk(name, a);
+        let image = config_disk(name, a)?;
         let info = self.image_create_from(&disk, &image)?;
         match self.clone_create(src, name) {
             Ok(clone) => Ok((clone, info)),
@@ -854,7 +876,7 @@ mod tests {
     #[test]
     fn iso_layout_and_marker() {
         let a: Activation = "hostname=vm1".parse().unwrap();
-        let img = config_disk("vm1-rootvg", &a);
+        let img = config_disk("vm1-rootvg", &a).unwrap();
         assert_eq!(img.len(), MIN_DISK_SIZE as usize);
         let pvd = &img[PVD_SECTOR * SECTOR..(PVD_SECTOR + 1) * SECTOR];
         assert_eq!(&pvd[..7], b"\x01CD001\x01");

@@ -4,6 +4,11 @@
 //! and opening checks that every listed PV belongs to the pool). `DIR/lock` is held with an
 //! exclusive `flock` while the pool is open, so a second process gets a clear error.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::{CreateOptions, Options, Pool};
 use crate::dev::{BlockDev, FileDev};

@@ -1,5 +1,10 @@
 //! Pool errors: a stable kind for callers (NBD errno, CLI exit) plus context for people.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use crate::format::FormatError;
 use thiserror::Error;
 

@@ -2,6 +2,11 @@
 //! group (which starts the mirror resync), renaming groups, listing PVs and their state,
 //! resync, and scrub.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::pvs::{geometry, Pv};
@@ -67,7 +72,7 @@ impl Inner {
         for off in SB_OFFSETS {
             for (i, sb) in new.iter().enumerate() {
                 let Some(sb) = sb else { continue };
-                if self.pvs.pvs[i].failed.is_some() {
+                if self.pvs.pvs.get(i).is_none_or(|p| p.failed.is_some()) {
                     continue;
                 }
                 if let Err(e) = self.pvs.write(i as u16, off, &sb.encode()) {

@@ -1,5 +1,10 @@
 //! The LU data path: read, write (with read-modify-write of partial blocks), unmap.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::inner::{Inner, StreamId};
 use super::pvs::split;
@@ -78,16 +83,16 @@ impl Inner {
             next = lba + 1;
         }
         let mut i = 0;
-        while i < locs.len() {
+        while let Some(&(_, pba0, _)) = locs.get(i) {
+            // A run: consecutive LBAs on consecutive PBAs of one segment.
+            let seg0 = split(pba0).0;
             let mut j = i + 1;
-            while j < locs.len()
-                && locs[j].0 == locs[j - 1].0 + 1
-                && locs[j].1 == locs[j - 1].1 + 1
-                && split(locs[j].1).0 == split(locs[i].1).0
-            {
+            while let (Some(prev), Some(cur)) = (locs.get(j - 1), locs.get(j)) {
+                if cur.0 != prev.0 + 1 || cur.1 != prev.1 + 1 || split(cur.1).0 != seg0 {
+                    break;
+                }
                 j += 1;
             }
-            let pba0 = locs[i].1;
             let n = (j - i) as u64;
             let buffered = self
                 .streams
@@ -107,8 +112,11 @@ impl Inner {
                     stats: self.mirror.clone(),
                 }
             };
+            let blocks = locs
+                .get(i..j)
+                .ok_or_else(|| PoolError::Internal(format!("read run {i}..{j} out of range")))?;
             plan.runs.push(ReadRun {
-                blocks: locs[i..j].to_vec(),
+                blocks: blocks.to_vec(),
                 src,
             });
             i = j;
@@ -163,12 +171,19 @@ impl Inner {
             let lba = pos / BLOCK_U64;
             let within = (pos % BLOCK_U64) as usize;
             let n = (BLOCK - within).min(data.len() - done);
+            let part = data.get(done..done + n).ok_or_else(|| {
+                PoolError::Internal(format!("write chunk {done}+{n} out of range"))
+            })?;
             let block: &[u8] = if n == BLOCK {
-                &data[done..done + BLOCK]
+                part
             } else {
                 blk.resize(BLOCK, 0);
                 self.read(vol, lba * BLOCK_U64, &mut blk)?;
-                blk[within..within + n].copy_from_slice(&data[done..done + n]);
+                blk.get_mut(within..within + n)
+                    .ok_or_else(|| {
+                        PoolError::Internal(format!("partial block {within}+{n} out of range"))
+                    })?
+                    .copy_from_slice(part);
                 &blk
             };
             if is_zero_block(block) {
@@ -226,13 +241,18 @@ impl Inner {
         end_full: u64,
     ) -> Result<()> {
         let zero = [0u8; BLOCK];
+        // Each edge is shorter than a block.
+        let part = |len: u64| {
+            zero.get(..len as usize)
+                .ok_or_else(|| PoolError::Internal(format!("zero edge of {len} bytes")))
+        };
         let head_end = (first_full * BLOCK_U64).min(end);
         if offset < head_end {
-            self.write(vol, offset, &zero[..(head_end - offset) as usize])?;
+            self.write(vol, offset, part(head_end - offset)?)?;
         }
         let tail_start = (end_full * BLOCK_U64).max(head_end);
         if tail_start < end {
-            self.write(vol, tail_start, &zero[..(end - tail_start) as usize])?;
+            self.write(vol, tail_start, part(end - tail_start)?)?;
         }
         Ok(())
     }
@@ -397,16 +417,19 @@ impl ReadPlan {
         let aligned = offset % BLOCK_U64 == 0;
         let mut scratch = Vec::new();
         for run in &self.runs {
-            let lba0 = run.blocks[0].0;
+            let Some(&(lba0, _, _)) = run.blocks.first() else {
+                continue;
+            };
             let start = (lba0 * BLOCK_U64).saturating_sub(offset) as usize;
             let len = run.blocks.len() * BLOCK;
             // Whole blocks land straight in the caller's buffer; partial ones go via scratch.
             let direct = aligned && start + len <= buf.len();
-            let dst: &mut [u8] = if direct {
-                &mut buf[start..start + len]
-            } else {
-                scratch.resize(len, 0);
-                &mut scratch[..]
+            let dst: &mut [u8] = match buf.get_mut(start..start + len) {
+                Some(d) if direct => d,
+                _ => {
+                    scratch.resize(len, 0);
+                    scratch.as_mut_slice()
+                }
             };
             match &run.src {
                 RunSource::Memory(data) => {
@@ -414,7 +437,9 @@ impl ReadPlan {
                     self.verify(run, dst, None)?;
                 }
                 RunSource::Device { copies, stats } => {
-                    let (dev, off) = &copies[0];
+                    let (dev, off) = copies.first().ok_or_else(|| {
+                        PoolError::Internal(format!("data block {lba0} has no copy"))
+                    })?;
                     let first = dev.read_at(dst, *off).map_err(|e| PoolError::Io {
                         dev: dev.name().to_owned(),
                         offset: *off,
@@ -434,8 +459,8 @@ impl ReadPlan {
                 }
             }
             if !direct {
-                for (k, blk) in scratch.chunks(BLOCK).enumerate() {
-                    copy_block_part(buf, offset, run.blocks[k].0, blk);
+                for (blk, &(lba, _, _)) in scratch.chunks(BLOCK).zip(&run.blocks) {
+                    copy_block_part(buf, offset, lba, blk);
                 }
             }
         }
@@ -446,8 +471,7 @@ impl ReadPlan {
 impl ReadPlan {
     /// Check every block of `dst` against its checksum; `at` names the device for errors.
     fn verify(&self, run: &ReadRun, dst: &[u8], at: Option<(&str, u64)>) -> Result<()> {
-        for (k, blk) in dst.chunks(BLOCK).enumerate() {
-            let (lba, _, crc) = run.blocks[k];
+        for (k, (blk, &(lba, _, crc))) in dst.chunks(BLOCK).zip(&run.blocks).enumerate() {
             let got = data_crc(&self.pool_id, blk);
             if got != crc {
                 let (dev, off) = match at {
@@ -477,25 +501,25 @@ impl ReadPlan {
         stats: &super::mirror::MirrorStats,
         first: PoolError,
     ) -> Result<()> {
+        let Some(((bad, boff), others)) = copies.split_first() else {
+            return Err(first);
+        };
         let mut blk = vec![0u8; BLOCK];
-        for (k, chunk) in dst.chunks_mut(BLOCK).enumerate() {
-            let crc = run.blocks[k].2;
+        for (k, (chunk, &(lba, _, crc))) in dst.chunks_mut(BLOCK).zip(&run.blocks).enumerate() {
             if data_crc(&self.pool_id, chunk) == crc {
                 continue;
             }
             stats.found();
             let mut fixed = false;
-            for (dev, off) in &copies[1..] {
+            for (dev, off) in others {
                 let at = off + (k * BLOCK) as u64;
                 if dev.read_at(&mut blk, at).is_ok() && data_crc(&self.pool_id, &blk) == crc {
                     chunk.copy_from_slice(&blk);
-                    let (bad, boff) = &copies[0];
                     let bat = boff + (k * BLOCK) as u64;
                     if bad.write_at(&blk, bat).is_ok() {
                         stats.repaired();
                         tracing::warn!(
-                            "repaired data block {} of {} at {} offset {bat} from {}",
-                            run.blocks[k].0,
+                            "repaired data block {lba} of {} at {} offset {bat} from {}",
                             self.vol_name,
                             bad.name(),
                             dev.name()
@@ -506,11 +530,7 @@ impl ReadPlan {
                 }
             }
             if !fixed {
-                tracing::error!(
-                    "data block {} of {}: no copy is intact",
-                    run.blocks[k].0,
-                    self.vol_name
-                );
+                tracing::error!("data block {lba} of {}: no copy is intact", self.vol_name);
                 return Err(first);
             }
         }
@@ -524,7 +544,9 @@ fn zero_part(buf: &mut [u8], offset: u64, from: u64, to: u64) {
     let s = (from * BLOCK_U64).max(offset);
     let e = (to * BLOCK_U64).min(end);
     if s < e {
-        buf[(s - offset) as usize..(e - offset) as usize].fill(0);
+        if let Some(part) = buf.get_mut((s - offset) as usize..(e - offset) as usize) {
+            part.fill(0);
+        }
     }
 }
 
@@ -536,7 +558,10 @@ fn copy_block_part(buf: &mut [u8], offset: u64, lba: u64, blk: &[u8]) {
     let s = bstart.max(offset);
     let e = bend.min(end);
     if s < e {
-        let src = &blk[(s - bstart) as usize..(e - bstart) as usize];
-        buf[(s - offset) as usize..(e - offset) as usize].copy_from_slice(src);
+        let src = blk.get((s - bstart) as usize..(e - bstart) as usize);
+        let dst = buf.get_mut((s - offset) as usize..(e - offset) as usize);
+        if let (Some(dst), Some(src)) = (dst, src) {
+            dst.copy_from_slice(src);
+        }
     }
 }

@@ -6,6 +6,11 @@
 //! changed, and the copy takes a reference on every child. Reads walk one tree, never a chain of
 //! parents.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::ptree::NodeIo;
@@ -33,6 +38,28 @@ pub struct MapNode {
     pub dirty: bool,
     pub tick: u64,
     pub owner: u64,
+}
+
+impl MapNode {
+    /// Entry `i`; an index past the node is an engine invariant broken, not a panic.
+    pub fn entry(&self, i: usize) -> Result<u64> {
+        self.entries.get(i).copied().ok_or_else(|| self.bad_slot(i))
+    }
+
+    /// Entry `i`, mutable (see [`MapNode::entry`]).
+    fn entry_mut(&mut self, i: usize) -> Result<&mut u64> {
+        let len = self.entries.len();
+        self.entries
+            .get_mut(i)
+            .ok_or_else(|| PoolError::Internal(format!("map entry {i} of a {len}-entry node")))
+    }
+
+    fn bad_slot(&self, i: usize) -> PoolError {
+        PoolError::Internal(format!(
+            "map entry {i} of a {}-entry node",
+            self.entries.len()
+        ))
+    }
 }
 
 /// Map tree height needed for `blocks` LU blocks.
@@ -135,7 +162,7 @@ impl Inner {
             if check_nodes {
                 exclusive &= self.vba_get(cur)?.aux <= 1;
             }
-            cur = self.map_node(cur, level)?.entries[slot(lba, level)];
+            cur = self.map_node(cur, level)?.entry(slot(lba, level))?;
         }
         if !map_entry_is_ref(cur) {
             return Ok((cur, false));
@@ -216,13 +243,13 @@ impl Inner {
     }
 
     /// Set entry `i` of cached node `vba`, keeping its count and dirty state.
-    fn set_entry(&mut self, vba: u64, i: usize, e: u64) {
+    fn set_entry(&mut self, vba: u64, i: usize, e: u64) -> Result<()> {
         let Some(n) = self.maps.get_mut(&vba) else {
-            return;
+            return Ok(());
         };
-        let old = std::mem::replace(&mut n.entries[i], e);
+        let old = std::mem::replace(n.entry_mut(i)?, e);
         if old == e {
-            return;
+            return Ok(());
         }
         match (old == 0, e == 0) {
             (true, false) => n.count += 1,
@@ -230,6 +257,7 @@ impl Inner {
             _ => {}
         }
         self.note_map_dirty(vba);
+        Ok(())
     }
 
     /// A new, empty, dirty map node at `level`; returns its VBA.
@@ -306,7 +334,7 @@ impl Inner {
         let mut level = depth - 1;
         while level > 0 {
             let s = slot(lba, level);
-            let child = self.map_node(cur, level)?.entries[s];
+            let child = self.map_node(cur, level)?.entry(s)?;
             if child == new && !map_entry_is_ref(new) {
                 // The whole span already is a hole, or already zeroes.
                 return Ok(new);
@@ -317,11 +345,13 @@ impl Inner {
                 self.new_map_node_filled(level - 1, vol, child)?
             };
             let n = self.map_node(cur, level)?;
-            if n.entries[s] != child {
-                if n.entries[s] == 0 {
+            let e = n.entry_mut(s)?;
+            if *e != child {
+                let was_hole = *e == 0;
+                *e = child;
+                if was_hole {
                     n.count += 1;
                 }
-                n.entries[s] = child;
                 self.note_map_dirty(cur);
             }
             cur = child;
@@ -329,14 +359,13 @@ impl Inner {
         }
         let s = slot(lba, 0);
         let n = self.map_node(cur, 0)?;
-        let old = n.entries[s];
+        let old = std::mem::replace(n.entry_mut(s)?, new);
         if old != new {
             match (old == 0, new == 0) {
                 (true, false) => n.count += 1,
                 (false, true) => n.count -= 1,
                 _ => {}
             }
-            n.entries[s] = new;
             self.note_map_dirty(cur);
         }
         Ok(old)
@@ -399,12 +428,12 @@ impl Inner {
         for i in first..=last {
             let cb = base + i as u64 * span;
             let ce = cb.saturating_add(span);
-            let e = self.map_node(node, level)?.entries[i];
+            let e = self.map_node(node, level)?.entry(i)?;
             if e == value {
                 continue;
             }
             if level == 0 {
-                self.set_entry(node, i, value);
+                self.set_entry(node, i, value)?;
                 if map_entry_is_ref(e) {
                     self.drop_data_ref(vol, cb, e)?;
                 }
@@ -412,7 +441,7 @@ impl Inner {
             }
             if !map_entry_is_ref(e) && lo <= cb && ce <= hi {
                 // A hole or zero span covered whole: one entry changes.
-                self.set_entry(node, i, value);
+                self.set_entry(node, i, value)?;
                 continue;
             }
             let child = if map_entry_is_ref(e) {
@@ -420,7 +449,7 @@ impl Inner {
             } else {
                 self.new_map_node_filled(level - 1, vol, e)?
             };
-            self.set_entry(node, i, child);
+            self.set_entry(node, i, child)?;
             self.fill_node(vol, child, level - 1, cb, lo.max(cb), hi.min(ce), value)?;
             if self
                 .map_node(child, level - 1)?
@@ -428,7 +457,7 @@ impl Inner {
                 .iter()
                 .all(|&x| x == value)
             {
-                self.set_entry(node, i, value);
+                self.set_entry(node, i, value)?;
                 self.decref(child, Some(level - 1))?;
             }
         }
@@ -496,7 +525,12 @@ impl Inner {
             return Ok(());
         }
         // Copy the slots of interest: the recursion below may evict nothing, but borrows `self`.
-        let entries: Vec<u64> = self.map_node(node, level)?.entries[lo..hi].to_vec();
+        let n = self.map_node(node, level)?;
+        let entries: Vec<u64> = n
+            .entries
+            .get(lo..hi)
+            .ok_or_else(|| n.bad_slot(hi - 1))?
+            .to_vec();
         for (k, e) in entries.into_iter().enumerate() {
             let cb = base + (lo + k) as u64 * span;
             if e == MAP_ZERO {
@@ -552,7 +586,9 @@ impl Inner {
                     stack.push((e, level - 1, base + i as u64 * span));
                 }
             }
-            stack[mark..].reverse();
+            if let Some(pushed) = stack.get_mut(mark..) {
+                pushed.reverse();
+            }
         }
         Ok(out)
     }

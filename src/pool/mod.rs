@@ -8,6 +8,11 @@
 //! metadata copy-on-write and commits it by writing a checkpoint slot on every PV. Opening a pool
 //! replays only the journal written since the last checkpoint.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 pub mod activation;
 mod check;
 mod ckpt;
@@ -158,6 +163,13 @@ pub struct Pool {
     reuse: Arc<RwLock<()>>,
 }
 
+/// The record of volume `id`, which `name` resolved to under the same lock.
+fn vol_rec<'a>(g: &'a Inner, id: u64, name: &str) -> Result<&'a crate::format::node::VolRecord> {
+    g.vols
+        .get(&id)
+        .ok_or_else(|| PoolError::Internal(format!("{name} names volume {id}, which is missing")))
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -290,7 +302,7 @@ impl Pool {
             .names
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.into()))?;
-        Ok(Self::vol_info(&g, &g.vols[&id]))
+        Ok(Self::vol_info(&g, vol_rec(&g, id, name)?))
     }
 
     /// Size in bytes of the volume with this id (cheap: for the data path).
@@ -321,7 +333,7 @@ impl Pool {
         g.check_vol_writable(id)?;
         g.log_and_apply(Record::VolResize { id, size })?;
         g.flush()?;
-        Ok(Self::lu_info(&g.vols[&id]))
+        Ok(Self::lu_info(vol_rec(&g, id, name)?))
     }
 
     /// Remove an LU or clone (its snapshots first). Returns the blocks freed.
@@ -331,7 +343,7 @@ impl Pool {
             .names
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.into()))?;
-        let v = g.vols[&id].clone();
+        let v = vol_rec(&g, id, name)?.clone();
         match v.kind {
             VOL_LU => {}
             VOL_SNAPSHOT => {

@@ -1,6 +1,11 @@
 //! Applying journal records to the pool state. The live path journals a record and then applies
 //! it; replay applies the same records after a crash, so both share this code.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::maps::depth_for;

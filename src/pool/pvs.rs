@@ -4,6 +4,11 @@
 //! so PBA 0 means "nowhere". The segment table says which PV (and which segment of it) holds each
 //! pool segment, so mirroring and PV evacuation move segments without touching block maps.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use super::error::{PoolError, Result};
 use crate::dev::BlockDev;
 use crate::format::superblock::Superblock;

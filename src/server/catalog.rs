@@ -1,6 +1,11 @@
 //! The pool's LUs as NBD exports: every LU is an export named after it; and the sessions
 //! attached to each export.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use crate::access::{MapStore, Peer};
 use crate::admin::Attachments;
 use crate::nbd::{ExportCatalog, ExportEntry, ExportInfo, Lookup};

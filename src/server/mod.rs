@@ -1,5 +1,10 @@
 //! The tokio edge: listeners, one task per connection, graceful shutdown.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 pub mod catalog;
 pub mod session;
 pub mod socket;

@@ -6,6 +6,11 @@
 //! or any other object is refused untouched, and so is a socket a live server still accepts on
 //! (a second server must not take over the first one's clients).
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 

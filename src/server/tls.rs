@@ -6,6 +6,11 @@
 //! A verified certificate's subject common names and DNS names become the session's
 //! [`TlsIdentity`], which LU maps of the form `tls:NAME` match.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use crate::access::TlsIdentity;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
