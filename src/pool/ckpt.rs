@@ -6,10 +6,11 @@ use super::error::Result;
 use super::inner::{Inner, StreamId};
 use super::pvs::split;
 use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
+use crate::format::node::SEG_PER_PAGE;
 use crate::format::node::{
     encode_node, encode_u64s, node_crc, NodeHeader, NodeKind, Ptr, SEG_FREE,
 };
-use crate::format::BLOCK;
+use crate::format::{BLOCK, SEG_BLOCKS};
 use std::collections::BTreeSet;
 
 impl Inner {
@@ -279,6 +280,13 @@ impl Inner {
         }
     }
 
+    /// Free segments the next checkpoint may take if `extra` more metadata nodes turn dirty
+    /// first: every dirty node, every table page and a fresh metadata head.
+    pub fn ckpt_need(&self, extra: u64) -> u64 {
+        let dirty = (self.maps_dirty + self.vba.dirty_pages() + self.summaries.len()) as u64;
+        (dirty + extra + table_pages(self.segs.len() as u64 - 1)).div_ceil(SEG_BLOCKS) + 1
+    }
+
     /// Whether enough has changed since the last checkpoint to take one now.
     pub fn checkpoint_due(&self) -> bool {
         self.journal.used() * 2 >= self.journal.blocks
@@ -286,6 +294,17 @@ impl Inner {
             || self.maps_dirty + self.vba.dirty_pages() + self.summaries.len() >= self.dirty_cap
     }
 }
+
+/// Segment-table and volume-directory pages a checkpoint may rewrite (an upper bound).
+pub fn table_pages(pool_segments: u64) -> u64 {
+    (pool_segments / SEG_PER_PAGE as u64 + 1) * 2 + 16
+}
+
+/// Free segments kept, beyond a whole checkpoint, for one cleaning round: a cleaner head, the
+/// checkpoint of the round's moves (a segment's worth of VBA pages plus the tables, and a
+/// metadata head) and one spare. A checkpoint taken when the free set is at the reserve thus
+/// still leaves the cleaner room to move a victim and commit it.
+pub const GC_RESERVE: u64 = 4;
 
 #[derive(Clone, Copy)]
 enum TreeId {
