@@ -284,7 +284,7 @@ impl Inner {
     /// first: every dirty node, every table page and a fresh metadata head.
     pub fn ckpt_need(&self, extra: u64) -> u64 {
         let dirty = (self.maps_dirty + self.vba.dirty_pages() + self.summaries.len()) as u64;
-        (dirty + extra + table_pages(self.segs.len() as u64 - 1)).div_ceil(SEG_BLOCKS) + 1
+        ckpt_segments(dirty + extra, table_pages(self.segs.len() as u64 - 1))
     }
 
     /// Whether enough has changed since the last checkpoint to take one now.
@@ -300,11 +300,19 @@ pub fn table_pages(pool_segments: u64) -> u64 {
     (pool_segments / SEG_PER_PAGE as u64 + 1) * 2 + 16
 }
 
-/// Free segments kept, beyond a whole checkpoint, for one cleaning round: a cleaner head, the
-/// checkpoint of the round's moves (a segment's worth of VBA pages plus the tables, and a
-/// metadata head) and one spare. A checkpoint taken when the free set is at the reserve thus
-/// still leaves the cleaner room to move a victim and commit it.
-pub const GC_RESERVE: u64 = 4;
+/// Segments a checkpoint writing `nodes` dirty nodes may take: those, every table page, and a
+/// fresh metadata head.
+pub fn ckpt_segments(nodes: u64, table_pages: u64) -> u64 {
+    (nodes + table_pages).div_ceil(SEG_BLOCKS) + 1
+}
+
+/// Free segments kept, beyond a whole checkpoint, for one cleaning round: the checkpoint of a
+/// victim's moves (a segment's worth of VBA pages and its summary, with the tables and the
+/// resident summaries), a cleaner head and a spare. A checkpoint taken when the free set is at
+/// the reserve thus still leaves the cleaner room to move a victim and commit it.
+pub fn gc_reserve(table_pages: u64) -> u64 {
+    ckpt_segments(SEG_BLOCKS + 8, table_pages) + 2
+}
 
 #[derive(Clone, Copy)]
 enum TreeId {

@@ -171,9 +171,10 @@ fn assemble(
     // page of the segment table and volume directory, and a metadata head) and, on top of
     // that, one cleaning round with its own checkpoint (FORMAT.md §5.4.1).
     let table_pages = super::ckpt::table_pages(total);
-    let ckpt = (opts.dirty_limit as u64 + table_pages).div_ceil(SEG_BLOCKS) + 1;
-    let reserve = (ckpt + super::ckpt::GC_RESERVE).min(total / 4).max(3);
-    let dirty_cap = (reserve.saturating_sub(super::ckpt::GC_RESERVE + 1) * SEG_BLOCKS)
+    let gc = super::ckpt::gc_reserve(table_pages);
+    let ckpt = super::ckpt::ckpt_segments(opts.dirty_limit as u64, table_pages);
+    let reserve = (ckpt + gc).min(total / 4).max(3);
+    let dirty_cap = (reserve.saturating_sub(gc + 1) * SEG_BLOCKS)
         .saturating_sub(table_pages)
         .clamp(32, opts.dirty_limit.max(32) as u64) as usize;
     Ok(Inner {
