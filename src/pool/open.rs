@@ -174,7 +174,10 @@ fn assemble(
     let gc = super::ckpt::gc_reserve(table_pages);
     let ckpt = super::ckpt::ckpt_segments(opts.dirty_limit as u64, table_pages);
     let reserve = (ckpt + gc).min(total / 4).max(3);
-    let dirty_cap = (reserve.saturating_sub(gc + 1) * SEG_BLOCKS)
+    // The checkpoint's share (all of it but the cleaning round's; half in a pool too small for
+    // both) bounds the dirty nodes.
+    let ckpt_share = reserve.saturating_sub(gc).max(reserve / 2);
+    let dirty_cap = (ckpt_share.saturating_sub(1) * SEG_BLOCKS)
         .saturating_sub(table_pages)
         .clamp(32, opts.dirty_limit.max(32) as u64) as usize;
     Ok(Inner {
