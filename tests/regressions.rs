@@ -158,6 +158,7 @@ fn full_pool_overwrite_sweep() {
         let seed = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         for zero_every in [0, 7] {
             overwrite_full_pool(seed, zero_every, 300_000);
+            eprintln!("seed {seed:#x}, zero every {zero_every}: ok");
         }
     }
 }
