@@ -83,11 +83,9 @@ impl Inner {
             return false;
         };
         let live = u64::from(e.live);
-        let head = &self.streams[StreamId::Gc as usize];
-        let room = if head.seg == 0 {
-            0
-        } else {
-            SEG_BLOCKS - head.next
+        let room = match self.streams.get(StreamId::Gc as usize) {
+            Some(h) if h.seg != 0 => SEG_BLOCKS.saturating_sub(h.next),
+            _ => 0,
         };
         let gc_segs = u64::from(e.state == SEG_DATA && live > room);
         (self.free.len() as u64) >= self.ckpt_need(live + 1) + gc_segs
