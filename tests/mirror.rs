@@ -369,8 +369,10 @@ fn an_lus_extents_spread_over_the_pvs_of_a_group() {
     while lba < 16384 && p.write(id, lba * 4096, &pattern(lba, 1), false).is_ok() {
         lba += 1;
     }
+    // What stays free is the reserve (9 segments here: a checkpoint and a cleaning round);
+    // a PV left unused would leave its 16 MiB free on top.
     assert!(
-        p.status().free_bytes < 8 * MB,
+        p.status().free_bytes < 12 * MB,
         "{:?}",
         p.status().free_bytes
     );

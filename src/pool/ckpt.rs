@@ -11,10 +11,11 @@ use super::error::{PoolError, Result};
 use super::inner::{Inner, StreamId};
 use super::pvs::split;
 use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
+use crate::format::node::SEG_PER_PAGE;
 use crate::format::node::{
     encode_node, encode_u64s, node_crc, NodeHeader, NodeKind, Ptr, SEG_FREE,
 };
-use crate::format::BLOCK;
+use crate::format::{BLOCK, SEG_BLOCKS};
 use std::collections::BTreeSet;
 
 impl Inner {
@@ -298,12 +299,38 @@ impl Inner {
         }
     }
 
+    /// Free segments the next checkpoint may take if `extra` more metadata nodes turn dirty
+    /// first: every dirty node, every table page and a fresh metadata head.
+    pub fn ckpt_need(&self, extra: u64) -> u64 {
+        let dirty = (self.maps_dirty + self.vba.dirty_pages() + self.summaries.len()) as u64;
+        ckpt_segments(dirty + extra, table_pages(self.segs.len() as u64 - 1))
+    }
+
     /// Whether enough has changed since the last checkpoint to take one now.
     pub fn checkpoint_due(&self) -> bool {
         self.journal.used() * 2 >= self.journal.blocks
             || self.writes_since_ckpt >= self.opts.checkpoint_writes
             || self.maps_dirty + self.vba.dirty_pages() + self.summaries.len() >= self.dirty_cap
     }
+}
+
+/// Segment-table and volume-directory pages a checkpoint may rewrite (an upper bound).
+pub fn table_pages(pool_segments: u64) -> u64 {
+    (pool_segments / SEG_PER_PAGE as u64 + 1) * 2 + 16
+}
+
+/// Segments a checkpoint writing `nodes` dirty nodes may take: those, every table page, and a
+/// fresh metadata head.
+pub fn ckpt_segments(nodes: u64, table_pages: u64) -> u64 {
+    (nodes + table_pages).div_ceil(SEG_BLOCKS) + 1
+}
+
+/// Free segments kept, beyond a whole checkpoint, for one cleaning round: the checkpoint of a
+/// victim's moves (a segment's worth of VBA pages and its summary, with the tables and the
+/// resident summaries), a cleaner head and a spare. A checkpoint taken when the free set is at
+/// the reserve thus still leaves the cleaner room to move a victim and commit it.
+pub fn gc_reserve(table_pages: u64) -> u64 {
+    ckpt_segments(SEG_BLOCKS + 8, table_pages) + 2
 }
 
 #[derive(Clone, Copy)]

@@ -42,19 +42,31 @@ impl Inner {
     pub fn gc_run(&mut self, max_segments: usize) -> Result<GcStats> {
         self.check_writable()?;
         let mut st = GcStats::default();
+        // Victims cleaned since the last checkpoint (freed only by the next one).
+        let mut since_ckpt = 0u32;
         // Never copy more than the reserve can absorb in one pass.
         let max_live = (SEG_BLOCKS * 7 / 8) as u32;
         for seg in self.gc_candidates(max_live).into_iter().take(max_segments) {
-            // Moving a segment's blocks may open a new cleaner segment part-way: keep one.
-            if self.free_for(StreamId::Gc) == 0 {
-                break;
-            }
             // Moves dirty metadata (VBA pages, nodes) that the next checkpoint must write into
             // the reserve: commit before it outgrows what the reserve can take. The checkpoint
             // also frees the segments cleaned so far.
             if self.maps_dirty + self.vba.dirty_pages() + self.summaries.len() >= self.dirty_cap / 2
             {
                 self.checkpoint()?;
+                since_ckpt = 0;
+            }
+            // The victim's blocks may need a new cleaner segment, and each move dirties a VBA
+            // page: the checkpoint after them must still fit in what is left. If it would not,
+            // commit the victims cleaned so far first (that frees them), else stop.
+            if !self.gc_victim_fits(seg) {
+                if since_ckpt == 0 {
+                    break;
+                }
+                self.checkpoint()?;
+                since_ckpt = 0;
+                if !self.gc_victim_fits(seg) {
+                    break;
+                }
             }
             match self.seg(seg).state {
                 SEG_DATA => st.blocks_moved += self.gc_data_segment(seg)?,
@@ -63,8 +75,25 @@ impl Inner {
             }
             st.segments_cleaned += 1;
             self.counters.segments_cleaned += 1;
+            since_ckpt += 1;
         }
         Ok(st)
+    }
+
+    /// Whether cleaning `seg` now leaves room for the checkpoint that must follow: its live
+    /// blocks (a data segment's go to the cleaner head, one VBA page dirtied per block; a
+    /// metadata segment's nodes turn dirty) on top of what is dirty already.
+    fn gc_victim_fits(&self, seg: u64) -> bool {
+        let Some(e) = self.segs.get(seg as usize) else {
+            return false;
+        };
+        let live = u64::from(e.live);
+        let room = match self.streams.get(StreamId::Gc as usize) {
+            Some(h) if h.seg != 0 => SEG_BLOCKS.saturating_sub(h.next),
+            _ => 0,
+        };
+        let gc_segs = u64::from(e.state == SEG_DATA && live > room);
+        (self.free.len() as u64) >= self.ckpt_need(live + 1) + gc_segs
     }
 
     fn gc_data_segment(&mut self, seg: u64) -> Result<u64> {

@@ -356,8 +356,8 @@ impl Inner {
         let f = self.free.len() as u64;
         match which {
             StreamId::Data => f.saturating_sub(self.reserve),
-            // The cleaner may dip into half of the reserve; the rest is kept for checkpoints.
-            StreamId::Gc => f.saturating_sub(self.reserve / 2),
+            // The cleaner may take whatever the pending checkpoint does not need.
+            StreamId::Gc => f.saturating_sub(self.ckpt_need(0)),
             StreamId::Meta => f,
         }
     }

@@ -14,7 +14,7 @@ use super::pvs::{geometry, Pv, PvSet};
 use super::Options;
 use crate::dev::BlockDev;
 use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
-use crate::format::node::{SegEntry, VolRecord, SEG_FREE, SEG_PER_PAGE};
+use crate::format::node::{SegEntry, VolRecord, SEG_FREE};
 use crate::format::superblock::{Superblock, SB_OFFSETS};
 use crate::format::{Writer, BLOCK, SEG_BLOCKS};
 use rand::RngCore;
@@ -262,12 +262,17 @@ fn assemble(
         .collect();
     let names: HashMap<String, u64> = vols.values().map(|v| (v.name.clone(), v.id)).collect();
     let total = segs.len() as u64 - 1;
-    // The reserve must always hold a whole checkpoint: every dirty node (capped below), every
-    // page of the segment table and volume directory, plus heads for metadata and the cleaner.
-    let table_pages = (total / SEG_PER_PAGE as u64 + 1) * 2 + 16;
-    let want = (opts.dirty_limit as u64 + table_pages).div_ceil(SEG_BLOCKS) + 3;
-    let reserve = want.min(total / 4).max(3);
-    let dirty_cap = ((reserve - 3) * SEG_BLOCKS)
+    // The reserve must always hold a whole checkpoint (every dirty node, capped below, every
+    // page of the segment table and volume directory, and a metadata head) and, on top of
+    // that, one cleaning round with its own checkpoint (FORMAT.md §5.4.1).
+    let table_pages = super::ckpt::table_pages(total);
+    let gc = super::ckpt::gc_reserve(table_pages);
+    let ckpt = super::ckpt::ckpt_segments(opts.dirty_limit as u64, table_pages);
+    let reserve = (ckpt + gc).min(total / 4).max(3);
+    // The checkpoint's share (all of it but the cleaning round's; half in a pool too small for
+    // both) bounds the dirty nodes.
+    let ckpt_share = reserve.saturating_sub(gc).max(reserve / 2);
+    let dirty_cap = (ckpt_share.saturating_sub(1) * SEG_BLOCKS)
         .saturating_sub(table_pages)
         .clamp(32, opts.dirty_limit.max(32) as u64) as usize;
     Ok(Inner {
