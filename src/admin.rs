@@ -708,7 +708,8 @@ impl LineReader {
         };
         let mut scanned = 0;
         loop {
-            if let Some(i) = self.pending[scanned..].iter().position(|&b| b == b'\n') {
+            let fresh = self.pending.get(scanned..).unwrap_or_default();
+            if let Some(i) = fresh.iter().position(|&b| b == b'\n') {
                 let rest = self.pending.split_off(scanned + i + 1);
                 let mut line = std::mem::replace(&mut self.pending, rest);
                 line.pop();
@@ -748,7 +749,8 @@ impl LineReader {
                     Line::Complete(std::mem::take(&mut self.pending))
                 });
             }
-            self.pending.extend_from_slice(&self.chunk[..n]);
+            self.pending
+                .extend_from_slice(self.chunk.get(..n).unwrap_or_default());
         }
     }
 }
