@@ -439,7 +439,10 @@ impl Inner {
             StreamId::Gc => self.reserve / 2,
             StreamId::Meta => 0,
         };
-        let spare_backed = self.backed.len() as u64 > floor;
+        // When every free segment is backed, the host has no say: the pool's own reserve
+        // (`free_for`, checked by the caller) is what keeps room for the checkpoint.
+        let all_backed = self.free.len() <= self.backed.len();
+        let spare_backed = all_backed || self.backed.len() as u64 > floor;
         for (i, seg) in self.free_candidates() {
             let ok = if self.backed.contains(&seg) {
                 spare_backed || self.back_instead_of(seg)?
