@@ -259,8 +259,10 @@ impl Attachments for NoAttachments {
     }
 }
 
-/// How long an operation on an attached export waits for clients that are leaving anyway.
-pub const DETACH_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long an operation on an attached export waits for clients that are leaving anyway (a
+/// client that sent its disconnect stays attached until the session's final flush is done,
+/// which takes a while on a busy host).
+pub const DETACH_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long a forced operation waits for the sessions it ends to finish their requests.
 pub const SESSION_END_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
