@@ -267,8 +267,70 @@ pub struct Shared {
 
 /// An accepted client on its way to a session task.
 enum Job {
-    Serve(Stream, String, OwnedSemaphorePermit),
+    Serve(Stream, String, OwnedSemaphorePermit, InHandshake),
     Refuse(Stream, OwnedSemaphorePermit),
+}
+
+/// How long a newcomer at the connection cap waits for the slot of the client it evicted.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
+
+/// Clients still in their handshake, oldest first. At the connection cap the oldest of them is
+/// closed to make room for a newcomer.
+#[derive(Default)]
+pub struct Handshaking {
+    next: std::sync::atomic::AtomicU64,
+    waiting: Mutex<std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>>,
+}
+
+impl Handshaking {
+    fn enter(self: &Arc<Self>) -> InHandshake {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let evicted = Arc::new(tokio::sync::Notify::new());
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, evicted.clone());
+        InHandshake {
+            set: self.clone(),
+            id,
+            evicted,
+        }
+    }
+
+    /// Tell the client longest in its handshake to go; `false` when none is.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_first();
+        // `notify_one` keeps the wake-up for a session not yet waiting on it.
+        oldest.map(|(_, n)| n.notify_one()).is_some()
+    }
+}
+
+/// A client counted as in its handshake until dropped (negotiated, or gone).
+pub struct InHandshake {
+    set: Arc<Handshaking>,
+    id: u64,
+    evicted: Arc<tokio::sync::Notify>,
+}
+
+impl InHandshake {
+    /// Notified when the client is to make room for a newcomer.
+    pub(crate) fn evicted(&self) -> Arc<tokio::sync::Notify> {
+        self.evicted.clone()
+    }
+}
+
+impl Drop for InHandshake {
+    fn drop(&mut self) {
+        self.set
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// Accept clients on every listener until `shared.stopping` turns true, then wait (bounded) for
@@ -279,10 +341,12 @@ pub async fn serve(shared: Arc<Shared>, listeners: Vec<Listener>) {
     let conns = Arc::new(Semaphore::new(cap));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let refused_log = Arc::new(Mutex::new(RateLog::new()));
+    let handshaking = Arc::new(Handshaking::default());
     let (jobs_tx, mut jobs) = mpsc::channel::<Job>(64);
     let mut accepts = JoinSet::new();
     for l in listeners {
         let (conns, refusing, refused_log) = (conns.clone(), refusing.clone(), refused_log.clone());
+        let handshaking = handshaking.clone();
         let jobs_tx = jobs_tx.clone();
         let mut stop = shared.stopping.clone();
         accepts.spawn(async move {
@@ -296,9 +360,20 @@ pub async fn serve(shared: Arc<Shared>, listeners: Vec<Listener>) {
                 let job = match accepted {
                     Ok((stream, peer)) => {
                         backoff = Duration::ZERO;
-                        match conns.clone().try_acquire_owned() {
-                            Ok(permit) => Job::Serve(stream, peer, permit),
-                            Err(_) => {
+                        let mut permit = conns.clone().try_acquire_owned().ok();
+                        if permit.is_none() && handshaking.evict_oldest() {
+                            // At the cap: the client longest in its handshake makes room (a
+                            // real handshake takes milliseconds; a flood of silent connections
+                            // must not lock everyone out until the handshake timeout).
+                            permit =
+                                tokio::time::timeout(EVICTION_WAIT, conns.clone().acquire_owned())
+                                    .await
+                                    .ok()
+                                    .and_then(|p| p.ok());
+                        }
+                        match permit {
+                            Some(permit) => Job::Serve(stream, peer, permit, handshaking.enter()),
+                            None => {
                                 let n = refused_log.lock().unwrap_or_else(|p| p.into_inner()).hit();
                                 if let Some(n) = n {
                                     tracing::warn!(
@@ -351,7 +426,7 @@ pub async fn serve(shared: Arc<Shared>, listeners: Vec<Listener>) {
                 let shared = shared.clone();
                 sessions.spawn(async move {
                     match job {
-                        Job::Serve(stream, peer, _permit) => serve_one(stream, shared, peer).await,
+                        Job::Serve(stream, peer, _permit, hs) => serve_one(stream, shared, peer, hs).await,
                         Job::Refuse(stream, _permit) => {
                             let why = format!("too many connections (limit {cap}); try again later");
                             let _ = tokio::time::timeout(
@@ -377,23 +452,27 @@ pub async fn serve(shared: Arc<Shared>, listeners: Vec<Listener>) {
     sessions.shutdown().await;
 }
 
-async fn serve_one(stream: Stream, shared: Arc<Shared>, peer: String) {
+async fn serve_one(stream: Stream, shared: Arc<Shared>, peer: String, hs: InHandshake) {
     let r = match stream {
         Stream::Tcp(s) => {
             let _ = s.set_nodelay(true);
             let ip = s.peer_addr().map(|a| a.ip());
             let who = Peer::tcp(ip.unwrap_or([0, 0, 0, 0].into()));
-            session::run(s, shared, who, &peer).await
+            session::run(s, shared, who, &peer, hs).await
         }
         Stream::Unix(s) => {
             let uid = s.peer_cred().ok().map(|c| c.uid());
-            session::run(s, shared, Peer::unix(uid), &peer).await
+            session::run(s, shared, Peer::unix(uid), &peer, hs).await
         }
     };
     match r {
         Ok(()) => tracing::info!(peer, "client detached"),
         // Timeouts are the limits doing their job: a flood of them must not flood the log.
-        Err(e @ (session::SessionError::HandshakeTimeout(_) | session::SessionError::Idle(_))) => {
+        Err(
+            e @ (session::SessionError::HandshakeTimeout(_)
+            | session::SessionError::Idle(_)
+            | session::SessionError::Evicted),
+        ) => {
             tracing::info!(peer, "session closed: {e}")
         }
         Err(e) => tracing::warn!(peer, "session ended: {e}"),

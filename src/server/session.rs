@@ -43,6 +43,8 @@ pub enum SessionError {
     HandshakeTimeout(std::time::Duration),
     #[error("idle for {0:?}")]
     Idle(std::time::Duration),
+    #[error("closed in its handshake to make room for a new client at the connection limit")]
+    Evicted,
 }
 
 /// NBD errno for a pool error.
@@ -103,14 +105,21 @@ pub async fn run<S>(
     shared: Arc<super::Shared>,
     who: crate::access::Peer,
     peer: &str,
+    handshaking: super::InHandshake,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limit = shared.limits.handshake_timeout;
-    let ready = tokio::time::timeout(limit, handshake(s, &shared, who))
-        .await
-        .map_err(|_| SessionError::HandshakeTimeout(limit))??;
+    let evicted = handshaking.evicted();
+    let ready = tokio::select! {
+        r = tokio::time::timeout(limit, handshake(s, &shared, who)) => {
+            r.map_err(|_| SessionError::HandshakeTimeout(limit))??
+        }
+        () = evicted.notified() => return Err(SessionError::Evicted),
+    };
+    // Negotiated: no longer a candidate for eviction.
+    drop(handshaking);
     match ready {
         None => Ok(()),
         Some(Ready::Plain(s, neg, left)) => attached(s, &shared, neg, left, peer).await,
