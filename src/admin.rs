@@ -27,10 +27,9 @@ pub const ADMIN_SOCKET: &str = "admin.sock";
 pub const MAX_ADMIN_LINE: usize = 1 << 20;
 /// Admin connections served at once; more get an error line and are closed.
 pub const MAX_ADMIN_CONNECTIONS: usize = 16;
-/// A connection must send each request line within this time (idle connections close).
-pub const ADMIN_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-/// A reply the client does not read within this time ends the connection.
-pub const ADMIN_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Default for sspd's `--admin-timeout`: a connection must send each request line, and take
+/// each reply, within this time (idle or stuck connections close and free their slot).
+pub const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -683,17 +682,19 @@ enum Line {
 }
 
 /// Reads newline-terminated lines of at most [`MAX_ADMIN_LINE`] bytes, each within
-/// [`ADMIN_READ_TIMEOUT`].
+/// the reader's timeout.
 struct LineReader {
     stream: UnixStream,
+    timeout: std::time::Duration,
     pending: Vec<u8>,
     chunk: Vec<u8>,
 }
 
 impl LineReader {
-    fn new(stream: UnixStream) -> Self {
+    fn new(stream: UnixStream, timeout: std::time::Duration) -> Self {
         LineReader {
             stream,
+            timeout,
             pending: Vec::new(),
             chunk: vec![0u8; 64 << 10],
         }
@@ -701,7 +702,7 @@ impl LineReader {
 
     fn next(&mut self) -> std::io::Result<Line> {
         use std::io::Read;
-        let deadline = std::time::Instant::now() + ADMIN_READ_TIMEOUT;
+        let deadline = std::time::Instant::now() + self.timeout;
         let timed_out = || {
             std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -775,11 +776,16 @@ pub fn refuse_connection(mut stream: UnixStream, why: &str) {
 }
 
 /// Serve one admin connection (blocking): read request lines (each at most
-/// [`MAX_ADMIN_LINE`] bytes, within [`ADMIN_READ_TIMEOUT`]), write reply lines.
-pub fn handle_connection(stream: UnixStream, ctx: &AdminCtx) -> std::io::Result<()> {
+/// [`MAX_ADMIN_LINE`] bytes, each within `timeout`), write reply lines (a reply the client
+/// does not take within `timeout` ends the connection).
+pub fn handle_connection(
+    stream: UnixStream,
+    ctx: &AdminCtx,
+    timeout: std::time::Duration,
+) -> std::io::Result<()> {
     let mut w = stream.try_clone()?;
-    w.set_write_timeout(Some(ADMIN_WRITE_TIMEOUT))?;
-    let mut reader = LineReader::new(stream);
+    w.set_write_timeout(Some(timeout))?;
+    let mut reader = LineReader::new(stream, timeout);
     loop {
         let line = match reader.next()? {
             Line::Eof => return Ok(()),

@@ -742,3 +742,134 @@ fn admin_connections_are_capped_and_idle_ones_cost_no_more() {
     assert!(out.contains("vm1"), "{out}");
     assert!(s.stop().success());
 }
+
+/// CPU time (user + system) sspd has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &st[st.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line, in clock ticks.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((f[11] + f[12]) * 1000 / hz)
+}
+
+#[test]
+fn out_of_descriptors_accept_backs_off_and_recovers() {
+    let d = Daemon::start(&[], &[("vm1", "16M")], &[]);
+    let pid = d.pid().to_string();
+    let hard = {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_owned();
+        line.split_whitespace().nth(4).unwrap().to_owned()
+    };
+    // Squeeze sspd's soft limit to just above what it has open (as other work in the process,
+    // or an operator's prlimit, would): accept then fails with EMFILE.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let squeezed = format!("--nofile={}:{hard}", open + 2);
+    common::server::run("prlimit", &["--pid", &pid, &squeezed]);
+    let waiting: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(("127.0.0.1", d.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // While out of descriptors sspd backs off instead of spinning on accept, and says so
+    // only now and then.
+    let (cpu0, t0) = (cpu_time(d.pid()), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu, wall) = (cpu_time(d.pid()) - cpu0, t0.elapsed());
+    assert!(
+        cpu < wall / 5,
+        "sspd used {cpu:?} of CPU in {wall:?} while out of descriptors"
+    );
+    let log = d.log();
+    let warnings = log.matches("accept failed").count();
+    assert!(
+        (1..=3).contains(&warnings),
+        "{warnings} accept warnings:\n{log}"
+    );
+    assert!(log.contains("Too many open files"), "{log}");
+    // Once descriptors are back, the clients waiting in the backlog and fresh ones are served.
+    common::server::run(
+        "prlimit",
+        &["--pid", &pid, &format!("--nofile={hard}:{hard}")],
+    );
+    drop(waiting);
+    let mut fresh = Raw::connect(d.port, "vm1");
+    assert_eq!(fresh.read(0, 4096), vec![0u8; 4096]);
+    let o = Command::new(env!("CARGO_BIN_EXE_sspctl"))
+        .arg("--pool")
+        .arg(&d.pool)
+        .args(["lu", "list"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn stalled_admin_clients_are_closed_after_the_admin_timeout() {
+    let d = Daemon::start(&[], &[("vm1", "16M")], &["--admin-timeout", "1s"]);
+    let sock = d.pool.join("admin.sock");
+    let lu_list = || {
+        Command::new(env!("CARGO_BIN_EXE_sspctl"))
+            .arg("--pool")
+            .arg(&d.pool)
+            .args(["lu", "list"])
+            .output()
+            .unwrap()
+    };
+    // Sixteen clients take every slot, each stuck half-way through a request line.
+    let stalled: Vec<_> = (0..16)
+        .map(|_| {
+            let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            c.write_all(b"{\"version\":").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let o = lu_list();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("too many admin connections"));
+    // After the timeout sspd has closed them all, and sspctl is served again.
+    for mut c in stalled {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(9));
+    }
+    let o = lu_list();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("vm1"));
+    // A client that pipelines requests but never reads the replies is closed once its
+    // replies stop draining, instead of holding a slot and a thread forever.
+    let line = ssp::admin::encode_request_line(&ssp::admin::AdminRequest::LuList).unwrap() + "\n";
+    let hoarder = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut w = hoarder.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    let sent = 20_000usize;
+    let writer = std::thread::spawn(move || {
+        // The server stops reading once it is stuck on a reply: what it never read is lost.
+        let _ = w.write_all(line.repeat(sent).as_bytes());
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let mut r = hoarder;
+    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut replies = Vec::new();
+    let _ = r.read_to_end(&mut replies);
+    writer.join().unwrap();
+    let n = replies.iter().filter(|&&b| b == b'\n').count();
+    assert!(n > 0 && n < sent, "{n} replies of {sent}");
+    assert!(d.log().contains("admin connection"), "{}", d.log());
+    let o = lu_list();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -52,6 +52,10 @@ struct Args {
     /// The same bound over all clients together
     #[arg(long, default_value = "1G", value_parser = size_arg)]
     max_total_inflight_bytes: u64,
+    /// An admin-socket client (sspctl) must send each request line, and take each reply, within
+    /// this time; a stuck or idle one is closed and frees its slot
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
+    admin_timeout: std::time::Duration,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -175,8 +179,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let maps = std::sync::Arc::new(
         ssp::access::MapStore::load(&args.pool).map_err(|e| anyhow::anyhow!("LU maps: {e}"))?,
     );
-    spawn_admin(pool.clone(), attach.clone(), maps.clone(), &admin)
-        .with_context(|| format!("cannot listen on the admin socket {}", admin.display()))?;
+    spawn_admin(
+        pool.clone(),
+        attach.clone(),
+        maps.clone(),
+        &admin,
+        args.admin_timeout,
+    )
+    .with_context(|| format!("cannot listen on the admin socket {}", admin.display()))?;
     // Removed again when the server exits, whichever way `run` returns.
     let _admin_sock = SocketFile::bound(&admin)?;
     for l in &listeners {

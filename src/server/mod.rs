@@ -21,12 +21,14 @@ pub use socket::{claim_socket_path, SocketFile, SocketPathError};
 
 /// Serve admin requests on the unix socket at `path` (mode 0600) on background threads: one
 /// per connection, at most [`crate::admin::MAX_ADMIN_CONNECTIONS`] at once (more get an error
-/// line and are closed).
+/// line and are closed). Each connection must send a request line, and take a reply, within
+/// `timeout`.
 pub fn spawn_admin(
     pool: Arc<Pool>,
     attach: Arc<AttachMap>,
     maps: Arc<MapStore>,
     path: &Path,
+    timeout: Duration,
 ) -> std::io::Result<()> {
     use crate::admin::MAX_ADMIN_CONNECTIONS;
     use std::os::unix::fs::PermissionsExt;
@@ -86,7 +88,7 @@ pub fn spawn_admin(
                         attach: attach.as_ref(),
                         maps: &maps,
                     };
-                    if let Err(e) = handle_connection(conn, &ctx) {
+                    if let Err(e) = handle_connection(conn, &ctx, timeout) {
                         tracing::warn!("admin connection: {e}");
                     }
                 });
