@@ -1,131 +1,58 @@
 #!/usr/bin/env bash
-# Run the engine benchmarks (benches/engine.rs) and print a compact summary: mean (with its 95 %
-# confidence interval), slope and median time per operation, throughput and operations per
-# second of each benchmark, plus engine/baseline throughput ratios.
+# Engine benchmarks (issue 11), from one run, written to docs/bench-engine.md:
+#   a. stalls during maintenance: fio 4 KiB randread QD8 over NBD on a mirrored pool holding
+#      DATA_GIB GiB, quiet vs during scrub, online check, a write burst with checkpoints and a
+#      resync (fio's max and p99.9 completion latency; goal: max <= 250 ms, p99.9 <= 4x quiet);
+#   b. multi-conn: 1 connection QD32 vs 4 connections QD8, sspd vs nbdkit, qemu-nbd, nbd-server;
+#   c. flush latency: 1 vs 32 concurrent flushers (goal: 32 within 2x of one);
+#   d. parallel writers in process (criterion, benches/engine.rs `parallel_writers`; goal 1.6x).
+# The driver is scripts/lib/bench_engine.py (see its docstring for the exact workloads).
 #
-# Usage: scripts/bench-engine.sh [criterion args...]
-#   e.g. scripts/bench-engine.sh random_write_4k     (only benchmarks matching a filter)
-# Environment: CARGO_TARGET_DIR / CRITERION_HOME locate criterion's output as criterion does;
-# SSP_BENCH_DIR sets where the bench pools are created (default: the target's tmp dir).
+# Usage: scripts/bench-engine.sh                  the suite above (about 5 min with DATA_GIB=2)
+#        scripts/bench-engine.sh criterion [ARGS] every benches/engine.rs benchmark (criterion
+#                                                 ARGS, e.g. a filter) and a summary table
+# Environment: DATA_GIB [2], PHASE_SECONDS [15], BURST_MIB [256], RESYNC_MIB [256],
+#   MC_SECONDS [8], FLUSH_SECONDS [8], BENCH_CRITERION [1] (0 skips d), BENCH_DIR (work dir
+#   base; default target/tmp, on disk), BENCH_OUT [docs/bench-engine.md], BENCH_KEEP=1 keeps
+#   the work dir (logs, fio JSON). Needs root or sudo for apt-get when fio, nbdkit, nbd-server,
+#   qemu-utils or libnbd-bin are missing; exits 77 when they cannot be had.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BENCH_NAME=bench-engine
+# shellcheck source=scripts/lib/bench-common.sh
+source scripts/lib/bench-common.sh
 
-PYTHON=/usr/bin/python3
-[[ -x $PYTHON ]] || PYTHON=python3
+target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null ||
+    echo target)
+# Criterion writes to $CRITERION_HOME, else $CARGO_TARGET_DIR/criterion, else target/criterion.
+crit_dir=${CRITERION_HOME:-${CARGO_TARGET_DIR:-$target_dir}/criterion}
 
-# Criterion writes to $CRITERION_HOME, else $CARGO_TARGET_DIR/criterion, else the cargo target
-# directory (from `cargo metadata`)/criterion.
-if [[ -n ${CRITERION_HOME:-} ]]; then
-    crit_dir=$CRITERION_HOME
-elif [[ -n ${CARGO_TARGET_DIR:-} ]]; then
-    crit_dir=$CARGO_TARGET_DIR/criterion
-else
-    target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
-        "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null ||
-        echo target)
-    crit_dir=$target_dir/criterion
-fi
-
-# Only report results written by this run (older ones may linger in the criterion dir).
+# Only results written by this run count (older ones may linger in the criterion dir).
 stamp=$(mktemp)
 trap 'rm -f "$stamp"' EXIT
 
-# --noplot: criterion 0.8 accepts it (built without plotters/gnuplot there is nothing to plot
-# anyway; this just skips the attempt).
-cargo bench --bench engine -- --noplot "$@"
+if [[ ${1:-} == criterion ]]; then
+    shift
+    # --noplot: nothing to plot without plotters/gnuplot; this skips the attempt.
+    cargo bench --bench engine -- --noplot "$@"
+    exec "$PYTHON" scripts/lib/criterion_summary.py "$crit_dir" "$stamp"
+fi
 
-"$PYTHON" - "$crit_dir" "$stamp" <<'PY'
-import json, os, sys
+ensure_tools fio=fio nbdkit=nbdkit nbd-server=nbd-server qemu-nbd=qemu-utils nbdinfo=libnbd-bin
+fio --enghelp=nbd 2>/dev/null | grep -q uri || die77 "this fio has no nbd ioengine (libnbd)"
 
-crit_dir, stamp = sys.argv[1], sys.argv[2]
-since = os.path.getmtime(stamp)
-rows = {}
-for root, dirs, files in os.walk(crit_dir):
-    if os.path.basename(root) != "new" or "estimates.json" not in files:
-        continue
-    est_path = os.path.join(root, "estimates.json")
-    if os.path.getmtime(est_path) < since:
-        continue
-    with open(est_path) as f:
-        est = json.load(f)
-    try:
-        with open(os.path.join(root, "benchmark.json")) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        meta = {}
-    name = meta.get("function_id") or meta.get("full_id") or os.path.basename(os.path.dirname(root))
-    group = meta.get("group_id", "")
-    tp = meta.get("throughput") or {}
-    nbytes = tp.get("Bytes") or tp.get("BytesDecimal")
-    mean = est["mean"]["point_estimate"]  # ns per iteration
-    ci = est["mean"].get("confidence_interval", {})
-    # Criterion's headline estimate is the slope (linear sampling) when there is one.
-    slope = (est.get("slope") or {}).get("point_estimate")
-    rows[name] = dict(group=group, mean=mean, lo=ci.get("lower_bound", mean),
-                      hi=ci.get("upper_bound", mean), slope=slope,
-                      median=est["median"]["point_estimate"], bytes=nbytes)
+log "building release binaries"
+cargo build --release --bins
+SSPD=$target_dir/release/sspd
+SSPCTL=$target_dir/release/sspctl
 
-if not rows:
-    sys.exit(f"no criterion results newer than this run under {crit_dir}")
+if [[ ${BENCH_CRITERION:-1} != 0 ]]; then
+    log "criterion: parallel_writers"
+    cargo bench --bench engine -- --noplot parallel_writers
+fi
 
-def fmt_time(ns):
-    for unit, div in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
-        if ns >= div:
-            return f"{ns / div:.3f} {unit}"
-    return f"{ns:.1f} ns"
-
-def fmt_ops(ops):
-    if ops >= 1e6:
-        return f"{ops / 1e6:.2f} M/s"
-    if ops >= 1e3:
-        return f"{ops / 1e3:.1f} k/s"
-    return f"{ops:.2f} /s"
-
-order = ["write_4k_random", "pwrite_4k_random", "read_4k_random", "pread_4k_random",
-         "write_1m_seq", "pwrite_1m_seq", "read_1m_seq", "pread_1m_seq", "open_1m_blocks"]
-names = [n for n in order if n in rows] + sorted(n for n in rows if n not in order)
-
-hdr = (f"{'benchmark':<17} {'mean':>10} {'95% CI of mean':>22} {'slope':>10} {'median':>10} "
-       f"{'MB/s mean':>10} {'MB/s slope':>10} {'ops/s mean':>10}")
-print()
-print("times per operation; MB/s = MiB/s; the slope is criterion's headline estimate")
-print(hdr)
-print("-" * len(hdr))
-
-def rate(r, t):
-    return f"{r['bytes'] * 1e9 / t / (1 << 20):.1f}" if r["bytes"] and t else "-"
-
-for n in names:
-    r = rows[n]
-    ci = f"{fmt_time(r['lo'])}..{fmt_time(r['hi'])}"
-    slope = fmt_time(r["slope"]) if r["slope"] else "-"
-    print(f"{n:<17} {fmt_time(r['mean']):>10} {ci:>22} {slope:>10} {fmt_time(r['median']):>10} "
-          f"{rate(r, r['mean']):>10} {rate(r, r['slope']):>10} {fmt_ops(1e9 / r['mean']):>10}")
-
-pairs = [("write_4k_random", "pwrite_4k_random", 0.80),
-         ("read_4k_random", "pread_4k_random", None),
-         ("write_1m_seq", "pwrite_1m_seq", None),
-         ("read_1m_seq", "pread_1m_seq", None)]
-lines = []
-for eng, base, target in pairs:
-    if eng in rows and base in rows:
-        e, b = rows[eng], rows[base]
-        by_mean = b["mean"] / e["mean"]  # engine throughput / baseline throughput
-        by_slope = b["slope"] / e["slope"] if e["slope"] and b["slope"] else None
-        s_txt = f"{by_slope:7.1%}" if by_slope is not None else "      -"
-        note = ""
-        if target is not None:
-            ok = by_mean >= target and (by_slope is None or by_slope >= target)
-            note = f"   target >= {target:.0%}: {'met' if ok else 'NOT met'}"
-        lines.append(f"{eng + ' / ' + base:<36} {by_mean:7.1%} {s_txt}{note}")
-if lines:
-    print()
-    print(f"{'engine / baseline throughput':<36} {'mean':>7} {'slope':>7}")
-    for line in lines:
-        print(line)
-if "open_1m_blocks" in rows:
-    print()
-    print("open_1m_blocks: MB/s is mapped LU bytes (1,000,000 x 4 KiB) per open+close; "
-          "the time is what counts")
-PY
+log "NBD measurements (DATA_GIB=${DATA_GIB:-2})"
+"$PYTHON" scripts/lib/bench_engine.py "$SSPD" "$SSPCTL" "${BENCH_OUT:-docs/bench-engine.md}" \
+    "${BENCH_DIR:-$target_dir/tmp}" "$crit_dir" "$stamp"
