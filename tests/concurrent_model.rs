@@ -195,6 +195,8 @@ struct Ctx<'a> {
     /// Versions: unique pool-wide.
     version: &'a AtomicU64,
     ops: &'a AtomicU64,
+    /// Operations the power cut interrupted (they failed).
+    interrupted: &'a AtomicU64,
     cut_at: Option<u64>,
     seed: u64,
     cycle: usize,
@@ -244,7 +246,10 @@ impl Ctx<'_> {
     fn outcome<T, E: std::fmt::Display>(&self, what: &str, r: Result<T, E>) -> Option<T> {
         match r {
             Ok(v) => Some(v),
-            Err(_) if self.power.is_off() => None,
+            Err(_) if self.power.is_off() => {
+                self.interrupted.fetch_add(1, Ordering::SeqCst);
+                None
+            }
             Err(e) => panic!(
                 "seed {} cycle {}: {what} failed with the power on: {e}",
                 self.seed, self.cycle
@@ -633,6 +638,25 @@ struct World {
     /// The shared LU's values at the start of the cycle (for snapshot windows).
     shared_initial: Vec<u64>,
     version: AtomicU64,
+    stats: Stats,
+}
+
+/// What a seed exercised (so a change that stops exercising something shows).
+#[derive(Default, Debug)]
+struct Stats {
+    ops: u64,
+    cuts: u64,
+    /// Operations that failed because the power was cut under them.
+    interrupted: u64,
+    /// Blocks of shared-LU snapshots resolved against the writers' histories.
+    window_blocks: u64,
+    /// ... of which had more than one possible value.
+    window_races: u64,
+    /// Volumes whose create or remove the cut interrupted: found / not found after the crash.
+    maybe_found: u64,
+    maybe_gone: u64,
+    /// Blocks read after a crash that had a choice of values.
+    crash_choices: u64,
 }
 
 impl World {
@@ -682,6 +706,7 @@ impl World {
             locals,
             shared_initial: vec![0; SHARED_BLOCKS as usize],
             version: AtomicU64::new(1),
+            stats: Stats::default(),
         }
     }
 
@@ -691,12 +716,14 @@ impl World {
         let pool = self.pool.as_ref().unwrap();
         let clock = AtomicU64::new(1);
         let done = AtomicU64::new(0);
+        let interrupted = AtomicU64::new(0);
         let ctx = Ctx {
             pool,
             power: &self.power,
             clock: &clock,
             version: &self.version,
             ops: &done,
+            interrupted: &interrupted,
             cut_at,
             seed: self.seed,
             cycle,
@@ -707,10 +734,10 @@ impl World {
                 let ctx = &ctx;
                 s.spawn(move || {
                     let mut rng = Rng::new(seed * 1000 + cycle as u64 * 10 + local.t as u64);
+                    // After the power cut a thread goes on until an operation fails: what
+                    // still succeeds (say a write the pool only buffered) is not durable, and
+                    // whatever claims durability (flush, FUA, snapshot) must fail.
                     for _ in 0..ops {
-                        if ctx.power.is_off() {
-                            break;
-                        }
                         if let Step::Cut = local.step(ctx, &mut rng) {
                             break;
                         }
@@ -723,6 +750,9 @@ impl World {
                 });
             }
         });
+        self.stats.ops += done.load(Ordering::SeqCst);
+        self.stats.interrupted += interrupted.load(Ordering::SeqCst);
+        self.stats.cuts += u64::from(self.power.is_off());
         self.power.is_off()
     }
 
@@ -764,10 +794,14 @@ impl World {
         let mut buf = vec![0u8; 4096];
         // The shared LU: per block, its owner's view.
         let mut shared = vec![0u64; SHARED_BLOCKS as usize];
+        let mut crash_choices = 0;
         let id = pool.lu_id(SHARED).unwrap();
         for lba in 0..SHARED_BLOCKS {
             let l = &self.locals[owner_of(lba)];
             let allowed = self.allowed(&l.shared, lba, live);
+            if !live {
+                crash_choices += u64::from(allowed.len() > 1);
+            }
             pool.read(id, lba * 4096, &mut buf).unwrap();
             shared[lba as usize] = *allowed
                 .iter()
@@ -780,7 +814,16 @@ impl World {
         let mut resolved: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         resolved.insert(SHARED.into(), shared.clone());
         let mut gone: BTreeSet<String> = BTreeSet::new();
+        let (mut window_blocks, mut window_races) = (0, 0);
+        let (mut maybe_found, mut maybe_gone) = (0, 0);
         for vol in self.all_vols() {
+            if vol.exists != Exists::Yes {
+                if pool.lu_get(&vol.name).is_ok() {
+                    maybe_found += 1;
+                } else {
+                    maybe_gone += 1;
+                }
+            }
             let info = pool.lu_get(&vol.name);
             let Ok(info) = info else {
                 assert!(
@@ -796,6 +839,12 @@ impl World {
             for lba in 0..vol.cur.len() as u64 {
                 // A clone cut short holds its snapshot's content (cur = acked) if it exists.
                 let allowed = self.allowed(vol, lba, live);
+                if vol.window.is_some() {
+                    window_blocks += 1;
+                    window_races += u64::from(allowed.len() > 1);
+                } else if !live {
+                    crash_choices += u64::from(allowed.len() > 1);
+                }
                 pool.read(info.id, lba * 4096, &mut buf).unwrap();
                 let v = *allowed
                     .iter()
@@ -841,6 +890,11 @@ impl World {
         }
         let rep = pool.check().unwrap();
         assert!(rep.ok(), "{ctx}: check: {:#?}", rep.errors);
+        self.stats.window_blocks += window_blocks;
+        self.stats.window_races += window_races;
+        self.stats.crash_choices += crash_choices;
+        self.stats.maybe_found += maybe_found;
+        self.stats.maybe_gone += maybe_gone;
         // The model continues from what the pool holds.
         for l in &mut self.locals {
             l.vols.retain(|v| !gone.contains(&v.name));
@@ -901,7 +955,7 @@ impl World {
     }
 }
 
-fn run_seed(seed: u64, cycles: usize, ops: u64) {
+fn run_seed(seed: u64, cycles: usize, ops: u64) -> Stats {
     let mut w = World::new(seed);
     let mut rng = Rng::new(seed ^ 0xc0ff_ee);
     for cycle in 0..cycles {
@@ -923,13 +977,29 @@ fn run_seed(seed: u64, cycles: usize, ops: u64) {
         w.verify(cycle, false);
         w.new_cycle();
     }
+    eprintln!("seed {seed}: {:?}", w.stats);
+    w.stats
 }
 
 #[test]
 fn concurrent_ops_and_power_cuts_match_the_model() {
-    for seed in 1..=4 {
-        run_seed(seed, 3, 60);
+    let mut all = Stats::default();
+    for seed in 1..=10 {
+        let st = run_seed(seed, 4, 100);
+        all.cuts += st.cuts;
+        all.interrupted += st.interrupted;
+        all.window_races += st.window_races;
+        all.maybe_found += st.maybe_found;
+        all.maybe_gone += st.maybe_gone;
+        all.crash_choices += st.crash_choices;
     }
+    // The seeds must exercise what the test is about: operations cut by the power failure,
+    // volumes whose create/remove was cut, snapshots of the shared LU that raced with its
+    // writers, and crashes that left blocks a choice of values.
+    assert!(all.cuts > 0 && all.interrupted > 0, "{all:?}");
+    assert!(all.window_races > 0, "{all:?}");
+    assert!(all.maybe_found + all.maybe_gone > 0, "{all:?}");
+    assert!(all.crash_choices > 0, "{all:?}");
 }
 
 #[test]
