@@ -466,108 +466,169 @@ def fmt(v, spec=".1f"):
     return "–" if v is None else format(v, spec)
 
 
-def report(path, meta, st, mc, fl, cr):
+def stall_verdict(run):
+    st = run["stalls"]
     quiet = next(r for r in st if r["phase"] == "quiet")
-    lines = []
-    lines.append("| phase | fio max clat (ms) | p99.9 clat (ms) | p99.9 / quiet | IOPS | "
-                 "goal met (max ≤ 250 ms, p99.9 ≤ 4× quiet) | disturbance |")
-    lines.append("|---|---:|---:|---:|---:|---|---|")
-    worst_max = 0.0
-    worst_ratio = 0.0
-    for r in st:
-        ratio = r["p999_ms"] / quiet["p999_ms"] if quiet["p999_ms"] else None
-        ok = r["max_ms"] <= STALL_MAX_MS and (ratio is None or ratio <= STALL_P999_FACTOR)
-        if r["phase"] != "quiet":
-            worst_max = max(worst_max, r["max_ms"])
-            worst_ratio = max(worst_ratio, ratio or 0)
-        dur = f"{r['dur']:.1f} s" if r["dur"] is not None else ""
-        lines.append(f"| {r['phase']} | {r['max_ms']:.1f} | {fmt(r['p999_ms'], '.2f')} | "
-                     f"{fmt(ratio, '.1f')}× | {r['iops']:.0f} | {'yes' if ok else 'no'} | "
-                     f"{dur} {r['note']} |")
-    stall_tab = "\n".join(lines)
-    goal = (f"worst max {worst_max:.0f} ms (goal ≤ {STALL_MAX_MS} ms), worst p99.9 "
-            f"{worst_ratio:.1f}× quiet (goal ≤ {STALL_P999_FACTOR}×): "
-            + ("met" if worst_max <= STALL_MAX_MS and worst_ratio <= STALL_P999_FACTOR
-               else "NOT met"))
+    worst_max = max(r["max_ms"] for r in st if r["phase"] != "quiet")
+    worst_ratio = max(r["p999_ms"] / quiet["p999_ms"] for r in st if r["phase"] != "quiet")
+    ok = worst_max <= STALL_MAX_MS and worst_ratio <= STALL_P999_FACTOR
+    return (f"worst max {worst_max:.0f} ms, worst p99.9 {worst_ratio:.1f}× quiet: "
+            + ("met" if ok else "NOT met"))
 
-    lines = ["| server | 1 conn × QD32 (IOPS) | 4 conns × QD8 (IOPS) | 4 conns / 1 conn |",
-             "|---|---:|---:|---:|"]
-    for server, r in mc.items():
-        if not r:
-            lines.append(f"| {server} | not measured | | |")
-            continue
-        lines.append(f"| {server} | {r[1]:.0f} | {r[4]:.0f} | {r[4] / r[1]:.2f} |")
+
+def flush_ratio(run):
+    f1, f32 = run["flush"]["1"], run["flush"]["32"]
+    return f32["mean_ms"] / f1["mean_ms"] if f1["mean_ms"] else None
+
+
+def par_ratio(run):
+    cr = run["criterion"]
+    if cr.get("one_thread") and cr.get("two_threads_two_lus"):
+        return cr["two_threads_two_lus"] / cr["one_thread"]
+    return None
+
+
+def normalize(run):
+    """JSON turns int keys into strings: use strings throughout."""
+    run["flush"] = {str(k): v for k, v in run["flush"].items()}
+    run["multiconn"] = {srv: ({str(k): v for k, v in r.items()} if r else None)
+                        for srv, r in run["multiconn"].items()}
+    return run
+
+
+def report(path, runs):
+    """Markdown with one column group per run (an earlier run first: "before")."""
+    cur = runs[-1]
+    meta = cur["meta"]
+    labels = [r["label"] for r in runs]
+    head = lambda cols: "| " + " | ".join(cols) + " |"  # noqa: E731
+    rule = lambda n: "|---|" + "---:|" * (n - 1)  # noqa: E731
+
+    cols = ["phase"]
+    for lb in labels:
+        cols += [f"max clat ms ({lb})", f"p99.9 ms ({lb})", f"p99.9 / quiet ({lb})"]
+    cols += [f"disturbance ({labels[-1]})"]
+    lines = [head(cols), rule(len(cols))]
+    for k, row in enumerate(cur["stalls"]):
+        cells = [row["phase"]]
+        for run in runs:
+            st = run["stalls"]
+            quiet = next(r for r in st if r["phase"] == "quiet")
+            r = next((x for x in st if x["phase"] == row["phase"]), None)
+            if r is None:
+                cells += ["–", "–", "–"]
+                continue
+            cells += [f"{r['max_ms']:.1f}", fmt(r["p999_ms"], ".2f"),
+                      f"{r['p999_ms'] / quiet['p999_ms']:.1f}×"]
+        dur = f"{row['dur']:.1f} s" if row["dur"] is not None else ""
+        cells.append(f"{dur} {row['note']}".strip())
+        lines.append(head(cells))
+    stall_tab = "\n".join(lines)
+    stall_goal = "; ".join(f"{r['label']}: {stall_verdict(r)}" for r in runs)
+
+    cols = ["server"]
+    for lb in labels:
+        cols += [f"1 conn × QD32 IOPS ({lb})", f"4 conns × QD8 IOPS ({lb})", f"4 / 1 ({lb})"]
+    lines = [head(cols), rule(len(cols))]
+    for srv in cur["multiconn"]:
+        cells = [srv]
+        for run in runs:
+            r = run["multiconn"].get(srv)
+            if not r:
+                cells += ["–", "–", "–"]
+            else:
+                cells += [f"{r['1']:.0f}", f"{r['4']:.0f}", f"{r['4'] / r['1']:.2f}"]
+        lines.append(head(cells))
     mc_tab = "\n".join(lines)
 
-    r1, r32 = fl[1], fl[32]
-    ratio = r32["mean_ms"] / r1["mean_ms"] if r1["mean_ms"] else None
-    fl_tab = "\n".join([
-        "| flushers | mean flush latency (ms) | max (ms) | flushes | write IOPS |",
-        "|---:|---:|---:|---:|---:|",
-        f"| 1 | {r1['mean_ms']:.2f} | {r1['max_ms']:.1f} | {r1['flushes']} | "
-        f"{r1['write_iops']:.0f} |",
-        f"| 32 | {r32['mean_ms']:.2f} | {r32['max_ms']:.1f} | {r32['flushes']} | "
-        f"{r32['write_iops']:.0f} |",
-    ])
-    fl_goal = (f"32 flushers / 1 flusher mean latency: {fmt(ratio, '.1f')}× (goal ≤ 2×): "
-               + ("met" if ratio is not None and ratio <= 2 else "NOT met"))
+    cols = ["flushers"]
+    for lb in labels:
+        cols += [f"mean flush ms ({lb})", f"max ms ({lb})", f"flushes ({lb})"]
+    lines = [head(cols), rule(len(cols))]
+    for n in ("1", "32"):
+        cells = [n]
+        for run in runs:
+            f = run["flush"][n]
+            cells += [f"{f['mean_ms']:.2f}", f"{f['max_ms']:.1f}", str(f["flushes"])]
+        lines.append(head(cells))
+    cells = ["32 / 1 mean"]
+    for run in runs:
+        cells += [f"{fmt(flush_ratio(run), '.1f')}×", "", ""]
+    lines.append(head(cells))
+    fl_tab = "\n".join(lines)
+    fl_goal = "; ".join(
+        f"{r['label']}: " + ("met" if (flush_ratio(r) or 99) <= 2 else "NOT met") for r in runs)
 
-    if cr.get("one_thread") and cr.get("two_threads_two_lus"):
-        pr = cr["two_threads_two_lus"] / cr["one_thread"]
-        cr_txt = (f"one thread {cr['one_thread']:.1f} MiB/s, two threads on two LUs "
-                  f"{cr['two_threads_two_lus']:.1f} MiB/s: {pr:.2f}× (goal ≥ 1.6×): "
-                  + ("met" if pr >= 1.6 else "NOT met"))
-    else:
-        cr_txt = "not run (scripts/bench-engine.sh runs it unless BENCH_CRITERION=0)"
+    lines = []
+    for run in runs:
+        cr, pr = run["criterion"], par_ratio(run)
+        if pr is None:
+            lines.append(f"- {run['label']}: not run (BENCH_CRITERION=0)")
+        else:
+            lines.append(f"- {run['label']}: one thread {cr['one_thread']:.1f} MiB/s, two threads "
+                         f"on two LUs {cr['two_threads_two_lus']:.1f} MiB/s: {pr:.2f}× "
+                         + ("(met)" if pr >= 1.6 else "(NOT met)"))
+    cr_txt = "\n".join(lines)
 
+    runs_txt = "\n".join(f"- **{r['label']}**: {r['meta']['date']}, git {r['meta']['git']}"
+                         for r in runs)
     doc = f"""# Engine benchmarks (issue 11): stalls during maintenance, multi-conn, group commit
 
-Made by `scripts/bench-engine.sh` ({meta['date']}, git {meta['git']}, one run). Machine:
-{meta['machine']}. {meta['fio']}. Servers on 127.0.0.1, all sharing the 2 cores with fio (and,
-during this run, with other builds on the machine: the figures are noisy, compare within a
-column of one run).
+Made by `scripts/bench-engine.sh` (driver `scripts/lib/bench_engine.py`); every figure of a
+column comes from one run. Runs:
+{runs_txt}
+
+Machine: {meta['machine']}. {meta['fio']}. Servers listen on 127.0.0.1 and share the 2 cores
+with fio (and with whatever else runs on the machine: the dev box is shared, so compare figures
+of one run with each other first). To add a column, run the script with
+`BENCH_BEFORE=docs/bench-engine.json BENCH_LABEL=after` (the JSON holds the previous run).
 
 ## a. Stalls during maintenance
 
+Goal (issue 11): fio's max completion latency ≤ {STALL_MAX_MS} ms and p99.9 ≤
+{STALL_P999_FACTOR}× the quiet run's, in every phase. {stall_goal}.
+
 A mirrored pool (two failure groups, one sparse {meta['pv_gib']} GiB PV file each) with a
-{DATA_GIB} GiB LU `data` written in full through sspd. fio (`ioengine=nbd`, 4 KiB `randread`,
-QD8, one connection, `--time_based --runtime={PHASE_SECONDS}`) reads `data`; {DISTURB_AFTER} s
-into each phase the disturbance starts: `sspctl scrub --wait`; online `sspctl check`; a second
-client writing {BURST_MIB} MiB (1 MiB writes, QD8, a flush every 32) to another LU while
-`sspctl gc --max-segments 0` commits a checkpoint every second; a resync of {RESYNC_MIB} MiB
-(the second group's PV file made read-only, so the pool degraded, then {RESYNC_MIB} MiB written,
-then the file writable again: the PV rejoins and resync copies what it missed). Max and p99.9
-are fio's completion latency (`clat_ns`); "disturbance" is how long the command ran.
+{meta['data_gib']} GiB LU `data` written in full through sspd. fio (`ioengine=nbd`, 4 KiB
+`randread`, QD8, one connection, `--time_based --runtime={meta['phase_seconds']}`) reads `data`;
+{meta['disturb_after']} s into each phase the disturbance starts: `sspctl scrub --wait`; online
+`sspctl check`; a second client writing {meta['burst_mib']} MiB (1 MiB writes, QD8, a flush every
+32) to another LU while `sspctl gc --max-segments 0` commits a checkpoint every second; a resync
+of what {meta['resync_mib']} MiB of writes changed (the second group's PV file made read-only, so
+the pool degraded, then {meta['resync_mib']} MiB written, then the file writable again: the PV
+rejoins and resync copies what it missed). Max and p99.9 are fio's completion latency
+(`clat_ns`); "disturbance" is how long the command ran (from the latest run).
 
 {stall_tab}
 
-Goal: {goal}.
-
 ## b. Multi-conn
 
-4 KiB random reads of the same {DATA_GIB} GiB of data (`ioengine=nbd`, `--time_based
---runtime={MC_SECONDS}`, `--norandommap`): one connection at QD32 vs four (fio `--numjobs=4`,
-one connection each) at QD8, total queue depth 32 both ways. sspd serves the LU `data` of the
-pool above; nbdkit (`file`, `-r`), qemu-nbd (`-r -t --shared=8`) and nbd-server (config file,
-`readonly = true`) serve a raw file exported from it (`sspctl lu export`), page-cached.
+Goal: four connections not slower than one at the same total queue depth (sspd row, 4 / 1 ≥ 1).
+4 KiB random reads of the same {meta['data_gib']} GiB of data (`ioengine=nbd`, `--time_based
+--runtime={meta['mc_seconds']}`, `--norandommap`): one connection at QD32 vs four (fio
+`--numjobs=4`, one connection each) at QD8. sspd serves the LU `data` of the pool above; nbdkit
+(`file`, `-r`), qemu-nbd (`-r -t --shared=8`) and nbd-server (config file, `readonly = true`)
+serve a raw file exported from it (`sspctl lu export`), page-cached. With four fio jobs the
+client side runs four threads too, so a server that scales shows more than 1.
 
 {mc_tab}
 
 ## c. Flush latency (group commit)
 
+Goal: 32 concurrent flushers complete within 2× one flush's time (mean flush latency ratio
+≤ 2). {fl_goal}.
 fio `--rw=randwrite --bs=4k --iodepth=1 --fsync=1` (an NBD FLUSH after every write) against a
 256 MiB LU of the same mirrored pool (both groups synced), 1 job vs 32 jobs (32 connections),
-`--runtime={FLUSH_SECONDS}`. Flush latency is fio's `sync` latency (the FLUSH request alone).
+`--runtime={meta['flush_seconds']}`. Flush latency is fio's `sync` latency (the FLUSH alone).
 
 {fl_tab}
 
-{fl_goal}.
-
 ## d. Parallel writers (criterion)
 
-`cargo bench --bench engine -- parallel_writers`: 4 KiB writes to a file-backed pool in process,
-one thread on one LU vs two threads each on its own LU (same total number of writes):
-{cr_txt}.
+Goal: two threads writing 4 KiB blocks to two LUs in process reach ≥ 1.6× one thread's
+throughput. `cargo bench --bench engine -- parallel_writers` (file-backed pool on the target
+disk, 1 GiB LUs in a 4 GiB pool, no flushes; criterion's slope estimate):
+{cr_txt}
 """
     with open(path, "w") as f:
         f.write(doc)
@@ -627,10 +688,23 @@ def main():
                         f"{os.uname().release}",
                 fio=subprocess.run(["fio", "--version"], capture_output=True,
                                    text=True).stdout.strip(),
-                pv_gib=pv_gib)
-    report(out_md, meta, st, mc, fl, cr)
-    with open(os.path.join(WORK, "logs", "results.json"), "w") as f:
-        json.dump(dict(stalls=st, multiconn=mc, flush=fl, criterion=cr), f, indent=1)
+                pv_gib=pv_gib, data_gib=DATA_GIB, phase_seconds=PHASE_SECONDS,
+                disturb_after=DISTURB_AFTER, burst_mib=BURST_MIB, resync_mib=RESYNC_MIB,
+                mc_seconds=MC_SECONDS, flush_seconds=FLUSH_SECONDS)
+    run_res = normalize(json.loads(json.dumps(dict(
+        label=ENV.get("BENCH_LABEL") or f"git {git}", meta=meta, stalls=st, multiconn=mc,
+        flush=fl, criterion=cr))))
+    runs = []
+    before = ENV.get("BENCH_BEFORE")
+    if before:
+        with open(before) as f:
+            prev = json.load(f)
+        runs += [normalize(r) for r in (prev["runs"] if "runs" in prev else [prev])]
+    runs.append(run_res)
+    report(out_md, runs)
+    with open(os.path.splitext(out_md)[0] + ".json", "w") as f:
+        json.dump(dict(runs=runs), f, indent=1)
+        f.write("\n")
 
 
 if __name__ == "__main__":
