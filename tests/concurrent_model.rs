@@ -906,11 +906,11 @@ impl World {
                     v.durable();
                 }
             }
-            for lba in 0..SHARED_BLOCKS as usize {
+            for (lba, &v) in shared.iter().enumerate() {
                 if owner_of(lba as u64) == l.t {
-                    l.shared.cur[lba] = shared[lba];
+                    l.shared.cur[lba] = v;
                     if !live {
-                        l.shared.acked[lba] = shared[lba];
+                        l.shared.acked[lba] = v;
                         l.shared.since[lba].clear();
                     }
                 }
@@ -957,7 +957,7 @@ impl World {
 
 fn run_seed(seed: u64, cycles: usize, ops: u64) -> Stats {
     let mut w = World::new(seed);
-    let mut rng = Rng::new(seed ^ 0xc0ff_ee);
+    let mut rng = Rng::new(seed ^ 0x00c0_ffee);
     for cycle in 0..cycles {
         w.new_cycle();
         let cut_at = (rng.below(2) == 0).then(|| 1 + rng.below(ops * THREADS as u64));
