@@ -12,10 +12,12 @@
 #        scripts/bench-engine.sh criterion [ARGS] every benches/engine.rs benchmark (criterion
 #                                                 ARGS, e.g. a filter) and a summary table
 # Environment: DATA_GIB [2], PHASE_SECONDS [15], BURST_MIB [256], RESYNC_MIB [256],
-#   MC_SECONDS [8], FLUSH_SECONDS [8], BENCH_CRITERION [1] (0 skips d), BENCH_DIR (work dir
-#   base; default target/tmp, on disk), BENCH_OUT [docs/bench-engine.md], BENCH_KEEP=1 keeps
-#   the work dir (logs, fio JSON). Needs root or sudo for apt-get when fio, nbdkit, nbd-server,
-#   qemu-utils or libnbd-bin are missing; exits 77 when they cannot be had.
+#   MC_SECONDS [6], MC_ROUNDS [3], FLUSH_SECONDS [8], BENCH_CRITERION [1] (0 skips d),
+#   BENCH_DIR (work dir base; default target/tmp, on disk), BENCH_OUT [docs/bench-engine.md;
+#   the results also go to the .json beside it], BENCH_LABEL (column name; default the git
+#   commit), BENCH_BEFORE (a previous run's .json: its columns come first, e.g. "before"),
+#   BENCH_KEEP=1 keeps the work dir (logs, fio JSON). Needs root or sudo for apt-get when fio,
+#   nbdkit, nbd-server, qemu-utils or libnbd-bin are missing; exits 77 when they cannot be had.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -54,5 +56,10 @@ if [[ ${BENCH_CRITERION:-1} != 0 ]]; then
 fi
 
 log "NBD measurements (DATA_GIB=${DATA_GIB:-2})"
+# In the background so that a SIGTERM to this script reaches the driver, which stops every
+# process it started and removes its work dir.
 "$PYTHON" scripts/lib/bench_engine.py "$SSPD" "$SSPCTL" "${BENCH_OUT:-docs/bench-engine.md}" \
-    "${BENCH_DIR:-$target_dir/tmp}" "$crit_dir" "$stamp"
+    "${BENCH_DIR:-$target_dir/tmp}" "$crit_dir" "$stamp" &
+driver=$!
+trap 'kill -TERM "$driver" 2>/dev/null || true; wait "$driver" || true; exit 143' TERM INT HUP
+wait "$driver"

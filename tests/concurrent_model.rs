@@ -44,6 +44,10 @@ const SHARED: &str = "shared";
 const PV_SIZE: u64 = 48 * MB;
 /// Volumes (LUs, clones, snapshots) a thread keeps at most.
 const MAX_VOLS: usize = 7;
+/// Per seed: cycles (each ends in a crash and reopen), operations per thread and cycle. The CI
+/// test, the sweep and the replay of one seed use the same, so a seed means the same run.
+const CYCLES: usize = 4;
+const OPS: u64 = 100;
 
 fn opts() -> Options {
     Options {
@@ -985,7 +989,7 @@ fn run_seed(seed: u64, cycles: usize, ops: u64) -> Stats {
 fn concurrent_ops_and_power_cuts_match_the_model() {
     let mut all = Stats::default();
     for seed in 1..=10 {
-        let st = run_seed(seed, 4, 100);
+        let st = run_seed(seed, CYCLES, OPS);
         all.cuts += st.cuts;
         all.interrupted += st.interrupted;
         all.window_races += st.window_races;
@@ -1010,7 +1014,7 @@ fn sweep() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     for seed in 1..=seeds {
-        run_seed(seed, 4, 120);
+        run_seed(seed, CYCLES, OPS);
     }
 }
 
@@ -1021,5 +1025,5 @@ fn one_seed() {
         .ok()
         .and_then(|s| s.parse().ok())
         .expect("set SSP_CMODEL_SEED");
-    run_seed(seed, 4, 120);
+    run_seed(seed, CYCLES, OPS);
 }

@@ -42,7 +42,8 @@ PHASE_SECONDS = env_int("PHASE_SECONDS", 15)  # fio window of each stall phase
 DISTURB_AFTER = env_int("DISTURB_AFTER", 2)  # seconds of quiet fio before the disturbance
 BURST_MIB = env_int("BURST_MIB", 256)
 RESYNC_MIB = env_int("RESYNC_MIB", 256)  # written while degraded: what resync copies
-MC_SECONDS = env_int("MC_SECONDS", 8)  # each multi-conn run
+MC_SECONDS = env_int("MC_SECONDS", 6)  # each multi-conn run
+MC_ROUNDS = env_int("MC_ROUNDS", 3)  # alternating 1-conn / 4-conn runs per server (median)
 FLUSH_SECONDS = env_int("FLUSH_SECONDS", 8)
 STALL_MAX_MS = 250
 STALL_P999_FACTOR = 4
@@ -68,6 +69,12 @@ def stop(p, grace=10.0):
         p.wait(timeout=10)
     except OSError:
         pass
+
+
+def forget(p):
+    """Drop a stopped process from the cleanup list (cleanup may have emptied it already)."""
+    if p in PROCS:
+        PROCS.remove(p)
 
 
 def cleanup():
@@ -153,7 +160,7 @@ class Ssp:
     def stop(self):
         if self.proc:
             stop(self.proc, grace=60)
-            PROCS.remove(self.proc)
+            forget(self.proc)
             self.proc = None
 
     def wait_state(self, want, seconds):
@@ -190,7 +197,11 @@ def load_fio(path):
     with open(path) as f:
         text = f.read()
     # fio may print warnings before the JSON object.
-    return json.loads(text[text.index("{"):])
+    res = json.loads(text[text.index("{"):])
+    for job in res.get("jobs", []):
+        if job.get("error"):
+            raise RuntimeError(f"fio job {job.get('jobname')} in {path}: error {job['error']}")
+    return res
 
 
 def randread_args(seconds, qd, jobs, size_bytes):
@@ -225,7 +236,7 @@ def phase(ssp, name, disturb):
         fproc.wait(timeout=PHASE_SECONDS + 120)
     finally:
         stop(fproc)
-        PROCS.remove(fproc)
+        forget(fproc)
     if fproc.returncode != 0:
         raise RuntimeError(f"fio for phase {name} failed ({fproc.returncode})")
     mx, p999, iops = clat(load_fio(out)["jobs"][0])
@@ -273,7 +284,7 @@ def burst(ssp):
         ssp.ctl("gc", "--max-segments", "0", timeout=120)  # commits: a checkpoint
         time.sleep(1)
     fproc.wait(timeout=max(1, end - time.time()))
-    PROCS.remove(fproc)
+    forget(fproc)
     if fproc.returncode != 0:
         raise RuntimeError("burst writer failed")
     bw = load_fio(out)["jobs"][0]["write"]["bw_bytes"] / (1 << 20)
@@ -387,14 +398,17 @@ class PidProc:
 
 
 def multiconn_pair(label, uri):
+    """Median IOPS of MC_ROUNDS alternating runs of each shape."""
     size = DATA_GIB << 30
-    res = {}
-    for conns, qd in ((1, 32), (4, 8)):
-        j = run_fio(f"mc-{label}-{conns}x{qd}", uri, randread_args(MC_SECONDS, qd, conns, size),
-                    timeout=MC_SECONDS + 120)["jobs"][0]
-        res[conns] = j["read"]["iops"]
-        log(f"multi-conn {label}: {conns} conn x QD{qd}: {j['read']['iops']:.0f} IOPS")
-    return res
+    got = {1: [], 4: []}
+    for rnd in range(MC_ROUNDS):
+        for conns, qd in ((1, 32), (4, 8)):
+            j = run_fio(f"mc-{label}-{conns}x{qd}-{rnd}", uri,
+                        randread_args(MC_SECONDS, qd, conns, size),
+                        timeout=MC_SECONDS + 120)["jobs"][0]
+            got[conns].append(j["read"]["iops"])
+            log(f"multi-conn {label}: {conns} conn x QD{qd}: {j['read']['iops']:.0f} IOPS")
+    return {k: sorted(v)[len(v) // 2] for k, v in got.items()}
 
 
 def multiconn(ssp):
@@ -414,7 +428,7 @@ def multiconn(ssp):
             rows[server] = multiconn_pair(server, uri)
         finally:
             stop(p)
-            PROCS.remove(p)
+            forget(p)
     os.unlink(img)
     return rows
 
@@ -605,7 +619,8 @@ rejoins and resync copies what it missed). Max and p99.9 are fio's completion la
 
 Goal: four connections not slower than one at the same total queue depth (sspd row, 4 / 1 ≥ 1).
 4 KiB random reads of the same {meta['data_gib']} GiB of data (`ioengine=nbd`, `--time_based
---runtime={meta['mc_seconds']}`, `--norandommap`): one connection at QD32 vs four (fio
+--runtime={meta['mc_seconds']}`, `--norandommap`; median of {meta['mc_rounds']} alternating
+runs of each shape): one connection at QD32 vs four (fio
 `--numjobs=4`, one connection each) at QD8. sspd serves the LU `data` of the pool above; nbdkit
 (`file`, `-r`), qemu-nbd (`-r -t --shared=8`) and nbd-server (config file, `readonly = true`)
 serve a raw file exported from it (`sspctl lu export`), page-cached. With four fio jobs the
@@ -690,7 +705,7 @@ def main():
                                    text=True).stdout.strip(),
                 pv_gib=pv_gib, data_gib=DATA_GIB, phase_seconds=PHASE_SECONDS,
                 disturb_after=DISTURB_AFTER, burst_mib=BURST_MIB, resync_mib=RESYNC_MIB,
-                mc_seconds=MC_SECONDS, flush_seconds=FLUSH_SECONDS)
+                mc_seconds=MC_SECONDS, mc_rounds=MC_ROUNDS, flush_seconds=FLUSH_SECONDS)
     run_res = normalize(json.loads(json.dumps(dict(
         label=ENV.get("BENCH_LABEL") or f"git {git}", meta=meta, stalls=st, multiconn=mc,
         flush=fl, criterion=cr))))
