@@ -15,8 +15,8 @@
 #   MC_SECONDS [6], MC_ROUNDS [3], FLUSH_SECONDS [8], BENCH_CRITERION [1] (0 skips d),
 #   BENCH_DIR (work dir base; default target/tmp, on disk), BENCH_OUT [docs/bench-engine.md;
 #   the results also go to the .json beside it], BENCH_LABEL (column name; default the git
-#   commit), BENCH_BEFORE (a previous run's .json: its columns come first, e.g. "before"),
-#   BENCH_KEEP=1 keeps the work dir (logs, fio JSON). Needs root or sudo for apt-get when fio,
+#   commit), BENCH_NOTE (a line about the run), BENCH_BEFORE (a previous run's .json: its
+#   columns come first, e.g. "before"), BENCH_KEEP=1 keeps the work dir (logs, fio JSON). Needs root or sudo for apt-get when fio,
 #   nbdkit, nbd-server, qemu-utils or libnbd-bin are missing; exits 77 when they cannot be had.
 set -euo pipefail
 

@@ -585,6 +585,7 @@ def report(path, runs):
     cr_txt = "\n".join(lines)
 
     runs_txt = "\n".join(f"- **{r['label']}**: {r['meta']['date']}, git {r['meta']['git']}"
+                         + (f"; {r['meta']['note']}" if r["meta"].get("note") else "")
                          for r in runs)
     doc = f"""# Engine benchmarks (issue 11): stalls during maintenance, multi-conn, group commit
 
@@ -705,7 +706,8 @@ def main():
                                    text=True).stdout.strip(),
                 pv_gib=pv_gib, data_gib=DATA_GIB, phase_seconds=PHASE_SECONDS,
                 disturb_after=DISTURB_AFTER, burst_mib=BURST_MIB, resync_mib=RESYNC_MIB,
-                mc_seconds=MC_SECONDS, mc_rounds=MC_ROUNDS, flush_seconds=FLUSH_SECONDS)
+                mc_seconds=MC_SECONDS, mc_rounds=MC_ROUNDS, flush_seconds=FLUSH_SECONDS,
+                note=ENV.get("BENCH_NOTE", ""))
     run_res = normalize(json.loads(json.dumps(dict(
         label=ENV.get("BENCH_LABEL") or f"git {git}", meta=meta, stalls=st, multiconn=mc,
         flush=fl, criterion=cr))))
