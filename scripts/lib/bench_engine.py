@@ -12,7 +12,7 @@
      vs 32 jobs (32 connections), mean flush latency and their ratio.
   d. Parallel writers (criterion, benches/engine.rs group `parallel_writers`), when asked.
 
-Every server listens on 127.0.0.1 (or a unix socket in the work dir); every wait is bounded;
+Every server listens on 127.0.0.1; every wait is bounded;
 every process started here is stopped and the work dir removed on exit (also on a signal).
 Run by scripts/bench-engine.sh, which builds the binaries; this file needs only the stdlib.
 """
@@ -319,7 +319,6 @@ def resync(ssp):
 # ---------------------------------------------------------------------------- b. multi-conn
 
 def start_peer(server, img):
-    sock = os.path.join(WORK, f"{server}.sock")
     port = free_port()
     if server == "nbdkit":
         p = spawn(["nbdkit", "-f", "-r", "-i", "127.0.0.1", "-p", str(port), "-e", "data",
@@ -344,7 +343,6 @@ def start_peer(server, img):
         raise ValueError(server)
     uri = f"nbd://127.0.0.1:{port}/data"
     wait_nbd(uri, p if not isinstance(p, PidProc) else None)
-    del sock
     return p, uri
 
 
