@@ -22,7 +22,8 @@
 //!
 //! Seeds fix each thread's operations, not the interleaving: a failure prints its seed and
 //! cycle; rerun it with `SSP_CMODEL_SEED=N cargo test --test concurrent_model -- one_seed
-//! --ignored`. `sweep` (ignored) runs `SSP_CMODEL_SEEDS` (200) seeds.
+//! --ignored`. `sweep` (ignored) runs `SSP_CMODEL_SEEDS` (200) seeds; `SSP_CMODEL_OPS` sets
+//! the operations per thread and cycle of both (100).
 
 mod common;
 use common::*;
@@ -1006,24 +1007,27 @@ fn concurrent_ops_and_power_cuts_match_the_model() {
     assert!(all.crash_choices > 0, "{all:?}");
 }
 
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// Operations per thread and cycle: `OPS`, or `SSP_CMODEL_OPS` for longer cycles (the cleaner
+/// and the journal wrap more); replay a seed with the same value.
+fn ops() -> u64 {
+    env_u64("SSP_CMODEL_OPS").unwrap_or(OPS)
+}
+
 #[test]
 #[ignore = "sweep: SSP_CMODEL_SEEDS seeds (200), about a second each"]
 fn sweep() {
-    let seeds: u64 = std::env::var("SSP_CMODEL_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    for seed in 1..=seeds {
-        run_seed(seed, CYCLES, OPS);
+    for seed in 1..=env_u64("SSP_CMODEL_SEEDS").unwrap_or(200) {
+        run_seed(seed, CYCLES, ops());
     }
 }
 
 #[test]
-#[ignore = "replays one seed: SSP_CMODEL_SEED=N"]
+#[ignore = "replays one seed: SSP_CMODEL_SEED=N (and SSP_CMODEL_OPS if the sweep had it)"]
 fn one_seed() {
-    let seed: u64 = std::env::var("SSP_CMODEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .expect("set SSP_CMODEL_SEED");
-    run_seed(seed, CYCLES, OPS);
+    let seed = env_u64("SSP_CMODEL_SEED").expect("set SSP_CMODEL_SEED");
+    run_seed(seed, CYCLES, ops());
 }
