@@ -60,6 +60,11 @@ pub struct Counters {
     pub journal_blocks_written: u64,
     pub checkpoints: u64,
     pub segments_cleaned: u64,
+    /// Syncs issued to PVs, and group-commit rounds (each covers every flush waiting).
+    #[serde(default)]
+    pub pv_syncs: u64,
+    #[serde(default)]
+    pub sync_rounds: u64,
 }
 
 /// Set of segment numbers changed since the last checkpoint: O(1) insert on the write path.

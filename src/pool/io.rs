@@ -346,12 +346,9 @@ impl Inner {
 
     /// Make everything written so far durable.
     pub fn flush(&mut self) -> Result<()> {
-        if self.opts.read_only {
+        if !self.flush_write_out()? {
             return Ok(());
         }
-        self.check_writable()?;
-        self.write_out_all()?;
-        self.journal_write_block()?;
         let r = self.sync_pvs();
         self.poison(r)?;
         self.journal_synced();
@@ -359,6 +356,18 @@ impl Inner {
             self.checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Write out what a flush makes durable (stream buffers, the pending journal batch), for a
+    /// sync to cover. `false`: the pool is read-only and nothing needs syncing.
+    pub fn flush_write_out(&mut self) -> Result<bool> {
+        if self.opts.read_only {
+            return Ok(false);
+        }
+        self.check_writable()?;
+        self.write_out_all()?;
+        self.journal_write_block()?;
+        Ok(true)
     }
 
     /// Make sure the data stream can take one more block, cleaning if the pool is short.

@@ -15,7 +15,7 @@ use crate::format::BLOCK_U64;
 use crate::metrics::{Cmd as MetricsCmd, RequestMetrics};
 use crate::nbd::proto::{
     CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CONTEXT_BASE_ALLOCATION, EINVAL,
-    EIO, ENOSPC, EPERM, ESHUTDOWN, STATE_HOLE, STATE_ZERO,
+    EIO, ESHUTDOWN, STATE_HOLE, STATE_ZERO,
 };
 use crate::nbd::{
     decode_request_with_limit, encode_block_status, encode_block_status_ext, encode_error_reply,
@@ -47,14 +47,9 @@ pub enum SessionError {
     Evicted,
 }
 
-/// NBD errno for a pool error.
+/// NBD errno for a pool error: [`PoolError::errno`] is the one map, onto NBD's errno set.
 fn nbd_errno(e: &PoolError) -> u32 {
-    match e {
-        PoolError::NoSpace(_) => ENOSPC,
-        PoolError::Invalid(_) | PoolError::NotFound(_) => EINVAL,
-        PoolError::ReadOnly => EPERM,
-        _ => EIO,
-    }
+    u32::try_from(e.errno()).unwrap_or(EIO)
 }
 
 /// How a handshake phase ended.
