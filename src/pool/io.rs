@@ -271,9 +271,7 @@ impl Inner {
                 count: n,
             })?;
             l += n;
-            if self.checkpoint_due() {
-                self.checkpoint()?;
-            }
+            self.checkpoint_step()?;
         }
         Ok(())
     }
@@ -308,9 +306,7 @@ impl Inner {
             self.alloc_data_vba()
         };
         self.log_and_apply_write(vol, lba, vba, pba, crc, old)?;
-        if self.checkpoint_due() {
-            self.checkpoint()?;
-        }
+        self.checkpoint_step()?;
         Ok(())
     }
 
@@ -336,9 +332,7 @@ impl Inner {
                 let n = (end_full - lba).min(RECORD_CHUNK - lba % RECORD_CHUNK);
                 self.log_and_apply(Record::Unmap { vol, lba, count: n })?;
                 lba += n;
-                if self.checkpoint_due() {
-                    self.checkpoint()?;
-                }
+                self.checkpoint_step()?;
             }
         }
         Ok(())
@@ -352,9 +346,7 @@ impl Inner {
         let r = self.sync_pvs();
         self.poison(r)?;
         self.journal_synced();
-        if self.checkpoint_due() {
-            self.checkpoint()?;
-        }
+        self.checkpoint_step()?;
         Ok(())
     }
 
@@ -380,6 +372,7 @@ impl Inner {
             let batch = (self.segs.len() / 32).max(8);
             let cleaned = self.gc_run(batch)?;
             self.checkpoint()?;
+            self.counters.writer_checkpoints += 1;
             if self.free_for(StreamId::Data) > 0 {
                 return Ok(());
             }

@@ -15,6 +15,7 @@
 
 pub mod activation;
 mod check;
+mod checkpointer;
 mod ckpt;
 mod commit;
 pub mod dir;
@@ -449,11 +450,7 @@ impl Pool {
             return Ok(());
         }
         self.commit.wait_durable(self)?;
-        let mut g = self.lock();
-        if g.checkpoint_due() {
-            g.checkpoint()?;
-        }
-        Ok(())
+        self.lock().checkpoint_step()
     }
 
     /// Which 4 KiB blocks of `[offset, offset+len)` hold data: sorted runs as (start byte,
@@ -550,6 +547,8 @@ impl Pool {
         self: &Arc<Self>,
         period: std::time::Duration,
     ) -> std::thread::JoinHandle<()> {
+        // Checkpoints the data path asks for are taken on a thread of their own.
+        let _checkpointer = self.spawn_checkpointer();
         let weak = Arc::downgrade(self);
         std::thread::spawn(move || loop {
             std::thread::sleep(period);
