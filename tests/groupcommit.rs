@@ -2,6 +2,7 @@
 //! in parallel, and a failed sync fails exactly the flushes it covered (and every later one in a
 //! pool it poisons).
 
+mod common;
 use ssp::dev::{BlockDev, CrashMode, FaultControl, FaultDev, FileDev};
 use ssp::pool::{CreateOptions, Options, Pool};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -295,4 +296,44 @@ fn every_flush_covers_the_writes_acknowledged_before_it() {
     }
     stop.store(true, Ordering::SeqCst);
     assert_eq!(checked.load(Ordering::SeqCst), 4 * 30);
+}
+
+/// Through sspd: 4 NBD connections each queue 8 writes and then 8 flushes at once. The flushes
+/// of a connection that arrive together are answered by one pool flush, and the connections'
+/// flushes share sync rounds: far fewer rounds than the 32 flushes.
+#[test]
+fn flushes_of_many_nbd_clients_share_sync_rounds() {
+    use common::server::*;
+    let s = Server::start(&[("lu", "64M")]);
+    let counters = || {
+        let out = sspctl(&s.pool, &["pool", "status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["counters"].clone()
+    };
+    let before = counters();
+    let out = nbdsh(
+        &s.uri("lu"),
+        "import nbd,sys\n\
+         hs=[nbd.NBD() for _ in range(4)]\n\
+         for h in hs: h.connect_uri(sys.argv[1])\n\
+         bufs=[nbd.Buffer.from_bytearray(bytearray([i+1])*4096) for i in range(4)]\n\
+         cookies=[]\n\
+         for i,h in enumerate(hs):\n\
+         \x20 for k in range(8): cookies.append((h, h.aio_pwrite(bufs[i], (i*8+k)*4096)))\n\
+         for h in hs:\n\
+         \x20 for k in range(8): cookies.append((h, h.aio_flush()))\n\
+         for _ in range(100000):\n\
+         \x20 if all(h.aio_in_flight() == 0 for h in hs): break\n\
+         \x20 for h in hs:\n\
+         \x20   if h.aio_in_flight() > 0: h.poll(10)\n\
+         ok = all(h.aio_command_completed(c) for h,c in cookies)\n\
+         print('done' if ok else 'failed')\n",
+    );
+    assert_eq!(out.trim(), "done");
+    let after = counters();
+    let n = |c: &serde_json::Value, k: &str| c[k].as_u64().unwrap();
+    let rounds = n(&after, "sync_rounds") - n(&before, "sync_rounds");
+    // 32 flushes; the cleaner's background sync adds a round every 200 ms.
+    assert!(rounds <= 16, "{rounds} sync rounds for 32 flushes: {after}");
+    s.stop();
 }

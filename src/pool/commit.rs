@@ -97,8 +97,8 @@ struct State {
     started: u64,
     completed: u64,
     running: bool,
-    /// The first round that failed and why. A round fails only with the pool poisoned, which
-    /// is for good, so every later round fails too.
+    /// The first round that failed and why. A failed round poisons the pool, which is for
+    /// good, so every later round fails too.
     failed: Option<(u64, String)>,
 }
 
@@ -114,6 +114,8 @@ pub struct GroupCommit {
 pub trait RoundHost {
     fn begin_round(&self) -> Result<RoundPlan>;
     fn end_round(&self, plan: RoundPlan, results: Vec<(u16, std::io::Result<()>)>) -> Result<()>;
+    /// A round failed: the pool takes no more changes (every later round fails too).
+    fn poison(&self, why: &str);
 }
 
 /// A round's snapshot, taken under the pool lock when it starts.
@@ -152,6 +154,9 @@ impl GroupCommit {
             let round = st.started;
             drop(st);
             let r = Self::run_round(host);
+            if let Err(e) = &r {
+                host.poison(&e.to_string());
+            }
             st = self.state();
             st.running = false;
             st.completed = round;

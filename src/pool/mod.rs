@@ -178,6 +178,11 @@ impl commit::RoundHost for Pool {
     ) -> Result<()> {
         self.lock().end_sync_round(plan, results)
     }
+    fn poison(&self, why: &str) {
+        self.lock()
+            .poisoned
+            .get_or_insert_with(|| format!("a sync round failed: {why}"));
+    }
 }
 
 /// The record of volume `id`, which `name` resolved to under the same lock.

@@ -231,10 +231,11 @@ where
 /// Units of work handed to I/O threads, or of replies queued for the writer, at once on one
 /// connection; further requests wait (back-pressure).
 const MAX_IN_FLIGHT: usize = 64;
-/// Requests handed to an I/O thread together at most (more go to further threads, so a deep
-/// queue of one connection still runs on several), and their bytes at most.
+/// Requests handed to an I/O thread together at most: more go to further threads, so a deep
+/// queue of one connection still runs on several.
 const JOB_REQUESTS: usize = 8;
-/// Work handed to an I/O thread at once at most, in payload plus half the reply bytes.
+/// Work handed to an I/O thread at once at most, in request lengths (the payload of a write,
+/// the reply of a read).
 const BATCH_BYTES: usize = 256 << 10;
 /// The reader asks the socket for at least this much at a time.
 const READ_CHUNK: usize = 256 << 10;
@@ -697,7 +698,7 @@ struct Job {
     data: Vec<u8>,
     /// In-flight credit of the requests (payloads and replies).
     credit: Credit,
-    /// Payload and reply bytes.
+    /// Request lengths.
     bytes: usize,
 }
 
@@ -707,7 +708,9 @@ impl Job {
         self.data.extend_from_slice(payload);
         self.reqs.push((req, at..self.data.len()));
         self.credit.absorb(credit);
-        self.bytes += payload.len() + usize::try_from(req.length).unwrap_or(usize::MAX) / 2;
+        self.bytes = self
+            .bytes
+            .saturating_add(usize::try_from(req.length).unwrap_or(usize::MAX));
     }
 }
 
@@ -779,17 +782,26 @@ async fn submit(
         let mut out = ctx.bufs.get();
         out.credit = credit;
         out.slot = Some(slot);
+        // The result of the flush just executed, while only flushes follow it.
+        let mut flushed = None;
         for (req, range) in &reqs {
+            let flush = req.command() == Some(Command::Flush);
+            if let (true, Some(errno)) = (flush, flushed) {
+                repeat_flush(&ctx, req, errno, &mut out);
+                continue;
+            }
             let payload = data.get(range.clone()).unwrap_or_default();
             let mark = out.len();
             let run = std::panic::AssertUnwindSafe(|| execute(&ctx, req, payload, &mut out));
-            if std::panic::catch_unwind(run).is_err() {
+            let errno = std::panic::catch_unwind(run).unwrap_or_else(|_| {
                 // Every request gets an answer: the client must not wait forever.
                 out.truncate(mark);
                 let target = ReplyTarget::new(ctx.neg.reply_mode, req);
                 let _ =
                     out.enc(|v| encode_error_reply(v, &target, EIO, "request handler panicked"));
-            }
+                EIO
+            });
+            flushed = flush.then_some(errno);
         }
         // Never waits: this unit holds one of the channel's slots.
         let _ = tx.blocking_send(out);
@@ -828,8 +840,8 @@ fn metrics_cmd(cmd: Option<Command>) -> MetricsCmd {
 }
 
 /// Execute one request on the calling thread, append its whole reply to `out` and account it in
-/// the metrics; how long it took.
-fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> std::time::Duration {
+/// the metrics; the NBD errno it got (0 for success).
+fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> u32 {
     let start = std::time::Instant::now();
     let mark = out.len();
     let target = ReplyTarget::new(ctx.neg.reply_mode, req);
@@ -850,7 +862,19 @@ fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> std::
         _ => 0,
     };
     ctx.metrics.record(cmd, bytes, elapsed.as_secs_f64(), errno);
-    elapsed
+    errno
+}
+
+/// Answer a FLUSH that came in together with the one just executed, with nothing between them:
+/// that flush started after both arrived, so it covered every write this one must cover.
+fn repeat_flush(ctx: &Ctx, req: &Request, errno: u32, out: &mut Replies) {
+    let target = ReplyTarget::new(ctx.neg.reply_mode, req);
+    let _ = if errno == 0 {
+        out.enc(|v| encode_ok(v, &target))
+    } else {
+        out.enc(|v| encode_error_reply(v, &target, errno, "flush failed"))
+    };
+    ctx.metrics.record(MetricsCmd::Flush, 0, 0.0, errno);
 }
 
 /// Validate and execute one request, appending its reply to `out`; the NBD errno it got (0 for
