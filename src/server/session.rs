@@ -2,9 +2,9 @@
 //! (read a request → validate → execute on the pool → reply). Generic over the byte stream, so
 //! TCP, unix sockets and in-memory duplex streams all work.
 //!
-//! Reads and writes run inline on the connection's task (no thread hand-off per request);
-//! flushes, FUA writes, trims, zeroing, block status and reads that wait for the device run on
-//! blocking threads, concurrently (bounded). Replies may come back out of order.
+//! Every request runs on the I/O thread pool ([`super::iopool`]), several per hand-off; the
+//! connection's task only parses, queues and replies, so it never blocks on the pool lock, a
+//! device or a sync. Replies may come back out of order.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
@@ -246,7 +246,7 @@ const KEEP_BUFS: usize = 8;
 const KEEP_BUF_MAX: usize = (4 << 20) + (128 << 10);
 
 /// A connection's bound on the bytes it holds in flight: replies not yet sent and payloads of
-/// requests running on blocking threads, counted in KiB against its own semaphore and the
+/// requests queued for or running on I/O threads, counted in KiB against its own semaphore and the
 /// server-wide one. The reader takes credit before it executes a request and the writer returns
 /// it once the reply is sent, so a client that does not read its replies stops having its
 /// requests read (back-pressure) instead of growing the server.
@@ -370,7 +370,7 @@ impl Budget {
 }
 
 /// Bytes a request holds in memory until its reply is sent: the reply (read data, extents),
-/// plus its payload when it is copied to a blocking thread.
+/// plus its payload when it is copied for an I/O thread.
 fn inflight_bytes(req: &Request, offloaded: bool, contexts: usize) -> u64 {
     const REPLY_OVERHEAD: u64 = 1024;
     let reply = match req.command() {
@@ -816,7 +816,7 @@ async fn finish(
     result: Result<(), SessionError>,
 ) -> Result<(), SessionError> {
     drop(tx);
-    // Requests still running on blocking threads hold their own senders; the writer ends when
+    // Requests still running on I/O threads hold their own senders; the writer ends when
     // the last one is done.
     let w = writer
         .await
