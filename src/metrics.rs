@@ -20,6 +20,8 @@ pub const REFUSED: &str = "ssp_nbd_connections_refused_total";
 pub const POOL_FREE: &str = "ssp_pool_free_bytes";
 pub const POOL_USED: &str = "ssp_pool_used_bytes";
 pub const POOL_TOTAL: &str = "ssp_pool_total_bytes";
+pub const PV_SYNCS: &str = "ssp_pool_pv_syncs_total";
+pub const SYNC_ROUNDS: &str = "ssp_pool_sync_rounds_total";
 
 /// Register descriptions (once, at start-up).
 pub fn describe() {
@@ -36,6 +38,11 @@ pub fn describe() {
     describe_gauge!(POOL_FREE, Unit::Bytes, "Free space in the pool");
     describe_gauge!(POOL_USED, Unit::Bytes, "Space holding live blocks");
     describe_gauge!(POOL_TOTAL, Unit::Bytes, "Size of the pool's data area");
+    describe_counter!(PV_SYNCS, "Syncs (fdatasync) issued to PVs");
+    describe_counter!(
+        SYNC_ROUNDS,
+        "Group-commit sync rounds (one covers every flush waiting when it starts)"
+    );
 }
 
 /// Account one completed request (looks the metrics up by name on every call; the data path

@@ -56,6 +56,10 @@ struct Args {
     /// this time; a stuck or idle one is closed and frees its slot
     #[arg(long, default_value = "60s", value_parser = duration_arg)]
     admin_timeout: std::time::Duration,
+    /// Threads that run the pool's reads, writes, flushes, trims and zeroing for all clients
+    /// (none of it runs on the network threads); default twice the cores, at least 4
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    io_threads: Option<u32>,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -189,6 +193,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("cannot listen on the admin socket {}", admin.display()))?;
     // Removed again when the server exits, whichever way `run` returns.
     let _admin_sock = SocketFile::bound(&admin)?;
+    // Started before the listeners are announced: the server has all its threads by then.
+    let io = std::sync::Arc::new(
+        ssp::server::iopool::IoPool::new(
+            args.io_threads
+                .map_or_else(ssp::server::iopool::default_threads, |n| n as usize),
+        )
+        .context("cannot start the I/O threads")?,
+    );
     for l in &listeners {
         match l {
             Listener::Tcp(t) => announce(&format!("sspd: listening on {}", t.local_addr()?)),
@@ -217,6 +229,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stopping: rx,
         inflight: ssp::server::InflightBudget::new(limits.max_total_inflight_bytes),
         limits,
+        io,
     });
     let server = tokio::spawn(serve(shared.clone(), listeners));
     loop {

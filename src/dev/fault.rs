@@ -67,13 +67,25 @@ pub struct FaultDev {
     name: String,
     len: u64,
     state: Shared,
+    held: Arc<Held>,
 }
 
 /// Cheap, cloneable handle controlling and inspecting one [`FaultDev`].
 #[derive(Clone)]
 pub struct FaultControl {
     state: Shared,
+    held: Arc<Held>,
 }
+
+/// While set, reads wait (a device that stalls), for at most [`HOLD_MAX`].
+#[derive(Default)]
+struct Held {
+    reads: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+/// A held read goes on after this long anyway, so a test that fails cannot hang.
+const HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl FaultDev {
     /// A zero-filled device of `size` bytes.
@@ -97,12 +109,14 @@ impl FaultDev {
             bad_ranges: Vec::new(),
         }));
         let len = lock(&state).live.len() as u64;
+        let held = Arc::new(Held::default());
         let dev = FaultDev {
             name: name.to_string(),
             len,
             state: Arc::clone(&state),
+            held: held.clone(),
         };
-        (dev, FaultControl { state })
+        (dev, FaultControl { state, held })
     }
 
     fn injected(&self, what: &str, offset: u64) -> io::Error {
@@ -115,6 +129,18 @@ impl FaultDev {
 
 impl BlockDev for FaultDev {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        {
+            let h = self
+                .held
+                .reads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let _ = self
+                .held
+                .cv
+                .wait_timeout_while(h, HOLD_MAX, |held| *held)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
         let mut st = lock(&self.state);
         if st.reads_left == Some(0) {
             return Err(self.injected("read", offset));
@@ -200,6 +226,16 @@ impl FaultControl {
     /// After `n` more successful writes, every write fails until [`FaultControl::heal`].
     pub fn fail_writes_after(&self, n: u64) {
         lock(&self.state).writes_left = Some(n);
+    }
+
+    /// While set, reads stall (for at most 30 s each): a device that hangs.
+    pub fn hold_reads(&self, hold: bool) {
+        *self
+            .held
+            .reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = hold;
+        self.held.cv.notify_all();
     }
 
     /// While set, `sync` fails and leaves pending writes volatile.

@@ -59,20 +59,114 @@ pub enum PoolError {
 }
 
 impl PoolError {
-    /// errno for a client (NBD replies, exit codes).
+    /// The errno a client sees for this error: the one kind → errno map, used for NBD replies
+    /// and by everything else that reports an errno. NBD can carry only EPERM, EIO, ENOMEM,
+    /// EINVAL, ENOSPC, EOVERFLOW, ENOTSUP and ESHUTDOWN (doc/proto.md "Error values"), so
+    /// every kind maps onto that set; the match has no catch-all, so a new kind must be placed.
     pub fn errno(&self) -> i32 {
         match self {
             PoolError::NoSpace(_) => libc::ENOSPC,
-            PoolError::NotFound(_) => libc::ENOENT,
-            PoolError::Exists(_) => libc::EEXIST,
-            PoolError::Invalid(_) => libc::EINVAL,
-            PoolError::Locked(_) => libc::EBUSY,
-            PoolError::ReadOnly => libc::EROFS,
-            PoolError::VolumeReadOnly(_) => libc::EPERM,
-            PoolError::InUse(_) => libc::EBUSY,
-            _ => libc::EIO,
+            // Naming something that does not exist (or exists already) is a bad argument.
+            PoolError::NotFound(_)
+            | PoolError::Exists(_)
+            | PoolError::Invalid(_)
+            | PoolError::Config(_) => libc::EINVAL,
+            // The pool or the volume refuses writes: not permitted.
+            PoolError::ReadOnly | PoolError::VolumeReadOnly(_) => libc::EPERM,
+            PoolError::Io { .. }
+            | PoolError::Checksum { .. }
+            | PoolError::Corrupt { .. }
+            | PoolError::Locked(_)
+            | PoolError::InUse(_)
+            | PoolError::Poisoned(_)
+            | PoolError::Internal(_) => libc::EIO,
         }
     }
 }
 
 pub type Result<T, E = PoolError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nbd::proto as nbd;
+
+    fn every_kind() -> Vec<PoolError> {
+        let io = || std::io::Error::other("x");
+        vec![
+            PoolError::Io {
+                dev: "d".into(),
+                offset: 0,
+                source: io(),
+            },
+            PoolError::Checksum {
+                dev: "d".into(),
+                offset: 0,
+                what: "w".into(),
+                stored: 1,
+                computed: 2,
+            },
+            PoolError::Corrupt {
+                dev: "d".into(),
+                offset: 0,
+                source: FormatError::Invalid {
+                    what: "w",
+                    field: "f",
+                    detail: "x".into(),
+                },
+            },
+            PoolError::NoSpace("x".into()),
+            PoolError::NotFound("x".into()),
+            PoolError::Exists("x".into()),
+            PoolError::Invalid("x".into()),
+            PoolError::Locked("x".into()),
+            PoolError::Config("x".into()),
+            PoolError::ReadOnly,
+            PoolError::VolumeReadOnly("x".into()),
+            PoolError::InUse("x".into()),
+            PoolError::Poisoned("x".into()),
+            PoolError::Internal("x".into()),
+        ]
+    }
+
+    #[test]
+    fn every_kind_maps_onto_the_nbd_errno_set() {
+        let allowed = [
+            nbd::EPERM,
+            nbd::EIO,
+            nbd::ENOMEM,
+            nbd::EINVAL,
+            nbd::ENOSPC,
+            nbd::EOVERFLOW,
+            nbd::ENOTSUP,
+            nbd::ESHUTDOWN,
+        ];
+        for e in every_kind() {
+            let n = u32::try_from(e.errno()).unwrap();
+            assert!(allowed.contains(&n), "{e:?} maps to {n}");
+        }
+    }
+
+    #[test]
+    fn errno_of_each_kind() {
+        let want = [
+            libc::EIO,
+            libc::EIO,
+            libc::EIO,
+            libc::ENOSPC,
+            libc::EINVAL,
+            libc::EINVAL,
+            libc::EINVAL,
+            libc::EIO,
+            libc::EINVAL,
+            libc::EPERM,
+            libc::EPERM,
+            libc::EIO,
+            libc::EIO,
+            libc::EIO,
+        ];
+        for (e, w) in every_kind().iter().zip(want) {
+            assert_eq!(e.errno(), w, "{e:?}");
+        }
+    }
+}

@@ -60,6 +60,17 @@ pub struct Counters {
     pub journal_blocks_written: u64,
     pub checkpoints: u64,
     pub segments_cleaned: u64,
+    /// Syncs issued to PVs, and group-commit rounds (each covers every flush waiting).
+    #[serde(default)]
+    pub pv_syncs: u64,
+    #[serde(default)]
+    pub sync_rounds: u64,
+    /// Checkpoints taken by the data path itself (forced, or no checkpointer) and by the
+    /// background checkpointer.
+    #[serde(default)]
+    pub writer_checkpoints: u64,
+    #[serde(default)]
+    pub background_checkpoints: u64,
 }
 
 /// Set of segment numbers changed since the last checkpoint: O(1) insert on the write path.
@@ -150,6 +161,9 @@ pub struct Inner {
     pub backed: BTreeSet<u64>,
     /// Mirror counters (shared with reads outside the lock).
     pub mirror: std::sync::Arc<super::mirror::MirrorStats>,
+    /// The background checkpointer, once started: the data path wakes it (see
+    /// [`Inner::checkpoint_step`]).
+    pub checkpointer: Option<std::sync::Arc<super::checkpointer::Checkpointer>>,
 }
 
 impl NodeIo for Inner {

@@ -271,9 +271,7 @@ impl Inner {
                 count: n,
             })?;
             l += n;
-            if self.checkpoint_due() {
-                self.checkpoint()?;
-            }
+            self.checkpoint_step()?;
         }
         Ok(())
     }
@@ -308,9 +306,7 @@ impl Inner {
             self.alloc_data_vba()
         };
         self.log_and_apply_write(vol, lba, vba, pba, crc, old)?;
-        if self.checkpoint_due() {
-            self.checkpoint()?;
-        }
+        self.checkpoint_step()?;
         Ok(())
     }
 
@@ -336,9 +332,7 @@ impl Inner {
                 let n = (end_full - lba).min(RECORD_CHUNK - lba % RECORD_CHUNK);
                 self.log_and_apply(Record::Unmap { vol, lba, count: n })?;
                 lba += n;
-                if self.checkpoint_due() {
-                    self.checkpoint()?;
-                }
+                self.checkpoint_step()?;
             }
         }
         Ok(())
@@ -346,19 +340,26 @@ impl Inner {
 
     /// Make everything written so far durable.
     pub fn flush(&mut self) -> Result<()> {
-        if self.opts.read_only {
+        if !self.flush_write_out()? {
             return Ok(());
+        }
+        let r = self.sync_pvs();
+        self.poison(r)?;
+        self.journal_synced();
+        self.checkpoint_step()?;
+        Ok(())
+    }
+
+    /// Write out what a flush makes durable (stream buffers, the pending journal batch), for a
+    /// sync to cover. `false`: the pool is read-only and nothing needs syncing.
+    pub fn flush_write_out(&mut self) -> Result<bool> {
+        if self.opts.read_only {
+            return Ok(false);
         }
         self.check_writable()?;
         self.write_out_all()?;
         self.journal_write_block()?;
-        let r = self.sync_pvs();
-        self.poison(r)?;
-        self.journal_synced();
-        if self.checkpoint_due() {
-            self.checkpoint()?;
-        }
-        Ok(())
+        Ok(true)
     }
 
     /// Make sure the data stream can take one more block, cleaning if the pool is short.
@@ -371,6 +372,7 @@ impl Inner {
             let batch = (self.segs.len() / 32).max(8);
             let cleaned = self.gc_run(batch)?;
             self.checkpoint()?;
+            self.counters.writer_checkpoints += 1;
             if self.free_for(StreamId::Data) > 0 {
                 return Ok(());
             }

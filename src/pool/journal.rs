@@ -74,11 +74,16 @@ impl Inner {
         let off = self.journal.offset + self.journal.pos * BLOCK_U64;
         let mut written = 0;
         let mut err = None;
+        let mut targets = Vec::new();
         for pv in std::iter::once(self.journal.pv).chain(self.journal.mirror) {
-            if self.pvs.pv(pv)?.failed.is_some() {
-                continue;
+            if self.pvs.pv(pv)?.failed.is_none() {
+                targets.push((pv, off));
             }
-            match self.pvs.write(pv, off, &buf) {
+        }
+        // Both copies of the ring (mirrored pools) are written at once.
+        let results = self.pvs.write_copies(&targets, &buf, 0);
+        for ((pv, _), r) in targets.into_iter().zip(results) {
+            match r {
                 Ok(()) => written += 1,
                 Err(e) => match self.fail_pv(pv, e) {
                     Ok(()) => {}
@@ -106,7 +111,10 @@ impl Inner {
 
     /// Everything written so far was just made durable by a sync.
     pub fn journal_synced(&mut self) {
-        self.journal.durable_seq = self.journal.seq.saturating_sub(1);
+        self.journal.durable_seq = self
+            .journal
+            .durable_seq
+            .max(self.journal.seq.saturating_sub(1));
     }
 
     /// Read the journal from the checkpoint's position while blocks verify and follow in

@@ -21,6 +21,10 @@ use crate::format::node::{seg_flag_stale, SEG_FREE};
 use crate::format::{BLOCK, BLOCK_U64, SEG_BLOCKS};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Runs at least this long are written to the failure groups on parallel threads (shorter ones
+/// cost less than starting a thread).
+const PARALLEL_WRITE_MIN: usize = 64 * 1024;
+
 /// Counters shared with reads running outside the pool lock.
 #[derive(Default, Debug)]
 pub struct MirrorStats {
@@ -250,8 +254,7 @@ impl Inner {
     /// write degrades its group when another group holds the data; otherwise it is an error.
     pub fn put_run(&mut self, pba: u64, buf: &[u8]) -> Result<()> {
         let (seg, slot) = split(pba);
-        let mut written = 0;
-        let mut last_err = None;
+        let mut targets = Vec::new();
         for fg in self.pvs.groups() {
             if self.pvs.group_failed(fg) {
                 continue;
@@ -259,8 +262,15 @@ impl Inner {
             let Some((pv, pv_seg)) = self.pvs.locate_in(fg, seg) else {
                 continue;
             };
-            let off = self.pvs.offset(pv, pv_seg, slot)?;
-            match self.pvs.write(pv, off, buf) {
+            targets.push((pv, self.pvs.offset(pv, pv_seg, slot)?));
+        }
+        // The groups' copies are written at once (a segment write-out takes as long as the
+        // slower group, not both in turn).
+        let results = self.pvs.write_copies(&targets, buf, PARALLEL_WRITE_MIN);
+        let mut written = 0;
+        let mut last_err = None;
+        for ((pv, _), r) in targets.into_iter().zip(results) {
+            match r {
                 Ok(()) => written += 1,
                 // Not a failed PV: the caller keeps the blocks and the client gets ENOSPC.
                 Err(e @ PoolError::NoSpace(_)) => return Err(e),
@@ -304,16 +314,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Sync every PV that is up; one failing degrades its group (mirrored) or is an error.
+    /// Sync every PV that is up, all at once; one failing degrades its group (mirrored) or is
+    /// an error.
     pub fn sync_pvs(&mut self) -> Result<()> {
-        for i in 0..self.pvs.pvs.len() as u16 {
-            let p = self.pvs.pv(i)?;
-            if p.failed.is_some() {
-                continue;
-            }
-            if let Err(e) = p.dev.sync() {
+        let results = super::commit::sync_parallel(&self.sync_targets());
+        self.note_syncs(&results);
+        for (i, r) in results {
+            if let Err(e) = r {
                 let err = PoolError::Io {
-                    dev: p.dev.name().to_owned(),
+                    dev: self.pvs.name(i),
                     offset: 0,
                     source: e,
                 };
@@ -536,6 +545,7 @@ impl Inner {
             tracing::info!("PV {} is back: resyncing its failure group", p.dev.name());
             if let Some(p) = self.pvs.pvs.get_mut(i) {
                 p.failed = None;
+                p.gate.reset();
             }
             self.journal_append(Record::PvState {
                 pv: i as u32,

@@ -15,7 +15,9 @@
 
 pub mod activation;
 mod check;
+mod checkpointer;
 mod ckpt;
+mod commit;
 pub mod dir;
 pub mod error;
 mod failgrp;
@@ -161,6 +163,26 @@ pub struct Pool {
     inner: Mutex<Inner>,
     /// Shared with `Inner`: readers doing I/O outside the pool lock hold it for reading.
     reuse: Arc<RwLock<()>>,
+    /// Flushes share sync rounds, run outside the pool lock.
+    commit: commit::GroupCommit,
+}
+
+impl commit::RoundHost for Pool {
+    fn begin_round(&self) -> Result<commit::RoundPlan> {
+        self.lock().begin_sync_round()
+    }
+    fn end_round(
+        &self,
+        plan: commit::RoundPlan,
+        results: Vec<(u16, std::io::Result<()>)>,
+    ) -> Result<()> {
+        self.lock().end_sync_round(plan, results)
+    }
+    fn poison(&self, why: &str) {
+        self.lock()
+            .poisoned
+            .get_or_insert_with(|| format!("a sync round failed: {why}"));
+    }
 }
 
 /// The record of volume `id`, which `name` resolved to under the same lock.
@@ -206,6 +228,7 @@ impl Pool {
         Ok(Pool {
             reuse: inner.reuse.clone(),
             inner: Mutex::new(inner),
+            commit: commit::GroupCommit::default(),
         })
     }
 
@@ -215,6 +238,7 @@ impl Pool {
         Ok(Pool {
             reuse: inner.reuse.clone(),
             inner: Mutex::new(inner),
+            commit: commit::GroupCommit::default(),
         })
     }
 
@@ -382,12 +406,14 @@ impl Pool {
 
     /// Write; with `fua` the data is durable when this returns.
     pub fn write(&self, vol: u64, offset: u64, data: &[u8], fua: bool) -> Result<()> {
-        let mut g = self.lock();
-        let r = g.write(vol, offset, data);
-        g.trim_caches();
-        r?;
+        {
+            let mut g = self.lock();
+            let r = g.write(vol, offset, data);
+            g.trim_caches();
+            r?;
+        }
         if fua {
-            g.flush()?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -400,29 +426,36 @@ impl Pool {
     /// WRITE_ZEROES with NO_HOLE: the range reads as zeroes and stays allocated; whole blocks
     /// become zero entries (metadata only, whatever the length) and use no data space.
     pub fn write_zeroes_allocated(&self, vol: u64, offset: u64, len: u64, fua: bool) -> Result<()> {
-        let mut g = self.lock();
-        let r = g.zero(vol, offset, len);
-        g.trim_caches();
-        r?;
+        {
+            let mut g = self.lock();
+            let r = g.zero(vol, offset, len);
+            g.trim_caches();
+            r?;
+        }
         if fua {
-            g.flush()?;
+            self.flush()?;
         }
         Ok(())
     }
 
     /// WRITE_ZEROES: the range reads as zeroes afterwards; whole blocks use no space.
     pub fn write_zeroes(&self, vol: u64, offset: u64, len: u64, fua: bool) -> Result<()> {
-        let mut g = self.lock();
-        g.unmap(vol, offset, len, true)?;
+        self.lock().unmap(vol, offset, len, true)?;
         if fua {
-            g.flush()?;
+            self.flush()?;
         }
         Ok(())
     }
 
-    /// Make every completed write durable.
+    /// Make every completed write durable. What is buffered is written out under the pool
+    /// lock; the syncs run outside it, shared with every flush waiting at the same time
+    /// (group commit, see `commit.rs`).
     pub fn flush(&self) -> Result<()> {
-        self.lock().flush()
+        if !self.lock().flush_write_out()? {
+            return Ok(());
+        }
+        self.commit.wait_durable(self)?;
+        self.lock().checkpoint_step()
     }
 
     /// Which 4 KiB blocks of `[offset, offset+len)` hold data: sorted runs as (start byte,
@@ -493,33 +526,14 @@ impl Pool {
     /// checkpoint's sync has little left to do (it would otherwise stall every client). A failed
     /// sync poisons the pool: it is never retried as if it had worked.
     pub fn background_sync(&self) -> Result<()> {
-        let devs: Vec<(u16, Arc<dyn BlockDev>)> = {
+        {
             let g = self.lock();
             if g.opts.read_only || g.poisoned.is_some() {
                 return Ok(());
             }
-            g.pvs
-                .pvs
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.failed.is_none())
-                .map(|(i, p)| (i as u16, p.dev.clone()))
-                .collect()
-        };
-        for (i, d) in devs {
-            if let Err(e) = d.sync() {
-                let err = PoolError::Io {
-                    dev: d.name().to_owned(),
-                    offset: 0,
-                    source: e,
-                };
-                // Mirrored: the PV's group goes degraded; otherwise the pool stops.
-                let mut g = self.lock();
-                let r = g.fail_pv(i, err);
-                return g.poison(r);
-            }
         }
-        Ok(())
+        // A sync round like a flush's (it also makes the journal written so far durable).
+        self.commit.wait_durable(self)
     }
 
     /// Check each PV is still the file that was opened, whole and writable; a PV that is not
@@ -538,6 +552,8 @@ impl Pool {
         self: &Arc<Self>,
         period: std::time::Duration,
     ) -> std::thread::JoinHandle<()> {
+        // Checkpoints the data path asks for are taken on a thread of their own.
+        let _checkpointer = self.spawn_checkpointer();
         let weak = Arc::downgrade(self);
         std::thread::spawn(move || loop {
             std::thread::sleep(period);

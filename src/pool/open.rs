@@ -297,6 +297,7 @@ fn assemble(
         mirror: Default::default(),
         alloc_cursor: 0,
         backed: BTreeSet::new(),
+        checkpointer: None,
         opts,
     })
 }

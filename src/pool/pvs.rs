@@ -21,6 +21,8 @@ pub struct Pv {
     pub sb: Superblock,
     /// Failed (I/O errors) or missing at start-up: neither read nor written until it is back.
     pub failed: Option<String>,
+    /// Every sync of this PV goes through it (see [`super::commit::SyncGate`]).
+    pub gate: Arc<super::commit::SyncGate>,
 }
 
 impl Pv {
@@ -29,6 +31,7 @@ impl Pv {
             dev,
             sb,
             failed: None,
+            gate: Arc::default(),
         }
     }
 
@@ -104,6 +107,28 @@ impl PvSet {
                 p.io_error(off, e)
             }
         })
+    }
+
+    /// Write `buf` at each (PV, offset) of `targets`: at once on parallel threads when `buf`
+    /// is at least `parallel_min` bytes, in turn otherwise. The result of each, in order.
+    pub fn write_copies(
+        &self,
+        targets: &[(u16, u64)],
+        buf: &[u8],
+        parallel_min: usize,
+    ) -> Vec<Result<()>> {
+        if buf.len() < parallel_min {
+            return targets
+                .iter()
+                .map(|&(pv, off)| self.write(pv, off, buf))
+                .collect();
+        }
+        super::commit::fan_out(
+            targets
+                .iter()
+                .map(|&(pv, off)| move || self.write(pv, off, buf))
+                .collect(),
+        )
     }
 
     pub fn sync_all(&self) -> Result<()> {

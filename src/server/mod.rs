@@ -6,6 +6,7 @@
 )]
 
 pub mod catalog;
+pub mod iopool;
 pub mod session;
 pub mod socket;
 pub mod tls;
@@ -265,6 +266,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Shared by all connections: [`Limits::max_total_inflight_bytes`].
     pub inflight: InflightBudget,
+    /// The threads that run every pool call of the data path (sspd's `--io-threads`).
+    pub io: Arc<iopool::IoPool>,
 }
 
 /// An accepted client on its way to a session task.

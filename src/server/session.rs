@@ -2,20 +2,21 @@
 //! (read a request → validate → execute on the pool → reply). Generic over the byte stream, so
 //! TCP, unix sockets and in-memory duplex streams all work.
 //!
-//! Reads and writes run inline on the connection's task (no thread hand-off per request);
-//! flushes, FUA writes, trims, zeroing, block status and reads that wait for the device run on
-//! blocking threads, concurrently (bounded). Replies may come back out of order.
+//! Every request runs on the I/O thread pool ([`super::iopool`]), several per hand-off; the
+//! connection's task only parses, queues and replies, so it never blocks on the pool lock, a
+//! device or a sync. Replies may come back out of order.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
 use super::catalog::PoolCatalog;
+use super::iopool::IoPool;
 use crate::format::BLOCK_U64;
 use crate::metrics::{Cmd as MetricsCmd, RequestMetrics};
 use crate::nbd::proto::{
     CMD_FLAG_DF, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_REQ_ONE, CONTEXT_BASE_ALLOCATION, EINVAL,
-    EIO, ENOSPC, EPERM, ESHUTDOWN, STATE_HOLE, STATE_ZERO,
+    EIO, ESHUTDOWN, STATE_HOLE, STATE_ZERO,
 };
 use crate::nbd::{
     decode_request_with_limit, encode_block_status, encode_block_status_ext, encode_error_reply,
@@ -47,14 +48,9 @@ pub enum SessionError {
     Evicted,
 }
 
-/// NBD errno for a pool error.
+/// NBD errno for a pool error: [`PoolError::errno`] is the one map, onto NBD's errno set.
 fn nbd_errno(e: &PoolError) -> u32 {
-    match e {
-        PoolError::NoSpace(_) => ENOSPC,
-        PoolError::Invalid(_) | PoolError::NotFound(_) => EINVAL,
-        PoolError::ReadOnly => EPERM,
-        _ => EIO,
-    }
+    u32::try_from(e.errno()).unwrap_or(EIO)
 }
 
 /// How a handshake phase ended.
@@ -219,6 +215,7 @@ where
     transmission(
         s,
         shared.pool.clone(),
+        shared.io.clone(),
         neg,
         leftover,
         SessionEnds {
@@ -231,30 +228,17 @@ where
     .await
 }
 
-/// Requests executed on blocking threads at once on one connection; further ones wait
-/// (back-pressure). Requests run inline on the connection's task need no slot.
+/// Units of work handed to I/O threads, or of replies queued for the writer, at once on one
+/// connection; further requests wait (back-pressure).
 const MAX_IN_FLIGHT: usize = 64;
-/// Largest read or write executed inline on the connection's task.
-const INLINE_MAX: u64 = 1 << 20;
-/// Replies collected inline go to the writer once they reach this size, else when the reader
-/// has run out of received requests.
+/// Requests handed to an I/O thread together at most: more go to further threads, so a deep
+/// queue of one connection still runs on several.
+const JOB_REQUESTS: usize = 8;
+/// Work handed to an I/O thread at once at most, in request lengths (the payload of a write,
+/// the reply of a read).
 const BATCH_BYTES: usize = 256 << 10;
 /// The reader asks the socket for at least this much at a time.
 const READ_CHUNK: usize = 256 << 10;
-/// An inline read slower than this plus [`SLOW_READ_NS_PER_KIB`] per KiB most likely did not
-/// come from memory (page cache or the pool's stream buffers) but waited for the device (or for
-/// the pool lock, or its thread was preempted).
-const SLOW_READ_NS: u64 = 50_000;
-const SLOW_READ_NS_PER_KIB: u64 = 500;
-/// Reads run inline in rounds of up to this many; this many slow ones in a round (one alone is
-/// most likely a preemption) end it, and the connection's next reads go to blocking threads.
-const INLINE_ROUND: u32 = 1024;
-const SLOW_READ_STRIKES: u32 = 3;
-/// The first batch of reads sent to blocking threads after slow inline reads, and the largest:
-/// each time the inline reads that follow are slow again, the next batch is twice as long; a
-/// round of inline reads without enough slow ones goes back to the first length.
-const OFFLOAD_READS_MIN: u32 = 256;
-const OFFLOAD_READS_MAX: u32 = 64 << 10;
 /// Reply buffers kept for reuse per connection, and the largest one kept (by capacity): a
 /// connection keeps at most `KEEP_BUFS * KEEP_BUF_MAX` bytes between requests, besides its
 /// bytes in flight ([`Budget`]); bigger buffers go back to the allocator when sent.
@@ -262,7 +246,7 @@ const KEEP_BUFS: usize = 8;
 const KEEP_BUF_MAX: usize = (4 << 20) + (128 << 10);
 
 /// A connection's bound on the bytes it holds in flight: replies not yet sent and payloads of
-/// requests running on blocking threads, counted in KiB against its own semaphore and the
+/// requests queued for or running on I/O threads, counted in KiB against its own semaphore and the
 /// server-wide one. The reader takes credit before it executes a request and the writer returns
 /// it once the reply is sent, so a client that does not read its replies stops having its
 /// requests read (back-pressure) instead of growing the server.
@@ -386,7 +370,7 @@ impl Budget {
 }
 
 /// Bytes a request holds in memory until its reply is sent: the reply (read data, extents),
-/// plus its payload when it is copied to a blocking thread.
+/// plus its payload when it is copied for an I/O thread.
 fn inflight_bytes(req: &Request, offloaded: bool, contexts: usize) -> u64 {
     const REPLY_OVERHEAD: u64 = 1024;
     let reply = match req.command() {
@@ -424,6 +408,8 @@ struct Replies {
     scratch: Vec<u8>,
     /// In-flight credit of the replies in `buf`, returned when they have been sent.
     credit: Credit,
+    /// The connection's slot these replies hold until they have been sent.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Replies {
@@ -483,6 +469,7 @@ impl BufPool {
 
     fn put(&self, mut b: Replies) {
         b.credit = Credit::default();
+        b.slot = None;
         if b.buf.capacity() > KEEP_BUF_MAX || b.scratch.capacity() > KEEP_BUF_MAX {
             return;
         }
@@ -505,77 +492,6 @@ enum MetaKind {
     Changed(u64),
 }
 
-/// Whether a request runs inline on the connection's task rather than on a blocking thread.
-///
-/// Reads and writes up to [`INLINE_MAX`] do: a 4 KiB `Pool::read` from the page cache takes
-/// 2-3 µs and a buffered 4 KiB `Pool::write` about 1 µs (p50; now and then a write also writes
-/// out a full segment, ~0.1-0.4 ms, and rarely it checkpoints with an fsync, which can take up
-/// to a second on a busy disk), while handing a request to a blocking thread and its reply back
-/// costs two thread wake-ups, which made up most of the server's CPU time per request. The pool
-/// serialises writes (and read planning) on its lock anyway, so a blocking thread would not let
-/// them overlap: while one write stalls, every other request waits for the lock either way. Reads that have to wait for the device do overlap on blocking threads:
-/// when inline reads turn out slow, the connection's next reads go there ([`ReadMode`]). FUA
-/// writes, flushes (fsync), trims, zeroing and block status always go to blocking threads.
-fn runs_inline(req: &Request, reads: &mut ReadMode) -> bool {
-    match req.command() {
-        Some(Command::Read) => req.length <= INLINE_MAX && reads.inline(),
-        Some(Command::Write) => req.length <= INLINE_MAX && !req.has_flag(CMD_FLAG_FUA),
-        _ => false,
-    }
-}
-
-/// Where a connection's reads run: inline while they come from memory, on blocking threads
-/// (where device reads overlap instead of queueing behind each other) while they do not. Only
-/// inline reads are timed: many reads at once on blocking threads wait for the pool lock and
-/// the CPU, so they always look slow.
-struct ReadMode {
-    /// Inline reads in this round, and how many of them were slow.
-    round: u32,
-    slow: u32,
-    /// Reads still to send to blocking threads, and the length of the next such batch.
-    offload: u32,
-    next_offload: u32,
-}
-
-impl ReadMode {
-    fn new() -> Self {
-        ReadMode {
-            round: 0,
-            slow: 0,
-            offload: 0,
-            next_offload: OFFLOAD_READS_MIN,
-        }
-    }
-
-    /// Whether the next read runs inline.
-    fn inline(&mut self) -> bool {
-        if self.offload == 0 {
-            return true;
-        }
-        self.offload -= 1;
-        false
-    }
-
-    /// Account an inline read of `len` bytes that took `took`.
-    fn done(&mut self, len: u64, took: std::time::Duration) {
-        let slow_ns = SLOW_READ_NS + len / 1024 * SLOW_READ_NS_PER_KIB;
-        self.round += 1;
-        if took.as_nanos() > u128::from(slow_ns) {
-            self.slow += 1;
-        }
-        if self.slow >= SLOW_READ_STRIKES {
-            self.offload = self.next_offload;
-            self.next_offload = (self.next_offload * 2).min(OFFLOAD_READS_MAX);
-        } else if self.round >= INLINE_ROUND {
-            self.next_offload = OFFLOAD_READS_MIN;
-        } else {
-            return;
-        }
-        self.round = 0;
-        self.slow = 0;
-    }
-}
-
 /// What ends a session other than its client: the server stopping, the operator ending it
 /// (shrink, rollback, removal), or the client idling past the idle timeout.
 struct SessionEnds {
@@ -584,13 +500,14 @@ struct SessionEnds {
     idle_timeout: Option<std::time::Duration>,
 }
 
-/// Read requests in order. Reads and writes run inline ([`runs_inline`]) and their replies are
-/// collected into one buffer, handed to the writer task when the reader runs out of received
-/// requests (or the buffer is big); other requests run on blocking threads and send their
-/// replies themselves. Replies may therefore come back out of order; each is sent as one unit.
+/// Read requests in order and hand them, several at a time, to the I/O threads
+/// ([`super::iopool`]), which run them and send their replies to the writer task; the
+/// connection's task only parses, queues and replies. Replies may therefore come back out of
+/// order; each is sent as one unit.
 async fn transmission<S>(
     s: S,
     pool: Arc<Pool>,
+    io: Arc<IoPool>,
     neg: Negotiated,
     mut inbuf: Vec<u8>,
     ends: SessionEnds,
@@ -659,13 +576,14 @@ where
         wr.flush().await
     });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    // Replies of inline requests not yet handed to the writer.
+    // Replies the reader makes itself (refusals while stopping), not yet handed to the writer.
     let mut batch = ctx.bufs.get();
+    // Requests decoded but not yet handed to an I/O thread.
+    let mut job = Job::default();
     // `inbuf[pos..]` is received but not yet decoded.
     let mut pos = 0usize;
-    let mut reads = ReadMode::new();
     let result: Result<(), SessionError> = 'conn: loop {
-        // Serve every complete request received so far.
+        // Queue every complete request received so far.
         let need = loop {
             let avail = inbuf.get(pos..).unwrap_or_default();
             let (req, hlen) = match decode_request_with_limit(avail, extended, max) {
@@ -686,12 +604,12 @@ where
             }
             if req.command() == Some(Command::Disc) {
                 // Let in-flight requests finish, make their writes durable, then close.
-                if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                if !hand_over(&ctx, &io, &mut job, &mut batch, &slots, &tx).await {
                     break 'conn Ok(());
                 }
                 let _all = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
                 let p = ctx.pool.clone();
-                let _ = tokio::task::spawn_blocking(move || p.flush()).await;
+                let _ = io.run(move || p.flush()).await;
                 break 'conn Ok(());
             }
             if *stopping.borrow() {
@@ -700,73 +618,34 @@ where
                 batch.enc(|v| {
                     encode_error_reply(v, &target, ESHUTDOWN, "server is shutting down")
                 })?;
-            } else if runs_inline(&req, &mut reads) {
-                let want = inflight_bytes(&req, false, ctx.contexts.len());
-                let credit = match budget.try_take(want) {
-                    Some(c) => c,
-                    None => {
-                        // Out of credit: send what is collected (its credit comes back once the
-                        // client reads it), then wait; meanwhile no more requests are read.
-                        if !batch.is_empty() {
-                            let full = std::mem::replace(&mut batch, ctx.bufs.get());
-                            if tx.send(full).await.is_err() {
-                                break 'conn Ok(());
-                            }
-                        }
-                        match budget.take(want).await {
-                            Some(c) => c,
-                            None => break 'conn Ok(()),
-                        }
-                    }
-                };
-                batch.credit.absorb(credit);
-                let took = execute(&ctx, &req, payload, &mut batch);
-                if req.command() == Some(Command::Read) {
-                    reads.done(req.length, took);
-                }
-            } else {
-                let want = inflight_bytes(&req, true, ctx.contexts.len());
-                let credit = match budget.try_take(want) {
-                    Some(c) => c,
-                    None => {
-                        if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
-                            break 'conn Ok(());
-                        }
-                        match budget.take(want).await {
-                            Some(c) => c,
-                            None => break 'conn Ok(()),
-                        }
-                    }
-                };
-                let payload = payload.to_vec();
-                let slot = match slots.clone().try_acquire_owned() {
-                    Ok(slot) => slot,
-                    Err(_) => {
-                        // Full: the replies collected so far must not wait for a free slot.
-                        if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
-                            break 'conn Ok(());
-                        }
-                        match slots.clone().acquire_owned().await {
-                            Ok(slot) => slot,
-                            Err(_) => break 'conn Ok(()),
-                        }
-                    }
-                };
-                offload(ctx.clone(), req, payload, tx.clone(), slot, credit);
+                continue;
             }
-            if batch.len() >= BATCH_BYTES {
-                let full = std::mem::replace(&mut batch, ctx.bufs.get());
-                if tx.send(full).await.is_err() {
+            let want = inflight_bytes(&req, true, ctx.contexts.len());
+            let credit = match budget.try_take(want) {
+                Some(c) => c,
+                None => {
+                    // Out of credit: hand over what is collected (its credit comes back once
+                    // its replies are sent), then wait; meanwhile no more requests are read.
+                    if !hand_over(&ctx, &io, &mut job, &mut batch, &slots, &tx).await {
+                        break 'conn Ok(());
+                    }
+                    match budget.take(want).await {
+                        Some(c) => c,
+                        None => break 'conn Ok(()),
+                    }
+                }
+            };
+            job.push(req, payload, credit);
+            if job.reqs.len() >= JOB_REQUESTS || job.bytes >= BATCH_BYTES {
+                let full = std::mem::take(&mut job);
+                if !submit(&ctx, &io, full, &mut batch, &slots, &tx).await {
                     break 'conn Ok(());
                 }
             }
         };
-        // Out of requests: hand the replies over before waiting for the client.
-        if !batch.is_empty() {
-            let full = std::mem::replace(&mut batch, ctx.bufs.get());
-            if tx.send(full).await.is_err() {
-                break Ok(());
-            }
+        // Out of requests: hand everything over before waiting for the client.
+        if !hand_over(&ctx, &io, &mut job, &mut batch, &slots, &tx).await {
+            break Ok(());
         }
         inbuf.drain(..pos);
         pos = 0;
@@ -805,38 +684,129 @@ where
             Err(e) => break Err(e.into()),
         }
     };
-    if !batch.is_empty() {
-        let _ = tx.send(batch).await;
-    }
+    let _ = hand_over(&ctx, &io, &mut job, &mut batch, &slots, &tx).await;
     finish(tx, writer, result).await
 }
 
-/// Run one request on a blocking thread; it sends its reply to the writer itself.
-fn offload(
-    ctx: Arc<Ctx>,
-    req: Request,
-    payload: Vec<u8>,
-    tx: tokio::sync::mpsc::Sender<Replies>,
-    slot: tokio::sync::OwnedSemaphorePermit,
+/// Requests handed to an I/O thread together: run in order there, their replies sent to the
+/// writer as one unit. Several requests per hand-off keep the cost of waking a thread (and the
+/// writer) per request away.
+#[derive(Default)]
+struct Job {
+    /// Each request with the range of its payload in `data`.
+    reqs: Vec<(Request, std::ops::Range<usize>)>,
+    data: Vec<u8>,
+    /// In-flight credit of the requests (payloads and replies).
     credit: Credit,
-) {
-    tokio::task::spawn_blocking(move || {
+    /// Request lengths.
+    bytes: usize,
+}
+
+impl Job {
+    fn push(&mut self, req: Request, payload: &[u8], credit: Credit) {
+        let at = self.data.len();
+        self.data.extend_from_slice(payload);
+        self.reqs.push((req, at..self.data.len()));
+        self.credit.absorb(credit);
+        self.bytes = self
+            .bytes
+            .saturating_add(usize::try_from(req.length).unwrap_or(usize::MAX));
+    }
+}
+
+/// Hand the pending job (if any) to an I/O thread and the reader's own replies (if any) to the
+/// writer. `false`: the client is gone.
+async fn hand_over(
+    ctx: &Arc<Ctx>,
+    io: &Arc<IoPool>,
+    job: &mut Job,
+    batch: &mut Replies,
+    slots: &Arc<tokio::sync::Semaphore>,
+    tx: &tokio::sync::mpsc::Sender<Replies>,
+) -> bool {
+    if !job.reqs.is_empty() {
+        let j = std::mem::take(job);
+        if !submit(ctx, io, j, batch, slots, tx).await {
+            return false;
+        }
+    }
+    if !batch.is_empty() {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return false;
+        };
+        let mut full = std::mem::replace(batch, ctx.bufs.get());
+        full.slot = Some(slot);
+        if tx.send(full).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Give `job` to an I/O thread, which sends its replies to the writer. Each unit of replies
+/// holds a slot until the writer has sent it, so at most [`MAX_IN_FLIGHT`] are queued and an
+/// I/O thread never waits for the writer. `false`: the client is gone.
+async fn submit(
+    ctx: &Arc<Ctx>,
+    io: &Arc<IoPool>,
+    job: Job,
+    batch: &mut Replies,
+    slots: &Arc<tokio::sync::Semaphore>,
+    tx: &tokio::sync::mpsc::Sender<Replies>,
+) -> bool {
+    let slot = match slots.clone().try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(_) => {
+            // Full: the reader's own replies must not wait for a free slot.
+            if !batch.is_empty() {
+                let full = std::mem::replace(batch, ctx.bufs.get());
+                if tx.send(full).await.is_err() {
+                    return false;
+                }
+            }
+            match slots.clone().acquire_owned().await {
+                Ok(slot) => slot,
+                Err(_) => return false,
+            }
+        }
+    };
+    let (ctx, tx) = (ctx.clone(), tx.clone());
+    io.submit(move || {
         if tx.is_closed() {
             // The client is gone: no work (and no reply buffer) for nobody.
             return;
         }
+        let Job {
+            reqs, data, credit, ..
+        } = job;
         let mut out = ctx.bufs.get();
         out.credit = credit;
-        let run = std::panic::AssertUnwindSafe(|| execute(&ctx, &req, &payload, &mut out));
-        if std::panic::catch_unwind(run).is_err() {
-            // Every request gets an answer: the client must not wait forever.
-            out.clear();
-            let target = ReplyTarget::new(ctx.neg.reply_mode, &req);
-            let _ = out.enc(|v| encode_error_reply(v, &target, EIO, "request handler panicked"));
+        out.slot = Some(slot);
+        // The result of the flush just executed, while only flushes follow it.
+        let mut flushed = None;
+        for (req, range) in &reqs {
+            let flush = req.command() == Some(Command::Flush);
+            if let (true, Some(errno)) = (flush, flushed) {
+                repeat_flush(&ctx, req, errno, &mut out);
+                continue;
+            }
+            let payload = data.get(range.clone()).unwrap_or_default();
+            let mark = out.len();
+            let run = std::panic::AssertUnwindSafe(|| execute(&ctx, req, payload, &mut out));
+            let errno = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                // Every request gets an answer: the client must not wait forever.
+                out.truncate(mark);
+                let target = ReplyTarget::new(ctx.neg.reply_mode, req);
+                let _ =
+                    out.enc(|v| encode_error_reply(v, &target, EIO, "request handler panicked"));
+                EIO
+            });
+            flushed = flush.then_some(errno);
         }
+        // Never waits: this unit holds one of the channel's slots.
         let _ = tx.blocking_send(out);
-        drop(slot);
     });
+    true
 }
 
 /// Close the reply channel and wait for the writer to send what is queued.
@@ -846,7 +816,7 @@ async fn finish(
     result: Result<(), SessionError>,
 ) -> Result<(), SessionError> {
     drop(tx);
-    // Requests still running on blocking threads hold their own senders; the writer ends when
+    // Requests still running on I/O threads hold their own senders; the writer ends when
     // the last one is done.
     let w = writer
         .await
@@ -870,8 +840,8 @@ fn metrics_cmd(cmd: Option<Command>) -> MetricsCmd {
 }
 
 /// Execute one request on the calling thread, append its whole reply to `out` and account it in
-/// the metrics; how long it took.
-fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> std::time::Duration {
+/// the metrics; the NBD errno it got (0 for success).
+fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> u32 {
     let start = std::time::Instant::now();
     let mark = out.len();
     let target = ReplyTarget::new(ctx.neg.reply_mode, req);
@@ -892,7 +862,19 @@ fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> std::
         _ => 0,
     };
     ctx.metrics.record(cmd, bytes, elapsed.as_secs_f64(), errno);
-    elapsed
+    errno
+}
+
+/// Answer a FLUSH that came in together with the one just executed, with nothing between them:
+/// that flush started after both arrived, so it covered every write this one must cover.
+fn repeat_flush(ctx: &Ctx, req: &Request, errno: u32, out: &mut Replies) {
+    let target = ReplyTarget::new(ctx.neg.reply_mode, req);
+    let _ = if errno == 0 {
+        out.enc(|v| encode_ok(v, &target))
+    } else {
+        out.enc(|v| encode_error_reply(v, &target, errno, "flush failed"))
+    };
+    ctx.metrics.record(MetricsCmd::Flush, 0, 0.0, errno);
 }
 
 /// Validate and execute one request, appending its reply to `out`; the NBD errno it got (0 for
@@ -1130,52 +1112,6 @@ fn encode_extents(
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    const FAST: Duration = Duration::from_micros(3);
-    const SLOW: Duration = Duration::from_millis(1);
-
-    fn inline_run(m: &mut ReadMode) -> u32 {
-        let mut n = 0;
-        while !m.inline() {
-            n += 1;
-        }
-        n
-    }
-
-    #[test]
-    fn reads_go_to_blocking_threads_while_slow_and_come_back() {
-        let mut m = ReadMode::new();
-        // A preemption now and then does not move reads off the connection's task.
-        for i in 0..10 * INLINE_ROUND {
-            assert!(m.inline());
-            m.done(4096, if i % 600 == 0 { SLOW } else { FAST });
-        }
-        // Slow reads do, for batches that double while inline reads stay slow...
-        let mut want = OFFLOAD_READS_MIN;
-        for _ in 0..12 {
-            for _ in 0..SLOW_READ_STRIKES {
-                assert!(m.inline());
-                m.done(4096, SLOW);
-            }
-            assert_eq!(inline_run(&mut m), want);
-            want = (want * 2).min(OFFLOAD_READS_MAX);
-        }
-        assert_eq!(want, OFFLOAD_READS_MAX);
-        // ...and go back to the first length after a round of fast ones.
-        for _ in 0..INLINE_ROUND {
-            assert!(m.inline());
-            m.done(4096, FAST);
-        }
-        for _ in 0..SLOW_READ_STRIKES {
-            m.done(4096, SLOW);
-        }
-        assert_eq!(inline_run(&mut m), OFFLOAD_READS_MIN);
-        // Big reads may take longer before they count as slow.
-        for _ in 0..SLOW_READ_STRIKES {
-            m.done(1 << 20, Duration::from_micros(400));
-        }
-        assert!(m.inline());
-    }
 
     #[tokio::test]
     async fn budgets_bound_bytes_in_flight_and_serve_oversize_requests_alone() {
