@@ -6,10 +6,12 @@
     deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
 )]
 
-use super::error::Result;
+use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::ptree::NodeIo;
 use super::pvs::split;
+use super::scrub::SLICE_BLOCKS;
+use super::Pool;
 use crate::format::node::{NodeKind, Ptr, MAP_ZERO, SEG_FREE};
 use crate::format::superblock::{Superblock, SB_OFFSETS};
 use crate::format::{data_crc, BLOCK, INCOMPAT_ZERO};
@@ -35,8 +37,173 @@ impl CheckReport {
     }
 }
 
+/// A block whose content the second stage of a check reads: VBA `vba` as the first stage
+/// found it, and for a data block the LU block that uses it (for messages).
+struct ReadCheck {
+    vba: u64,
+    ptr: Ptr,
+    data: Option<(u64, u64)>,
+}
+
+impl Pool {
+    /// Full consistency check of the pool as it is now. The first stage runs under the pool
+    /// lock and reads only metadata: superblocks, every map, reference counts, owned/shared
+    /// and live counts, summaries, table pages. The second reads data in slices of at most
+    /// [`SLICE_BLOCKS`] blocks: the lock is taken to plan a slice (blocks whose VBA no longer
+    /// names what the first stage saw were overwritten or freed since, and are skipped), the
+    /// checksums and, in a mirrored pool, the copies are compared outside it, with the
+    /// `reuse` pin held so no segment read is reused meanwhile.
+    pub fn check(&self) -> Result<CheckReport> {
+        let (mut rep, work) = self.lock().check_meta()?;
+        for slice in work.chunks(SLICE_BLOCKS) {
+            self.check_slice(slice, &mut rep)?;
+        }
+        Ok(rep)
+    }
+
+    fn check_slice(&self, slice: &[ReadCheck], rep: &mut CheckReport) -> Result<()> {
+        /// One read the slice does outside the lock.
+        struct Planned<'a> {
+            item: &'a ReadCheck,
+            /// Copies to read for the checksum, preferred first (the next on an I/O error).
+            copies: Vec<(u16, u64)>,
+            /// Both copies, to compare (mirrored pools, segment whole in every group).
+            pair: Option<[(u16, u64); 2]>,
+            /// Messages' names: the LU, and where the block lives.
+            vol: String,
+            at: (String, u64),
+        }
+        let mut g = self.lock();
+        let groups = g.pvs.groups();
+        let mut plan = Vec::with_capacity(slice.len());
+        for item in slice {
+            let cur = g.vba_entry(item.vba)?;
+            if cur.pba != item.ptr.pba || cur.crc != item.ptr.crc {
+                continue; // overwritten or freed since the first stage
+            }
+            let pba = item.ptr.pba;
+            if let Some(b) = g.streams.iter().find_map(|s| s.buffered(pba)) {
+                // Not on disk yet: its checksum is checked from memory, and there are no
+                // copies to compare.
+                if let Some((vol, lba)) = item.data {
+                    let c = data_crc(&g.pool_id, b);
+                    if c != item.ptr.crc {
+                        let (dev, off) = g.describe(pba);
+                        rep.errors.push(format!(
+                            "data block {lba} of {} on {dev} at offset {off}: checksum mismatch (stored {:#010x}, computed {c:#010x})",
+                            g.vol_name(vol), item.ptr.crc
+                        ));
+                    }
+                }
+                continue;
+            }
+            let (seg, slot) = split(pba);
+            let copies = if item.data.is_some() {
+                match g.copies(pba) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let (vol, lba) = item.data.unwrap_or((0, 0));
+                        rep.errors
+                            .push(format!("data block {lba} of {}: {e}", g.vol_name(vol)));
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let pair = if g.pvs.mirrored() && g.read_groups(seg).len() >= groups.len() {
+                let locs: Vec<(u16, u64)> = groups
+                    .iter()
+                    .filter_map(|&fg| g.pvs.locate_in(fg, seg))
+                    .filter_map(|(pv, s)| Some((pv, g.pvs.offset(pv, s, slot).ok()?)))
+                    .collect();
+                match locs[..] {
+                    [a, b, ..] => Some([a, b]),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            plan.push(Planned {
+                item,
+                copies,
+                pair,
+                vol: g.vol_name(item.data.map_or(0, |d| d.0)),
+                at: g.describe(pba),
+            });
+        }
+        let devs = g.devs_up();
+        let names: Vec<String> = (0..g.pvs.pvs.len()).map(|i| g.pvs.name(i as u16)).collect();
+        let pid = g.pool_id;
+        let mirror = g.mirror.clone();
+        let pin = self.reuse.read().unwrap_or_else(|p| p.into_inner());
+        drop(g);
+        let read = |pv: u16, off: u64, buf: &mut [u8]| -> std::result::Result<(), String> {
+            let name = names.get(usize::from(pv)).cloned().unwrap_or_default();
+            match devs.get(usize::from(pv)) {
+                Some(Some(d)) => d.read_at(buf, off).map_err(|e| {
+                    PoolError::Io {
+                        dev: name,
+                        offset: off,
+                        source: e,
+                    }
+                    .to_string()
+                }),
+                _ => Err(format!("{name}: the PV has failed")),
+            }
+        };
+        let (mut a, mut b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+        for p in plan {
+            if let Some((_, lba)) = p.item.data {
+                let mut last_err = None;
+                let mut got = false;
+                for &(pv, off) in &p.copies {
+                    match read(pv, off, &mut a) {
+                        Ok(()) => {
+                            got = true;
+                            break;
+                        }
+                        Err(e) => {
+                            mirror.found();
+                            last_err.get_or_insert(e);
+                        }
+                    }
+                }
+                if got {
+                    let c = data_crc(&pid, &a);
+                    if c != p.item.ptr.crc {
+                        rep.errors.push(format!(
+                            "data block {lba} of {} on {} at offset {}: checksum mismatch (stored {:#010x}, computed {c:#010x})",
+                            p.vol, p.at.0, p.at.1, p.item.ptr.crc
+                        ));
+                    }
+                } else if let Some(e) = last_err {
+                    rep.errors
+                        .push(format!("data block {lba} of {}: {e}", p.vol));
+                }
+            }
+            if let Some([(pa, oa), (pb, ob)]) = p.pair {
+                let ra = read(pa, oa, &mut a);
+                let rb = read(pb, ob, &mut b);
+                if ra.is_err() || rb.is_err() || a != b {
+                    rep.errors.push(format!(
+                        "VBA {}: the copies on {} at offset {oa} and {} at offset {ob} differ or cannot be read",
+                        p.item.vba,
+                        names.get(usize::from(pa)).cloned().unwrap_or_default(),
+                        names.get(usize::from(pb)).cloned().unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        drop(pin);
+        Ok(())
+    }
+}
+
 impl Inner {
-    pub fn check(&mut self) -> Result<CheckReport> {
+    /// The first stage of [`Pool::check`]: everything but reading data blocks, which it lists.
+    fn check_meta(&mut self) -> Result<(CheckReport, Vec<ReadCheck>)> {
+        let mut work: Vec<ReadCheck> = Vec::new();
         let mut rep = CheckReport {
             segments: self.segs.len() as u64 - 1,
             ..Default::default()
@@ -211,9 +378,7 @@ impl Inner {
         let r = vt.for_each(self, &mut |i, p| entries.push((i, *p)));
         self.vba = vt;
         r?;
-        if self.pvs.mirrored() {
-            self.check_copies(&entries, &mut rep);
-        }
+        let mirrored = self.pvs.mirrored();
         for (vba, p) in entries {
             let counted = refs.remove(&vba).unwrap_or(0);
             if p.aux != counted {
@@ -236,25 +401,20 @@ impl Inner {
                 if let Err(e) = self.read_node(p, NodeKind::Map, level, vba) {
                     err(&mut rep, format!("map node VBA {vba}: {e}"));
                 }
+                if mirrored {
+                    work.push(ReadCheck {
+                        vba,
+                        ptr: p,
+                        data: None,
+                    });
+                }
             } else {
                 rep.data_blocks += 1;
-                let (vol, lba) = user.get(&vba).copied().unwrap_or((0, 0));
-                let (dev, off) = self.describe(p.pba);
-                match self.read_block(p.pba) {
-                    Ok(b) => {
-                        let c = data_crc(&self.pool_id, &b);
-                        if c != p.crc {
-                            err(&mut rep, format!(
-                                "data block {lba} of {} on {dev} at offset {off}: checksum mismatch (stored {:#010x}, computed {c:#010x})",
-                                self.vol_name(vol), p.crc
-                            ));
-                        }
-                    }
-                    Err(e) => err(
-                        &mut rep,
-                        format!("data block {lba} of {}: {e}", self.vol_name(vol)),
-                    ),
-                }
+                work.push(ReadCheck {
+                    vba,
+                    ptr: p,
+                    data: Some(user.get(&vba).copied().unwrap_or((0, 0))),
+                });
                 let (seg, slot) = split(p.pba);
                 if self.load_summary(seg).is_ok() {
                     let tag = self
@@ -348,41 +508,6 @@ impl Inner {
                 format!("{n} live blocks in segment {seg}, which is outside the pool"),
             );
         }
-        Ok(rep)
-    }
-}
-
-impl Inner {
-    /// Mirrored pools: both copies of every live block in a segment neither group has stale
-    /// must be readable and equal.
-    fn check_copies(&self, entries: &[(u64, Ptr)], rep: &mut CheckReport) {
-        let groups = self.pvs.groups();
-        let (mut a, mut b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
-        for &(vba, p) in entries {
-            if p.pba == 0 || self.streams.iter().any(|s| s.buffered(p.pba).is_some()) {
-                continue;
-            }
-            let (seg, slot) = split(p.pba);
-            if self.read_groups(seg).len() < groups.len() {
-                continue; // a stale or failed copy is resync's business, reported by status
-            }
-            let locs: Vec<(u16, u64)> = groups
-                .iter()
-                .filter_map(|&g| self.pvs.locate_in(g, seg))
-                .filter_map(|(pv, s)| Some((pv, self.pvs.offset(pv, s, slot).ok()?)))
-                .collect();
-            let [(pa, oa), (pb, ob), ..] = locs[..] else {
-                continue;
-            };
-            let ra = self.pvs.read(pa, oa, &mut a);
-            let rb = self.pvs.read(pb, ob, &mut b);
-            if ra.is_err() || rb.is_err() || a != b {
-                rep.errors.push(format!(
-                    "VBA {vba}: the copies on {} at offset {oa} and {} at offset {ob} differ or cannot be read",
-                    self.pvs.name(pa),
-                    self.pvs.name(pb),
-                ));
-            }
-        }
+        Ok((rep, work))
     }
 }

@@ -29,8 +29,11 @@ mod open;
 mod ops;
 mod ptree;
 pub mod pvs;
+mod resync;
+pub mod scrub;
 mod share;
 mod snapshots;
+pub mod throttle;
 
 pub use check::CheckReport;
 pub use error::{PoolError, Result};
@@ -161,6 +164,10 @@ pub struct Pool {
     inner: Mutex<Inner>,
     /// Shared with `Inner`: readers doing I/O outside the pool lock hold it for reading.
     reuse: Arc<RwLock<()>>,
+    /// The pool's scrub (background or foreground) and its state.
+    scrubber: scrub::Scrubber,
+    /// Rates of background maintenance.
+    rates: throttle::Rates,
 }
 
 /// The record of volume `id`, which `name` resolved to under the same lock.
@@ -206,6 +213,8 @@ impl Pool {
         Ok(Pool {
             reuse: inner.reuse.clone(),
             inner: Mutex::new(inner),
+            scrubber: Default::default(),
+            rates: Default::default(),
         })
     }
 
@@ -215,6 +224,8 @@ impl Pool {
         Ok(Pool {
             reuse: inner.reuse.clone(),
             inner: Mutex::new(inner),
+            scrubber: Default::default(),
+            rates: Default::default(),
         })
     }
 
@@ -539,6 +550,7 @@ impl Pool {
         period: std::time::Duration,
     ) -> std::thread::JoinHandle<()> {
         let weak = Arc::downgrade(self);
+        let mut resync = throttle::Throttle::new(self.rates.resync());
         std::thread::spawn(move || loop {
             std::thread::sleep(period);
             let Some(p) = weak.upgrade() else { return };
@@ -547,8 +559,8 @@ impl Pool {
                 tracing::warn!("cleaner: {e}");
             }
             // Mirror upkeep: failed PVs that answer again rejoin; stale copies are rewritten
-            // a few MiB at a time so clients keep their share of the pool lock.
-            if let Err(e) = p.resync_step(8) {
+            // one segment per slice, outside the pool lock, at the resync rate.
+            if let Err(e) = p.resync_background(&mut resync) {
                 tracing::warn!("resync: {e}");
             }
             if let Err(e) = p.background_sync() {
@@ -635,11 +647,6 @@ impl Pool {
             counters: c,
             write_amplification: if c.user_blocks_written == 0 { 0.0 } else { wa },
         }
-    }
-
-    /// Full consistency check of the pool as it is now.
-    pub fn check(&self) -> Result<CheckReport> {
-        self.lock().check()
     }
 
     /// Checkpoint and release (the pool is also usable after a crash without this).
