@@ -120,6 +120,8 @@ struct StateFile {
 pub struct Scrubber {
     st: Mutex<Shared>,
     changed: Condvar,
+    /// The pool's id in hex, for the state file (read once, outside `st`).
+    pool_id: std::sync::OnceLock<String>,
 }
 
 #[derive(Default)]
@@ -267,7 +269,9 @@ impl Pool {
         {
             g.write_out_all()?;
         }
-        let mut plan: Vec<(u64, Ptr, Vec<(u16, u64)>)> = Vec::with_capacity(items.len());
+        // (VBA, entry, copies as (PV, byte offset)).
+        type Planned = (u64, Ptr, Vec<(u16, u64)>);
+        let mut plan: Vec<Planned> = Vec::with_capacity(items.len());
         for (vba, p) in items {
             let (seg, slot) = split(p.pba);
             let mut copies = Vec::new();
@@ -586,6 +590,7 @@ impl Pool {
     /// state file; a scrub the file shows running (sspd stopped during it) resumes where it
     /// stopped. The thread ends when the pool is dropped.
     pub fn spawn_scrubber(self: &Arc<Self>, dir: &Path) -> std::thread::JoinHandle<()> {
+        self.pool_hex();
         {
             let resume = self.load_state(dir);
             let mut s = self.scrubber();
@@ -706,10 +711,17 @@ impl Pool {
         self.scrubber.changed.notify_all();
     }
 
+    fn pool_hex(&self) -> String {
+        self.scrubber
+            .pool_id
+            .get_or_init(|| hex(&self.lock().pool_id))
+            .clone()
+    }
+
     fn state_file_body(&self, pos: ScrubPos, st: &ScrubStatus) -> StateFile {
         StateFile {
             version: STATE_VERSION,
-            pool_id: hex(&self.lock().pool_id),
+            pool_id: self.pool_hex(),
             pos,
             status: st.clone(),
         }
@@ -734,7 +746,7 @@ impl Pool {
                 return None;
             }
         };
-        let pid = hex(&self.lock().pool_id);
+        let pid = self.pool_hex();
         (f.version == STATE_VERSION && f.pool_id == pid).then_some((f.pos, f.status))
     }
 }
