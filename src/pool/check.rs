@@ -8,11 +8,10 @@
 
 use super::error::{PoolError, Result};
 use super::inner::Inner;
-use super::ptree::NodeIo;
 use super::pvs::split;
 use super::scrub::SLICE_BLOCKS;
 use super::Pool;
-use crate::format::node::{NodeKind, Ptr, MAP_ZERO, SEG_FREE};
+use crate::format::node::{decode_node, NodeKind, Ptr, MAP_ZERO, SEG_FREE};
 use crate::format::superblock::{Superblock, SB_OFFSETS};
 use crate::format::{data_crc, BLOCK, INCOMPAT_ZERO};
 use std::collections::HashMap;
@@ -37,98 +36,150 @@ impl CheckReport {
     }
 }
 
-/// A block whose content the second stage of a check reads: VBA `vba` as the first stage
-/// found it, and for a data block the LU block that uses it (for messages).
+/// What the second stage of a check verifies in a block.
+enum What {
+    /// A data block of LU `vol` at `lba` (for messages): its checksum.
+    Data { vol: u64, lba: u64 },
+    /// A metadata node: it decodes, carries the checksum its parent holds and is the node
+    /// expected there. `label` starts the error message.
+    Node {
+        kind: NodeKind,
+        level: u8,
+        id: u64,
+        label: String,
+    },
+}
+
+/// A block the second stage of a check reads, as the first stage found it.
 struct ReadCheck {
-    vba: u64,
     ptr: Ptr,
-    data: Option<(u64, u64)>,
+    /// The sequence number of its segment then: a segment since freed and reused (another
+    /// number) no longer holds it, and the block is skipped.
+    seq: u64,
+    what: What,
+    /// In a mirrored pool, VBA `Some(vba)`'s copies are compared too.
+    compare: Option<u64>,
+}
+
+/// Whether `buf` is the node `ptr` names (the checks of `Inner::read_node`), for messages
+/// at `dev`/`off`.
+fn check_node_bytes(
+    pid: &[u8; 16],
+    at: &(String, u64),
+    buf: &[u8],
+    ptr: Ptr,
+    kind: NodeKind,
+    level: u8,
+    id: u64,
+) -> std::result::Result<(), PoolError> {
+    let (dev, off) = (at.0.clone(), at.1);
+    let (h, _) = decode_node(buf, pid).map_err(|e| PoolError::Corrupt {
+        dev: dev.clone(),
+        offset: off,
+        source: e,
+    })?;
+    let stored = buf
+        .get(8..12)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
+    if stored != ptr.crc {
+        return Err(PoolError::Checksum {
+            dev,
+            offset: off,
+            what: format!("{kind:?} node {level}/{id}: parent expects another version"),
+            stored,
+            computed: ptr.crc,
+        });
+    }
+    if h.kind != kind || h.level != level || h.id != id {
+        return Err(PoolError::Corrupt {
+            dev,
+            offset: off,
+            source: crate::format::FormatError::Invalid {
+                what: "metadata node",
+                field: "identity",
+                detail: format!(
+                    "found {:?} {}/{} where {kind:?} {level}/{id} was expected",
+                    h.kind, h.level, h.id
+                ),
+            },
+        });
+    }
+    Ok(())
 }
 
 impl Pool {
     /// Full consistency check of the pool as it is now. The first stage runs under the pool
-    /// lock and reads only metadata: superblocks, every map, reference counts, owned/shared
-    /// and live counts, summaries, table pages. The second reads data in slices of at most
-    /// [`SLICE_BLOCKS`] blocks: the lock is taken to plan a slice (blocks whose VBA no longer
-    /// names what the first stage saw were overwritten or freed since, and are skipped), the
-    /// checksums and, in a mirrored pool, the copies are compared outside it, with the
-    /// `reuse` pin held so no segment read is reused meanwhile.
+    /// lock on what memory holds (map walk, reference counts, owned/shared and live counts,
+    /// summaries) and lists the blocks to read. The second reads them in slices of at most
+    /// [`SLICE_BLOCKS`] blocks: the lock is taken to plan a slice, and the data checksums,
+    /// metadata nodes and, in a mirrored pool, copy comparisons are checked outside it, with
+    /// the `reuse` pin held so no segment read is reused meanwhile. A block whose segment was
+    /// freed and reused since the first stage is skipped: it is no longer part of the pool.
     pub fn check(&self) -> Result<CheckReport> {
+        let t = std::time::Instant::now();
         let (mut rep, work) = self.lock().check_meta()?;
+        tracing::debug!(
+            "check: first stage {:?}, {} blocks to read",
+            t.elapsed(),
+            work.len()
+        );
         for slice in work.chunks(SLICE_BLOCKS) {
             self.check_slice(slice, &mut rep)?;
         }
+        tracing::debug!("check: done in {:?}", t.elapsed());
         Ok(rep)
     }
 
     fn check_slice(&self, slice: &[ReadCheck], rep: &mut CheckReport) -> Result<()> {
-        /// One read the slice does outside the lock.
+        /// One block the slice reads outside the lock.
         struct Planned<'a> {
             item: &'a ReadCheck,
-            /// Copies to read for the checksum, preferred first (the next on an I/O error).
+            /// Copies to read, preferred first.
             copies: Vec<(u16, u64)>,
-            /// Both copies, to compare (mirrored pools, segment whole in every group).
-            pair: Option<[(u16, u64); 2]>,
-            /// Messages' names: the LU, and where the block lives.
+            /// Both copies are read and compared (mirrored pool, segment whole in each group).
+            compare: bool,
+            /// For messages: the LU, and where the block lives.
             vol: String,
             at: (String, u64),
         }
-        let mut g = self.lock();
-        let groups = g.pvs.groups();
+        let g = self.lock();
+        let ngroups = g.pvs.groups().len();
+        let mirrored = g.pvs.mirrored();
         let mut plan = Vec::with_capacity(slice.len());
         for item in slice {
-            let cur = g.vba_entry(item.vba)?;
-            if cur.pba != item.ptr.pba || cur.crc != item.ptr.crc {
-                continue; // overwritten or freed since the first stage
-            }
             let pba = item.ptr.pba;
+            let (seg, _) = split(pba);
+            let e = g.seg(seg);
+            if e.state == SEG_FREE || e.seq != item.seq {
+                continue; // freed and reused since the first stage
+            }
+            let vol = match item.what {
+                What::Data { vol, .. } => g.vol_name(vol),
+                What::Node { .. } => String::new(),
+            };
             if let Some(b) = g.streams.iter().find_map(|s| s.buffered(pba)) {
-                // Not on disk yet: its checksum is checked from memory, and there are no
-                // copies to compare.
-                if let Some((vol, lba)) = item.data {
-                    let c = data_crc(&g.pool_id, b);
-                    if c != item.ptr.crc {
-                        let (dev, off) = g.describe(pba);
-                        rep.errors.push(format!(
-                            "data block {lba} of {} on {dev} at offset {off}: checksum mismatch (stored {:#010x}, computed {c:#010x})",
-                            g.vol_name(vol), item.ptr.crc
-                        ));
-                    }
-                }
+                // Not on disk yet: checked from memory; no copies to compare.
+                let at = g.describe(pba);
+                check_block(&g.pool_id, item, b, &vol, &at, rep, true);
                 continue;
             }
-            let (seg, slot) = split(pba);
-            let copies = if item.data.is_some() {
-                match g.copies(pba) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let (vol, lba) = item.data.unwrap_or((0, 0));
-                        rep.errors
-                            .push(format!("data block {lba} of {}: {e}", g.vol_name(vol)));
-                        Vec::new()
-                    }
+            let copies = match g.copies(pba) {
+                Ok(c) => c,
+                Err(e) => {
+                    report_unreadable(item, &vol, &e.to_string(), rep);
+                    continue;
                 }
-            } else {
-                Vec::new()
             };
-            let pair = if g.pvs.mirrored() && g.read_groups(seg).len() >= groups.len() {
-                let locs: Vec<(u16, u64)> = groups
-                    .iter()
-                    .filter_map(|&fg| g.pvs.locate_in(fg, seg))
-                    .filter_map(|(pv, s)| Some((pv, g.pvs.offset(pv, s, slot).ok()?)))
-                    .collect();
-                match locs[..] {
-                    [a, b, ..] => Some([a, b]),
-                    _ => None,
-                }
-            } else {
-                None
-            };
+            let compare = mirrored
+                && item.compare.is_some()
+                && g.read_groups(seg).len() >= ngroups
+                && copies.len() >= 2;
             plan.push(Planned {
                 item,
                 copies,
-                pair,
-                vol: g.vol_name(item.data.map_or(0, |d| d.0)),
+                compare,
+                vol,
                 at: g.describe(pba),
             });
         }
@@ -152,43 +203,66 @@ impl Pool {
                 _ => Err(format!("{name}: the PV has failed")),
             }
         };
-        let (mut a, mut b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+        let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; BLOCK]; 2];
         for p in plan {
-            if let Some((_, lba)) = p.item.data {
-                let mut last_err = None;
-                let mut got = false;
-                for &(pv, off) in &p.copies {
-                    match read(pv, off, &mut a) {
-                        Ok(()) => {
-                            got = true;
-                            break;
-                        }
-                        Err(e) => {
-                            mirror.found();
-                            last_err.get_or_insert(e);
-                        }
-                    }
+            // Both copies when comparing, and of a node (a read falls back to the other copy
+            // when one fails its checks); else the first that reads. The block passes if a
+            // copy that reads passes, as a read through the pool would.
+            let want = if p.compare || matches!(p.item.what, What::Node { .. }) {
+                2
+            } else {
+                1
+            };
+            let mut got: Vec<usize> = Vec::new();
+            let mut first_err = None;
+            for (k, &(pv, off)) in p.copies.iter().enumerate() {
+                if got.len() >= want {
+                    break;
                 }
-                if got {
-                    let c = data_crc(&pid, &a);
-                    if c != p.item.ptr.crc {
-                        rep.errors.push(format!(
-                            "data block {lba} of {} on {} at offset {}: checksum mismatch (stored {:#010x}, computed {c:#010x})",
-                            p.vol, p.at.0, p.at.1, p.item.ptr.crc
-                        ));
+                let slot = got.len();
+                let Some(buf) = bufs.get_mut(slot) else { break };
+                match read(pv, off, buf) {
+                    Ok(()) => got.push(k),
+                    Err(e) => {
+                        mirror.found();
+                        first_err.get_or_insert(e);
                     }
-                } else if let Some(e) = last_err {
-                    rep.errors
-                        .push(format!("data block {lba} of {}: {e}", p.vol));
                 }
             }
-            if let Some([(pa, oa), (pb, ob)]) = p.pair {
-                let ra = read(pa, oa, &mut a);
-                let rb = read(pb, ob, &mut b);
-                if ra.is_err() || rb.is_err() || a != b {
+            let readable: Vec<&[u8]> = bufs.iter().take(got.len()).map(Vec::as_slice).collect();
+            match readable.first() {
+                None => report_unreadable(
+                    p.item,
+                    &p.vol,
+                    &first_err.unwrap_or_else(|| "no copy".into()),
+                    rep,
+                ),
+                Some(first) => {
+                    // A node passes if any copy that reads does (a read repairs from it).
+                    let ok_any = readable.iter().any(|b| {
+                        check_block(
+                            &pid,
+                            p.item,
+                            b,
+                            &p.vol,
+                            &p.at,
+                            &mut CheckReport::default(),
+                            false,
+                        )
+                    });
+                    if !ok_any {
+                        check_block(&pid, p.item, first, &p.vol, &p.at, rep, true);
+                    }
+                }
+            }
+            if p.compare {
+                let differ = readable.len() < 2 || readable.first() != readable.get(1);
+                if differ {
+                    let loc = |i: usize| p.copies.get(i).copied().unwrap_or((0, 0));
+                    let ((pa, oa), (pb, ob)) = (loc(0), loc(1));
                     rep.errors.push(format!(
                         "VBA {}: the copies on {} at offset {oa} and {} at offset {ob} differ or cannot be read",
-                        p.item.vba,
+                        p.item.compare.unwrap_or(0),
                         names.get(usize::from(pa)).cloned().unwrap_or_default(),
                         names.get(usize::from(pb)).cloned().unwrap_or_default(),
                     ));
@@ -198,6 +272,53 @@ impl Pool {
         drop(pin);
         Ok(())
     }
+}
+
+/// Check `buf` as `item` expects; with `report`, a failure goes to `rep`. Returns whether it
+/// passed.
+fn check_block(
+    pid: &[u8; 16],
+    item: &ReadCheck,
+    buf: &[u8],
+    vol: &str,
+    at: &(String, u64),
+    rep: &mut CheckReport,
+    report: bool,
+) -> bool {
+    let err = match &item.what {
+        What::Data { lba, .. } => {
+            let c = data_crc(pid, buf);
+            (c != item.ptr.crc).then(|| format!(
+                "data block {lba} of {vol} on {} at offset {}: checksum mismatch (stored {:#010x}, computed {c:#010x})",
+                at.0, at.1, item.ptr.crc
+            ))
+        }
+        What::Node {
+            kind,
+            level,
+            id,
+            label,
+        } => check_node_bytes(pid, at, buf, item.ptr, *kind, *level, *id)
+            .err()
+            .map(|e| format!("{label}: {e}")),
+    };
+    match err {
+        None => true,
+        Some(m) => {
+            if report {
+                rep.errors.push(m);
+            }
+            false
+        }
+    }
+}
+
+/// No copy of `item` could be read.
+fn report_unreadable(item: &ReadCheck, vol: &str, e: &str, rep: &mut CheckReport) {
+    rep.errors.push(match &item.what {
+        What::Data { lba, .. } => format!("data block {lba} of {vol}: {e}"),
+        What::Node { label, .. } => format!("{label}: {e}"),
+    });
 }
 
 impl Inner {
@@ -397,23 +518,28 @@ impl Inner {
                 continue;
             }
             *live.entry(split(p.pba).0).or_insert(0) += 1;
+            let seq = self.seg(split(p.pba).0).seq;
+            let compare = mirrored.then_some(vba);
             if let Some(&level) = node_level.get(&vba) {
-                if let Err(e) = self.read_node(p, NodeKind::Map, level, vba) {
-                    err(&mut rep, format!("map node VBA {vba}: {e}"));
-                }
-                if mirrored {
-                    work.push(ReadCheck {
-                        vba,
-                        ptr: p,
-                        data: None,
-                    });
-                }
+                work.push(ReadCheck {
+                    ptr: p,
+                    seq,
+                    what: What::Node {
+                        kind: NodeKind::Map,
+                        level,
+                        id: vba,
+                        label: format!("map node VBA {vba}"),
+                    },
+                    compare,
+                });
             } else {
                 rep.data_blocks += 1;
+                let (vol, lba) = user.get(&vba).copied().unwrap_or((0, 0));
                 work.push(ReadCheck {
-                    vba,
                     ptr: p,
-                    data: Some(user.get(&vba).copied().unwrap_or((0, 0))),
+                    seq,
+                    what: What::Data { vol, lba },
+                    compare,
                 });
                 let (seg, slot) = split(p.pba);
                 if self.load_summary(seg).is_ok() {
@@ -471,9 +597,17 @@ impl Inner {
         for (kind, level, id, p) in pages {
             rep.table_pages += 1;
             *live.entry(split(p.pba).0).or_insert(0) += 1;
-            if let Err(e) = self.read_node(p, kind, level, id) {
-                err(&mut rep, format!("{kind:?} page {level}/{id}: {e}"));
-            }
+            work.push(ReadCheck {
+                ptr: p,
+                seq: self.seg(split(p.pba).0).seq,
+                what: What::Node {
+                    kind,
+                    level,
+                    id,
+                    label: format!("{kind:?} page {level}/{id}"),
+                },
+                compare: None,
+            });
         }
 
         // Live counts and free space.
