@@ -16,6 +16,7 @@
 pub mod activation;
 mod check;
 mod ckpt;
+mod clean;
 pub mod dir;
 pub mod error;
 mod failgrp;
@@ -483,20 +484,6 @@ impl Pool {
         let mut g = self.lock();
         let st = g.gc_run(max_segments)?;
         g.checkpoint()?;
-        Ok(st)
-    }
-
-    /// Background upkeep: clean while free space is below a quarter of the pool.
-    pub fn maintenance(&self) -> Result<GcStats> {
-        let mut g = self.lock();
-        let total = g.segs.len() as u64 - 1;
-        if (g.free.len() as u64) * 4 >= total || g.poisoned.is_some() {
-            return Ok(GcStats::default());
-        }
-        let st = g.gc_run(4)?;
-        if st.segments_cleaned > 0 {
-            g.checkpoint()?;
-        }
         Ok(st)
     }
 
