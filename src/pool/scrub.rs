@@ -491,13 +491,14 @@ impl Pool {
         self.scrubber.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Start a scrub at `rate` bytes/s (sspd's `--scrub-rate` if `None`). With a background
-    /// worker it returns at once with the new scrub's status; without one (offline) the scrub
-    /// runs here to the end. Refused while a scrub is running.
+    /// Start a scrub at `rate` bytes/s. With a background worker (sspd) it returns at once
+    /// with the new scrub's status, and `None` means sspd's `--scrub-rate`; without one
+    /// (offline: nobody else uses the pool) the scrub runs here to the end, unthrottled unless
+    /// a rate is given. Refused while a scrub is running.
     pub fn scrub_start(&self, rate: Option<u64>) -> Result<ScrubStatus> {
-        let rate = rate.unwrap_or_else(|| self.rates.scrub());
         let total = self.lock().scrub_total();
         let mut s = self.scrubber();
+        let rate = rate.unwrap_or_else(|| if s.worker { self.rates.scrub() } else { 0 });
         if s.status.running() {
             return Err(PoolError::InUse(format!(
                 "a scrub is already running ({} of {} MiB): see `sspctl scrub status`, or `sspctl scrub cancel`",
