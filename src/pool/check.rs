@@ -14,7 +14,7 @@ use super::Pool;
 use crate::format::node::{decode_node, NodeKind, Ptr, MAP_ZERO, SEG_FREE};
 use crate::format::superblock::{Superblock, SB_OFFSETS};
 use crate::format::{data_crc, BLOCK, INCOMPAT_ZERO};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Result of a check: empty `errors` means the pool is consistent.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -360,9 +360,9 @@ impl Inner {
         }
 
         // Walk every volume's map: count references, remember one user of each data block.
-        let mut refs: HashMap<u64, u32> = HashMap::new();
-        let mut node_level: HashMap<u64, u8> = HashMap::new();
-        let mut user: HashMap<u64, (u64, u64)> = HashMap::new();
+        let mut refs: HashMap<u64, u32> = HashMap::default();
+        let mut node_level: HashMap<u64, u8> = HashMap::default();
+        let mut user: HashMap<u64, (u64, u64)> = HashMap::default();
         let vols: Vec<_> = self.vols.values().cloned().collect();
         rep.volumes = vols.len() as u64;
         let mut zero_entries = 0u64;
@@ -493,7 +493,7 @@ impl Inner {
         }
 
         // The VBA table: reference counts, data checksums, summaries, live counts.
-        let mut live: HashMap<u64, u32> = HashMap::new();
+        let mut live: HashMap<u64, u32> = HashMap::default();
         let mut entries: Vec<(u64, Ptr)> = Vec::new();
         let mut vt = std::mem::take(&mut self.vba);
         let r = vt.for_each(self, &mut |i, p| entries.push((i, *p)));
