@@ -337,3 +337,59 @@ fn a_scrub_at_a_low_rate_takes_at_least_bytes_over_rate() {
         "{out}"
     );
 }
+
+#[test]
+fn a_resync_interrupted_by_a_restart_resumes_with_what_is_left() {
+    let (s, data) = filled(16 << 20, &["--resync-rate", "2M"]);
+    let pv1 = s.pool.parent().unwrap().join("pv1.img");
+    sspctl(
+        &s.pool,
+        &[
+            "failgrp",
+            "create",
+            "fg2",
+            "--pv",
+            &format!("{}:512M", pv1.display()),
+        ],
+    );
+    let status = |pool: &Path| json(pool, &["pool", "status"]);
+    let total = status(&s.pool)["resync_bytes_left"].as_u64().unwrap();
+    assert!(total >= 16 << 20, "{total}");
+    // Part of the way, at 2 MiB/s.
+    let t = Instant::now();
+    let left = loop {
+        let st = status(&s.pool);
+        let left = st["resync_bytes_left"].as_u64().unwrap();
+        if st["resync_bytes_copied"].as_u64().unwrap() >= 4 << 20 {
+            break left;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no resync progress: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(left > 0 && left < total, "{left} of {total}");
+    let (st, dir) = s.stop_keep();
+    assert!(st.success());
+    let pool = dir.path().join("pool");
+    let s = Server::serve(pool.clone(), dir);
+    let st = status(&pool);
+    assert_eq!(st["mirror_state"], "SYNCING", "{st}");
+    assert!(
+        st["resync_bytes_left"].as_u64().unwrap() <= left,
+        "resumed with what was left ({left}), not from the start: {st}"
+    );
+    let t = Instant::now();
+    while status(&pool)["mirror_state"] != "SYNCED" {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "resync never finished"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Both copies equal (check compares them) and the data intact.
+    assert_check(&pool);
+    assert_data(&s, &data);
+    s.stop();
+}
