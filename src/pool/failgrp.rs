@@ -1,6 +1,6 @@
-//! Failure groups and PVs as `sspctl failgrp` / `pv` / `scrub` see them: adding the second
-//! group (which starts the mirror resync), renaming groups, listing PVs and their state,
-//! resync, and scrub.
+//! Failure groups and PVs as `sspctl failgrp` / `pv` see them: adding the second group (which
+//! starts the mirror resync), renaming groups, listing PVs and their state. Resync lives in
+//! `resync.rs`, scrub in `scrub.rs`.
 
 #![cfg_attr(
     not(test),

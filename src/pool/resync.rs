@@ -121,17 +121,19 @@ impl Pool {
             offset: soff,
             source: e,
         });
-        let written = read.is_ok().then(|| {
-            ddev.write_at(&buf, doff)
-                .and_then(|()| ddev.sync())
-                .map_err(|e| PoolError::Io {
-                    dev: ddev.name().to_owned(),
-                    offset: doff,
-                    source: e,
-                })
-        });
+        let io_err = |e| PoolError::Io {
+            dev: ddev.name().to_owned(),
+            offset: doff,
+            source: e,
+        };
+        let written = read
+            .is_ok()
+            .then(|| ddev.write_at(&buf, doff).map_err(io_err));
+        // The write is done: the segment may be reused from here on (a reuse rewrites it
+        // after this write, and gives it another sequence number). The sync needs no pin.
         drop(pin);
         read?;
+        let written = written.map(|w| w.and_then(|()| ddev.sync().map_err(io_err)));
         let mut g = self.lock();
         if let Some(Err(e)) = written {
             g.fail_pv(dpv, e)?;
