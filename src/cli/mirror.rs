@@ -334,11 +334,12 @@ fn print_scrub_status(st: &crate::pool::scrub::ScrubStatus, out: &mut dyn Write)
     } else {
         (st.bytes_done as f64 * 100.0 / st.bytes_total as f64).min(100.0)
     };
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
     writeln!(
         out,
-        "Progress:     {} of {} MiB ({pct:.1}%)",
-        st.bytes_done >> 20,
-        st.bytes_total.div_ceil(1 << 20)
+        "Progress:     {:.1} of {:.1} MiB ({pct:.1}%)",
+        mib(st.bytes_done),
+        mib(st.bytes_total)
     )?;
     writeln!(out, "Rate limit:   {}", rate_text(st.rate))?;
     let r = &st.report;
