@@ -9,6 +9,7 @@
 
 use crate::access::{ClientSpec, MapStore};
 use crate::pool::activation::Activation;
+use crate::pool::scrub::ScrubStatus;
 use crate::pool::{
     CheckReport, DiffExtent, FailGroupInfo, FileStat, GcStats, LayoutExtent, LuInfo, Pool,
     PoolError, PoolStatus, PvListEntry, ScrubReport,
@@ -144,8 +145,24 @@ pub enum AdminRequest {
         #[serde(default)]
         force: bool,
     },
-    Scrub,
+    /// Scrub. With `wait` (the default for older clients) the reply is the report once it is
+    /// done; without, sspd starts it in the background and replies at once with its status.
+    Scrub {
+        #[serde(default = "yes")]
+        wait: bool,
+        /// Bytes per second (0: unlimited); sspd's `--scrub-rate` if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<u64>,
+    },
+    /// The running or last scrub.
+    ScrubStatus,
+    /// Stop the running scrub at a slice boundary.
+    ScrubCancel,
     Resync,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Replies: one of these, as JSON.
@@ -197,6 +214,7 @@ pub enum AdminReply {
         pvs: Vec<PvListEntry>,
     },
     Scrubbed(ScrubReport),
+    ScrubState(ScrubStatus),
     Resynced {
         bytes_copied: u64,
         mirror_state: String,
@@ -518,7 +536,37 @@ pub fn execute_with_progress(
                 pvs: pool.pv_list(),
             }
         }
-        AdminRequest::Scrub => AdminReply::Scrubbed(pool.scrub()?),
+        AdminRequest::Scrub { wait: false, rate } => {
+            AdminReply::ScrubState(pool.scrub_start(*rate)?)
+        }
+        AdminRequest::Scrub { wait: true, rate } => {
+            // Join a scrub already running rather than refuse.
+            let st = match pool.scrub_start(*rate) {
+                Ok(st) => st,
+                Err(PoolError::InUse(_)) => pool.scrub_status(ctx.maps.dir()),
+                Err(e) => return Err(e),
+            };
+            let st = if st.running() {
+                pool.scrub_wait(progress)
+            } else {
+                st
+            };
+            match st.state.as_str() {
+                "finished" => AdminReply::Scrubbed(st.report),
+                "cancelled" => {
+                    return Err(PoolError::Invalid(format!(
+                        "the scrub was cancelled at {} {} ({} of {} MiB verified)",
+                        st.phase,
+                        st.position,
+                        st.bytes_done >> 20,
+                        st.bytes_total >> 20
+                    )))
+                }
+                _ => return Err(PoolError::Internal(format!("scrub failed: {}", st.error))),
+            }
+        }
+        AdminRequest::ScrubStatus => AdminReply::ScrubState(pool.scrub_status(ctx.maps.dir())),
+        AdminRequest::ScrubCancel => AdminReply::ScrubState(pool.scrub_cancel(ctx.maps.dir())?),
         AdminRequest::Resync => {
             let bytes_copied = pool.resync_wait(&mut |done, left| progress(done, done + left))?;
             AdminReply::Resynced {

@@ -60,6 +60,13 @@ struct Args {
     /// (none of it runs on the network threads); default twice the cores, at least 4
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     io_threads: Option<u32>,
+    /// Default rate of a scrub in bytes per second (`sspctl scrub --rate` overrides it per
+    /// run); 0 means unlimited
+    #[arg(long, default_value = "64M", value_parser = size_arg)]
+    scrub_rate: u64,
+    /// Rate of background mirror resync in bytes per second; 0 means unlimited
+    #[arg(long, default_value = "64M", value_parser = size_arg)]
+    resync_rate: u64,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -165,7 +172,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let pd = PoolDir::open(&args.pool, Options::default())?;
     let (pool, _lock) = pd.into_shared();
+    pool.set_maintenance_rates(args.scrub_rate, args.resync_rate);
     let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
+    // Runs `sspctl scrub` in the background; resumes a scrub this pool's last run left.
+    let _scrubber = pool.spawn_scrubber(&args.pool);
     if let Some(addr) = args.metrics {
         let p = pool.clone();
         tokio::spawn(async move {

@@ -245,8 +245,40 @@ pub fn pv(cli: &Cli, cmd: &PvCmd, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-pub fn scrub(cli: &Cli, out: &mut dyn Write) -> Result<()> {
-    match admin(cli, AdminRequest::Scrub)? {
+/// `sspctl scrub`: start, wait, status, cancel.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ScrubArgs {
+    #[command(subcommand)]
+    pub cmd: Option<ScrubCmd>,
+    /// Wait for the scrub to finish and print its report (offline it always runs to the end)
+    #[arg(long)]
+    pub wait: bool,
+    /// Rate limit in bytes per second, e.g. 200M (0: unlimited); default sspd's --scrub-rate
+    /// (64M unless set)
+    #[arg(long, value_parser = super::size_arg)]
+    pub rate: Option<u64>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ScrubCmd {
+    /// State, bytes done/total, rate, errors found/repaired and start time of the running or
+    /// last scrub
+    Status,
+    /// Stop the running scrub at its next slice boundary (the pool stays consistent)
+    Cancel,
+}
+
+pub fn scrub(cli: &Cli, a: &ScrubArgs, out: &mut dyn Write) -> Result<()> {
+    let req = match a.cmd {
+        Some(ScrubCmd::Status) => AdminRequest::ScrubStatus,
+        Some(ScrubCmd::Cancel) => AdminRequest::ScrubCancel,
+        None => AdminRequest::Scrub {
+            wait: a.wait,
+            rate: a.rate,
+        },
+    };
+    match admin(cli, req)? {
         AdminReply::Scrubbed(r) => {
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
@@ -264,7 +296,79 @@ pub fn scrub(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 bail!("{} blocks have no intact copy", r.unrepairable);
             }
         }
+        AdminReply::ScrubState(st) => {
+            if cli.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
+            } else if a.cmd.is_none() {
+                writeln!(
+                    out,
+                    "scrub started in the background: {} MiB to verify at {}; see `sspctl scrub status`",
+                    st.bytes_total.div_ceil(1 << 20),
+                    rate_text(st.rate)
+                )?;
+            } else {
+                print_scrub_status(&st, out)?;
+            }
+        }
         other => bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}
+
+fn rate_text(rate: u64) -> String {
+    if rate == 0 {
+        "no rate limit".into()
+    } else {
+        format!("{} MiB/s", rate as f64 / f64::from(1u32 << 20))
+    }
+}
+
+fn print_scrub_status(st: &crate::pool::scrub::ScrubStatus, out: &mut dyn Write) -> Result<()> {
+    writeln!(out, "State:        {}", st.state)?;
+    if st.state == "none" {
+        return Ok(());
+    }
+    writeln!(out, "Pass:         {} (position {})", st.phase, st.position)?;
+    let pct = if st.bytes_total == 0 {
+        100.0
+    } else {
+        (st.bytes_done as f64 * 100.0 / st.bytes_total as f64).min(100.0)
+    };
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    writeln!(
+        out,
+        "Progress:     {:.1} of {:.1} MiB ({pct:.1}%)",
+        mib(st.bytes_done),
+        mib(st.bytes_total)
+    )?;
+    writeln!(out, "Rate limit:   {}", rate_text(st.rate))?;
+    let r = &st.report;
+    writeln!(
+        out,
+        "Errors:       {} found, {} repaired, {} unrepairable",
+        r.errors_found, r.errors_repaired, r.unrepairable
+    )?;
+    writeln!(
+        out,
+        "Started:      {}",
+        crate::pool::scrub::fmt_time(st.started)
+    )?;
+    if st.finished > 0 {
+        writeln!(
+            out,
+            "Stopped:      {}",
+            crate::pool::scrub::fmt_time(st.finished)
+        )?;
+    }
+    if st.resumed > 0 {
+        writeln!(
+            out,
+            "Resumed:      {} time(s) after sspd restarted",
+            st.resumed
+        )?;
+    }
+    if !st.error.is_empty() {
+        writeln!(out, "Error:        {}", st.error)?;
     }
     Ok(())
 }

@@ -69,13 +69,11 @@ pub enum Command {
     /// Physical volumes: list with their state
     #[command(subcommand)]
     Pv(mirror::PvCmd),
-    /// Read every live block on every copy, verify it, repair bad copies (waits until done)
-    Scrub {
-        /// Accepted for scripts: scrub always runs to the end before answering
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Full consistency check (every checksum, map entry and counter)
+    /// Read every live block on every copy, verify it, repair bad copies: started in the
+    /// background (sspd running; `--wait` waits for the report), or run to the end (offline);
+    /// `scrub status`, `scrub cancel`
+    Scrub(mirror::ScrubArgs),
+    /// Full consistency check (every checksum, map entry and counter); waits for the report
     Check,
     /// Reclaim space from overwritten and trimmed blocks now
     Gc(GcArgs),
@@ -244,6 +242,8 @@ fn read_only_request(req: &AdminRequest) -> bool {
             | AdminRequest::Diff { .. }
             | AdminRequest::FailgrpList
             | AdminRequest::PvList
+            | AdminRequest::ScrubStatus
+            | AdminRequest::ScrubCancel
     )
 }
 
@@ -289,7 +289,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Diff { from, to } => share::diff(cli, from, to, out)?,
         Command::Failgrp(cmd) => mirror::failgrp(cli, cmd, out)?,
         Command::Pv(cmd) => mirror::pv(cli, cmd, out)?,
-        Command::Scrub { .. } => mirror::scrub(cli, out)?,
+        Command::Scrub(a) => mirror::scrub(cli, a, out)?,
         Command::Check => {
             let AdminReply::Check(rep) = admin(cli, AdminRequest::Check)? else {
                 bail!("unexpected reply to check");
@@ -392,6 +392,11 @@ fn admin_with_progress(
     match crate::admin::call_with_progress(&dir, &req, progress) {
         Ok(r) => Ok(r),
         Err(crate::admin::ClientError::NotRunning) => {
+            // Offline there is no background: a scrub runs to the end here.
+            let req = match req {
+                AdminRequest::Scrub { rate, .. } => AdminRequest::Scrub { wait: true, rate },
+                r => r,
+            };
             let pd = open_mode(cli, read_only_request(&req))?;
             let maps = crate::access::MapStore::load(&dir).map_err(anyhow::Error::msg)?;
             let ctx = crate::admin::AdminCtx {

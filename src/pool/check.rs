@@ -6,14 +6,15 @@
     deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
 )]
 
-use super::error::Result;
+use super::error::{PoolError, Result};
 use super::inner::Inner;
-use super::ptree::NodeIo;
 use super::pvs::split;
-use crate::format::node::{NodeKind, Ptr, MAP_ZERO, SEG_FREE};
+use super::scrub::SLICE_BLOCKS;
+use super::Pool;
+use crate::format::node::{decode_node, NodeKind, Ptr, MAP_ZERO, SEG_FREE};
 use crate::format::superblock::{Superblock, SB_OFFSETS};
 use crate::format::{data_crc, BLOCK, INCOMPAT_ZERO};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Result of a check: empty `errors` means the pool is consistent.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -35,8 +36,295 @@ impl CheckReport {
     }
 }
 
+/// What the second stage of a check verifies in a block.
+enum What {
+    /// A data block of LU `vol` at `lba` (for messages): its checksum.
+    Data { vol: u64, lba: u64 },
+    /// A metadata node: it decodes, carries the checksum its parent holds and is the node
+    /// expected there. `label` starts the error message.
+    Node {
+        kind: NodeKind,
+        level: u8,
+        id: u64,
+        label: String,
+    },
+}
+
+/// A block the second stage of a check reads, as the first stage found it.
+struct ReadCheck {
+    ptr: Ptr,
+    /// The sequence number of its segment then: a segment since freed and reused (another
+    /// number) no longer holds it, and the block is skipped.
+    seq: u64,
+    what: What,
+    /// In a mirrored pool, VBA `Some(vba)`'s copies are compared too.
+    compare: Option<u64>,
+}
+
+/// Whether `buf` is the node `ptr` names (the checks of `Inner::read_node`), for messages
+/// at `dev`/`off`.
+fn check_node_bytes(
+    pid: &[u8; 16],
+    at: &(String, u64),
+    buf: &[u8],
+    ptr: Ptr,
+    kind: NodeKind,
+    level: u8,
+    id: u64,
+) -> std::result::Result<(), PoolError> {
+    let (dev, off) = (at.0.clone(), at.1);
+    let (h, _) = decode_node(buf, pid).map_err(|e| PoolError::Corrupt {
+        dev: dev.clone(),
+        offset: off,
+        source: e,
+    })?;
+    let stored = buf
+        .get(8..12)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
+    if stored != ptr.crc {
+        return Err(PoolError::Checksum {
+            dev,
+            offset: off,
+            what: format!("{kind:?} node {level}/{id}: parent expects another version"),
+            stored,
+            computed: ptr.crc,
+        });
+    }
+    if h.kind != kind || h.level != level || h.id != id {
+        return Err(PoolError::Corrupt {
+            dev,
+            offset: off,
+            source: crate::format::FormatError::Invalid {
+                what: "metadata node",
+                field: "identity",
+                detail: format!(
+                    "found {:?} {}/{} where {kind:?} {level}/{id} was expected",
+                    h.kind, h.level, h.id
+                ),
+            },
+        });
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// Full consistency check of the pool as it is now. The first stage runs under the pool
+    /// lock on what memory holds (map walk, reference counts, owned/shared and live counts,
+    /// summaries) and lists the blocks to read. The second reads them in slices of at most
+    /// [`SLICE_BLOCKS`] blocks: the lock is taken to plan a slice, and the data checksums,
+    /// metadata nodes and, in a mirrored pool, copy comparisons are checked outside it, with
+    /// the `reuse` pin held so no segment read is reused meanwhile. A block whose segment was
+    /// freed and reused since the first stage is skipped: it is no longer part of the pool.
+    pub fn check(&self) -> Result<CheckReport> {
+        let t = std::time::Instant::now();
+        let (mut rep, work) = self.lock().check_meta()?;
+        tracing::debug!(
+            "check: first stage {:?}, {} blocks to read",
+            t.elapsed(),
+            work.len()
+        );
+        for slice in work.chunks(SLICE_BLOCKS) {
+            self.check_slice(slice, &mut rep)?;
+        }
+        tracing::debug!("check: done in {:?}", t.elapsed());
+        Ok(rep)
+    }
+
+    fn check_slice(&self, slice: &[ReadCheck], rep: &mut CheckReport) -> Result<()> {
+        /// One block the slice reads outside the lock.
+        struct Planned<'a> {
+            item: &'a ReadCheck,
+            /// Copies to read, preferred first.
+            copies: Vec<(u16, u64)>,
+            /// Both copies are read and compared (mirrored pool, segment whole in each group).
+            compare: bool,
+            /// For messages: the LU, and where the block lives.
+            vol: String,
+            at: (String, u64),
+        }
+        let g = self.lock();
+        let ngroups = g.pvs.groups().len();
+        let mirrored = g.pvs.mirrored();
+        let mut plan = Vec::with_capacity(slice.len());
+        for item in slice {
+            let pba = item.ptr.pba;
+            let (seg, _) = split(pba);
+            let e = g.seg(seg);
+            if e.state == SEG_FREE || e.seq != item.seq {
+                continue; // freed and reused since the first stage
+            }
+            let vol = match item.what {
+                What::Data { vol, .. } => g.vol_name(vol),
+                What::Node { .. } => String::new(),
+            };
+            if let Some(b) = g.streams.iter().find_map(|s| s.buffered(pba)) {
+                // Not on disk yet: checked from memory; no copies to compare.
+                let at = g.describe(pba);
+                check_block(&g.pool_id, item, b, &vol, &at, rep, true);
+                continue;
+            }
+            let copies = match g.copies(pba) {
+                Ok(c) => c,
+                Err(e) => {
+                    report_unreadable(item, &vol, &e.to_string(), rep);
+                    continue;
+                }
+            };
+            let compare = mirrored
+                && item.compare.is_some()
+                && g.read_groups(seg).len() >= ngroups
+                && copies.len() >= 2;
+            plan.push(Planned {
+                item,
+                copies,
+                compare,
+                vol,
+                at: g.describe(pba),
+            });
+        }
+        let devs = g.devs_up();
+        let names: Vec<String> = (0..g.pvs.pvs.len()).map(|i| g.pvs.name(i as u16)).collect();
+        let pid = g.pool_id;
+        let mirror = g.mirror.clone();
+        let pin = self.reuse.read().unwrap_or_else(|p| p.into_inner());
+        drop(g);
+        let read = |pv: u16, off: u64, buf: &mut [u8]| -> std::result::Result<(), String> {
+            let name = names.get(usize::from(pv)).cloned().unwrap_or_default();
+            match devs.get(usize::from(pv)) {
+                Some(Some(d)) => d.read_at(buf, off).map_err(|e| {
+                    PoolError::Io {
+                        dev: name,
+                        offset: off,
+                        source: e,
+                    }
+                    .to_string()
+                }),
+                _ => Err(format!("{name}: the PV has failed")),
+            }
+        };
+        let mut bufs: Vec<Vec<u8>> = vec![vec![0u8; BLOCK]; 2];
+        for p in plan {
+            // Both copies when comparing, and of a node (a read falls back to the other copy
+            // when one fails its checks); else the first that reads. The block passes if a
+            // copy that reads passes, as a read through the pool would.
+            let want = if p.compare || matches!(p.item.what, What::Node { .. }) {
+                2
+            } else {
+                1
+            };
+            let mut got: Vec<usize> = Vec::new();
+            let mut first_err = None;
+            for (k, &(pv, off)) in p.copies.iter().enumerate() {
+                if got.len() >= want {
+                    break;
+                }
+                let slot = got.len();
+                let Some(buf) = bufs.get_mut(slot) else { break };
+                match read(pv, off, buf) {
+                    Ok(()) => got.push(k),
+                    Err(e) => {
+                        mirror.found();
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            let readable: Vec<&[u8]> = bufs.iter().take(got.len()).map(Vec::as_slice).collect();
+            match readable.first() {
+                None => report_unreadable(
+                    p.item,
+                    &p.vol,
+                    &first_err.unwrap_or_else(|| "no copy".into()),
+                    rep,
+                ),
+                Some(first) => {
+                    // A node passes if any copy that reads does (a read repairs from it).
+                    let ok_any = readable.iter().any(|b| {
+                        check_block(
+                            &pid,
+                            p.item,
+                            b,
+                            &p.vol,
+                            &p.at,
+                            &mut CheckReport::default(),
+                            false,
+                        )
+                    });
+                    if !ok_any {
+                        check_block(&pid, p.item, first, &p.vol, &p.at, rep, true);
+                    }
+                }
+            }
+            if p.compare {
+                let differ = readable.len() < 2 || readable.first() != readable.get(1);
+                if differ {
+                    let loc = |i: usize| p.copies.get(i).copied().unwrap_or((0, 0));
+                    let ((pa, oa), (pb, ob)) = (loc(0), loc(1));
+                    rep.errors.push(format!(
+                        "VBA {}: the copies on {} at offset {oa} and {} at offset {ob} differ or cannot be read",
+                        p.item.compare.unwrap_or(0),
+                        names.get(usize::from(pa)).cloned().unwrap_or_default(),
+                        names.get(usize::from(pb)).cloned().unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        drop(pin);
+        Ok(())
+    }
+}
+
+/// Check `buf` as `item` expects; with `report`, a failure goes to `rep`. Returns whether it
+/// passed.
+fn check_block(
+    pid: &[u8; 16],
+    item: &ReadCheck,
+    buf: &[u8],
+    vol: &str,
+    at: &(String, u64),
+    rep: &mut CheckReport,
+    report: bool,
+) -> bool {
+    let err = match &item.what {
+        What::Data { lba, .. } => {
+            let c = data_crc(pid, buf);
+            (c != item.ptr.crc).then(|| format!(
+                "data block {lba} of {vol} on {} at offset {}: checksum mismatch (stored {:#010x}, computed {c:#010x})",
+                at.0, at.1, item.ptr.crc
+            ))
+        }
+        What::Node {
+            kind,
+            level,
+            id,
+            label,
+        } => check_node_bytes(pid, at, buf, item.ptr, *kind, *level, *id)
+            .err()
+            .map(|e| format!("{label}: {e}")),
+    };
+    match err {
+        None => true,
+        Some(m) => {
+            if report {
+                rep.errors.push(m);
+            }
+            false
+        }
+    }
+}
+
+/// No copy of `item` could be read.
+fn report_unreadable(item: &ReadCheck, vol: &str, e: &str, rep: &mut CheckReport) {
+    rep.errors.push(match &item.what {
+        What::Data { lba, .. } => format!("data block {lba} of {vol}: {e}"),
+        What::Node { label, .. } => format!("{label}: {e}"),
+    });
+}
+
 impl Inner {
-    pub fn check(&mut self) -> Result<CheckReport> {
+    /// The first stage of [`Pool::check`]: everything but reading data blocks, which it lists.
+    fn check_meta(&mut self) -> Result<(CheckReport, Vec<ReadCheck>)> {
+        let mut work: Vec<ReadCheck> = Vec::new();
         let mut rep = CheckReport {
             segments: self.segs.len() as u64 - 1,
             ..Default::default()
@@ -72,9 +360,9 @@ impl Inner {
         }
 
         // Walk every volume's map: count references, remember one user of each data block.
-        let mut refs: HashMap<u64, u32> = HashMap::new();
-        let mut node_level: HashMap<u64, u8> = HashMap::new();
-        let mut user: HashMap<u64, (u64, u64)> = HashMap::new();
+        let mut refs: HashMap<u64, u32> = HashMap::default();
+        let mut node_level: HashMap<u64, u8> = HashMap::default();
+        let mut user: HashMap<u64, (u64, u64)> = HashMap::default();
         let vols: Vec<_> = self.vols.values().cloned().collect();
         rep.volumes = vols.len() as u64;
         let mut zero_entries = 0u64;
@@ -205,15 +493,13 @@ impl Inner {
         }
 
         // The VBA table: reference counts, data checksums, summaries, live counts.
-        let mut live: HashMap<u64, u32> = HashMap::new();
+        let mut live: HashMap<u64, u32> = HashMap::default();
         let mut entries: Vec<(u64, Ptr)> = Vec::new();
         let mut vt = std::mem::take(&mut self.vba);
         let r = vt.for_each(self, &mut |i, p| entries.push((i, *p)));
         self.vba = vt;
         r?;
-        if self.pvs.mirrored() {
-            self.check_copies(&entries, &mut rep);
-        }
+        let mirrored = self.pvs.mirrored();
         for (vba, p) in entries {
             let counted = refs.remove(&vba).unwrap_or(0);
             if p.aux != counted {
@@ -232,29 +518,29 @@ impl Inner {
                 continue;
             }
             *live.entry(split(p.pba).0).or_insert(0) += 1;
+            let seq = self.seg(split(p.pba).0).seq;
+            let compare = mirrored.then_some(vba);
             if let Some(&level) = node_level.get(&vba) {
-                if let Err(e) = self.read_node(p, NodeKind::Map, level, vba) {
-                    err(&mut rep, format!("map node VBA {vba}: {e}"));
-                }
+                work.push(ReadCheck {
+                    ptr: p,
+                    seq,
+                    what: What::Node {
+                        kind: NodeKind::Map,
+                        level,
+                        id: vba,
+                        label: format!("map node VBA {vba}"),
+                    },
+                    compare,
+                });
             } else {
                 rep.data_blocks += 1;
                 let (vol, lba) = user.get(&vba).copied().unwrap_or((0, 0));
-                let (dev, off) = self.describe(p.pba);
-                match self.read_block(p.pba) {
-                    Ok(b) => {
-                        let c = data_crc(&self.pool_id, &b);
-                        if c != p.crc {
-                            err(&mut rep, format!(
-                                "data block {lba} of {} on {dev} at offset {off}: checksum mismatch (stored {:#010x}, computed {c:#010x})",
-                                self.vol_name(vol), p.crc
-                            ));
-                        }
-                    }
-                    Err(e) => err(
-                        &mut rep,
-                        format!("data block {lba} of {}: {e}", self.vol_name(vol)),
-                    ),
-                }
+                work.push(ReadCheck {
+                    ptr: p,
+                    seq,
+                    what: What::Data { vol, lba },
+                    compare,
+                });
                 let (seg, slot) = split(p.pba);
                 if self.load_summary(seg).is_ok() {
                     let tag = self
@@ -311,9 +597,17 @@ impl Inner {
         for (kind, level, id, p) in pages {
             rep.table_pages += 1;
             *live.entry(split(p.pba).0).or_insert(0) += 1;
-            if let Err(e) = self.read_node(p, kind, level, id) {
-                err(&mut rep, format!("{kind:?} page {level}/{id}: {e}"));
-            }
+            work.push(ReadCheck {
+                ptr: p,
+                seq: self.seg(split(p.pba).0).seq,
+                what: What::Node {
+                    kind,
+                    level,
+                    id,
+                    label: format!("{kind:?} page {level}/{id}"),
+                },
+                compare: None,
+            });
         }
 
         // Live counts and free space.
@@ -348,41 +642,6 @@ impl Inner {
                 format!("{n} live blocks in segment {seg}, which is outside the pool"),
             );
         }
-        Ok(rep)
-    }
-}
-
-impl Inner {
-    /// Mirrored pools: both copies of every live block in a segment neither group has stale
-    /// must be readable and equal.
-    fn check_copies(&self, entries: &[(u64, Ptr)], rep: &mut CheckReport) {
-        let groups = self.pvs.groups();
-        let (mut a, mut b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
-        for &(vba, p) in entries {
-            if p.pba == 0 || self.streams.iter().any(|s| s.buffered(p.pba).is_some()) {
-                continue;
-            }
-            let (seg, slot) = split(p.pba);
-            if self.read_groups(seg).len() < groups.len() {
-                continue; // a stale or failed copy is resync's business, reported by status
-            }
-            let locs: Vec<(u16, u64)> = groups
-                .iter()
-                .filter_map(|&g| self.pvs.locate_in(g, seg))
-                .filter_map(|(pv, s)| Some((pv, self.pvs.offset(pv, s, slot).ok()?)))
-                .collect();
-            let [(pa, oa), (pb, ob), ..] = locs[..] else {
-                continue;
-            };
-            let ra = self.pvs.read(pa, oa, &mut a);
-            let rb = self.pvs.read(pb, ob, &mut b);
-            if ra.is_err() || rb.is_err() || a != b {
-                rep.errors.push(format!(
-                    "VBA {vba}: the copies on {} at offset {oa} and {} at offset {ob} differ or cannot be read",
-                    self.pvs.name(pa),
-                    self.pvs.name(pb),
-                ));
-            }
-        }
+        Ok((rep, work))
     }
 }

@@ -1,6 +1,6 @@
-//! Failure groups and PVs as `sspctl failgrp` / `pv` / `scrub` see them: adding the second
-//! group (which starts the mirror resync), renaming groups, listing PVs and their state,
-//! resync, and scrub.
+//! Failure groups and PVs as `sspctl failgrp` / `pv` see them: adding the second group (which
+//! starts the mirror resync), renaming groups, listing PVs and their state. Resync lives in
+//! `resync.rs`, scrub in `scrub.rs`.
 
 #![cfg_attr(
     not(test),
@@ -15,7 +15,7 @@ use crate::dev::BlockDev;
 use crate::format::checkpoint::CKPT_OFFSETS;
 use crate::format::node::SEG_FREE;
 use crate::format::superblock::{Superblock, SB_OFFSETS};
-use crate::format::{data_crc, BLOCK, BLOCK_U64, INCOMPAT_MIRROR, SEG_BLOCKS};
+use crate::format::{BLOCK, BLOCK_U64, INCOMPAT_MIRROR, SEG_BLOCKS};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -84,143 +84,6 @@ impl Inner {
         for (p, sb) in self.pvs.pvs.iter_mut().zip(new) {
             if let Some(sb) = sb {
                 p.sb = sb;
-            }
-        }
-        Ok(())
-    }
-
-    /// Scrub every live block: data through the VBA table (checked against its checksum) and
-    /// metadata nodes (checked against their own), on every copy; a bad copy is rewritten from
-    /// a good one.
-    fn scrub_all(&mut self) -> Result<ScrubReport> {
-        let mut rep = ScrubReport::default();
-        self.write_out_all()?;
-        let mut entries: Vec<(u64, crate::format::node::Ptr)> = Vec::new();
-        let mut vt = std::mem::take(&mut self.vba);
-        let r = vt.for_each(self, &mut |i, p| {
-            if p.pba != 0 {
-                entries.push((i, *p))
-            }
-        });
-        self.vba = vt;
-        r?;
-        let pid = self.pool_id;
-        let mut buf = vec![0u8; BLOCK];
-        for (vba, p) in entries {
-            let (seg, slot) = super::pvs::split(p.pba);
-            let groups: Vec<u32> = self.read_groups(seg);
-            let mut good: Option<Vec<u8>> = None;
-            let mut bad: Vec<(u16, u64)> = Vec::new();
-            for fg in groups {
-                let Some((pv, pseg)) = self.pvs.locate_in(fg, seg) else {
-                    continue;
-                };
-                let off = self.pvs.offset(pv, pseg, slot)?;
-                rep.blocks_checked += 1;
-                let ok = self.pvs.read(pv, off, &mut buf).is_ok()
-                    && if vba % 2 == 0 {
-                        data_crc(&pid, &buf) == p.crc
-                    } else {
-                        crate::format::node::decode_node(&buf, &pid).is_ok()
-                            && buf
-                                .get(8..12)
-                                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                                .map(u32::from_le_bytes)
-                                == Some(p.crc)
-                    };
-                if ok {
-                    good.get_or_insert_with(|| buf.clone());
-                } else {
-                    bad.push((pv, off));
-                }
-            }
-            rep.errors_found += bad.len() as u64;
-            for _ in &bad {
-                self.mirror.found();
-            }
-            match &good {
-                Some(g) => {
-                    for (pv, off) in bad {
-                        if self.pvs.write(pv, off, g).is_ok() {
-                            rep.errors_repaired += 1;
-                            self.mirror.repaired();
-                            tracing::warn!("scrub repaired {} offset {off}", self.pvs.name(pv));
-                        }
-                    }
-                }
-                None if !bad.is_empty() => {
-                    rep.unrepairable += 1;
-                    let at: Vec<String> = bad
-                        .iter()
-                        .map(|(pv, off)| format!("{} at offset {off}", self.pvs.name(*pv)))
-                        .collect();
-                    let msg = format!(
-                        "{} block (VBA {vba}): no intact copy ({})",
-                        if vba % 2 == 0 { "data" } else { "map node" },
-                        at.join(", ")
-                    );
-                    tracing::error!("scrub: {msg}");
-                    rep.errors.push(msg);
-                }
-                None => {}
-            }
-        }
-        self.scrub_meta_segments(&mut rep)?;
-        self.sync_pvs()?;
-        Ok(rep)
-    }
-
-    /// Metadata segments also hold the physical trees' pages (VBA table, segment table, volume
-    /// directory, summaries), which no VBA names: compare the copies block by block and keep
-    /// the one that verifies.
-    fn scrub_meta_segments(&mut self, rep: &mut ScrubReport) -> Result<()> {
-        let groups = self.pvs.groups();
-        if groups.len() < 2 {
-            return Ok(());
-        }
-        let pid = self.pool_id;
-        let seg_bytes = (SEG_BLOCKS * BLOCK_U64) as usize;
-        let (mut a, mut b) = (vec![0u8; seg_bytes], vec![0u8; seg_bytes]);
-        for seg in 1..self.segs.len() as u64 {
-            if self.seg(seg).state != crate::format::node::SEG_META
-                || self.read_groups(seg).len() < 2
-            {
-                continue;
-            }
-            let [ga, gb, ..] = groups[..] else {
-                break;
-            };
-            let (Some((pa, sa)), Some((pb, sb))) =
-                (self.pvs.locate_in(ga, seg), self.pvs.locate_in(gb, seg))
-            else {
-                continue;
-            };
-            let (oa, ob) = (self.pvs.offset(pa, sa, 0)?, self.pvs.offset(pb, sb, 0)?);
-            if self.pvs.read(pa, oa, &mut a).is_err() || self.pvs.read(pb, ob, &mut b).is_err() {
-                continue;
-            }
-            for (k, (x, y)) in a.chunks(BLOCK).zip(b.chunks(BLOCK)).enumerate() {
-                if x == y {
-                    continue;
-                }
-                let (xok, yok) = (
-                    crate::format::node::decode_node(x, &pid).is_ok(),
-                    crate::format::node::decode_node(y, &pid).is_ok(),
-                );
-                let at = (k * BLOCK) as u64;
-                let fix = match (xok, yok) {
-                    (true, false) => Some((pb, ob + at, x)),
-                    (false, true) => Some((pa, oa + at, y)),
-                    _ => None, // both verify (an old node) or neither (unused space)
-                };
-                if let Some((pv, off, good)) = fix {
-                    rep.errors_found += 1;
-                    self.mirror.found();
-                    if self.pvs.write(pv, off, good).is_ok() {
-                        rep.errors_repaired += 1;
-                        self.mirror.repaired();
-                    }
-                }
             }
         }
         Ok(())
@@ -401,34 +264,6 @@ impl Pool {
             .collect()
     }
 
-    /// Bring failed PVs back if they answer, then copy up to `max_segments` stale segments.
-    /// Returns the bytes copied.
-    pub fn resync_step(&self, max_segments: usize) -> Result<u64> {
-        let mut g = self.lock();
-        if g.opts.read_only || !g.pvs.mirrored() {
-            return Ok(0);
-        }
-        if g.pvs.pvs.iter().any(|p| p.failed.is_some()) {
-            g.retry_failed()?;
-        }
-        g.resync_step(max_segments)
-    }
-
-    /// Resync until nothing is left to copy (or a PV is still failed); `progress(done, left)`
-    /// in bytes after each step. Returns the bytes copied.
-    pub fn resync_wait(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let n = self.resync_step(16)?;
-            total += n;
-            let left = self.lock().resync_pending();
-            progress(total, left);
-            if n == 0 || left == 0 {
-                return Ok(total);
-            }
-        }
-    }
-
     /// Bytes resync still has to copy.
     pub fn resync_left(&self) -> u64 {
         self.lock().resync_pending()
@@ -437,11 +272,6 @@ impl Pool {
     /// Bytes resync copied since the pool was opened.
     pub fn resync_copied(&self) -> u64 {
         self.lock().mirror.resync_bytes.load(Ordering::Relaxed)
-    }
-
-    /// Read every live block on every copy, verify it and repair bad copies from good ones.
-    pub fn scrub(&self) -> Result<ScrubReport> {
-        self.lock().scrub_all()
     }
 
     /// (errors found, errors repaired) by reads, scrubs and resync since the pool was opened.

@@ -26,7 +26,7 @@ pub struct GcStats {
 impl Inner {
     /// Sealed segments worth cleaning, emptiest first. A segment more than `max_live` full is
     /// not worth the copy.
-    fn gc_candidates(&self, max_live: u32) -> Vec<u64> {
+    pub(super) fn gc_candidates(&self, max_live: u32) -> Vec<u64> {
         let mut c: Vec<(u32, u64)> = (1..self.segs.len() as u64)
             .filter(|&s| {
                 let e = self.seg(s);
@@ -45,39 +45,59 @@ impl Inner {
         // Victims cleaned since the last checkpoint (freed only by the next one).
         let mut since_ckpt = 0u32;
         // Never copy more than the reserve can absorb in one pass.
-        let max_live = (SEG_BLOCKS * 7 / 8) as u32;
+        let max_live = Self::gc_max_live();
         for seg in self.gc_candidates(max_live).into_iter().take(max_segments) {
-            // Moves dirty metadata (VBA pages, nodes) that the next checkpoint must write into
-            // the reserve: commit before it outgrows what the reserve can take. The checkpoint
-            // also frees the segments cleaned so far.
-            if self.maps_dirty + self.vba.dirty_pages() + self.summaries.len() >= self.dirty_cap / 2
-            {
-                self.checkpoint()?;
-                since_ckpt = 0;
+            if !self.gc_victim(seg, &mut since_ckpt, &mut st, None)? {
+                break;
             }
-            // The victim's blocks may need a new cleaner segment, and each move dirties a VBA
-            // page: the checkpoint after them must still fit in what is left. If it would not,
-            // commit the victims cleaned so far first (that frees them), else stop.
-            if !self.gc_victim_fits(seg) {
-                if since_ckpt == 0 {
-                    break;
-                }
-                self.checkpoint()?;
-                since_ckpt = 0;
-                if !self.gc_victim_fits(seg) {
-                    break;
-                }
-            }
-            match self.seg(seg).state {
-                SEG_DATA => st.blocks_moved += self.gc_data_segment(seg)?,
-                SEG_META => st.nodes_relocated += self.gc_meta_segment(seg)?,
-                _ => continue,
-            }
-            st.segments_cleaned += 1;
-            self.counters.segments_cleaned += 1;
-            since_ckpt += 1;
         }
         Ok(st)
+    }
+
+    /// Largest live count worth cleaning.
+    pub(super) fn gc_max_live() -> u32 {
+        (SEG_BLOCKS * 7 / 8) as u32
+    }
+
+    /// Clean victim `seg` (its content already read into `pre` when given: the whole segment,
+    /// read outside the pool lock). `since_ckpt` counts victims cleaned since the last
+    /// checkpoint. Returns false when cleaning must stop for now (no room for the checkpoint).
+    pub(super) fn gc_victim(
+        &mut self,
+        seg: u64,
+        since_ckpt: &mut u32,
+        st: &mut GcStats,
+        pre: Option<&[u8]>,
+    ) -> Result<bool> {
+        // Moves dirty metadata (VBA pages, nodes) that the next checkpoint must write into
+        // the reserve: commit before it outgrows what the reserve can take. The checkpoint
+        // also frees the segments cleaned so far.
+        if self.maps_dirty + self.vba.dirty_pages() + self.summaries.len() >= self.dirty_cap / 2 {
+            self.checkpoint()?;
+            *since_ckpt = 0;
+        }
+        // The victim's blocks may need a new cleaner segment, and each move dirties a VBA
+        // page: the checkpoint after them must still fit in what is left. If it would not,
+        // commit the victims cleaned so far first (that frees them), else stop.
+        if !self.gc_victim_fits(seg) {
+            if *since_ckpt == 0 {
+                return Ok(false);
+            }
+            self.checkpoint()?;
+            *since_ckpt = 0;
+            if !self.gc_victim_fits(seg) {
+                return Ok(false);
+            }
+        }
+        match self.seg(seg).state {
+            SEG_DATA => st.blocks_moved += self.gc_data_segment(seg, pre)?,
+            SEG_META => st.nodes_relocated += self.gc_meta_segment(seg)?,
+            _ => return Ok(true),
+        }
+        st.segments_cleaned += 1;
+        self.counters.segments_cleaned += 1;
+        *since_ckpt += 1;
+        Ok(true)
     }
 
     /// Whether cleaning `seg` now leaves room for the checkpoint that must follow: its live
@@ -96,7 +116,7 @@ impl Inner {
         (self.free.len() as u64) >= self.ckpt_need(live + 1) + gc_segs
     }
 
-    fn gc_data_segment(&mut self, seg: u64) -> Result<u64> {
+    fn gc_data_segment(&mut self, seg: u64, pre: Option<&[u8]>) -> Result<u64> {
         self.load_summary(seg)?;
         let tags = self
             .summaries
@@ -113,7 +133,11 @@ impl Inner {
             if p.pba != pba {
                 continue; // overwritten or freed since
             }
-            let mut data = self.read_block(pba)?;
+            let at = slot * crate::format::BLOCK;
+            let mut data = match pre.and_then(|b| b.get(at..at + crate::format::BLOCK)) {
+                Some(b) if data_crc(&self.pool_id, b) == p.crc => b.to_vec(),
+                _ => self.read_block(pba)?,
+            };
             if data_crc(&self.pool_id, &data) != p.crc && self.pvs.mirrored() {
                 let pid = self.pool_id;
                 if let Ok(d) = self.read_verified(pba, &|b| data_crc(&pid, b) == p.crc) {

@@ -68,7 +68,7 @@ impl MirrorState {
 }
 
 impl Inner {
-    fn stale_in(&self, seg: u64, fg: u32) -> bool {
+    pub(super) fn stale_in(&self, seg: u64, fg: u32) -> bool {
         self.segs
             .get(seg as usize)
             .is_some_and(|e| e.flags & seg_flag_stale(fg) != 0)
@@ -434,71 +434,6 @@ impl Inner {
                 .count() as u64;
         }
         n * SEG_BLOCKS * BLOCK_U64
-    }
-
-    /// Copy up to `max` stale segments from a good copy to the groups that lack them. Returns
-    /// the bytes copied. The copies are synced before their stale flags are cleared.
-    pub fn resync_step(&mut self, max: usize) -> Result<u64> {
-        if !self.pvs.mirrored() {
-            return Ok(0);
-        }
-        self.write_out_all()?;
-        let mut done: Vec<(u64, u32)> = Vec::new();
-        let mut bytes = 0;
-        let mut buf = vec![0u8; (SEG_BLOCKS * BLOCK_U64) as usize];
-        'groups: for fg in self.pvs.groups() {
-            if self.pvs.group_failed(fg) {
-                continue;
-            }
-            let todo: Vec<u64> = (1..self.segs.len() as u64)
-                .filter(|&s| self.stale_in(s, fg))
-                .collect();
-            for seg in todo {
-                if done.len() >= max {
-                    break 'groups;
-                }
-                if self.seg(seg).state == SEG_FREE {
-                    // Nothing to copy: a free segment is rewritten from scratch when reused.
-                    done.push((seg, fg));
-                    continue;
-                }
-                let src = self
-                    .pvs
-                    .groups()
-                    .into_iter()
-                    .find(|&g| g != fg && !self.pvs.group_failed(g) && !self.stale_in(seg, g));
-                let Some(src) = src else {
-                    continue; // no good copy anywhere: check and scrub report it
-                };
-                let (spv, sseg) = self.pvs.locate_in(src, seg).ok_or_else(|| {
-                    PoolError::Invalid(format!("segment {seg} is beyond failure group {src}"))
-                })?;
-                let (dpv, dseg) = self.pvs.locate_in(fg, seg).ok_or_else(|| {
-                    PoolError::Invalid(format!("segment {seg} is beyond failure group {fg}"))
-                })?;
-                self.pvs
-                    .read(spv, self.pvs.offset(spv, sseg, 0)?, &mut buf)?;
-                let off = self.pvs.offset(dpv, dseg, 0)?;
-                if let Err(e) = self.pvs.write(dpv, off, &buf) {
-                    self.fail_pv(dpv, e)?;
-                    break 'groups;
-                }
-                bytes += buf.len() as u64;
-                done.push((seg, fg));
-            }
-        }
-        if done.is_empty() {
-            return Ok(0);
-        }
-        self.sync_pvs()?;
-        for (seg, fg) in done {
-            if !self.pvs.group_failed(fg) {
-                self.set_stale(seg, fg, false)?;
-            }
-        }
-        self.flush()?;
-        self.mirror.resync_bytes.fetch_add(bytes, Ordering::Relaxed);
-        Ok(bytes)
     }
 
     pub fn mirror_state(&self) -> MirrorState {

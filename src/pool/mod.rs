@@ -17,6 +17,7 @@ pub mod activation;
 mod check;
 mod checkpointer;
 mod ckpt;
+mod clean;
 mod commit;
 pub mod dir;
 pub mod error;
@@ -31,8 +32,11 @@ mod open;
 mod ops;
 mod ptree;
 pub mod pvs;
+mod resync;
+pub mod scrub;
 mod share;
 mod snapshots;
+pub mod throttle;
 
 pub use check::CheckReport;
 pub use error::{PoolError, Result};
@@ -165,6 +169,10 @@ pub struct Pool {
     reuse: Arc<RwLock<()>>,
     /// Flushes share sync rounds, run outside the pool lock.
     commit: commit::GroupCommit,
+    /// The pool's scrub (background or foreground) and its state.
+    scrubber: scrub::Scrubber,
+    /// Rates of background maintenance.
+    rates: throttle::Rates,
 }
 
 impl commit::RoundHost for Pool {
@@ -229,6 +237,8 @@ impl Pool {
             reuse: inner.reuse.clone(),
             inner: Mutex::new(inner),
             commit: commit::GroupCommit::default(),
+            scrubber: Default::default(),
+            rates: Default::default(),
         })
     }
 
@@ -239,6 +249,8 @@ impl Pool {
             reuse: inner.reuse.clone(),
             inner: Mutex::new(inner),
             commit: commit::GroupCommit::default(),
+            scrubber: Default::default(),
+            rates: Default::default(),
         })
     }
 
@@ -508,20 +520,6 @@ impl Pool {
         Ok(st)
     }
 
-    /// Background upkeep: clean while free space is below a quarter of the pool.
-    pub fn maintenance(&self) -> Result<GcStats> {
-        let mut g = self.lock();
-        let total = g.segs.len() as u64 - 1;
-        if (g.free.len() as u64) * 4 >= total || g.poisoned.is_some() {
-            return Ok(GcStats::default());
-        }
-        let st = g.gc_run(4)?;
-        if st.segments_cleaned > 0 {
-            g.checkpoint()?;
-        }
-        Ok(st)
-    }
-
     /// Write back what the PVs hold in their caches, without the pool lock, so the next
     /// checkpoint's sync has little left to do (it would otherwise stall every client). A failed
     /// sync poisons the pool: it is never retried as if it had worked.
@@ -555,6 +553,7 @@ impl Pool {
         // Checkpoints the data path asks for are taken on a thread of their own.
         let _checkpointer = self.spawn_checkpointer();
         let weak = Arc::downgrade(self);
+        let mut resync = throttle::Throttle::new(self.rates.resync());
         std::thread::spawn(move || loop {
             std::thread::sleep(period);
             let Some(p) = weak.upgrade() else { return };
@@ -563,8 +562,8 @@ impl Pool {
                 tracing::warn!("cleaner: {e}");
             }
             // Mirror upkeep: failed PVs that answer again rejoin; stale copies are rewritten
-            // a few MiB at a time so clients keep their share of the pool lock.
-            if let Err(e) = p.resync_step(8) {
+            // one segment per slice, outside the pool lock, at the resync rate.
+            if let Err(e) = p.resync_background(&mut resync) {
                 tracing::warn!("resync: {e}");
             }
             if let Err(e) = p.background_sync() {
@@ -651,11 +650,6 @@ impl Pool {
             counters: c,
             write_amplification: if c.user_blocks_written == 0 { 0.0 } else { wa },
         }
-    }
-
-    /// Full consistency check of the pool as it is now.
-    pub fn check(&self) -> Result<CheckReport> {
-        self.lock().check()
     }
 
     /// Checkpoint and release (the pool is also usable after a crash without this).

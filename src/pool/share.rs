@@ -368,7 +368,7 @@ impl Inner {
             .values()
             .map(|v| (v.id, v.size.div_ceil(BLOCK_U64)))
             .collect();
-        let mut holders: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+        let mut holders: rustc_hash::FxHashMap<u64, u32> = Default::default();
         let mut per_vol: Vec<(u64, Vec<u64>)> = Vec::new();
         for (id, blocks) in ids {
             let vbas: Vec<u64> = self
