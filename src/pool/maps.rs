@@ -18,6 +18,8 @@ use crate::format::node::{
     decode_node, decode_u64s, map_entry_is_ref, NodeKind, Ptr, MAP_FANOUT, MAP_ZERO,
     VOL_FLAG_SHARES_NODES,
 };
+use super::resident::map_range_in;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a run of LU blocks holds, as the block map says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +38,8 @@ pub struct MapNode {
     pub entries: Vec<u64>,
     pub count: u32,
     pub dirty: bool,
-    pub tick: u64,
+    /// Last use (LRU); atomic so readers holding the pool's read side can record it.
+    pub tick: AtomicU64,
     pub owner: u64,
 }
 
@@ -100,7 +103,7 @@ impl Inner {
 
     /// Make map node `vba` resident and return it.
     pub fn map_node(&mut self, vba: u64, level: u8) -> Result<&mut MapNode> {
-        self.map_tick += 1;
+        *self.map_tick.get_mut() += 1;
         if !self.maps.contains_key(&vba) {
             let ptr = self.vba_get(vba)?;
             if ptr.pba == 0 {
@@ -128,16 +131,16 @@ impl Inner {
                     entries,
                     count,
                     dirty: false,
-                    tick: 0,
+                    tick: AtomicU64::new(0),
                     owner: h.owner,
                 },
             );
         }
-        let tick = self.map_tick;
+        let tick = *self.map_tick.get_mut();
         let n = self.maps.get_mut(&vba).ok_or_else(|| {
             PoolError::Internal(format!("map node {vba} vanished from the cache"))
         })?;
-        n.tick = tick;
+        *n.tick.get_mut() = tick;
         Ok(n)
     }
 
@@ -278,7 +281,7 @@ impl Inner {
                 entries: vec![0; MAP_FANOUT],
                 count: 0,
                 dirty: true,
-                tick: self.map_tick,
+                tick: AtomicU64::new(*self.map_tick.get_mut()),
                 owner,
             },
         );
@@ -553,44 +556,18 @@ impl Inner {
     /// Visit data entries of `vol` in `[lba, lba+count)` in order: (lba, data vba). Zero
     /// entries read as zeroes like holes and are not listed.
     pub fn map_range(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64)>> {
-        let v = self
-            .vols
+        let (root, depth) = self.map_root(vol)?;
+        map_range_in(self, root, depth, lba, count)?.ok_or_else(|| {
+            PoolError::Internal(format!("map walk of volume {vol} found a node it cannot load"))
+        })
+    }
+
+    /// Root node and depth of `vol`'s map tree.
+    pub fn map_root(&self, vol: u64) -> Result<(u64, u8)> {
+        self.vols
             .get(&vol)
-            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
-        let (root, depth) = (v.map_root, v.map_depth);
-        let mut out = Vec::new();
-        if root == 0 || count == 0 {
-            return Ok(out);
-        }
-        let end = lba.saturating_add(count);
-        // (node vba, level, first lba covered by the node)
-        let mut stack = vec![(root, depth - 1, 0u64)];
-        while let Some((node, level, base)) = stack.pop() {
-            let span = entry_span(level);
-            // Only the slots that overlap [lba, end) are visited.
-            let lo = (lba.saturating_sub(base) / span) as usize;
-            let hi = ((end - base).div_ceil(span) as usize).min(MAP_FANOUT);
-            let n = self.map_node(node, level)?;
-            if level == 0 {
-                for (i, &e) in n.entries.iter().enumerate().take(hi).skip(lo) {
-                    if map_entry_is_ref(e) {
-                        out.push((base + i as u64, e));
-                    }
-                }
-                continue;
-            }
-            // Push children in reverse so they pop in ascending order; zero spans hold no data.
-            let mark = stack.len();
-            for (i, &e) in n.entries.iter().enumerate().take(hi).skip(lo) {
-                if map_entry_is_ref(e) {
-                    stack.push((e, level - 1, base + i as u64 * span));
-                }
-            }
-            if let Some(pushed) = stack.get_mut(mark..) {
-                pushed.reverse();
-            }
-        }
-        Ok(out)
+            .map(|v| (v.map_root, v.map_depth))
+            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))
     }
 
     /// Grow a volume's map tree so it can address `blocks` blocks.
@@ -639,7 +616,7 @@ impl Inner {
             .maps
             .iter()
             .filter(|(_, n)| !n.dirty)
-            .map(|(k, n)| (*k, n.tick))
+            .map(|(k, n)| (*k, n.tick.load(Ordering::Relaxed)))
             .collect();
         clean.sort_unstable_by_key(|(_, t)| *t);
         let excess = self.maps.len() - cap;

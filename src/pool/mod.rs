@@ -29,6 +29,7 @@ mod open;
 mod ops;
 mod ptree;
 pub mod pvs;
+mod resident;
 mod share;
 mod snapshots;
 
@@ -50,7 +51,7 @@ use crate::format::node::{VOL_IMAGE, VOL_LU, VOL_SNAPSHOT};
 use crate::format::{BLOCK_U64, SEG_BLOCKS};
 use inner::Inner;
 use rand::RngCore;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Tunables of an open pool.
 #[derive(Clone, Debug)]
@@ -157,8 +158,13 @@ pub struct PoolStatus {
 }
 
 /// An open pool. All methods may be called from several threads.
+///
+/// Everything that changes the pool takes `inner` exclusively ([`Pool::lock`]); reads plan
+/// under its shared side ([`Pool::shared`]) against resident metadata, so reads of the same and
+/// of different LUs plan in parallel and a read never waits for another read (only a read whose
+/// map node or VBA page is not cached takes the exclusive side, to load it).
 pub struct Pool {
-    inner: Mutex<Inner>,
+    inner: RwLock<Inner>,
     /// Shared with `Inner`: readers doing I/O outside the pool lock hold it for reading.
     reuse: Arc<RwLock<()>>,
 }
@@ -205,7 +211,7 @@ impl Pool {
         let inner = open::create(devs, copts, opts)?;
         Ok(Pool {
             reuse: inner.reuse.clone(),
-            inner: Mutex::new(inner),
+            inner: RwLock::new(inner),
         })
     }
 
@@ -214,13 +220,14 @@ impl Pool {
         let inner = open::open(devs, opts)?;
         Ok(Pool {
             reuse: inner.reuse.clone(),
-            inner: Mutex::new(inner),
+            inner: RwLock::new(inner),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    /// The pool's exclusive lock: every change, and reads that must load metadata.
+    fn lock(&self) -> RwLockWriteGuard<'_, Inner> {
         // A panic while holding the lock leaves state unknown: refuse to go on.
-        match self.inner.lock() {
+        match self.inner.write() {
             Ok(g) => g,
             Err(p) => {
                 let mut g = p.into_inner();
@@ -229,6 +236,14 @@ impl Pool {
                 g
             }
         }
+    }
+
+    /// The pool lock's shared side: reads plan under it, in parallel with each other. Nothing
+    /// changes while it is held (every change holds [`Pool::lock`]), so what a reader sees under
+    /// it is one consistent state. A panic under the exclusive side is latched in `poisoned` by
+    /// the next [`Pool::lock`]; reads go on as they did before it.
+    fn shared(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lu_info(v: &crate::format::node::VolRecord) -> LuInfo {
@@ -366,8 +381,28 @@ impl Pool {
         Ok(v.owned_blocks)
     }
 
-    /// Read; several readers do their I/O in parallel, outside the pool lock.
+    /// Read; several readers plan in parallel under the pool lock's shared side and do their I/O
+    /// outside the lock.
+    ///
+    /// Old-or-new: writers change the block maps, the VBA table and the stream buffers only
+    /// under the exclusive side, so a plan made under either side sees, for every block, the
+    /// state before or after each write, trim or snapshot, never a mix of a map entry from one
+    /// and a VBA entry from another. The plan names physical blocks (and copies blocks still in
+    /// a stream buffer while the lock is held); those blocks are not overwritten until their
+    /// segment is reused, which a checkpoint allows only after taking `reuse` for writing, and
+    /// the reader takes `reuse` for reading before it lets the pool lock go.
     pub fn read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        {
+            let g = self.shared();
+            if let Some(plan) = g.plan_read_resident(vol, offset, buf)? {
+                // No deadlock: `reuse` is taken for writing only under the exclusive side,
+                // which cannot be held while this thread holds the shared side.
+                let _reading = self.reuse.read().unwrap_or_else(|p| p.into_inner());
+                drop(g);
+                return plan.execute(offset, buf);
+            }
+        }
+        // Metadata to load: plan (and cache it) under the exclusive side.
         let mut g = self.lock();
         let plan = g.plan_read(vol, offset, buf);
         g.trim_caches();
