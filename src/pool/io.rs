@@ -7,8 +7,8 @@
 
 use super::error::{PoolError, Result};
 use super::inner::{Inner, StreamId};
-use super::resident::{locate, Resident};
 use super::pvs::split;
+use super::resident::{locate, Resident};
 use crate::format::journal::Record;
 use crate::format::{data_crc, BLOCK, BLOCK_U64, INCOMPAT_ZERO};
 
@@ -60,7 +60,9 @@ impl Inner {
         self.check_range(vol, offset, buf.len() as u64)?;
         let (root, depth) = self.map_root(vol)?;
         let locs = locate(self, root, depth, offset, buf.len())?.ok_or_else(|| {
-            PoolError::Internal(format!("read of volume {vol} found metadata it cannot load"))
+            PoolError::Internal(format!(
+                "read of volume {vol} found metadata it cannot load"
+            ))
         })?;
         self.build_plan(vol, offset, buf, &locs)
     }

@@ -14,11 +14,11 @@
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::ptree::NodeIo;
+use super::resident::map_range_in;
 use crate::format::node::{
     decode_node, decode_u64s, map_entry_is_ref, NodeKind, Ptr, MAP_FANOUT, MAP_ZERO,
     VOL_FLAG_SHARES_NODES,
 };
-use super::resident::map_range_in;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a run of LU blocks holds, as the block map says.
@@ -558,7 +558,9 @@ impl Inner {
     pub fn map_range(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64)>> {
         let (root, depth) = self.map_root(vol)?;
         map_range_in(self, root, depth, lba, count)?.ok_or_else(|| {
-            PoolError::Internal(format!("map walk of volume {vol} found a node it cannot load"))
+            PoolError::Internal(format!(
+                "map walk of volume {vol} found a node it cannot load"
+            ))
         })
     }
 

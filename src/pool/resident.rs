@@ -146,7 +146,6 @@ pub fn locate(
     Ok(Some(locs))
 }
 
-
 #[cfg(test)]
 mod tests {
     use crate::dev::{BlockDev, MemDev};
@@ -274,7 +273,10 @@ mod tests {
             g.evict_maps();
             assert_eq!(g.maps.len(), 4);
         }
-        assert!(!p.shared().maps.contains_key(&root1), "l1 is older than l0's hit");
+        assert!(
+            !p.shared().maps.contains_key(&root1),
+            "l1 is older than l0's hit"
+        );
         assert!(
             p.shared().maps.contains_key(&root0),
             "the node read last through the shared side was evicted"
