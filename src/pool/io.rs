@@ -444,6 +444,19 @@ pub struct ReadPlan {
 impl ReadPlan {
     /// Read every run into `buf` (which starts at byte `offset` of the LU) and verify checksums.
     pub fn execute(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.run(offset, buf, false).map(|_| ())
+    }
+
+    /// [`ReadPlan::execute`] if no run has to wait for a device ([`BlockDev::try_read_at`]);
+    /// `false` if one would, or if a copy was bad (repair is left to `execute`): `buf` may then
+    /// hold anything.
+    ///
+    /// [`BlockDev::try_read_at`]: crate::dev::BlockDev::try_read_at
+    pub fn try_execute(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        self.run(offset, buf, true)
+    }
+
+    fn run(&self, offset: u64, buf: &mut [u8], nowait: bool) -> Result<bool> {
         let aligned = offset % BLOCK_U64 == 0;
         let mut scratch = Vec::new();
         for run in &self.runs {
@@ -465,6 +478,14 @@ impl ReadPlan {
                 RunSource::Memory(data) => {
                     dst.copy_from_slice(data);
                     self.verify(run, dst, None)?;
+                }
+                RunSource::Device { copies, .. } if nowait => {
+                    let (dev, off) = copies.first().ok_or_else(|| {
+                        PoolError::Internal(format!("data block {lba0} has no copy"))
+                    })?;
+                    if !dev.try_read_at(dst, *off) || self.verify(run, dst, None).is_err() {
+                        return Ok(false);
+                    }
                 }
                 RunSource::Device { copies, stats } => {
                     let (dev, off) = copies.first().ok_or_else(|| {
@@ -494,7 +515,7 @@ impl ReadPlan {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

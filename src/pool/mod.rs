@@ -415,6 +415,26 @@ impl Pool {
         plan.execute(offset, buf)
     }
 
+    /// [`Pool::read`] if it needs no wait: not for the pool lock (a writer holds or wants the
+    /// exclusive side), not to load metadata, not for a device ([`BlockDev::try_read_at`]).
+    /// `Ok(false)`: it would wait, and `buf` may hold anything; the caller reads with
+    /// [`Pool::read`] where waiting is fine (the server: on a blocking thread, not on the
+    /// connection's task).
+    pub fn try_read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        let g = match self.inner.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        let Some(plan) = g.plan_read_resident(vol, offset, buf)? else {
+            return Ok(false);
+        };
+        // As in `read`: no segment of the plan is reused before its I/O is done.
+        let _reading = self.reuse.read().unwrap_or_else(|p| p.into_inner());
+        drop(g);
+        plan.try_execute(offset, buf)
+    }
+
     /// Write; with `fua` the data is durable when this returns.
     pub fn write(&self, vol: u64, offset: u64, data: &[u8], fua: bool) -> Result<()> {
         let mut g = self.lock();

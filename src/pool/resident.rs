@@ -282,4 +282,40 @@ mod tests {
             "the node read last through the shared side was evicted"
         );
     }
+
+    #[test]
+    fn try_read_declines_while_a_writer_holds_the_lock_or_metadata_is_not_resident() {
+        let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new("mem0", 64 * MB));
+        let p = pool_on(dev.clone());
+        let id = p.lu_create("a", 16 * MB).unwrap().id;
+        p.write(id, 0, &block(3), false).unwrap();
+        p.close().unwrap();
+        let p = Arc::new(Pool::open(vec![dev], Options::default()).unwrap());
+        let mut b = vec![0u8; 4096];
+        // Cold: loading the map is work that may wait.
+        assert!(!p.try_read(id, 0, &mut b).unwrap());
+        p.read(id, 0, &mut b).unwrap();
+        assert!(p.try_read(id, 0, &mut b).unwrap());
+        assert_eq!(b, block(3));
+        // Unmapped blocks read as zeroes without waiting; errors are errors.
+        b.fill(1);
+        assert!(p.try_read(id, 4096, &mut b).unwrap());
+        assert!(b.iter().all(|&x| x == 0));
+        assert!(p.try_read(id, 16 * MB, &mut b).is_err());
+        // A writer holds the exclusive side (as a checkpoint syncing would): another thread's
+        // try_read returns at once instead of waiting for it.
+        let held = p.lock();
+        let got = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let mut b = vec![0u8; 4096];
+                p.try_read(id, 0, &mut b).unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        assert!(!got);
+        drop(held);
+        assert!(p.try_read(id, 0, &mut b).unwrap());
+    }
 }

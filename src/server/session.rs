@@ -241,20 +241,6 @@ const INLINE_MAX: u64 = 1 << 20;
 const BATCH_BYTES: usize = 256 << 10;
 /// The reader asks the socket for at least this much at a time.
 const READ_CHUNK: usize = 256 << 10;
-/// An inline read slower than this plus [`SLOW_READ_NS_PER_KIB`] per KiB most likely did not
-/// come from memory (page cache or the pool's stream buffers) but waited for the device (or for
-/// the pool lock, or its thread was preempted).
-const SLOW_READ_NS: u64 = 50_000;
-const SLOW_READ_NS_PER_KIB: u64 = 500;
-/// Reads run inline in rounds of up to this many; this many slow ones in a round (one alone is
-/// most likely a preemption) end it, and the connection's next reads go to blocking threads.
-const INLINE_ROUND: u32 = 1024;
-const SLOW_READ_STRIKES: u32 = 3;
-/// The first batch of reads sent to blocking threads after slow inline reads, and the largest:
-/// each time the inline reads that follow are slow again, the next batch is twice as long; a
-/// round of inline reads without enough slow ones goes back to the first length.
-const OFFLOAD_READS_MIN: u32 = 256;
-const OFFLOAD_READS_MAX: u32 = 64 << 10;
 /// Reply buffers kept for reuse per connection, and the largest one kept (by capacity): a
 /// connection keeps at most `KEEP_BUFS * KEEP_BUF_MAX` bytes between requests, besides its
 /// bytes in flight ([`Budget`]); bigger buffers go back to the allocator when sent.
@@ -512,67 +498,16 @@ enum MetaKind {
 /// out a full segment, ~0.1-0.4 ms, and rarely it checkpoints with an fsync, which can take up
 /// to a second on a busy disk), while handing a request to a blocking thread and its reply back
 /// costs two thread wake-ups, which made up most of the server's CPU time per request. The pool
-/// serialises writes (and read planning) on its lock anyway, so a blocking thread would not let
-/// them overlap: while one write stalls, every other request waits for the lock either way. Reads that have to wait for the device do overlap on blocking threads:
-/// when inline reads turn out slow, the connection's next reads go there ([`ReadMode`]). FUA
-/// writes, flushes (fsync), trims, zeroing and block status always go to blocking threads.
-fn runs_inline(req: &Request, reads: &mut ReadMode) -> bool {
+/// serialises writes on its lock anyway, so a blocking thread would not let them overlap. An
+/// inline read never waits: it runs only if it needs neither the device nor the pool lock's
+/// exclusive side (`Pool::try_read`); otherwise it goes to a blocking thread, where reads that
+/// wait for the device overlap. FUA writes, flushes (fsync), trims, zeroing and block status
+/// always go to blocking threads.
+fn runs_inline(req: &Request) -> bool {
     match req.command() {
-        Some(Command::Read) => req.length <= INLINE_MAX && reads.inline(),
+        Some(Command::Read) => req.length <= INLINE_MAX,
         Some(Command::Write) => req.length <= INLINE_MAX && !req.has_flag(CMD_FLAG_FUA),
         _ => false,
-    }
-}
-
-/// Where a connection's reads run: inline while they come from memory, on blocking threads
-/// (where device reads overlap instead of queueing behind each other) while they do not. Only
-/// inline reads are timed: many reads at once on blocking threads wait for the pool lock and
-/// the CPU, so they always look slow.
-struct ReadMode {
-    /// Inline reads in this round, and how many of them were slow.
-    round: u32,
-    slow: u32,
-    /// Reads still to send to blocking threads, and the length of the next such batch.
-    offload: u32,
-    next_offload: u32,
-}
-
-impl ReadMode {
-    fn new() -> Self {
-        ReadMode {
-            round: 0,
-            slow: 0,
-            offload: 0,
-            next_offload: OFFLOAD_READS_MIN,
-        }
-    }
-
-    /// Whether the next read runs inline.
-    fn inline(&mut self) -> bool {
-        if self.offload == 0 {
-            return true;
-        }
-        self.offload -= 1;
-        false
-    }
-
-    /// Account an inline read of `len` bytes that took `took`.
-    fn done(&mut self, len: u64, took: std::time::Duration) {
-        let slow_ns = SLOW_READ_NS + len / 1024 * SLOW_READ_NS_PER_KIB;
-        self.round += 1;
-        if took.as_nanos() > u128::from(slow_ns) {
-            self.slow += 1;
-        }
-        if self.slow >= SLOW_READ_STRIKES {
-            self.offload = self.next_offload;
-            self.next_offload = (self.next_offload * 2).min(OFFLOAD_READS_MAX);
-        } else if self.round >= INLINE_ROUND {
-            self.next_offload = OFFLOAD_READS_MIN;
-        } else {
-            return;
-        }
-        self.round = 0;
-        self.slow = 0;
     }
 }
 
@@ -663,7 +598,6 @@ where
     let mut batch = ctx.bufs.get();
     // `inbuf[pos..]` is received but not yet decoded.
     let mut pos = 0usize;
-    let mut reads = ReadMode::new();
     let result: Result<(), SessionError> = 'conn: loop {
         // Serve every complete request received so far.
         let need = loop {
@@ -700,7 +634,7 @@ where
                 batch.enc(|v| {
                     encode_error_reply(v, &target, ESHUTDOWN, "server is shutting down")
                 })?;
-            } else if runs_inline(&req, &mut reads) {
+            } else if runs_inline(&req) && {
                 let want = inflight_bytes(&req, false, ctx.contexts.len());
                 let credit = match budget.try_take(want) {
                     Some(c) => c,
@@ -719,11 +653,14 @@ where
                         }
                     }
                 };
-                batch.credit.absorb(credit);
-                let took = execute(&ctx, &req, payload, &mut batch);
-                if req.command() == Some(Command::Read) {
-                    reads.done(req.length, took);
+                // A read that would wait runs on a blocking thread below (its credit, dropped
+                // here, goes back first).
+                let ran = execute(&ctx, &req, payload, &mut batch, true).is_some();
+                if ran {
+                    batch.credit.absorb(credit);
                 }
+                ran
+            } {
             } else {
                 let want = inflight_bytes(&req, true, ctx.contexts.len());
                 let credit = match budget.try_take(want) {
@@ -827,7 +764,7 @@ fn offload(
         }
         let mut out = ctx.bufs.get();
         out.credit = credit;
-        let run = std::panic::AssertUnwindSafe(|| execute(&ctx, &req, &payload, &mut out));
+        let run = std::panic::AssertUnwindSafe(|| execute(&ctx, &req, &payload, &mut out, false));
         if std::panic::catch_unwind(run).is_err() {
             // Every request gets an answer: the client must not wait forever.
             out.clear();
@@ -870,13 +807,24 @@ fn metrics_cmd(cmd: Option<Command>) -> MetricsCmd {
 }
 
 /// Execute one request on the calling thread, append its whole reply to `out` and account it in
-/// the metrics; how long it took.
-fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> std::time::Duration {
+/// the metrics; how long it took. `inline`: on the connection's task, where a read that would
+/// wait is not run (`None`, nothing appended).
+fn execute(
+    ctx: &Ctx,
+    req: &Request,
+    payload: &[u8],
+    out: &mut Replies,
+    inline: bool,
+) -> Option<std::time::Duration> {
     let start = std::time::Instant::now();
     let mark = out.len();
     let target = ReplyTarget::new(ctx.neg.reply_mode, req);
-    let errno = match run_request(ctx, req, &target, payload, out) {
-        Ok(errno) => errno,
+    let errno = match run_request(ctx, req, &target, payload, out, inline) {
+        Ok(Some(errno)) => errno,
+        Ok(None) => {
+            out.truncate(mark);
+            return None;
+        }
         Err(e) => {
             // Every request gets an answer: the client must not wait forever.
             tracing::warn!("request failed: {e}");
@@ -892,18 +840,19 @@ fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> std::
         _ => 0,
     };
     ctx.metrics.record(cmd, bytes, elapsed.as_secs_f64(), errno);
-    elapsed
+    Some(elapsed)
 }
 
 /// Validate and execute one request, appending its reply to `out`; the NBD errno it got (0 for
-/// success).
+/// success), or `None` when `inline` and the request is a read that would wait.
 fn run_request(
     ctx: &Ctx,
     req: &Request,
     target: &ReplyTarget,
     payload: &[u8],
     out: &mut Replies,
-) -> Result<u32, SessionError> {
+    inline: bool,
+) -> Result<Option<u32>, SessionError> {
     let (pool, vol, neg) = (&ctx.pool, ctx.vol, &ctx.neg);
     // Size as of now: LUs can be resized while attached.
     let size = pool
@@ -912,16 +861,19 @@ fn run_request(
     if let Err(e) = validate(req, size, neg) {
         tracing::debug!(?req, e, "request refused");
         out.enc(|v| encode_error_reply(v, target, e, "invalid request"))?;
-        return Ok(e);
+        return Ok(Some(e));
     }
     let mark = out.len();
     let fua = req.has_flag(CMD_FLAG_FUA);
     let (off, len) = (req.offset, req.length);
     let r = match req.command() {
-        Some(Command::Read) => read(pool, vol, req, target, out)?,
+        Some(Command::Read) => match read(pool, vol, req, target, out, inline)? {
+            Ok(false) => return Ok(None),
+            r => r.map(|_| ()),
+        },
         Some(Command::BlockStatus) if ctx.contexts.is_empty() => {
             out.enc(|v| encode_error_reply(v, target, EINVAL, "no metadata context"))?;
-            return Ok(EINVAL);
+            return Ok(Some(EINVAL));
         }
         Some(Command::BlockStatus) => {
             block_status(pool, vol, req, target, &ctx.contexts, size, out)?
@@ -951,15 +903,15 @@ fn run_request(
         }
         None => {
             out.enc(|v| encode_error_reply(v, target, EINVAL, "unknown command"))?;
-            return Ok(EINVAL);
+            return Ok(Some(EINVAL));
         }
     };
     match r {
-        Ok(()) => Ok(0),
+        Ok(()) => Ok(Some(0)),
         Err(e) => {
             out.truncate(mark);
             reply_error(out, target, &e)?;
-            Ok(nbd_errno(&e))
+            Ok(Some(nbd_errno(&e)))
         }
     }
 }
@@ -970,21 +922,29 @@ fn run_request(
 /// back as hole chunks: no zeroes are read, copied or sent for them. A read within one block is
 /// sent as data either way (an unmapped block reads as zeroes), which saves looking its mapping
 /// up twice.
+///
+/// `inline`: only if nothing has to wait (`Ok(false)`: it would, and `out` holds a partial reply
+/// for the caller to drop). A read sent in hole chunks looks its extents up under the pool's
+/// exclusive lock, so it does not run inline.
 fn read(
     pool: &Pool,
     vol: u64,
     req: &Request,
     target: &ReplyTarget,
     out: &mut Replies,
-) -> Result<Result<(), PoolError>, SessionError> {
+    inline: bool,
+) -> Result<Result<bool, PoolError>, SessionError> {
     let (off, len) = (req.offset, req.length);
     if len == 0 {
         out.enc(|v| encode_ok(v, target))?;
-        return Ok(Ok(()));
+        return Ok(Ok(true));
     }
     let one_block = off / BLOCK_U64 == (off + len - 1) / BLOCK_U64;
     if !target.mode.chunks() || req.has_flag(CMD_FLAG_DF) || one_block {
-        return read_data(pool, vol, target, off, len, true, out);
+        return read_data(pool, vol, target, off, len, true, out, inline);
+    }
+    if inline {
+        return Ok(Ok(false));
     }
     let ext = match pool.extents(vol, off, len) {
         Ok(e) => e,
@@ -992,21 +952,23 @@ fn read(
     };
     let Some(last) = ext.len().checked_sub(1) else {
         out.enc(|v| encode_ok(v, target))?;
-        return Ok(Ok(()));
+        return Ok(Ok(true));
     };
     for (i, &(start, n, mapped)) in ext.iter().enumerate() {
         if mapped {
-            if let Err(e) = read_data(pool, vol, target, start, n, i == last, out)? {
+            if let Err(e) = read_data(pool, vol, target, start, n, i == last, out, false)? {
                 return Ok(Err(e));
             }
         } else {
             out.enc(|v| encode_offset_hole(v, target, start, n as u32, i == last))?;
         }
     }
-    Ok(Ok(()))
+    Ok(Ok(true))
 }
 
-/// Append a data chunk (or simple reply) header and `len` bytes read at `off`.
+/// Append a data chunk (or simple reply) header and `len` bytes read at `off`; with `inline`
+/// only if nothing has to wait (`Ok(false)` otherwise).
+#[allow(clippy::too_many_arguments)]
 fn read_data(
     pool: &Pool,
     vol: u64,
@@ -1015,9 +977,15 @@ fn read_data(
     len: u64,
     done: bool,
     out: &mut Replies,
-) -> Result<Result<(), PoolError>, SessionError> {
+    inline: bool,
+) -> Result<Result<bool, PoolError>, SessionError> {
     out.enc(|v| encode_read_data_header(v, target, off, len, done))?;
-    Ok(pool.read(vol, off, out.grow(len as usize)))
+    let buf = out.grow(len as usize);
+    Ok(if inline {
+        pool.try_read(vol, off, buf)
+    } else {
+        pool.read(vol, off, buf).map(|()| true)
+    })
 }
 
 fn reply_error(out: &mut Replies, target: &ReplyTarget, e: &PoolError) -> Result<(), SessionError> {
@@ -1130,52 +1098,6 @@ fn encode_extents(
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    const FAST: Duration = Duration::from_micros(3);
-    const SLOW: Duration = Duration::from_millis(1);
-
-    fn inline_run(m: &mut ReadMode) -> u32 {
-        let mut n = 0;
-        while !m.inline() {
-            n += 1;
-        }
-        n
-    }
-
-    #[test]
-    fn reads_go_to_blocking_threads_while_slow_and_come_back() {
-        let mut m = ReadMode::new();
-        // A preemption now and then does not move reads off the connection's task.
-        for i in 0..10 * INLINE_ROUND {
-            assert!(m.inline());
-            m.done(4096, if i % 600 == 0 { SLOW } else { FAST });
-        }
-        // Slow reads do, for batches that double while inline reads stay slow...
-        let mut want = OFFLOAD_READS_MIN;
-        for _ in 0..12 {
-            for _ in 0..SLOW_READ_STRIKES {
-                assert!(m.inline());
-                m.done(4096, SLOW);
-            }
-            assert_eq!(inline_run(&mut m), want);
-            want = (want * 2).min(OFFLOAD_READS_MAX);
-        }
-        assert_eq!(want, OFFLOAD_READS_MAX);
-        // ...and go back to the first length after a round of fast ones.
-        for _ in 0..INLINE_ROUND {
-            assert!(m.inline());
-            m.done(4096, FAST);
-        }
-        for _ in 0..SLOW_READ_STRIKES {
-            m.done(4096, SLOW);
-        }
-        assert_eq!(inline_run(&mut m), OFFLOAD_READS_MIN);
-        // Big reads may take longer before they count as slow.
-        for _ in 0..SLOW_READ_STRIKES {
-            m.done(1 << 20, Duration::from_micros(400));
-        }
-        assert!(m.inline());
-    }
 
     #[tokio::test]
     async fn budgets_bound_bytes_in_flight_and_serve_oversize_requests_alone() {
