@@ -7,6 +7,8 @@
 //! error; snapshots and clones read exactly what their LU held when they were taken; `check`
 //! passes at the end.
 
+mod common;
+use common::server::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use ssp::dev::{BlockDev, MemDev};
 use ssp::pool::{CreateOptions, Options, Pool, PoolError};
@@ -314,4 +316,88 @@ fn reads_see_old_or_new_while_writers_snapshot_clone_and_maintenance_run() {
     }
     let rep = p.check().unwrap();
     assert!(rep.errors.is_empty(), "{:#?}", rep.errors);
+}
+
+/// Through sspd: four NBD connections read one LU (the multi-conn case; reads run inline or on
+/// blocking threads, whichever does not wait) while a fifth writes, trims and flushes it; every
+/// block reads old-or-new and whole.
+const MULTICONN: &str = r#"
+import nbd, random, struct, sys, threading
+uri = sys.argv[1]
+BLOCKS = 512
+started = [0] * BLOCKS
+done = [0] * BLOCKS
+errors = []
+
+def stamp(b, v):
+    return struct.pack("<QQ", b, v) * 256
+
+def zero_version(v):
+    return v == 0 or v % 4 == 3
+
+def writer():
+    h = nbd.NBD(); h.connect_uri(uri)
+    rnd = random.Random(1)
+    nxt = [0] * BLOCKS
+    for i in range(3000):
+        b = rnd.randrange(BLOCKS)
+        v = nxt[b] + 1
+        if rnd.random() < 0.2:
+            while not zero_version(v): v += 1
+        else:
+            while zero_version(v): v += 1
+        nxt[b] = v
+        started[b] = v
+        if zero_version(v):
+            h.trim(4096, b * 4096)
+        else:
+            h.pwrite(stamp(b, v), b * 4096)
+        done[b] = v
+        if i % 500 == 499:
+            h.flush()
+    h.shutdown()
+
+def reader(seed, out):
+    h = nbd.NBD(); h.connect_uri(uri)
+    rnd = random.Random(seed)
+    n_reads = 0
+    while n_reads < 3000 and not errors:
+        n = rnd.randrange(1, 5)
+        b0 = rnd.randrange(BLOCKS - n)
+        lo = done[b0:b0 + n]
+        data = h.pread(n * 4096, b0 * 4096)
+        hi = started[b0:b0 + n]
+        for k in range(n):
+            blk = data[k * 4096:(k + 1) * 4096]
+            b = b0 + k
+            if blk == bytes(4096):
+                ok = any(zero_version(v) for v in range(lo[k], hi[k] + 1))
+                v = 0
+            else:
+                b_, v = struct.unpack("<QQ", blk[:16])
+                ok = blk == stamp(b, v) and lo[k] <= v <= hi[k] and not zero_version(v)
+            if not ok:
+                errors.append(f"block {b}: read version {v}, not in [{lo[k]}, {hi[k]}]")
+        n_reads += 1
+    out.append(n_reads)
+    h.shutdown()
+
+counts = []
+ts = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(s, counts)) for s in range(4)]
+for t in ts: t.start()
+for t in ts: t.join()
+if errors:
+    sys.exit("\n".join(errors[:10]))
+print(sum(counts))
+"#;
+
+#[test]
+fn four_connections_read_old_or_new_while_a_fifth_writes() {
+    let srv = Server::start(&[("lu", "2M")]);
+    let reads: u64 = nbdsh(&srv.uri("lu"), MULTICONN).trim().parse().unwrap();
+    assert_eq!(reads, 4 * 3000);
+    let rep: serde_json::Value =
+        serde_json::from_str(&sspctl(&srv.pool, &["check", "--json"])).unwrap();
+    assert_eq!(rep["errors"].as_array().unwrap().len(), 0, "{rep}");
+    srv.stop();
 }
