@@ -14,10 +14,11 @@
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::ptree::NodeIo;
-use super::resident::map_range_in;
+use super::resident::{map_range_in, map_runs_in};
+#[cfg(doc)]
+use crate::format::node::MAP_ZERO;
 use crate::format::node::{
-    decode_node, decode_u64s, map_entry_is_ref, NodeKind, Ptr, MAP_FANOUT, MAP_ZERO,
-    VOL_FLAG_SHARES_NODES,
+    decode_node, decode_u64s, map_entry_is_ref, NodeKind, Ptr, MAP_FANOUT, VOL_FLAG_SHARES_NODES,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -470,87 +471,12 @@ impl Inner {
     /// Runs of `vol` in `[lba, lba+count)` in order, as (first lba, blocks, kind); holes are
     /// reported too, so the runs cover the range. Zero spans of interior nodes are one run each.
     pub fn map_runs(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64, MapKind)>> {
-        let mut out: Vec<(u64, u64, MapKind)> = Vec::new();
-        let end = lba.saturating_add(count);
-        let push = |s: u64, n: u64, k: MapKind, out: &mut Vec<(u64, u64, MapKind)>| {
-            if n == 0 {
-                return;
-            }
-            match out.last_mut() {
-                Some(l) if l.2 == k && l.0 + l.1 == s => l.1 += n,
-                _ => out.push((s, n, k)),
-            }
-        };
-        let mut cur = lba;
-        for (s, n, k) in self.map_walk(vol, lba, count)? {
-            if s > cur {
-                push(cur, s - cur, MapKind::Hole, &mut out);
-            }
-            push(s, n, k, &mut out);
-            cur = s + n;
-        }
-        if cur < end {
-            push(cur, end - cur, MapKind::Hole, &mut out);
-        }
-        Ok(out)
-    }
-
-    /// Non-hole entries of `vol` overlapping `[lba, lba+count)` in order, clipped to it: (first
-    /// lba, blocks, kind), one block per data entry, one run per zero entry.
-    fn map_walk(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64, MapKind)>> {
-        let v = self
-            .vols
-            .get(&vol)
-            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
-        let (root, depth) = (v.map_root, v.map_depth);
-        let mut out = Vec::new();
-        if root == 0 || count == 0 {
-            return Ok(out);
-        }
-        let end = lba.saturating_add(count);
-        self.walk_node(root, depth - 1, 0, lba, end, &mut out)?;
-        Ok(out)
-    }
-
-    fn walk_node(
-        &mut self,
-        node: u64,
-        level: u8,
-        base: u64,
-        lba: u64,
-        end: u64,
-        out: &mut Vec<(u64, u64, MapKind)>,
-    ) -> Result<()> {
-        let span = entry_span(level);
-        let lo = (lba.saturating_sub(base) / span) as usize;
-        let hi = ((end - base).div_ceil(span) as usize).min(MAP_FANOUT);
-        if lo >= hi {
-            return Ok(());
-        }
-        // Copy the slots of interest: the recursion below may evict nothing, but borrows `self`.
-        let n = self.map_node(node, level)?;
-        let entries: Vec<u64> = n
-            .entries
-            .get(lo..hi)
-            .ok_or_else(|| n.bad_slot(hi - 1))?
-            .to_vec();
-        for (k, e) in entries.into_iter().enumerate() {
-            let cb = base + (lo + k) as u64 * span;
-            if e == MAP_ZERO {
-                let (s, t) = (cb.max(lba), cb.saturating_add(span).min(end));
-                match out.last_mut() {
-                    Some(l) if l.2 == MapKind::Zero && l.0 + l.1 == s => l.1 += t - s,
-                    _ => out.push((s, t - s, MapKind::Zero)),
-                }
-            } else if e != 0 {
-                if level == 0 {
-                    out.push((cb, 1, MapKind::Data));
-                } else {
-                    self.walk_node(e, level - 1, cb, lba, end, out)?;
-                }
-            }
-        }
-        Ok(())
+        let (root, depth) = self.map_root(vol)?;
+        map_runs_in(self, root, depth, lba, count)?.ok_or_else(|| {
+            PoolError::Internal(format!(
+                "map walk of volume {vol} found a node it cannot load"
+            ))
+        })
     }
 
     /// Visit data entries of `vol` in `[lba, lba+count)` in order: (lba, data vba). Zero

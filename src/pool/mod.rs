@@ -176,6 +176,31 @@ fn vol_rec<'a>(g: &'a Inner, id: u64, name: &str) -> Result<&'a crate::format::n
         .ok_or_else(|| PoolError::Internal(format!("{name} names volume {id}, which is missing")))
 }
 
+/// Block runs (first lba, blocks, kind) as byte runs clipped to `[offset, offset+len)`.
+fn clip_runs(runs: Vec<(u64, u64, MapKind)>, offset: u64, len: u64) -> Vec<(u64, u64, MapKind)> {
+    let end = offset + len;
+    runs.into_iter()
+        .map(|(l, n, k)| {
+            let s = (l * BLOCK_U64).max(offset);
+            let e = ((l + n) * BLOCK_U64).min(end);
+            (s, e - s, k)
+        })
+        .collect()
+}
+
+/// Byte runs by kind as (start, length, mapped), adjacent runs of the same answer merged.
+fn data_extents(runs: Vec<(u64, u64, MapKind)>) -> Vec<(u64, u64, bool)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    for (s, n, k) in runs {
+        let m = k == MapKind::Data;
+        match out.last_mut() {
+            Some(l) if l.2 == m && l.0 + l.1 == s => l.1 += n,
+            _ => out.push((s, n, m)),
+        }
+    }
+    out
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -483,20 +508,29 @@ impl Pool {
     /// Which 4 KiB blocks of `[offset, offset+len)` hold data: sorted runs as (start byte,
     /// length, mapped) covering the range. Zero entries read as zeroes and count as unmapped.
     pub fn extents(&self, vol: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
-        let mut out: Vec<(u64, u64, bool)> = Vec::new();
-        for (s, n, k) in self.allocation(vol, offset, len)? {
-            let m = k == MapKind::Data;
-            match out.last_mut() {
-                Some(l) if l.2 == m && l.0 + l.1 == s => l.1 += n,
-                _ => out.push((s, n, m)),
-            }
-        }
-        Ok(out)
+        Ok(data_extents(self.allocation(vol, offset, len)?))
+    }
+
+    /// [`Pool::extents`] if it needs no wait (for the pool lock's exclusive side or to load
+    /// metadata); `None` if it would.
+    pub fn try_extents(
+        &self,
+        vol: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<(u64, u64, bool)>>> {
+        Ok(self
+            .allocation_resident(vol, offset, len, false)?
+            .map(data_extents))
     }
 
     /// What `[offset, offset+len)` holds: sorted runs as (start byte, length, kind) covering the
-    /// range, a zero span being one run however long (NBD `base:allocation`).
+    /// range, a zero span being one run however long (NBD `base:allocation`). Planned like a
+    /// read: under the shared side if the map is resident, else under the exclusive side.
     pub fn allocation(&self, vol: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64, MapKind)>> {
+        if let Some(runs) = self.allocation_resident(vol, offset, len, true)? {
+            return Ok(runs);
+        }
         let mut g = self.lock();
         g.check_range(vol, offset, len)?;
         if len == 0 {
@@ -506,15 +540,42 @@ impl Pool {
         let last = (offset + len - 1) / BLOCK_U64;
         let runs = g.map_runs(vol, first, last - first + 1)?;
         g.trim_caches();
-        let end = offset + len;
-        Ok(runs
-            .into_iter()
-            .map(|(l, n, k)| {
-                let s = (l * BLOCK_U64).max(offset);
-                let e = ((l + n) * BLOCK_U64).min(end);
-                (s, e - s, k)
-            })
-            .collect())
+        Ok(clip_runs(runs, offset, len))
+    }
+
+    /// [`Pool::allocation`] from resident metadata under the shared side; `None` if a map node
+    /// is not resident or (without `wait`) the shared side is not free now.
+    fn allocation_resident(
+        &self,
+        vol: u64,
+        offset: u64,
+        len: u64,
+        wait: bool,
+    ) -> Result<Option<Vec<(u64, u64, MapKind)>>> {
+        let g = if wait {
+            self.shared()
+        } else {
+            match self.inner.try_read() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+            }
+        };
+        g.check_range(vol, offset, len)?;
+        if len == 0 {
+            return Ok(Some(vec![]));
+        }
+        let first = offset / BLOCK_U64;
+        let last = (offset + len - 1) / BLOCK_U64;
+        let (root, depth) = g.map_root(vol)?;
+        let runs = resident::map_runs_in(
+            &mut resident::Resident(&g),
+            root,
+            depth,
+            first,
+            last - first + 1,
+        )?;
+        Ok(runs.map(|r| clip_runs(r, offset, len)))
     }
 
     /// Commit all metadata now (also bounds the next replay).

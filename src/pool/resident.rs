@@ -13,11 +13,11 @@
     deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
 )]
 
-use super::error::Result;
+use super::error::{PoolError, Result};
 use super::inner::Inner;
-use super::maps::{entry_span, MapNode};
+use super::maps::{entry_span, MapKind, MapNode};
 use super::ptree::touch;
-use crate::format::node::{map_entry_is_ref, Ptr, MAP_FANOUT};
+use crate::format::node::{map_entry_is_ref, Ptr, MAP_FANOUT, MAP_ZERO};
 use crate::format::BLOCK_U64;
 
 /// Map nodes and VBA entries as a read plan sees them: `&mut Inner` loads what is missing,
@@ -69,6 +69,93 @@ impl MapSource for Resident<'_> {
     fn vba_entry(&mut self, vba: u64) -> Result<Option<Ptr>> {
         Ok(self.0.vba.get_cached(vba))
     }
+}
+
+/// Runs of the map tree at `root` (of `depth` levels) in `[lba, lba+count)` in order, as (first
+/// lba, blocks, kind); holes are reported too, so the runs cover the range. Zero spans of
+/// interior nodes are one run each. `None` if `src` lacks a node on the way.
+pub fn map_runs_in(
+    src: &mut impl MapSource,
+    root: u64,
+    depth: u8,
+    lba: u64,
+    count: u64,
+) -> Result<Option<Vec<(u64, u64, MapKind)>>> {
+    let end = lba.saturating_add(count);
+    let mut found = Vec::new();
+    if root != 0 && count != 0 && !walk_in(src, root, depth - 1, 0, lba, end, &mut found)? {
+        return Ok(None);
+    }
+    let mut out: Vec<(u64, u64, MapKind)> = Vec::new();
+    let push = |s: u64, n: u64, k: MapKind, out: &mut Vec<(u64, u64, MapKind)>| {
+        if n == 0 {
+            return;
+        }
+        match out.last_mut() {
+            Some(l) if l.2 == k && l.0 + l.1 == s => l.1 += n,
+            _ => out.push((s, n, k)),
+        }
+    };
+    let mut cur = lba;
+    for (s, n, k) in found {
+        if s > cur {
+            push(cur, s - cur, MapKind::Hole, &mut out);
+        }
+        push(s, n, k, &mut out);
+        cur = s + n;
+    }
+    if cur < end {
+        push(cur, end - cur, MapKind::Hole, &mut out);
+    }
+    Ok(Some(out))
+}
+
+/// Non-hole entries below `node` (at `level`, covering LU blocks from `base`) overlapping
+/// `[lba, end)` in order, clipped to it, appended to `out`: (first lba, blocks, kind), one block
+/// per data entry, one run per zero entry. `false` if `src` lacks a node on the way.
+fn walk_in(
+    src: &mut impl MapSource,
+    node: u64,
+    level: u8,
+    base: u64,
+    lba: u64,
+    end: u64,
+    out: &mut Vec<(u64, u64, MapKind)>,
+) -> Result<bool> {
+    let span = entry_span(level);
+    let lo = (lba.saturating_sub(base) / span) as usize;
+    let hi = ((end - base).div_ceil(span) as usize).min(MAP_FANOUT);
+    if lo >= hi {
+        return Ok(true);
+    }
+    // Copy the slots of interest: the recursion below borrows `src` again.
+    let Some(entries) =
+        src.with_node(node, level, |n| n.entries.get(lo..hi).map(<[u64]>::to_vec))?
+    else {
+        return Ok(false);
+    };
+    let entries = entries.ok_or_else(|| {
+        PoolError::Internal(format!(
+            "map entries {lo}..{hi} of node {node} out of range"
+        ))
+    })?;
+    for (k, e) in entries.into_iter().enumerate() {
+        let cb = base + (lo + k) as u64 * span;
+        if e == MAP_ZERO {
+            let (s, t) = (cb.max(lba), cb.saturating_add(span).min(end));
+            match out.last_mut() {
+                Some(l) if l.2 == MapKind::Zero && l.0 + l.1 == s => l.1 += t - s,
+                _ => out.push((s, t - s, MapKind::Zero)),
+            }
+        } else if e != 0 {
+            if level == 0 {
+                out.push((cb, 1, MapKind::Data));
+            } else if !walk_in(src, e, level - 1, cb, lba, end, out)? {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Data entries of the map tree at `root` (of `depth` levels) in `[lba, lba+count)`, in order:
@@ -294,7 +381,11 @@ mod tests {
         let mut b = vec![0u8; 4096];
         // Cold: loading the map is work that may wait.
         assert!(!p.try_read(id, 0, &mut b).unwrap());
+        assert!(p.try_extents(id, 0, 3 * 4096).unwrap().is_none());
         p.read(id, 0, &mut b).unwrap();
+        let ext = vec![(0, 4096, true), (4096, 8192, false)];
+        assert_eq!(p.try_extents(id, 0, 3 * 4096).unwrap(), Some(ext.clone()));
+        assert_eq!(p.extents(id, 0, 3 * 4096).unwrap(), ext);
         assert!(p.try_read(id, 0, &mut b).unwrap());
         assert_eq!(b, block(3));
         // Unmapped blocks read as zeroes without waiting; errors are errors.
@@ -315,6 +406,13 @@ mod tests {
             .unwrap()
         };
         assert!(!got);
+        let got = {
+            let p = p.clone();
+            std::thread::spawn(move || p.try_extents(id, 0, 4096).unwrap())
+                .join()
+                .unwrap()
+        };
+        assert_eq!(got, None);
         drop(held);
         assert!(p.try_read(id, 0, &mut b).unwrap());
     }

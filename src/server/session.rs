@@ -924,8 +924,7 @@ fn run_request(
 /// up twice.
 ///
 /// `inline`: only if nothing has to wait (`Ok(false)`: it would, and `out` holds a partial reply
-/// for the caller to drop). A read sent in hole chunks looks its extents up under the pool's
-/// exclusive lock, so it does not run inline.
+/// for the caller to drop).
 fn read(
     pool: &Pool,
     vol: u64,
@@ -943,11 +942,13 @@ fn read(
     if !target.mode.chunks() || req.has_flag(CMD_FLAG_DF) || one_block {
         return read_data(pool, vol, target, off, len, true, out, inline);
     }
-    if inline {
-        return Ok(Ok(false));
-    }
-    let ext = match pool.extents(vol, off, len) {
-        Ok(e) => e,
+    let ext = match if inline {
+        pool.try_extents(vol, off, len)
+    } else {
+        pool.extents(vol, off, len).map(Some)
+    } {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(Ok(false)),
         Err(e) => return Ok(Err(e)),
     };
     let Some(last) = ext.len().checked_sub(1) else {
@@ -956,8 +957,9 @@ fn read(
     };
     for (i, &(start, n, mapped)) in ext.iter().enumerate() {
         if mapped {
-            if let Err(e) = read_data(pool, vol, target, start, n, i == last, out, false)? {
-                return Ok(Err(e));
+            match read_data(pool, vol, target, start, n, i == last, out, inline)? {
+                Ok(true) => {}
+                r => return Ok(r),
             }
         } else {
             out.enc(|v| encode_offset_hole(v, target, start, n as u32, i == last))?;
