@@ -2,6 +2,9 @@
 //! 2 threads taking turns through one mutex around `Pool::read` (what a pool-wide exclusive lock
 //! on the read path amounts to), all in one run.
 //!
+//! A control group reads the PV file itself with `pread` from 1 and 2 threads: how far two
+//! threads scale on the machine as it is during the run (other load, shared cores).
+//!
 //! Run with `cargo bench --bench parallel_reads`. The pool is one file-backed PV (in the page
 //! cache after the warm-up read, so no read waits for the disk) under `SSP_BENCH_DIR` if set,
 //! else under cargo's per-target temporary directory. Throughput is in reads (elements): with
@@ -21,7 +24,7 @@ const MB: u64 = 1 << 20;
 const FILL: u64 = 64 * MB;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pool: Arc<Pool>,
     id: u64,
 }
@@ -58,7 +61,7 @@ fn fixture() -> Fixture {
         pool.read(id, off, &mut b).unwrap();
     }
     Fixture {
-        _dir: dir,
+        dir,
         pool: Arc::new(pool),
         id,
     }
@@ -111,6 +114,21 @@ fn parallel_reads(c: &mut Criterion) {
     });
     g.bench_function("2_threads_serialised", |bch| {
         bch.iter_custom(|iters| timed(iters, 2, &serialised))
+    });
+    g.finish();
+    let file = std::fs::File::open(f.dir.path().join("pv0.img")).unwrap();
+    let raw = move |off: u64, b: &mut [u8]| {
+        std::os::unix::fs::FileExt::read_exact_at(&file, b, off).unwrap();
+    };
+    let mut g = c.benchmark_group("pread_4k_control");
+    g.throughput(Throughput::Elements(1))
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
+    g.bench_function("1_thread", |bch| {
+        bch.iter_custom(|iters| timed(iters, 1, &raw))
+    });
+    g.bench_function("2_threads", |bch| {
+        bch.iter_custom(|iters| timed(iters, 2, &raw))
     });
     g.finish();
 }
