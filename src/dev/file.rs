@@ -172,6 +172,34 @@ impl BlockDev for FileDev {
             .map_err(|e| self.io_error("read", buf.len(), offset, e))
     }
 
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> bool {
+        if check_range(&self.name, "read", offset, buf.len(), self.len).is_err() {
+            return false;
+        }
+        let mut done = 0usize;
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            let Ok(at) = libc::off_t::try_from(offset + done as u64) else {
+                return false;
+            };
+            let iov = libc::iovec {
+                iov_base: rest.as_mut_ptr().cast(),
+                iov_len: rest.len(),
+            };
+            // SAFETY: the fd is open for the lifetime of `self.file`; `iov` describes `rest`,
+            // which is valid for writes of its length and borrowed exclusively for the call.
+            let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+            match usize::try_from(n) {
+                Ok(n) if n > 0 => done += n,
+                // EAGAIN: not all in memory (a short read was the part that is; the rest
+                // would wait); EOPNOTSUPP: no RWF_NOWAIT here; EOF or an error: `read_at`
+                // reports it.
+                _ if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         // Refuse to grow a regular file past its size, like a real disk would.
         check_range(&self.name, "write", offset, buf.len(), self.len)?;
@@ -301,6 +329,45 @@ mod tests {
     use crate::dev::mem::suite;
 
     const SIZE: u64 = 64 * 1024;
+
+    #[test]
+    fn try_read_reads_cached_data_and_declines_data_on_disk_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pv0");
+        let size = 4 << 20;
+        let dev = FileDev::create(&path, size).unwrap();
+        let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        dev.write_at(&data, 0).unwrap();
+        dev.sync().unwrap();
+        // Just written: in the page cache, read without waiting.
+        let mut b = vec![0u8; 8192];
+        assert!(dev.try_read_at(&mut b, 12288));
+        assert_eq!(b, data[12288..12288 + 8192]);
+        // Out of range: declined (read_at reports the error).
+        assert!(!dev.try_read_at(&mut b, size - 4096));
+        // Dropped from the page cache (a clean file: DONTNEED evicts it where the file system
+        // has a page cache to drop from; tmpfs keeps its pages): declined, then read_at works.
+        // SAFETY: the fd is open for the lifetime of `dev.file`; fadvise takes plain integers.
+        let rc =
+            unsafe { libc::posix_fadvise(dev.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        // SAFETY: an all-zero statfs is a valid value of the plain C struct.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the fd is open; `fs` is a valid out pointer.
+        let rc = unsafe { libc::fstatfs(dev.file.as_raw_fd(), &mut fs) };
+        assert_eq!(rc, 0);
+        let far = 3 << 20;
+        if fs.f_type != libc::TMPFS_MAGIC {
+            assert!(
+                !dev.try_read_at(&mut b, far),
+                "read evicted data without waiting"
+            );
+        }
+        dev.read_at(&mut b, far).unwrap();
+        assert_eq!(b, data[far as usize..far as usize + 8192]);
+        assert!(dev.try_read_at(&mut b, far));
+        assert_eq!(b, data[far as usize..far as usize + 8192]);
+    }
 
     #[test]
     fn file_suite() {

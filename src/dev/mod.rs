@@ -27,6 +27,13 @@ pub const SECTOR: u64 = 512;
 pub trait BlockDev: Send + Sync {
     /// Read exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Read exactly `buf.len()` bytes at `offset` only if that needs no wait for the device
+    /// (the data is in memory, e.g. the host's page cache). `false`: it would wait, or failed;
+    /// `buf` may then hold anything, and the caller reads with [`BlockDev::read_at`] where
+    /// waiting (and reporting the error) is fine. Backends that cannot tell return `false`.
+    fn try_read_at(&self, _buf: &mut [u8], _offset: u64) -> bool {
+        false
+    }
     /// Write all of `buf` at `offset` (not durable until [`BlockDev::sync`]).
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make every completed write durable (fdatasync).

@@ -138,7 +138,8 @@ pub struct Inner {
     pub maps: HashMap<u64, MapNode>,
     /// Dirty map nodes among `maps`.
     pub maps_dirty: usize,
-    pub map_tick: u64,
+    /// LRU clock of `maps`: advanced by `&mut` lookups and loads (see [`super::ptree::touch`]).
+    pub map_tick: std::sync::atomic::AtomicU64,
     pub summaries: HashMap<u64, Summary>,
     pub streams: [Stream; 3],
     pub journal: Journal,

@@ -8,6 +8,7 @@
 use super::error::{PoolError, Result};
 use super::inner::{Inner, StreamId};
 use super::pvs::split;
+use super::resident::{locate, Resident};
 use crate::format::journal::Record;
 use crate::format::{data_crc, BLOCK, BLOCK_U64, INCOMPAT_ZERO};
 
@@ -53,11 +54,46 @@ impl Inner {
         plan.execute(offset, buf)
     }
 
-    /// Resolve a read under the pool lock: unmapped parts of `buf` are zeroed now; the mapped
-    /// blocks become runs of adjacent blocks, each read later with one I/O (or copied from a
-    /// stream buffer now), so the I/O itself can happen without the lock.
+    /// Resolve a read under the pool's exclusive lock, loading missing metadata: see
+    /// [`Inner::build_plan`].
     pub fn plan_read(&mut self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<ReadPlan> {
         self.check_range(vol, offset, buf.len() as u64)?;
+        let (root, depth) = self.map_root(vol)?;
+        let locs = locate(self, root, depth, offset, buf.len())?.ok_or_else(|| {
+            PoolError::Internal(format!(
+                "read of volume {vol} found metadata it cannot load"
+            ))
+        })?;
+        self.build_plan(vol, offset, buf, &locs)
+    }
+
+    /// Resolve a read from resident metadata only, through a shared reference: readers
+    /// holding the pool's read side plan in parallel. `None` when a map node or VBA page is
+    /// not cached: the caller plans again with [`Inner::plan_read`] under the exclusive lock.
+    pub fn plan_read_resident(
+        &self,
+        vol: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<ReadPlan>> {
+        self.check_range(vol, offset, buf.len() as u64)?;
+        let (root, depth) = self.map_root(vol)?;
+        match locate(&mut Resident(self), root, depth, offset, buf.len())? {
+            Some(locs) => self.build_plan(vol, offset, buf, &locs).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Turn located blocks into a plan: unmapped parts of `buf` are zeroed now; the mapped
+    /// blocks become runs of adjacent blocks, each read later with one I/O (or copied from a
+    /// stream buffer now), so the I/O itself can happen without the pool lock.
+    fn build_plan(
+        &self,
+        vol: u64,
+        offset: u64,
+        buf: &mut [u8],
+        locs: &[(u64, u64, u32)],
+    ) -> Result<ReadPlan> {
         let mut plan = ReadPlan {
             pool_id: self.pool_id,
             vol_name: String::new(),
@@ -68,12 +104,6 @@ impl Inner {
         }
         let first = offset / BLOCK_U64;
         let last = (offset + buf.len() as u64 - 1) / BLOCK_U64;
-        let mapped = self.map_range(vol, first, last - first + 1)?;
-        let mut locs = Vec::with_capacity(mapped.len());
-        for (lba, vba) in mapped {
-            let p = self.vba_get(vba)?;
-            locs.push((lba, p.pba, p.crc));
-        }
         // Unmapped blocks read as zeroes.
         let mut next = first;
         for &(lba, _, _) in locs.iter().chain(std::iter::once(&(last + 1, 0, 0))) {
@@ -416,6 +446,19 @@ pub struct ReadPlan {
 impl ReadPlan {
     /// Read every run into `buf` (which starts at byte `offset` of the LU) and verify checksums.
     pub fn execute(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.run(offset, buf, false).map(|_| ())
+    }
+
+    /// [`ReadPlan::execute`] if no run has to wait for a device ([`BlockDev::try_read_at`]);
+    /// `false` if one would, or if a copy was bad (repair is left to `execute`): `buf` may then
+    /// hold anything.
+    ///
+    /// [`BlockDev::try_read_at`]: crate::dev::BlockDev::try_read_at
+    pub fn try_execute(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        self.run(offset, buf, true)
+    }
+
+    fn run(&self, offset: u64, buf: &mut [u8], nowait: bool) -> Result<bool> {
         let aligned = offset % BLOCK_U64 == 0;
         let mut scratch = Vec::new();
         for run in &self.runs {
@@ -437,6 +480,14 @@ impl ReadPlan {
                 RunSource::Memory(data) => {
                     dst.copy_from_slice(data);
                     self.verify(run, dst, None)?;
+                }
+                RunSource::Device { copies, .. } if nowait => {
+                    let (dev, off) = copies.first().ok_or_else(|| {
+                        PoolError::Internal(format!("data block {lba0} has no copy"))
+                    })?;
+                    if !dev.try_read_at(dst, *off) || self.verify(run, dst, None).is_err() {
+                        return Ok(false);
+                    }
                 }
                 RunSource::Device { copies, stats } => {
                     let (dev, off) = copies.first().ok_or_else(|| {
@@ -466,7 +517,7 @@ impl ReadPlan {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -14,10 +14,13 @@
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::ptree::NodeIo;
+use super::resident::{map_range_in, map_runs_in};
+#[cfg(doc)]
+use crate::format::node::MAP_ZERO;
 use crate::format::node::{
-    decode_node, decode_u64s, map_entry_is_ref, NodeKind, Ptr, MAP_FANOUT, MAP_ZERO,
-    VOL_FLAG_SHARES_NODES,
+    decode_node, decode_u64s, map_entry_is_ref, NodeKind, Ptr, MAP_FANOUT, VOL_FLAG_SHARES_NODES,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a run of LU blocks holds, as the block map says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +39,8 @@ pub struct MapNode {
     pub entries: Vec<u64>,
     pub count: u32,
     pub dirty: bool,
-    pub tick: u64,
+    /// Last use (LRU); atomic so readers holding the pool's read side can record it.
+    pub tick: AtomicU64,
     pub owner: u64,
 }
 
@@ -100,7 +104,7 @@ impl Inner {
 
     /// Make map node `vba` resident and return it.
     pub fn map_node(&mut self, vba: u64, level: u8) -> Result<&mut MapNode> {
-        self.map_tick += 1;
+        *self.map_tick.get_mut() += 1;
         if !self.maps.contains_key(&vba) {
             let ptr = self.vba_get(vba)?;
             if ptr.pba == 0 {
@@ -128,16 +132,16 @@ impl Inner {
                     entries,
                     count,
                     dirty: false,
-                    tick: 0,
+                    tick: AtomicU64::new(0),
                     owner: h.owner,
                 },
             );
         }
-        let tick = self.map_tick;
+        let tick = *self.map_tick.get_mut();
         let n = self.maps.get_mut(&vba).ok_or_else(|| {
             PoolError::Internal(format!("map node {vba} vanished from the cache"))
         })?;
-        n.tick = tick;
+        *n.tick.get_mut() = tick;
         Ok(n)
     }
 
@@ -278,7 +282,7 @@ impl Inner {
                 entries: vec![0; MAP_FANOUT],
                 count: 0,
                 dirty: true,
-                tick: self.map_tick,
+                tick: AtomicU64::new(*self.map_tick.get_mut()),
                 owner,
             },
         );
@@ -467,130 +471,31 @@ impl Inner {
     /// Runs of `vol` in `[lba, lba+count)` in order, as (first lba, blocks, kind); holes are
     /// reported too, so the runs cover the range. Zero spans of interior nodes are one run each.
     pub fn map_runs(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64, MapKind)>> {
-        let mut out: Vec<(u64, u64, MapKind)> = Vec::new();
-        let end = lba.saturating_add(count);
-        let push = |s: u64, n: u64, k: MapKind, out: &mut Vec<(u64, u64, MapKind)>| {
-            if n == 0 {
-                return;
-            }
-            match out.last_mut() {
-                Some(l) if l.2 == k && l.0 + l.1 == s => l.1 += n,
-                _ => out.push((s, n, k)),
-            }
-        };
-        let mut cur = lba;
-        for (s, n, k) in self.map_walk(vol, lba, count)? {
-            if s > cur {
-                push(cur, s - cur, MapKind::Hole, &mut out);
-            }
-            push(s, n, k, &mut out);
-            cur = s + n;
-        }
-        if cur < end {
-            push(cur, end - cur, MapKind::Hole, &mut out);
-        }
-        Ok(out)
-    }
-
-    /// Non-hole entries of `vol` overlapping `[lba, lba+count)` in order, clipped to it: (first
-    /// lba, blocks, kind), one block per data entry, one run per zero entry.
-    fn map_walk(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64, MapKind)>> {
-        let v = self
-            .vols
-            .get(&vol)
-            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
-        let (root, depth) = (v.map_root, v.map_depth);
-        let mut out = Vec::new();
-        if root == 0 || count == 0 {
-            return Ok(out);
-        }
-        let end = lba.saturating_add(count);
-        self.walk_node(root, depth - 1, 0, lba, end, &mut out)?;
-        Ok(out)
-    }
-
-    fn walk_node(
-        &mut self,
-        node: u64,
-        level: u8,
-        base: u64,
-        lba: u64,
-        end: u64,
-        out: &mut Vec<(u64, u64, MapKind)>,
-    ) -> Result<()> {
-        let span = entry_span(level);
-        let lo = (lba.saturating_sub(base) / span) as usize;
-        let hi = ((end - base).div_ceil(span) as usize).min(MAP_FANOUT);
-        if lo >= hi {
-            return Ok(());
-        }
-        // Copy the slots of interest: the recursion below may evict nothing, but borrows `self`.
-        let n = self.map_node(node, level)?;
-        let entries: Vec<u64> = n
-            .entries
-            .get(lo..hi)
-            .ok_or_else(|| n.bad_slot(hi - 1))?
-            .to_vec();
-        for (k, e) in entries.into_iter().enumerate() {
-            let cb = base + (lo + k) as u64 * span;
-            if e == MAP_ZERO {
-                let (s, t) = (cb.max(lba), cb.saturating_add(span).min(end));
-                match out.last_mut() {
-                    Some(l) if l.2 == MapKind::Zero && l.0 + l.1 == s => l.1 += t - s,
-                    _ => out.push((s, t - s, MapKind::Zero)),
-                }
-            } else if e != 0 {
-                if level == 0 {
-                    out.push((cb, 1, MapKind::Data));
-                } else {
-                    self.walk_node(e, level - 1, cb, lba, end, out)?;
-                }
-            }
-        }
-        Ok(())
+        let (root, depth) = self.map_root(vol)?;
+        map_runs_in(self, root, depth, lba, count)?.ok_or_else(|| {
+            PoolError::Internal(format!(
+                "map walk of volume {vol} found a node it cannot load"
+            ))
+        })
     }
 
     /// Visit data entries of `vol` in `[lba, lba+count)` in order: (lba, data vba). Zero
     /// entries read as zeroes like holes and are not listed.
     pub fn map_range(&mut self, vol: u64, lba: u64, count: u64) -> Result<Vec<(u64, u64)>> {
-        let v = self
-            .vols
+        let (root, depth) = self.map_root(vol)?;
+        map_range_in(self, root, depth, lba, count)?.ok_or_else(|| {
+            PoolError::Internal(format!(
+                "map walk of volume {vol} found a node it cannot load"
+            ))
+        })
+    }
+
+    /// Root node and depth of `vol`'s map tree.
+    pub fn map_root(&self, vol: u64) -> Result<(u64, u8)> {
+        self.vols
             .get(&vol)
-            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))?;
-        let (root, depth) = (v.map_root, v.map_depth);
-        let mut out = Vec::new();
-        if root == 0 || count == 0 {
-            return Ok(out);
-        }
-        let end = lba.saturating_add(count);
-        // (node vba, level, first lba covered by the node)
-        let mut stack = vec![(root, depth - 1, 0u64)];
-        while let Some((node, level, base)) = stack.pop() {
-            let span = entry_span(level);
-            // Only the slots that overlap [lba, end) are visited.
-            let lo = (lba.saturating_sub(base) / span) as usize;
-            let hi = ((end - base).div_ceil(span) as usize).min(MAP_FANOUT);
-            let n = self.map_node(node, level)?;
-            if level == 0 {
-                for (i, &e) in n.entries.iter().enumerate().take(hi).skip(lo) {
-                    if map_entry_is_ref(e) {
-                        out.push((base + i as u64, e));
-                    }
-                }
-                continue;
-            }
-            // Push children in reverse so they pop in ascending order; zero spans hold no data.
-            let mark = stack.len();
-            for (i, &e) in n.entries.iter().enumerate().take(hi).skip(lo) {
-                if map_entry_is_ref(e) {
-                    stack.push((e, level - 1, base + i as u64 * span));
-                }
-            }
-            if let Some(pushed) = stack.get_mut(mark..) {
-                pushed.reverse();
-            }
-        }
-        Ok(out)
+            .map(|v| (v.map_root, v.map_depth))
+            .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))
     }
 
     /// Grow a volume's map tree so it can address `blocks` blocks.
@@ -639,7 +544,7 @@ impl Inner {
             .maps
             .iter()
             .filter(|(_, n)| !n.dirty)
-            .map(|(k, n)| (*k, n.tick))
+            .map(|(k, n)| (*k, n.tick.load(Ordering::Relaxed)))
             .collect();
         clean.sort_unstable_by_key(|(_, t)| *t);
         let excess = self.maps.len() - cap;

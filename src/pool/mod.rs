@@ -32,6 +32,7 @@ mod open;
 mod ops;
 mod ptree;
 pub mod pvs;
+mod resident;
 mod resync;
 pub mod scrub;
 mod share;
@@ -56,7 +57,7 @@ use crate::format::node::{VOL_IMAGE, VOL_LU, VOL_SNAPSHOT};
 use crate::format::{BLOCK_U64, SEG_BLOCKS};
 use inner::Inner;
 use rand::RngCore;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Tunables of an open pool.
 #[derive(Clone, Debug)]
@@ -163,8 +164,13 @@ pub struct PoolStatus {
 }
 
 /// An open pool. All methods may be called from several threads.
+///
+/// Everything that changes the pool takes `inner` exclusively ([`Pool::lock`]); reads plan
+/// under its shared side ([`Pool::shared`]) against resident metadata, so reads of the same and
+/// of different LUs plan in parallel and a read never waits for another read (only a read whose
+/// map node or VBA page is not cached takes the exclusive side, to load it).
 pub struct Pool {
-    inner: Mutex<Inner>,
+    inner: RwLock<Inner>,
     /// Shared with `Inner`: readers doing I/O outside the pool lock hold it for reading.
     reuse: Arc<RwLock<()>>,
     /// Flushes share sync rounds, run outside the pool lock.
@@ -198,6 +204,31 @@ fn vol_rec<'a>(g: &'a Inner, id: u64, name: &str) -> Result<&'a crate::format::n
     g.vols
         .get(&id)
         .ok_or_else(|| PoolError::Internal(format!("{name} names volume {id}, which is missing")))
+}
+
+/// Block runs (first lba, blocks, kind) as byte runs clipped to `[offset, offset+len)`.
+fn clip_runs(runs: Vec<(u64, u64, MapKind)>, offset: u64, len: u64) -> Vec<(u64, u64, MapKind)> {
+    let end = offset + len;
+    runs.into_iter()
+        .map(|(l, n, k)| {
+            let s = (l * BLOCK_U64).max(offset);
+            let e = ((l + n) * BLOCK_U64).min(end);
+            (s, e - s, k)
+        })
+        .collect()
+}
+
+/// Byte runs by kind as (start, length, mapped), adjacent runs of the same answer merged.
+fn data_extents(runs: Vec<(u64, u64, MapKind)>) -> Vec<(u64, u64, bool)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    for (s, n, k) in runs {
+        let m = k == MapKind::Data;
+        match out.last_mut() {
+            Some(l) if l.2 == m && l.0 + l.1 == s => l.1 += n,
+            _ => out.push((s, n, m)),
+        }
+    }
+    out
 }
 
 fn hex(b: &[u8]) -> String {
@@ -235,7 +266,7 @@ impl Pool {
         let inner = open::create(devs, copts, opts)?;
         Ok(Pool {
             reuse: inner.reuse.clone(),
-            inner: Mutex::new(inner),
+            inner: RwLock::new(inner),
             commit: commit::GroupCommit::default(),
             scrubber: Default::default(),
             rates: Default::default(),
@@ -247,16 +278,17 @@ impl Pool {
         let inner = open::open(devs, opts)?;
         Ok(Pool {
             reuse: inner.reuse.clone(),
-            inner: Mutex::new(inner),
+            inner: RwLock::new(inner),
             commit: commit::GroupCommit::default(),
             scrubber: Default::default(),
             rates: Default::default(),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    /// The pool's exclusive lock: every change, and reads that must load metadata.
+    fn lock(&self) -> RwLockWriteGuard<'_, Inner> {
         // A panic while holding the lock leaves state unknown: refuse to go on.
-        match self.inner.lock() {
+        match self.inner.write() {
             Ok(g) => g,
             Err(p) => {
                 let mut g = p.into_inner();
@@ -265,6 +297,14 @@ impl Pool {
                 g
             }
         }
+    }
+
+    /// The pool lock's shared side: reads plan under it, in parallel with each other. Nothing
+    /// changes while it is held (every change holds [`Pool::lock`]), so what a reader sees under
+    /// it is one consistent state. A panic under the exclusive side is latched in `poisoned` by
+    /// the next [`Pool::lock`]; reads go on as they did before it.
+    fn shared(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lu_info(v: &crate::format::node::VolRecord) -> LuInfo {
@@ -402,8 +442,28 @@ impl Pool {
         Ok(v.owned_blocks)
     }
 
-    /// Read; several readers do their I/O in parallel, outside the pool lock.
+    /// Read; several readers plan in parallel under the pool lock's shared side and do their I/O
+    /// outside the lock.
+    ///
+    /// Old-or-new: writers change the block maps, the VBA table and the stream buffers only
+    /// under the exclusive side, so a plan made under either side sees, for every block, the
+    /// state before or after each write, trim or snapshot, never a mix of a map entry from one
+    /// and a VBA entry from another. The plan names physical blocks (and copies blocks still in
+    /// a stream buffer while the lock is held); those blocks are not overwritten until their
+    /// segment is reused, which a checkpoint allows only after taking `reuse` for writing, and
+    /// the reader takes `reuse` for reading before it lets the pool lock go.
     pub fn read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        {
+            let g = self.shared();
+            if let Some(plan) = g.plan_read_resident(vol, offset, buf)? {
+                // No deadlock: `reuse` is taken for writing only under the exclusive side,
+                // which cannot be held while this thread holds the shared side.
+                let _reading = self.reuse.read().unwrap_or_else(|p| p.into_inner());
+                drop(g);
+                return plan.execute(offset, buf);
+            }
+        }
+        // Metadata to load: plan (and cache it) under the exclusive side.
         let mut g = self.lock();
         let plan = g.plan_read(vol, offset, buf);
         g.trim_caches();
@@ -414,6 +474,26 @@ impl Pool {
         let _reading = self.reuse.read().unwrap_or_else(|p| p.into_inner());
         drop(g);
         plan.execute(offset, buf)
+    }
+
+    /// [`Pool::read`] if it needs no wait: not for the pool lock (a writer holds or wants the
+    /// exclusive side), not to load metadata, not for a device ([`BlockDev::try_read_at`]).
+    /// `Ok(false)`: it would wait, and `buf` may hold anything; the caller reads with
+    /// [`Pool::read`] where waiting is fine (the server: on a blocking thread, not on the
+    /// connection's task).
+    pub fn try_read(&self, vol: u64, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        let g = match self.inner.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        let Some(plan) = g.plan_read_resident(vol, offset, buf)? else {
+            return Ok(false);
+        };
+        // As in `read`: no segment of the plan is reused before its I/O is done.
+        let _reading = self.reuse.read().unwrap_or_else(|p| p.into_inner());
+        drop(g);
+        plan.try_execute(offset, buf)
     }
 
     /// Write; with `fua` the data is durable when this returns.
@@ -473,20 +553,29 @@ impl Pool {
     /// Which 4 KiB blocks of `[offset, offset+len)` hold data: sorted runs as (start byte,
     /// length, mapped) covering the range. Zero entries read as zeroes and count as unmapped.
     pub fn extents(&self, vol: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
-        let mut out: Vec<(u64, u64, bool)> = Vec::new();
-        for (s, n, k) in self.allocation(vol, offset, len)? {
-            let m = k == MapKind::Data;
-            match out.last_mut() {
-                Some(l) if l.2 == m && l.0 + l.1 == s => l.1 += n,
-                _ => out.push((s, n, m)),
-            }
-        }
-        Ok(out)
+        Ok(data_extents(self.allocation(vol, offset, len)?))
+    }
+
+    /// [`Pool::extents`] if it needs no wait (for the pool lock's exclusive side or to load
+    /// metadata); `None` if it would.
+    pub fn try_extents(
+        &self,
+        vol: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<(u64, u64, bool)>>> {
+        Ok(self
+            .allocation_resident(vol, offset, len, false)?
+            .map(data_extents))
     }
 
     /// What `[offset, offset+len)` holds: sorted runs as (start byte, length, kind) covering the
-    /// range, a zero span being one run however long (NBD `base:allocation`).
+    /// range, a zero span being one run however long (NBD `base:allocation`). Planned like a
+    /// read: under the shared side if the map is resident, else under the exclusive side.
     pub fn allocation(&self, vol: u64, offset: u64, len: u64) -> Result<Vec<(u64, u64, MapKind)>> {
+        if let Some(runs) = self.allocation_resident(vol, offset, len, true)? {
+            return Ok(runs);
+        }
         let mut g = self.lock();
         g.check_range(vol, offset, len)?;
         if len == 0 {
@@ -496,15 +585,42 @@ impl Pool {
         let last = (offset + len - 1) / BLOCK_U64;
         let runs = g.map_runs(vol, first, last - first + 1)?;
         g.trim_caches();
-        let end = offset + len;
-        Ok(runs
-            .into_iter()
-            .map(|(l, n, k)| {
-                let s = (l * BLOCK_U64).max(offset);
-                let e = ((l + n) * BLOCK_U64).min(end);
-                (s, e - s, k)
-            })
-            .collect())
+        Ok(clip_runs(runs, offset, len))
+    }
+
+    /// [`Pool::allocation`] from resident metadata under the shared side; `None` if a map node
+    /// is not resident or (without `wait`) the shared side is not free now.
+    fn allocation_resident(
+        &self,
+        vol: u64,
+        offset: u64,
+        len: u64,
+        wait: bool,
+    ) -> Result<Option<Vec<(u64, u64, MapKind)>>> {
+        let g = if wait {
+            self.shared()
+        } else {
+            match self.inner.try_read() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+            }
+        };
+        g.check_range(vol, offset, len)?;
+        if len == 0 {
+            return Ok(Some(vec![]));
+        }
+        let first = offset / BLOCK_U64;
+        let last = (offset + len - 1) / BLOCK_U64;
+        let (root, depth) = g.map_root(vol)?;
+        let runs = resident::map_runs_in(
+            &mut resident::Resident(&g),
+            root,
+            depth,
+            first,
+            last - first + 1,
+        )?;
+        Ok(runs.map(|r| clip_runs(r, offset, len)))
     }
 
     /// Commit all metadata now (also bounds the next replay).

@@ -284,7 +284,7 @@ fn assemble(
         names,
         maps: HashMap::default(),
         maps_dirty: 0,
-        map_tick: 0,
+        map_tick: Default::default(),
         summaries: HashMap::default(),
         streams: [Stream::default(), Stream::default(), Stream::default()],
         journal,

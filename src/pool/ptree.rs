@@ -18,6 +18,7 @@ use crate::format::node::{
 };
 use crate::format::{FormatError, Writer};
 use rustc_hash::FxHashMap as HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Reads a node by pointer, verifying its checksum and identity.
 pub trait NodeIo {
@@ -49,7 +50,8 @@ struct Cached<E> {
     assigned: u64,
     /// Address the page was read from (0 if never written).
     old: u64,
-    tick: u64,
+    /// Last use (LRU); atomic so lookups through `&PhysTree` can record it.
+    tick: AtomicU64,
 }
 
 /// The tree. Keys of cached pages are (level, index within level).
@@ -58,7 +60,8 @@ pub struct PhysTree<E: Entry> {
     depth: u8,
     pages: HashMap<(u8, u64), Cached<E>>,
     capacity: usize,
-    tick: u64,
+    /// LRU clock; advanced by every lookup, also through `&PhysTree`.
+    tick: AtomicU64,
     /// Dirty pages (they stay cached until a checkpoint writes them).
     dirty: usize,
 }
@@ -76,7 +79,7 @@ impl<E: Entry> PhysTree<E> {
             depth: root.depth,
             pages: HashMap::default(),
             capacity,
-            tick: 0,
+            tick: AtomicU64::new(0),
             dirty: 0,
         }
     }
@@ -138,9 +141,9 @@ impl<E: Entry> PhysTree<E> {
     /// Ensure page (level, idx) is cached. With `create`, a missing page is created empty;
     /// otherwise returns false when the page does not exist.
     fn load(&mut self, io: &dyn NodeIo, level: u8, idx: u64, create: bool) -> Result<bool> {
-        self.tick += 1;
+        let now = self.advance();
         if let Some(c) = self.pages.get_mut(&(level, idx)) {
-            c.tick = self.tick;
+            *c.tick.get_mut() = now;
             return Ok(true);
         }
         let ptr = self.ptr_to(io, level, idx)?;
@@ -164,7 +167,7 @@ impl<E: Entry> PhysTree<E> {
                 })?)
             }
         };
-        let tick = self.tick;
+        let tick = AtomicU64::new(*self.tick.get_mut());
         self.pages.insert(
             (level, idx),
             Cached {
@@ -185,14 +188,14 @@ impl<E: Entry> PhysTree<E> {
         }
         let pidx = index / E::PER_PAGE as u64;
         // Fast path: a cached leaf needs one lookup.
-        self.tick += 1;
+        let now = self.advance();
         if let Some(Cached {
             page: Page::Leaf(v),
             tick,
             ..
         }) = self.pages.get_mut(&(0, pidx))
         {
-            *tick = self.tick;
+            *tick.get_mut() = now;
             return Ok(v
                 .get((index % E::PER_PAGE as u64) as usize)
                 .cloned()
@@ -210,6 +213,38 @@ impl<E: Entry> PhysTree<E> {
         }
     }
 
+    /// Entry `index` if its leaf is resident (`None`: only [`PhysTree::get`] can tell), through
+    /// a shared reference: readers holding the pool's read side look entries up in parallel.
+    /// The use is recorded for LRU with atomics, so this never needs `&mut self`.
+    pub fn get_cached(&self, index: u64) -> Option<E> {
+        if index >= self.capacity_entries() {
+            return Some(E::default());
+        }
+        let pidx = index / E::PER_PAGE as u64;
+        match self.pages.get(&(0, pidx)) {
+            Some(Cached {
+                page: Page::Leaf(v),
+                tick,
+                ..
+            }) => {
+                touch(tick, &self.tick);
+                Some(
+                    v.get((index % E::PER_PAGE as u64) as usize)
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// Advance the LRU clock; returns the new time.
+    fn advance(&mut self) -> u64 {
+        let t = self.tick.get_mut();
+        *t += 1;
+        *t
+    }
+
     /// Grow the tree until `index` fits.
     fn grow(&mut self, index: u64) {
         while index >= self.capacity_entries() {
@@ -221,7 +256,7 @@ impl<E: Entry> PhysTree<E> {
                         dirty: true,
                         assigned: 0,
                         old: 0,
-                        tick: self.tick,
+                        tick: AtomicU64::new(*self.tick.get_mut()),
                     },
                 );
                 self.depth = 1;
@@ -246,7 +281,7 @@ impl<E: Entry> PhysTree<E> {
                     dirty: true,
                     assigned: 0,
                     old: 0,
-                    tick: self.tick,
+                    tick: AtomicU64::new(*self.tick.get_mut()),
                 },
             );
             self.depth += 1;
@@ -422,7 +457,7 @@ impl<E: Entry> PhysTree<E> {
             .pages
             .iter()
             .filter(|(_, c)| !c.dirty)
-            .map(|(k, c)| (*k, c.tick))
+            .map(|(k, c)| (*k, c.tick.load(Ordering::Relaxed)))
             .collect();
         clean.sort_unstable_by_key(|(_, t)| *t);
         let excess = self.pages.len() - self.capacity;
@@ -571,6 +606,19 @@ mod entries {
         fn is_empty(&self) -> bool {
             self.id == 0
         }
+    }
+}
+
+/// Record a use of an entry at the clock's current time. Shared lookups do not advance the
+/// clock (a contended read-modify-write per lookup would serialise parallel readers on one
+/// cache line); every `&mut` lookup and load does, so entries used since the last load rank
+/// above all entries used before it: LRU at the granularity of cache misses. Relaxed: the
+/// order is a heuristic, and eviction runs under `&mut`, after every shared lookup ended.
+pub fn touch(tick: &AtomicU64, clock: &AtomicU64) {
+    let now = clock.load(Ordering::Relaxed);
+    // A store only when the value changes keeps the cache line shared between readers.
+    if tick.load(Ordering::Relaxed) < now {
+        tick.store(now, Ordering::Relaxed);
     }
 }
 

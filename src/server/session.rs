@@ -4,7 +4,10 @@
 //!
 //! Every request runs on the I/O thread pool ([`super::iopool`]), several per hand-off; the
 //! connection's task only parses, queues and replies, so it never blocks on the pool lock, a
-//! device or a sync. Replies may come back out of order.
+//! device or a sync. The one exception never waits either: a read whose metadata is resident,
+//! with the pool lock's shared side free and its data in memory ([`Pool::try_read`], page
+//! cache via `RWF_NOWAIT`), is answered on the task, since a hand-off costs more than it.
+//! Replies may come back out of order.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
@@ -237,6 +240,8 @@ const JOB_REQUESTS: usize = 8;
 /// Work handed to an I/O thread at once at most, in request lengths (the payload of a write,
 /// the reply of a read).
 const BATCH_BYTES: usize = 256 << 10;
+/// Largest read tried on the connection's task ([`Pool::try_read`]: only if nothing waits).
+const INLINE_READ_MAX: u64 = 1 << 20;
 /// The reader asks the socket for at least this much at a time.
 const READ_CHUNK: usize = 256 << 10;
 /// Reply buffers kept for reuse per connection, and the largest one kept (by capacity): a
@@ -635,6 +640,21 @@ where
                     }
                 }
             };
+            // A read that needs no wait (metadata resident, pool lock free, data in the page
+            // cache or a stream buffer) is answered here: handing it to a thread would cost
+            // more than the read. Anything that would wait goes to the I/O threads.
+            if req.command() == Some(Command::Read)
+                && req.length <= INLINE_READ_MAX
+                && execute(&ctx, &req, payload, &mut batch, true).is_some()
+            {
+                batch.credit.absorb(credit);
+                if batch.len() >= BATCH_BYTES
+                    && !hand_over(&ctx, &io, &mut job, &mut batch, &slots, &tx).await
+                {
+                    break 'conn Ok(());
+                }
+                continue;
+            }
             job.push(req, payload, credit);
             if job.reqs.len() >= JOB_REQUESTS || job.bytes >= BATCH_BYTES {
                 let full = std::mem::take(&mut job);
@@ -792,7 +812,10 @@ async fn submit(
             }
             let payload = data.get(range.clone()).unwrap_or_default();
             let mark = out.len();
-            let run = std::panic::AssertUnwindSafe(|| execute(&ctx, req, payload, &mut out));
+            // Not inline: every request runs (`Some`).
+            let run = std::panic::AssertUnwindSafe(|| {
+                execute(&ctx, req, payload, &mut out, false).unwrap_or(EIO)
+            });
             let errno = std::panic::catch_unwind(run).unwrap_or_else(|_| {
                 // Every request gets an answer: the client must not wait forever.
                 out.truncate(mark);
@@ -840,13 +863,24 @@ fn metrics_cmd(cmd: Option<Command>) -> MetricsCmd {
 }
 
 /// Execute one request on the calling thread, append its whole reply to `out` and account it in
-/// the metrics; the NBD errno it got (0 for success).
-fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> u32 {
+/// the metrics; the NBD errno it got (0 for success). `inline`: on the connection's task, where
+/// a read that would wait is not run (`None`, nothing appended).
+fn execute(
+    ctx: &Ctx,
+    req: &Request,
+    payload: &[u8],
+    out: &mut Replies,
+    inline: bool,
+) -> Option<u32> {
     let start = std::time::Instant::now();
     let mark = out.len();
     let target = ReplyTarget::new(ctx.neg.reply_mode, req);
-    let errno = match run_request(ctx, req, &target, payload, out) {
-        Ok(errno) => errno,
+    let errno = match run_request(ctx, req, &target, payload, out, inline) {
+        Ok(Some(errno)) => errno,
+        Ok(None) => {
+            out.truncate(mark);
+            return None;
+        }
         Err(e) => {
             // Every request gets an answer: the client must not wait forever.
             tracing::warn!("request failed: {e}");
@@ -862,7 +896,7 @@ fn execute(ctx: &Ctx, req: &Request, payload: &[u8], out: &mut Replies) -> u32 {
         _ => 0,
     };
     ctx.metrics.record(cmd, bytes, elapsed.as_secs_f64(), errno);
-    errno
+    Some(errno)
 }
 
 /// Answer a FLUSH that came in together with the one just executed, with nothing between them:
@@ -878,14 +912,15 @@ fn repeat_flush(ctx: &Ctx, req: &Request, errno: u32, out: &mut Replies) {
 }
 
 /// Validate and execute one request, appending its reply to `out`; the NBD errno it got (0 for
-/// success).
+/// success), or `None` when `inline` and the request is a read that would wait.
 fn run_request(
     ctx: &Ctx,
     req: &Request,
     target: &ReplyTarget,
     payload: &[u8],
     out: &mut Replies,
-) -> Result<u32, SessionError> {
+    inline: bool,
+) -> Result<Option<u32>, SessionError> {
     let (pool, vol, neg) = (&ctx.pool, ctx.vol, &ctx.neg);
     // Size as of now: LUs can be resized while attached.
     let size = pool
@@ -894,16 +929,19 @@ fn run_request(
     if let Err(e) = validate(req, size, neg) {
         tracing::debug!(?req, e, "request refused");
         out.enc(|v| encode_error_reply(v, target, e, "invalid request"))?;
-        return Ok(e);
+        return Ok(Some(e));
     }
     let mark = out.len();
     let fua = req.has_flag(CMD_FLAG_FUA);
     let (off, len) = (req.offset, req.length);
     let r = match req.command() {
-        Some(Command::Read) => read(pool, vol, req, target, out)?,
+        Some(Command::Read) => match read(pool, vol, req, target, out, inline)? {
+            Ok(false) => return Ok(None),
+            r => r.map(|_| ()),
+        },
         Some(Command::BlockStatus) if ctx.contexts.is_empty() => {
             out.enc(|v| encode_error_reply(v, target, EINVAL, "no metadata context"))?;
-            return Ok(EINVAL);
+            return Ok(Some(EINVAL));
         }
         Some(Command::BlockStatus) => {
             block_status(pool, vol, req, target, &ctx.contexts, size, out)?
@@ -933,15 +971,15 @@ fn run_request(
         }
         None => {
             out.enc(|v| encode_error_reply(v, target, EINVAL, "unknown command"))?;
-            return Ok(EINVAL);
+            return Ok(Some(EINVAL));
         }
     };
     match r {
-        Ok(()) => Ok(0),
+        Ok(()) => Ok(Some(0)),
         Err(e) => {
             out.truncate(mark);
             reply_error(out, target, &e)?;
-            Ok(nbd_errno(&e))
+            Ok(Some(nbd_errno(&e)))
         }
     }
 }
@@ -952,43 +990,55 @@ fn run_request(
 /// back as hole chunks: no zeroes are read, copied or sent for them. A read within one block is
 /// sent as data either way (an unmapped block reads as zeroes), which saves looking its mapping
 /// up twice.
+///
+/// `inline`: only if nothing has to wait (`Ok(false)`: it would, and `out` holds a partial reply
+/// for the caller to drop).
 fn read(
     pool: &Pool,
     vol: u64,
     req: &Request,
     target: &ReplyTarget,
     out: &mut Replies,
-) -> Result<Result<(), PoolError>, SessionError> {
+    inline: bool,
+) -> Result<Result<bool, PoolError>, SessionError> {
     let (off, len) = (req.offset, req.length);
     if len == 0 {
         out.enc(|v| encode_ok(v, target))?;
-        return Ok(Ok(()));
+        return Ok(Ok(true));
     }
     let one_block = off / BLOCK_U64 == (off + len - 1) / BLOCK_U64;
     if !target.mode.chunks() || req.has_flag(CMD_FLAG_DF) || one_block {
-        return read_data(pool, vol, target, off, len, true, out);
+        return read_data(pool, vol, target, off, len, true, out, inline);
     }
-    let ext = match pool.extents(vol, off, len) {
-        Ok(e) => e,
+    let ext = match if inline {
+        pool.try_extents(vol, off, len)
+    } else {
+        pool.extents(vol, off, len).map(Some)
+    } {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(Ok(false)),
         Err(e) => return Ok(Err(e)),
     };
     let Some(last) = ext.len().checked_sub(1) else {
         out.enc(|v| encode_ok(v, target))?;
-        return Ok(Ok(()));
+        return Ok(Ok(true));
     };
     for (i, &(start, n, mapped)) in ext.iter().enumerate() {
         if mapped {
-            if let Err(e) = read_data(pool, vol, target, start, n, i == last, out)? {
-                return Ok(Err(e));
+            match read_data(pool, vol, target, start, n, i == last, out, inline)? {
+                Ok(true) => {}
+                r => return Ok(r),
             }
         } else {
             out.enc(|v| encode_offset_hole(v, target, start, n as u32, i == last))?;
         }
     }
-    Ok(Ok(()))
+    Ok(Ok(true))
 }
 
-/// Append a data chunk (or simple reply) header and `len` bytes read at `off`.
+/// Append a data chunk (or simple reply) header and `len` bytes read at `off`; with `inline`
+/// only if nothing has to wait (`Ok(false)` otherwise).
+#[allow(clippy::too_many_arguments)]
 fn read_data(
     pool: &Pool,
     vol: u64,
@@ -997,9 +1047,15 @@ fn read_data(
     len: u64,
     done: bool,
     out: &mut Replies,
-) -> Result<Result<(), PoolError>, SessionError> {
+    inline: bool,
+) -> Result<Result<bool, PoolError>, SessionError> {
     out.enc(|v| encode_read_data_header(v, target, off, len, done))?;
-    Ok(pool.read(vol, off, out.grow(len as usize)))
+    let buf = out.grow(len as usize);
+    Ok(if inline {
+        pool.try_read(vol, off, buf)
+    } else {
+        pool.read(vol, off, buf).map(|()| true)
+    })
 }
 
 fn reply_error(out: &mut Replies, target: &ReplyTarget, e: &PoolError) -> Result<(), SessionError> {
