@@ -260,7 +260,11 @@ def stalls(ssp):
 
 
 def scrub(ssp):
-    _, out = ssp.ctl("scrub", "--wait", "--json")
+    # Unthrottled where sspctl has a rate (the worst case for clients; the default rate is
+    # gentler): a scrub must not stall clients however fast it runs.
+    rc, helptext = ssp.ctl("scrub", "--help", check=False)
+    rate = ["--rate", "0"] if "--rate" in helptext else []
+    _, out = ssp.ctl("scrub", "--wait", "--json", *rate)
     try:
         r = json.loads(out)
         return f"scrub: {r.get('errors_found', '?')} errors found"
@@ -604,7 +608,7 @@ Goal (issue 11): fio's max completion latency â‰¤ {STALL_MAX_MS} ms and p99.9 â‰
 A mirrored pool (two failure groups, one sparse {meta['pv_gib']} GiB PV file each) with a
 {meta['data_gib']} GiB LU `data` written in full through sspd. fio (`ioengine=nbd`, 4 KiB
 `randread`, QD8, one connection, `--time_based --runtime={meta['phase_seconds']}`) reads `data`;
-{meta['disturb_after']} s into each phase the disturbance starts: `sspctl scrub --wait`; online
+{meta['disturb_after']} s into each phase the disturbance starts: `sspctl scrub --wait` (`--rate 0`, unthrottled, where sspctl has it); online
 `sspctl check`; a second client writing {meta['burst_mib']} MiB (1 MiB writes, QD8, a flush every
 32) to another LU while `sspctl gc --max-segments 0` commits a checkpoint every second; a resync
 of what {meta['resync_mib']} MiB of writes changed (the second group's PV file made read-only, so
