@@ -246,6 +246,7 @@ impl Inner {
             pv_count: self.pvs.pvs.len() as u32,
             journal_pv: u32::from(self.journal.pv),
             pv_table: self.pv_table(),
+            seal: self.recorded_seal(),
             timestamp: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

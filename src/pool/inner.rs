@@ -165,6 +165,10 @@ pub struct Inner {
     /// The background checkpointer, once started: the data path wakes it (see
     /// [`Inner::checkpoint_step`]).
     pub checkpointer: Option<std::sync::Arc<super::checkpointer::Checkpointer>>,
+    /// Where the log replayed at open ended, and whether the opener asked for it (a seal given
+    /// to [`super::Options::replay_to`]) or it was the end of the log (FORMAT.md §7.3).
+    pub seal: Option<crate::format::Seal>,
+    pub seal_requested: bool,
 }
 
 impl NodeIo for Inner {
