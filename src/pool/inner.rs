@@ -165,10 +165,13 @@ pub struct Inner {
     /// The background checkpointer, once started: the data path wakes it (see
     /// [`Inner::checkpoint_step`]).
     pub checkpointer: Option<std::sync::Arc<super::checkpointer::Checkpointer>>,
-    /// Where the log replayed at open ended, and whether the opener asked for it (a seal given
-    /// to [`super::Options::replay_to`]) or it was the end of the log (FORMAT.md §7.3).
+    /// The seal `writer` opened at: where the log it replayed ended, and whether the opener
+    /// asked for it ([`super::Options::replay_to`]) rather than replaying to the end (FORMAT.md
+    /// §7.3). Opened read-only: the seal the last writer recorded in its checkpoint.
     pub seal: Option<crate::format::Seal>,
     pub seal_requested: bool,
+    /// Opened read-only: where the last writer's log ends now (the seal a taker would use).
+    pub log_end: Option<crate::format::Seal>,
 }
 
 impl NodeIo for Inner {

@@ -167,9 +167,12 @@ pub struct PoolStatus {
     /// Who writes the pool now (or, opened read-only, last wrote it) and its next journal block.
     #[serde(default)]
     pub writer: seal::StampInfo,
-    /// Where the log replayed at open ended (FORMAT.md §7.3).
+    /// The seal the writer opened at: where the log it replayed ended (FORMAT.md §7.3).
     #[serde(default)]
     pub seal: Option<seal::SealInfo>,
+    /// Opened read-only: where the last writer's journal ends now.
+    #[serde(default)]
+    pub log_end: Option<seal::SealInfo>,
     pub counters: Counters,
     pub write_amplification: f64,
 }
@@ -761,6 +764,7 @@ impl Pool {
             },
             writer: g.writer_info(),
             seal: g.seal_info(),
+            log_end: g.log_end_info(),
             resync_bytes_left: g.resync_pending(),
             resync_bytes_copied: g
                 .mirror

@@ -300,6 +300,7 @@ fn assemble(
         checkpointer: None,
         seal: ck.seal,
         seal_requested: false,
+        log_end: None,
         opts,
     })
 }
@@ -646,8 +647,12 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
         super::seal::check_seal_reached(s, &reached)?;
         tracing::info!("replayed the journal up to seal {s}");
     }
-    inner.seal = Some(reached);
-    inner.seal_requested = seal.is_some();
+    if read_only {
+        inner.log_end = Some(reached);
+    } else {
+        inner.seal = Some(reached);
+        inner.seal_requested = seal.is_some();
+    }
     tracing::info!(
         "opened pool: checkpoint {} , replayed {} journal blocks ({applied} records applied, {skipped} skipped)",
         ck.generation,

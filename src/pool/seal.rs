@@ -131,6 +131,14 @@ impl Inner {
         stamp(&self.writer, self.journal.seq)
     }
 
+    pub fn log_end_info(&self) -> Option<SealInfo> {
+        self.log_end.map(|s| SealInfo {
+            stamp: stamp(&s.writer, s.journal_seq),
+            seal: s.to_string(),
+            requested: self.opts.replay_to.is_some(),
+        })
+    }
+
     pub fn seal_info(&self) -> Option<SealInfo> {
         self.seal.map(|s| SealInfo {
             stamp: stamp(&s.writer, s.journal_seq),
@@ -141,9 +149,15 @@ impl Inner {
 }
 
 impl super::Pool {
-    /// Where the log replayed at open ended (`None`: a pool created by this process).
+    /// The seal this pool's writer opened at (`None`: a pool created by this process, or an
+    /// older pool opened read-only).
     pub fn seal(&self) -> Option<Seal> {
         self.shared().seal
+    }
+
+    /// Opened read-only: where the last writer's journal ends.
+    pub fn log_end(&self) -> Option<Seal> {
+        self.shared().log_end
     }
 
     /// This pool's writer stamp (read-only opens: the last writer's).
