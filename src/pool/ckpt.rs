@@ -131,6 +131,10 @@ impl Inner {
             e.state = SEG_FREE;
             e.summary = 0;
             e.summary_crc = 0;
+            // No writer owns a free segment.
+            e.stream = 0;
+            e.owner_host = 0;
+            e.owner_incarnation = 0;
             self.summaries.remove(&seg);
         }
 

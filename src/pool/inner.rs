@@ -570,6 +570,7 @@ impl Inner {
         e.seq = gen;
         e.summary = 0;
         e.summary_crc = 0;
+        self.stamp_segment(seg, Some(which))?;
         if which != StreamId::Meta {
             self.summaries.insert(
                 seg,

@@ -636,6 +636,8 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
             let e = inner.seg_mut(seg)?;
             e.state = crate::format::node::SEG_DATA;
             e.seq = gen;
+            // Filled by the replayed log's writer; which of its streams, replay cannot tell.
+            inner.stamp_segment(seg, None)?;
         }
     }
     let last_seq = blocks.last().map(|b| b.seq).unwrap_or(ck.journal_seq - 1);

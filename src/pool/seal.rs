@@ -19,8 +19,9 @@
 )]
 
 use super::error::{PoolError, Result};
-use super::inner::Inner;
+use super::inner::{Inner, StreamId};
 use crate::format::checkpoint::Checkpoint;
+use crate::format::node::{STREAM_DATA, STREAM_GC, STREAM_META};
 use crate::format::{Seal, Writer, RO_COMPAT_SEAL};
 
 /// A writer stamp as `pool status` shows it, with a journal sequence number.
@@ -117,14 +118,36 @@ pub fn check_seal_reached(s: &Seal, reached: &Seal) -> Result<()> {
 }
 
 impl Inner {
-    /// The seal a checkpoint records: only pools with `RO_COMPAT_SEAL` have the field.
-    pub fn recorded_seal(&self) -> Option<Seal> {
-        let has = self
-            .pvs
+    /// The pool has `RO_COMPAT_SEAL`: checkpoints record seals, segment entries their owner.
+    fn seal_format(&self) -> bool {
+        self.pvs
             .pvs
             .iter()
-            .any(|p| p.sb.ro_compat & RO_COMPAT_SEAL != 0);
-        self.seal.filter(|_| has)
+            .any(|p| p.sb.ro_compat & RO_COMPAT_SEAL != 0)
+    }
+
+    /// The seal a checkpoint records: only pools with `RO_COMPAT_SEAL` have the field.
+    pub fn recorded_seal(&self) -> Option<Seal> {
+        self.seal.filter(|_| self.seal_format())
+    }
+
+    /// Stamp segment `seg` as filled by this writer's stream `which` (`None`: a stream replay
+    /// cannot tell, data or cleaner); a freed segment is unstamped with [`Self::unstamp_segment`].
+    pub fn stamp_segment(&mut self, seg: u64, which: Option<StreamId>) -> Result<()> {
+        if !self.seal_format() {
+            return Ok(());
+        }
+        let w = self.writer;
+        let e = self.seg_mut(seg)?;
+        e.stream = match which {
+            Some(StreamId::Data) => STREAM_DATA,
+            Some(StreamId::Meta) => STREAM_META,
+            Some(StreamId::Gc) => STREAM_GC,
+            None => 0,
+        };
+        e.owner_host = w.host_id;
+        e.owner_incarnation = w.incarnation;
+        Ok(())
     }
 
     pub fn writer_info(&self) -> StampInfo {
@@ -176,6 +199,82 @@ mod tests {
             incarnation,
             fencing_epoch,
         }
+    }
+
+    /// Every segment a stream opens names its stream and the writer that owned it; a segment
+    /// keeps the stamp of the incarnation that filled it, and a freed one loses it.
+    #[test]
+    fn segments_carry_their_stream_and_owner() {
+        use crate::dev::{BlockDev, MemDev};
+        use crate::format::node::{SEG_DATA, SEG_FREE, SEG_META};
+        use crate::pool::{CreateOptions, Options, Pool};
+        use std::sync::Arc;
+        let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new("mem0", 64 << 20));
+        let copts = CreateOptions {
+            name: "t".into(),
+            journal_blocks: 256,
+        };
+        let opts = Options {
+            host_id: 0x51,
+            ..Options::default()
+        };
+        let stamps = |p: &Pool| {
+            let g = p.lock();
+            let mut v: Vec<(u8, u8, u32, u32)> = g
+                .segs
+                .iter()
+                .skip(1)
+                .filter(|e| e.state != SEG_FREE)
+                .map(|e| (e.state, e.stream, e.owner_host, e.owner_incarnation))
+                .collect();
+            assert!(g
+                .segs
+                .iter()
+                .filter(|e| e.state == SEG_FREE)
+                .all(|e| e.stream == 0 && e.owner_host == 0 && e.owner_incarnation == 0));
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let p = Pool::create(vec![dev.clone()], &copts, opts.clone()).unwrap();
+        let id = p.lu_create("a", 8 << 20).unwrap().id;
+        p.write(id, 0, &[7u8; 4096], false).unwrap();
+        p.flush().unwrap();
+        p.checkpoint().unwrap();
+        let first = stamps(&p);
+        assert!(
+            first.contains(&(SEG_DATA, STREAM_DATA, 0x51, 1)),
+            "{first:?}"
+        );
+        assert!(
+            first.contains(&(SEG_META, STREAM_META, 0x51, 1)),
+            "{first:?}"
+        );
+        p.close().unwrap();
+
+        let p = Pool::open(vec![dev.clone()], opts).unwrap();
+        assert_eq!(p.writer().incarnation, 2);
+        assert_eq!(p.writer().fencing_epoch, 2);
+        assert_eq!(p.seal().map(|s| s.writer.incarnation), Some(1));
+        p.write(id, 4096, &[8u8; 4096], false).unwrap();
+        p.flush().unwrap();
+        p.checkpoint().unwrap();
+        let second = stamps(&p);
+        assert!(
+            second.contains(&(SEG_DATA, STREAM_DATA, 0x51, 1)),
+            "{second:?}"
+        );
+        assert!(
+            second.contains(&(SEG_DATA, STREAM_DATA, 0x51, 2)),
+            "{second:?}"
+        );
+        // Every segment in use was filled by one of the two incarnations.
+        assert!(second.iter().all(|s| s.2 == 0x51 && (1..=2).contains(&s.3)));
+        p.close().unwrap();
+        // The stamps are durable: the segment table is read back with them.
+        let p = Pool::open(vec![dev], Options::default()).unwrap();
+        assert!(stamps(&p).contains(&(SEG_DATA, STREAM_DATA, 0x51, 2)));
+        assert!(p.check().unwrap().errors.is_empty());
     }
 
     #[test]
