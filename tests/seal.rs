@@ -4,7 +4,7 @@
 //! file; the pool is driven through the `sspctl` binary.
 
 mod common;
-use common::server::{make_pool, sspctl, sspctl_fails};
+use common::server::{make_pool, nbdsh, sspctl, sspctl_fails, Server};
 use ssp::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
 use ssp::format::journal::{JournalBlock, Record};
 use ssp::format::superblock::{Superblock, SB_OFFSETS};
@@ -211,4 +211,41 @@ fn a_pool_from_before_seals_opens_and_stays_as_it_was() {
         "one writable open since epoch 1"
     );
     assert!(sspctl(&pool, &["check"]).contains("OK"));
+}
+
+/// `sspd --replay-to-seal` opens the pool replaying only up to the seal, serves it, and reports
+/// the seal through its admin socket.
+#[test]
+fn sspd_serves_the_pool_replayed_up_to_a_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = make_pool(dir.path(), &[]);
+    let pv = dir.path().join("pv0.img");
+    let (_, ck, _) = state(&pv);
+    for (k, name) in ["a", "b", "c"].iter().enumerate() {
+        let k = k as u64;
+        put_block(
+            &pv,
+            k,
+            ck.journal_seq + k,
+            ck.writer,
+            ck.next_volume_id + k,
+            name,
+        );
+    }
+    let at = seal(ck.writer, ck.journal_seq + 1).to_string();
+    let srv = Server::serve_with(pool.clone(), dir, &["--replay-to-seal", &at]);
+    let st = sspctl(&pool, &["pool", "status"]);
+    assert!(
+        st.contains(&format!(
+            "Opened At Seal:    {at} (replay stopped at the requested seal)"
+        )),
+        "{st}"
+    );
+    assert_eq!(lus(&pool), ["a", "b"]);
+    let size = nbdsh(
+        &srv.uri("b"),
+        "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nprint(h.get_size())",
+    );
+    assert_eq!(size.trim(), "1048576");
+    assert!(srv.stop().success());
 }
