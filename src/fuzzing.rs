@@ -282,6 +282,7 @@ fn small_opts(read_only: bool) -> Options {
         checkpoint_writes: 1 << 20,
         read_only,
         host_id: 1,
+        replay_to: None,
     }
 }
 

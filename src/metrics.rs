@@ -22,6 +22,7 @@ pub const POOL_USED: &str = "ssp_pool_used_bytes";
 pub const POOL_TOTAL: &str = "ssp_pool_total_bytes";
 pub const PV_SYNCS: &str = "ssp_pool_pv_syncs_total";
 pub const SYNC_ROUNDS: &str = "ssp_pool_sync_rounds_total";
+pub const JOURNAL_FOREIGN_BLOCKS: &str = "ssp_journal_foreign_blocks_total";
 
 /// Register descriptions (once, at start-up).
 pub fn describe() {
@@ -42,6 +43,10 @@ pub fn describe() {
     describe_counter!(
         SYNC_ROUNDS,
         "Group-commit sync rounds (one covers every flush waiting when it starts)"
+    );
+    describe_counter!(
+        JOURNAL_FOREIGN_BLOCKS,
+        "Journal blocks replay refused because another writer (host, incarnation) stamped them"
     );
 }
 

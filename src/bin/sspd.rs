@@ -67,6 +67,10 @@ struct Args {
     /// Rate of background mirror resync in bytes per second; 0 means unlimited
     #[arg(long, default_value = "64M", value_parser = size_arg)]
     resync_rate: u64,
+    /// Replay the last writer's journal only up to this seal, HOST:INCARNATION:EPOCH:SEQ
+    /// (FORMAT.md §7.3; `sspctl debug seal` prints where the journal ends); default: to its end
+    #[arg(long, value_name = "HOST:INCARNATION:EPOCH:SEQ")]
+    replay_to_seal: Option<ssp::format::Seal>,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -170,7 +174,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _unix_sock = Some(SocketFile::bound(p)?);
         listeners.push(Listener::Unix(l));
     }
-    let pd = PoolDir::open(&args.pool, Options::default())?;
+    let pd = PoolDir::open(
+        &args.pool,
+        Options {
+            replay_to: args.replay_to_seal,
+            ..Options::default()
+        },
+    )?;
     let (pool, _lock) = pd.into_shared();
     pool.set_maintenance_rates(args.scrub_rate, args.resync_rate);
     let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));

@@ -322,3 +322,30 @@ pub fn resync_bench(a: &ResyncBench, out: &mut dyn Write) -> Result<()> {
     }
     Ok(())
 }
+
+/// `sspctl debug seal [--to SEAL]`: where the last writer's journal ends (read-only open), or
+/// open for writing with the journal replayed only up to `to` and print the seal recorded.
+pub fn seal(
+    dir: &Path,
+    to: Option<crate::format::Seal>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let pd = PoolDir::open(
+        dir,
+        Options {
+            read_only: to.is_none(),
+            replay_to: to,
+            ..Options::default()
+        },
+    )?;
+    let st = pd.pool.status();
+    pd.pool.close()?;
+    let s = if to.is_some() { st.seal } else { st.log_end }.context("the pool recorded no seal")?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+    } else {
+        writeln!(out, "{}", s.seal)?;
+    }
+    Ok(())
+}

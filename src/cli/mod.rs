@@ -120,6 +120,13 @@ pub enum DebugCmd {
         #[arg(long)]
         verify: bool,
     },
+    /// Print where the last writer's journal ends, as a seal HOST:INCARNATION:EPOCH:SEQ
+    /// (opens read-only); with --to SEAL, open the pool for writing with the journal replayed
+    /// only up to SEAL, commit, and print the seal the pool recorded
+    Seal {
+        #[arg(long, value_name = "HOST:INCARNATION:EPOCH:SEQ")]
+        to: Option<crate::format::Seal>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -354,6 +361,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 verify: *verify,
             };
             debug::resync_bench(&a, out)?;
+        }
+        Command::Debug(DebugCmd::Seal { to }) => {
+            debug::seal(&pool_dir(cli)?, *to, cli.json, out)?;
         }
         Command::Gc(a) => {
             if let AdminReply::Gc(st) = admin(
@@ -655,6 +665,27 @@ fn print_status(json: bool, st: &PoolStatus, out: &mut dyn Write) -> Result<()> 
     writeln!(out, "Snapshots:         {}", st.snapshots)?;
     writeln!(out, "Client Images:     {}", st.images)?;
     writeln!(out, "Block Size:        {}", st.block_size)?;
+    let w = &st.writer;
+    writeln!(
+        out,
+        "Writer:            host {}, incarnation {}, epoch {}, next journal seq {}",
+        w.host_id, w.incarnation, w.epoch, w.journal_seq
+    )?;
+    if let Some(s) = &st.seal {
+        writeln!(
+            out,
+            "Opened At Seal:    {}{}",
+            s.seal,
+            if s.requested {
+                " (replay stopped at the requested seal)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    if let Some(s) = &st.log_end {
+        writeln!(out, "Journal Ends At:   {}", s.seal)?;
+    }
     writeln!(out)?;
     writeln!(
         out,

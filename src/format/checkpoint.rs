@@ -6,7 +6,8 @@
 //! `journal_seq`/`journal_pos`. A torn slot fails its checksum and the other slot wins.
 
 use super::{
-    check_version, crc_with_hole, open_block, FormatError, Rd, Wr, Writer, BLOCK, FORMAT_VERSION,
+    check_version, crc_with_hole, open_block, FormatError, Rd, Seal, Wr, Writer, BLOCK,
+    FORMAT_VERSION,
 };
 
 /// "SSPCKPT1" as a little-endian u64.
@@ -62,8 +63,12 @@ impl PvEntry {
     pub const FAILED: u32 = 1;
 }
 
-/// At most this many PVs fit in the checkpoint's PV table.
+/// At most this many PVs fit in the checkpoint's PV table (122; 121 when a seal is recorded).
 pub const MAX_PV_TABLE: usize = (BLOCK - 184) / PvEntry::SIZE;
+/// Where the seal sits (`RO_COMPAT_SEAL` pools): the last 32 bytes but 8.
+pub const SEAL_AT: usize = BLOCK - 32;
+/// PV table entries that fit before the seal.
+pub const MAX_PV_TABLE_SEALED: usize = (SEAL_AT - 184) / PvEntry::SIZE;
 
 /// Decoded checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -90,6 +95,9 @@ pub struct Checkpoint {
     pub timestamp: u64,
     /// The PV table (`INCOMPAT_MIRROR` pools; empty otherwise).
     pub pv_table: Vec<PvEntry>,
+    /// Where the log this checkpoint's writer replayed when it opened ended (`RO_COMPAT_SEAL`
+    /// pools; `None`: not recorded).
+    pub seal: Option<Seal>,
 }
 
 impl Checkpoint {
@@ -115,7 +123,12 @@ impl Checkpoint {
             .u32(self.pv_count)
             .u32(self.journal_pv)
             .u64(self.timestamp);
-        let n = self.pv_table.len().min(MAX_PV_TABLE);
+        let max = if self.seal.is_some() {
+            MAX_PV_TABLE_SEALED
+        } else {
+            MAX_PV_TABLE
+        };
+        let n = self.pv_table.len().min(max);
         w.u32(n as u32).u32(0);
         for e in self.pv_table.iter().take(n) {
             w.u32(e.pv_index)
@@ -124,6 +137,10 @@ impl Checkpoint {
                 .u64(e.pv_segments)
                 .u32(e.flags)
                 .u32(0);
+        }
+        if let Some(seal) = &self.seal {
+            w.pad_to(SEAL_AT);
+            seal.encode(&mut w);
         }
         w.pad_to(BLOCK);
         let crc = crc_with_hole(&self.pool_id, &w.buf, CRC_AT);
@@ -138,7 +155,15 @@ impl Checkpoint {
         let mut r = Rd::at(b, 8, W);
         check_version(r.u32()?, W)?;
         r.skip(4)?; // crc
+                    // A full 122-entry table (written without a seal) reaches into the seal's place.
+        let n = Rd::at(b, 176, W).u32()? as usize;
+        let seal = if n <= MAX_PV_TABLE_SEALED {
+            Seal::decode(&mut Rd::at(b, SEAL_AT, W))?
+        } else {
+            None
+        };
         Ok(Checkpoint {
+            seal,
             generation: r.u64()?,
             pool_id: r.arr()?,
             writer: Writer {
@@ -226,6 +251,14 @@ pub(crate) mod tests {
             journal_pv: 0,
             timestamp: 1_764_000_000,
             pv_table: Vec::new(),
+            seal: Some(Seal {
+                writer: Writer {
+                    host_id: 1,
+                    incarnation: 2,
+                    fencing_epoch: 2,
+                },
+                journal_seq: 1233,
+            }),
         }
     }
 
@@ -271,6 +304,61 @@ pub(crate) mod tests {
         assert_eq!(c.encode().as_slice(), &golden[..]);
         assert_eq!(&golden[0..8], b"SSPCKPT1");
         assert_eq!(u64::from_le_bytes(golden[16..24].try_into().unwrap()), 7);
+    }
+
+    /// A checkpoint written before seals existed (the previous `checkpoint.bin`): the tail is
+    /// zero, so it decodes with no seal and re-encodes to the same bytes.
+    #[test]
+    fn pre_seal_checkpoint_decodes_without_seal() {
+        let old = include_bytes!("../../ondisk-format/vectors/checkpoint-preseal.bin");
+        let pool = *b"pool-id-0123456\0";
+        let c = Checkpoint::decode(old, &pool).expect("pre-seal checkpoint decodes");
+        assert_eq!(c.seal, None);
+        assert_eq!(
+            c,
+            Checkpoint {
+                seal: None,
+                ..sample()
+            }
+        );
+        assert_eq!(c.encode().as_slice(), &old[..]);
+    }
+
+    #[test]
+    fn seal_sits_at_its_offset_and_survives_a_full_table() {
+        let golden = include_bytes!("../../ondisk-format/vectors/checkpoint.bin");
+        let s = sample().seal.unwrap();
+        let at = |o: usize| u64::from_le_bytes(golden[o..o + 8].try_into().unwrap());
+        assert_eq!(
+            u32::from_le_bytes(golden[4064..4068].try_into().unwrap()),
+            1
+        );
+        assert_eq!(
+            u32::from_le_bytes(golden[4068..4072].try_into().unwrap()),
+            2
+        );
+        assert_eq!(at(4072), 2);
+        assert_eq!(at(4080), s.journal_seq);
+        // A sealed checkpoint keeps at most 121 PV entries; an unsealed one 122, and the
+        // 122nd entry is not taken for a seal.
+        let e = PvEntry {
+            pv_index: 5,
+            fg_id: 1,
+            first_pool_segment: 9,
+            pv_segments: 9,
+            flags: 0,
+        };
+        let big = Checkpoint {
+            pv_table: vec![e; MAX_PV_TABLE],
+            ..sample()
+        };
+        let c = Checkpoint::decode(&big.encode(), &big.pool_id).unwrap();
+        assert_eq!(c.pv_table.len(), MAX_PV_TABLE_SEALED);
+        assert_eq!(c.seal, big.seal);
+        let full = Checkpoint { seal: None, ..big };
+        let c = Checkpoint::decode(&full.encode(), &full.pool_id).unwrap();
+        assert_eq!(c.pv_table.len(), MAX_PV_TABLE);
+        assert_eq!(c.seal, None);
     }
 
     #[test]

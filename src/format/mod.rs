@@ -37,8 +37,14 @@ pub const INCOMPAT_MIRROR: u64 = 2;
 pub const INCOMPAT_ZERO: u64 = 4;
 /// Incompatible feature bits this code understands: an unknown one refuses to open.
 pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_SHARING | INCOMPAT_MIRROR | INCOMPAT_ZERO;
+/// Read-only-compatible feature: every checkpoint records the seal its writer opened at
+/// ([`Seal`], FORMAT.md §3.2), the fencing epoch goes up at every writable open, and replay takes
+/// only blocks stamped by the checkpoint's writer (§7.3). An older writer would neither keep the
+/// seal nor advance the epoch, so it may only read such a pool. Set on every pool this code
+/// creates.
+pub const RO_COMPAT_SEAL: u64 = 1;
 /// Read-only-compatible feature bits this code understands: an unknown one opens read-only.
-pub const RO_COMPAT_SUPPORTED: u64 = 0;
+pub const RO_COMPAT_SUPPORTED: u64 = RO_COMPAT_SEAL;
 /// Blocks per segment (1 MiB segments): the unit of allocation, cleaning and mirroring.
 pub const SEG_BLOCKS: u64 = 256;
 /// Writer identity stamped on every node, journal block and checkpoint (multi-host fencing).
@@ -50,6 +56,79 @@ pub struct Writer {
     pub incarnation: u32,
     /// Fencing epoch granted by the lease service (single-host pools: 1).
     pub fencing_epoch: u64,
+}
+
+impl Writer {
+    /// The same writer process: host and incarnation (the epoch may move within one).
+    pub fn same_process(&self, other: &Writer) -> bool {
+        self.host_id == other.host_id && self.incarnation == other.incarnation
+    }
+}
+
+/// The end of one writer's journal (FORMAT.md §7.3): replay of that writer's log stops after
+/// the block with sequence number `journal_seq`, which `writer` wrote. Printed and parsed as
+/// `HOST:INCARNATION:EPOCH:SEQ` (host in hex, as `pool status` shows it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seal {
+    pub writer: Writer,
+    pub journal_seq: u64,
+}
+
+impl Seal {
+    /// Encoded size in a checkpoint.
+    pub const SIZE: usize = 24;
+
+    pub fn encode(&self, w: &mut Wr) {
+        w.u32(self.writer.host_id)
+            .u32(self.writer.incarnation)
+            .u64(self.writer.fencing_epoch)
+            .u64(self.journal_seq);
+    }
+
+    /// All-zero bytes (a checkpoint without a recorded seal) decode as `None`.
+    pub fn decode(r: &mut Rd) -> Result<Option<Self>, FormatError> {
+        let s = Seal {
+            writer: Writer {
+                host_id: r.u32()?,
+                incarnation: r.u32()?,
+                fencing_epoch: r.u64()?,
+            },
+            journal_seq: r.u64()?,
+        };
+        Ok((s != Seal::default()).then_some(s))
+    }
+}
+
+impl std::fmt::Display for Seal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:08x}:{}:{}:{}",
+            self.writer.host_id,
+            self.writer.incarnation,
+            self.writer.fencing_epoch,
+            self.journal_seq
+        )
+    }
+}
+
+impl std::str::FromStr for Seal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [host, inc, epoch, seq] = parts.as_slice() else {
+            return Err(format!("seal {s:?}: expected HOST:INCARNATION:EPOCH:SEQ"));
+        };
+        let bad = |what: &str, e: std::num::ParseIntError| format!("seal {s:?}: {what}: {e}");
+        Ok(Seal {
+            writer: Writer {
+                host_id: u32::from_str_radix(host, 16).map_err(|e| bad("host", e))?,
+                incarnation: inc.parse().map_err(|e| bad("incarnation", e))?,
+                fencing_epoch: epoch.parse().map_err(|e| bad("epoch", e))?,
+            },
+            journal_seq: seq.parse().map_err(|e| bad("sequence", e))?,
+        })
+    }
 }
 
 /// Errors from decoding on-disk bytes.
@@ -285,4 +364,30 @@ pub fn hex_fixture(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use super::*;
+
+    #[test]
+    fn seal_prints_and_parses() {
+        let s = Seal {
+            writer: Writer {
+                host_id: 0x1a2b_3c4d,
+                incarnation: 7,
+                fencing_epoch: 9,
+            },
+            journal_seq: 4242,
+        };
+        assert_eq!(s.to_string(), "1a2b3c4d:7:9:4242");
+        assert_eq!("1a2b3c4d:7:9:4242".parse::<Seal>(), Ok(s));
+        assert!("1a2b3c4d:7:9".parse::<Seal>().is_err());
+        assert!("zz:7:9:1".parse::<Seal>().is_err());
+        let mut w = Wr::default();
+        s.encode(&mut w);
+        assert_eq!(w.buf.len(), Seal::SIZE);
+        assert_eq!(Seal::decode(&mut Rd::new(&w.buf, "seal")), Ok(Some(s)));
+        assert_eq!(Seal::decode(&mut Rd::new(&[0; 24], "seal")), Ok(None));
+    }
 }

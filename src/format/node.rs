@@ -226,7 +226,18 @@ pub struct SegEntry {
     pub summary_crc: u32,
     /// Copies: (PV index, segment within that PV). The second copy is `u16::MAX` when unmirrored.
     pub copy: [(u16, u32); 2],
+    /// Which append stream filled the segment ([`STREAM_DATA`], [`STREAM_META`],
+    /// [`STREAM_GC`]; 0 unknown) and the writer that owned it (`host_id`, `incarnation`; 0
+    /// unknown). `RO_COMPAT_SEAL` pools; zero otherwise (FORMAT.md §3.7, §7.3).
+    pub stream: u8,
+    pub owner_host: u32,
+    pub owner_incarnation: u32,
 }
+
+/// Segment-table `stream` values: the append stream that filled a segment.
+pub const STREAM_DATA: u8 = 1;
+pub const STREAM_META: u8 = 2;
+pub const STREAM_GC: u8 = 3;
 
 impl SegEntry {
     pub const SIZE: usize = 48;
@@ -234,7 +245,8 @@ impl SegEntry {
     pub fn encode(&self, w: &mut Wr) {
         w.u8(self.state)
             .u8(self.flags)
-            .u16(0)
+            .u8(self.stream)
+            .u8(0)
             .u32(self.live)
             .u64(self.seq);
         w.u64(self.summary).u32(self.summary_crc);
@@ -242,18 +254,19 @@ impl SegEntry {
             .u16(self.copy[1].0)
             .u32(self.copy[0].1)
             .u32(self.copy[1].1);
-        w.zeros(8);
+        w.u32(self.owner_host).u32(self.owner_incarnation);
     }
     pub fn decode(r: &mut Rd) -> Result<Self, FormatError> {
         let state = r.u8()?;
         let flags = r.u8()?;
-        r.skip(2)?;
+        let stream = r.u8()?;
+        r.skip(1)?;
         let live = r.u32()?;
         let seq = r.u64()?;
         let summary = r.u64()?;
         let summary_crc = r.u32()?;
         let (p0, p1, s0, s1) = (r.u16()?, r.u16()?, r.u32()?, r.u32()?);
-        r.skip(8)?;
+        let (owner_host, owner_incarnation) = (r.u32()?, r.u32()?);
         if state > SEG_META {
             return Err(FormatError::Invalid {
                 what: "segment entry",
@@ -269,6 +282,9 @@ impl SegEntry {
             summary,
             summary_crc,
             copy: [(p0, s0), (p1, s1)],
+            stream,
+            owner_host,
+            owner_incarnation,
         })
     }
 }
@@ -447,7 +463,32 @@ pub(crate) mod tests {
             summary: 0x305,
             summary_crc: 0x1111_2222,
             copy: [(0, 4), (SegEntry::NO_PV, 0)],
+            stream: STREAM_DATA,
+            owner_host: 1,
+            owner_incarnation: 2,
         }
+    }
+
+    /// A segment entry written before owner stamps (bytes 2 and 40–47 zero) decodes with an
+    /// unknown owner.
+    #[test]
+    fn pre_seal_segment_entry_has_no_owner() {
+        let mut w = Wr::default();
+        sample_seg().encode(&mut w);
+        let mut b = w.buf;
+        b[2] = 0;
+        b[40..48].fill(0);
+        let e = SegEntry::decode(&mut Rd::new(&b, "seg")).unwrap();
+        assert_eq!(
+            e,
+            SegEntry {
+                stream: 0,
+                owner_host: 0,
+                owner_incarnation: 0,
+                ..sample_seg()
+            }
+        );
+        assert_eq!(b[2], 0);
     }
 
     #[test]

@@ -131,6 +131,10 @@ impl Inner {
             e.state = SEG_FREE;
             e.summary = 0;
             e.summary_crc = 0;
+            // No writer owns a free segment.
+            e.stream = 0;
+            e.owner_host = 0;
+            e.owner_incarnation = 0;
             self.summaries.remove(&seg);
         }
 
@@ -246,6 +250,7 @@ impl Inner {
             pv_count: self.pvs.pvs.len() as u32,
             journal_pv: u32::from(self.journal.pv),
             pv_table: self.pv_table(),
+            seal: self.recorded_seal(),
             timestamp: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

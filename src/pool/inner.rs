@@ -165,6 +165,13 @@ pub struct Inner {
     /// The background checkpointer, once started: the data path wakes it (see
     /// [`Inner::checkpoint_step`]).
     pub checkpointer: Option<std::sync::Arc<super::checkpointer::Checkpointer>>,
+    /// The seal `writer` opened at: where the log it replayed ended, and whether the opener
+    /// asked for it ([`super::Options::replay_to`]) rather than replaying to the end (FORMAT.md
+    /// §7.3). Opened read-only: the seal the last writer recorded in its checkpoint.
+    pub seal: Option<crate::format::Seal>,
+    pub seal_requested: bool,
+    /// Opened read-only: where the last writer's log ends now (the seal a taker would use).
+    pub log_end: Option<crate::format::Seal>,
 }
 
 impl NodeIo for Inner {
@@ -563,6 +570,7 @@ impl Inner {
         e.seq = gen;
         e.summary = 0;
         e.summary_crc = 0;
+        self.stamp_segment(seg, Some(which))?;
         if which != StreamId::Meta {
             self.summaries.insert(
                 seg,

@@ -8,7 +8,7 @@
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use crate::format::journal::{JournalBlock, Record, JPAYLOAD};
-use crate::format::BLOCK_U64;
+use crate::format::{Writer, BLOCK_U64};
 
 /// How far past a failed journal block replay looks for proof that it had been acknowledged.
 pub const JOURNAL_LOOKAHEAD: u64 = 256;
@@ -123,15 +123,19 @@ impl Inner {
     /// A block that fails is normally the torn tail of writes that were never acknowledged. But
     /// if a later block in the ring carries the expected sequence number and records that the
     /// failed block had been made durable, acknowledged writes were damaged: that is an error.
-    pub fn journal_read(&self) -> Result<Vec<JournalBlock>> {
+    ///
+    /// The log is `owner`'s, the writer of the checkpoint it starts after (FORMAT.md §7.3): a
+    /// block stamped by another host or incarnation (or with an older epoch) ends it, whatever
+    /// its sequence number, and so does `until`, the sequence number of a seal.
+    pub fn journal_read(&self, owner: Writer, until: Option<u64>) -> Result<Vec<JournalBlock>> {
         // Mirrored pools keep the ring on two PVs; one of them may have missed blocks (its PV
         // failed, and the record saying so is in the journal itself). Replay the longer valid
         // sequence: every block in it was written to a PV that was up.
         let Some(m) = self.journal.mirror else {
-            return self.journal_read_from(self.journal.pv);
+            return self.journal_read_from(self.journal.pv, owner, until);
         };
-        let a = self.journal_read_from(self.journal.pv);
-        let b = self.journal_read_from(m);
+        let a = self.journal_read_from(self.journal.pv, owner, until);
+        let b = self.journal_read_from(m, owner, until);
         match (a, b) {
             (Ok(x), Ok(y)) => Ok(if y.len() > x.len() { y } else { x }),
             (Ok(x), Err(_)) | (Err(_), Ok(x)) => Ok(x),
@@ -139,20 +143,50 @@ impl Inner {
         }
     }
 
-    fn journal_read_from(&self, jpv: u16) -> Result<Vec<JournalBlock>> {
+    fn journal_read_from(
+        &self,
+        jpv: u16,
+        owner: Writer,
+        until: Option<u64>,
+    ) -> Result<Vec<JournalBlock>> {
         let mut out = Vec::new();
         let (mut seq, mut pos) = (self.journal.start_seq, self.journal.start_pos);
         let mut buf = vec![0u8; crate::format::BLOCK];
         let n = self.journal.blocks;
         let mut stop = None;
+        let mut epoch = owner.fencing_epoch;
         for i in 0..n {
+            if until.is_some_and(|u| seq > u) {
+                // Sealed: whatever follows is not part of the log, however well it verifies.
+                break;
+            }
             let off = self.journal.offset + pos * BLOCK_U64;
             let r = self.pvs.read(jpv, off, &mut buf);
             match r
                 .ok()
                 .and_then(|_| JournalBlock::decode(&buf, &self.pool_id).ok())
             {
-                Some(jb) if jb.seq == seq => out.push(jb),
+                Some(jb) if jb.seq == seq => {
+                    let w = jb.writer;
+                    if !w.same_process(&owner) || w.fencing_epoch < epoch {
+                        // An intact block, in sequence, from another writer (a stale one
+                        // still appending after it lost the pool): not this log's. It ends
+                        // the log like a torn block, but proves nothing about damage.
+                        tracing::warn!(
+                            "{}: journal block {seq} at offset {off} was written by host {:08x}, incarnation {}, epoch {}, not by the log's writer (host {:08x}, incarnation {}): replay ends before it",
+                            self.pvs.name(jpv),
+                            w.host_id,
+                            w.incarnation,
+                            w.fencing_epoch,
+                            owner.host_id,
+                            owner.incarnation
+                        );
+                        metrics::counter!(crate::metrics::JOURNAL_FOREIGN_BLOCKS).increment(1);
+                        break;
+                    }
+                    epoch = w.fencing_epoch;
+                    out.push(jb);
+                }
                 _ => {
                     stop = Some((i, seq, off));
                     break;

@@ -35,6 +35,7 @@ pub mod pvs;
 mod resident;
 mod resync;
 pub mod scrub;
+pub mod seal;
 mod share;
 mod snapshots;
 pub mod throttle;
@@ -74,6 +75,9 @@ pub struct Options {
     pub read_only: bool,
     /// Writer host id stamped on metadata (FORMAT.md §7.3; this host's id by default).
     pub host_id: u32,
+    /// Replay the last writer's journal only up to this seal (FORMAT.md §7.3); `None`: to the
+    /// end of its log.
+    pub replay_to: Option<crate::format::Seal>,
 }
 
 impl Default for Options {
@@ -85,6 +89,7 @@ impl Default for Options {
             checkpoint_writes: 262_144,
             read_only: false,
             host_id: open::local_host_id(),
+            replay_to: None,
         }
     }
 }
@@ -159,6 +164,15 @@ pub struct PoolStatus {
     #[serde(default)]
     pub failure_groups: Vec<FailGroupInfo>,
     pub checkpoint_generation: u64,
+    /// Who writes the pool now (or, opened read-only, last wrote it) and its next journal block.
+    #[serde(default)]
+    pub writer: seal::StampInfo,
+    /// The seal the writer opened at: where the log it replayed ended (FORMAT.md §7.3).
+    #[serde(default)]
+    pub seal: Option<seal::SealInfo>,
+    /// Opened read-only: where the last writer's journal ends now.
+    #[serde(default)]
+    pub log_end: Option<seal::SealInfo>,
     pub counters: Counters,
     pub write_amplification: f64,
 }
@@ -748,6 +762,9 @@ impl Pool {
                 mirror::MirrorState::Degraded(r) => r.clone(),
                 _ => String::new(),
             },
+            writer: g.writer_info(),
+            seal: g.seal_info(),
+            log_end: g.log_end_info(),
             resync_bytes_left: g.resync_pending(),
             resync_bytes_copied: g
                 .mirror

@@ -135,7 +135,7 @@ pub fn create(devs: Vec<Arc<dyn BlockDev>>, copts: &CreateOptions, opts: Options
         let sb = Superblock {
             incompat: crate::format::INCOMPAT_SHARING | crate::format::INCOMPAT_ZERO,
             compat: 0,
-            ro_compat: 0,
+            ro_compat: crate::format::RO_COMPAT_SEAL,
             generation: 1,
             pool_id,
             pv_id,
@@ -298,6 +298,9 @@ fn assemble(
         alloc_cursor: 0,
         backed: BTreeSet::new(),
         checkpointer: None,
+        seal: ck.seal,
+        seal_requested: false,
+        log_end: None,
         opts,
     })
 }
@@ -596,8 +599,12 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
         })
         .collect();
 
-    // Replay.
-    let blocks = inner.journal_read()?;
+    // Replay: the checkpoint's writer's log, to its end or to the seal the opener names.
+    let seal = inner.opts.replay_to;
+    if let Some(s) = &seal {
+        super::seal::check_seal_start(s, &ck)?;
+    }
+    let blocks = inner.journal_read(ck.writer, seal.map(|s| s.journal_seq))?;
     let mut applied = 0u64;
     let mut skipped = 0u64;
     // Blocks up to the highest sequence any block records as durable were covered by a
@@ -629,9 +636,25 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
             let e = inner.seg_mut(seg)?;
             e.state = crate::format::node::SEG_DATA;
             e.seq = gen;
+            // Filled by the replayed log's writer; which of its streams, replay cannot tell.
+            inner.stamp_segment(seg, None)?;
         }
     }
     let last_seq = blocks.last().map(|b| b.seq).unwrap_or(ck.journal_seq - 1);
+    let reached = crate::format::Seal {
+        writer: blocks.last().map_or(ck.writer, |b| b.writer),
+        journal_seq: last_seq,
+    };
+    if let Some(s) = &seal {
+        super::seal::check_seal_reached(s, &reached)?;
+        tracing::info!("replayed the journal up to seal {s}");
+    }
+    if read_only {
+        inner.log_end = Some(reached);
+    } else {
+        inner.seal = Some(reached);
+        inner.seal_requested = seal.is_some();
+    }
     tracing::info!(
         "opened pool: checkpoint {} , replayed {} journal blocks ({applied} records applied, {skipped} skipped)",
         ck.generation,
@@ -643,9 +666,13 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
     inner.journal.seq = last_seq + 1 + inner.journal.blocks;
     inner.journal.start_seq = inner.journal.seq;
     inner.journal.start_pos = inner.journal.pos;
-    // This opener stamps itself on everything it writes (checkpoints, journal, nodes).
-    inner.writer.incarnation = ck.writer.incarnation.wrapping_add(1);
-    inner.writer.host_id = inner.opts.host_id;
+    // This opener stamps itself on everything it writes (checkpoints, journal, nodes): a new
+    // incarnation, and a new fencing epoch (a writable open takes the pool's single-host
+    // lease, FORMAT.md §7.3). Both become durable with the checkpoint below. A read-only open
+    // writes nothing and keeps showing the last writer.
+    if !read_only {
+        inner.writer = super::seal::next_writer(&ck.writer, inner.opts.host_id);
+    }
     if !read_only && inner.pvs.pvs.iter().any(|p| p.failed.is_some()) {
         // PVs that failed before may be back: they rejoin and resync in the background.
         inner.retry_failed()?;
