@@ -20,7 +20,8 @@
 use super::error::Result;
 use super::inner::Inner;
 use super::Pool;
-use std::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The wake-up of the checkpointer thread.
@@ -41,7 +42,7 @@ impl Checkpointer {
     }
 
     /// Wait up to `timeout` for a request; whether one came (and clear it).
-    fn wait(&self, timeout: Duration) -> bool {
+    pub fn wait(&self, timeout: Duration) -> bool {
         let w = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
         let (mut w, _) = self
             .cv

@@ -15,10 +15,10 @@
 
 pub mod activation;
 mod check;
-mod checkpointer;
+pub mod checkpointer;
 mod ckpt;
 mod clean;
-mod commit;
+pub mod commit;
 pub mod dir;
 pub mod error;
 mod failgrp;

@@ -1,0 +1,476 @@
+//! Schedule exploration of the engine's lock and wake-up protocols with shuttle: the real
+//! `GroupCommit`, `SyncGate`, `Checkpointer` and `IoPool` run with their primitives mapped to
+//! shuttle's (`src/sync.rs`, feature `shuttle`), and shuttle runs each test body many times,
+//! in random and in PCT (probabilistic concurrency testing) thread orders. A lost wake-up shows
+//! up as shuttle's "deadlock" failure, a broken rule as a failed assertion; either way shuttle
+//! prints the schedule to replay it.
+//!
+//! Only this file may run in a build with the feature (everything else uses std threads, which
+//! shuttle's primitives refuse), so `scripts/test.sh` runs it as its own command:
+//! `cargo test --features shuttle --test schedules`. Without the feature the file is empty.
+//!
+//! The hosts and devices are fakes that keep the books the assertions need; the protocol code
+//! under test is the pool's own.
+#![cfg(feature = "shuttle")]
+
+use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use shuttle::sync::{Condvar, Mutex};
+use shuttle::thread;
+use ssp::dev::BlockDev;
+use ssp::pool::checkpointer::Checkpointer;
+use ssp::pool::commit::{GroupCommit, RoundHost, RoundPlan, SyncGate, SyncTarget};
+use ssp::pool::PoolError;
+use ssp::server::iopool::IoPool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Iterations per scheduler: each test stays within a few seconds at the test profile's
+/// opt-level 1.
+const RANDOM_RUNS: usize = 2000;
+const PCT_RUNS: usize = 2000;
+/// PCT's bug depth: the number of ordering constraints a bug needs (3 covers "A before B
+/// before C").
+const PCT_DEPTH: usize = 3;
+
+/// Run `body` under the random scheduler and under PCT.
+fn explore(body: impl Fn() + Send + Sync + Clone + 'static) {
+    shuttle::check_random(body.clone(), RANDOM_RUNS);
+    shuttle::check_pct(body, PCT_RUNS, PCT_DEPTH);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fakes
+
+/// A PV whose syncs are counted, must never overlap, and fail where the test says.
+struct FakeDev {
+    name: String,
+    in_sync: AtomicBool,
+    syncs: AtomicU64,
+    /// The syncs (1-based) that fail; every other one succeeds.
+    fail_on: Vec<u64>,
+}
+
+impl FakeDev {
+    fn new(name: &str, fail_on: Vec<u64>) -> Arc<FakeDev> {
+        Arc::new(FakeDev {
+            name: name.to_owned(),
+            in_sync: AtomicBool::new(false),
+            syncs: AtomicU64::new(0),
+            fail_on,
+        })
+    }
+}
+
+impl BlockDev for FakeDev {
+    fn read_at(&self, _buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        assert!(
+            !self.in_sync.swap(true, Ordering::SeqCst),
+            "two syncs of {} at once",
+            self.name
+        );
+        // Let other threads run while this sync is "in flight".
+        thread::yield_now();
+        let n = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        self.in_sync.store(false, Ordering::SeqCst);
+        if self.fail_on.contains(&n) {
+            Err(std::io::Error::other(format!(
+                "{}: sync {n} failed",
+                self.name
+            )))
+        } else {
+            Ok(())
+        }
+    }
+    fn len(&self) -> u64 {
+        1 << 20
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The books of a fake pool: writes are numbered tickets, a round makes every ticket issued
+/// before it began durable if all its syncs succeed.
+#[derive(Default)]
+struct Books {
+    /// The last ticket issued (a write that a flush will want durable).
+    written: u64,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// A round is between `begin_round` and `end_round`.
+    in_round: bool,
+    rounds: u64,
+    /// A round failed (its `end_round` returned an error).
+    failed: bool,
+    /// `poison` was called.
+    poisoned: bool,
+}
+
+/// A `RoundHost` over fake PVs. `sticky` hosts refuse every round once one failed (as the
+/// real pool does, being poisoned); others go on, so that only `GroupCommit`'s own latch
+/// keeps later flushes from succeeding.
+struct FakeHost {
+    books: Mutex<Books>,
+    targets: Vec<SyncTarget>,
+    sticky: bool,
+}
+
+impl FakeHost {
+    fn new(devs: &[Arc<FakeDev>], sticky: bool) -> Arc<FakeHost> {
+        let targets = devs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let dev: Arc<dyn BlockDev> = d.clone();
+                (i as u16, dev, Arc::new(SyncGate::default()))
+            })
+            .collect();
+        Arc::new(FakeHost {
+            books: Mutex::new(Books::default()),
+            targets,
+            sticky,
+        })
+    }
+
+    /// Issue a write: its ticket.
+    fn write(&self) -> u64 {
+        let mut b = self.books.lock().unwrap();
+        b.written += 1;
+        b.written
+    }
+}
+
+impl RoundHost for FakeHost {
+    fn begin_round(&self) -> ssp::pool::Result<RoundPlan> {
+        let mut b = self.books.lock().unwrap();
+        assert!(!b.in_round, "two sync rounds at once");
+        if self.sticky && (b.failed || b.poisoned) {
+            return Err(PoolError::Poisoned("an earlier round failed".into()));
+        }
+        b.in_round = true;
+        b.rounds += 1;
+        Ok(RoundPlan {
+            targets: self.targets.clone(),
+            journal_seq: Some(b.written),
+        })
+    }
+
+    fn end_round(
+        &self,
+        plan: RoundPlan,
+        results: Vec<(u16, std::io::Result<()>)>,
+    ) -> ssp::pool::Result<()> {
+        let mut b = self.books.lock().unwrap();
+        assert!(b.in_round, "end_round without begin_round");
+        b.in_round = false;
+        if let Some((i, Err(e))) = results.into_iter().find(|(_, r)| r.is_err()) {
+            b.failed = true;
+            return Err(PoolError::Poisoned(format!("PV {i}: {e}")));
+        }
+        if let Some(seq) = plan.journal_seq {
+            b.durable = b.durable.max(seq);
+        }
+        Ok(())
+    }
+
+    fn poison(&self, _why: &str) {
+        self.books.lock().unwrap().poisoned = true;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Group commit
+
+/// `flushers` threads each write and flush `each` times against `host`; every flush that
+/// returns Ok finds its write durable, and one that starts after a round failed fails.
+fn run_flushers(host: Arc<FakeHost>, flushers: usize, each: usize) -> (usize, usize) {
+    let gc = Arc::new(GroupCommit::default());
+    let handles: Vec<_> = (0..flushers)
+        .map(|_| {
+            let (gc, host) = (gc.clone(), host.clone());
+            thread::spawn(move || {
+                let (mut ok, mut err) = (0, 0);
+                for _ in 0..each {
+                    let ticket = host.write();
+                    let failed_before = host.books.lock().unwrap().failed;
+                    match gc.wait_durable(host.as_ref()) {
+                        Ok(()) => {
+                            let b = host.books.lock().unwrap();
+                            assert!(
+                                b.durable >= ticket,
+                                "flush of ticket {ticket} returned Ok with only {} durable",
+                                b.durable
+                            );
+                            assert!(!failed_before, "a flush after a failed round succeeded");
+                            ok += 1;
+                        }
+                        Err(e) => {
+                            assert!(
+                                host.books.lock().unwrap().failed,
+                                "a flush failed with no failed round: {e}"
+                            );
+                            err += 1;
+                        }
+                    }
+                }
+                (ok, err)
+            })
+        })
+        .collect();
+    let mut total = (0, 0);
+    for h in handles {
+        let (ok, err) = h.join().unwrap();
+        total.0 += ok;
+        total.1 += err;
+    }
+    let b = host.books.lock().unwrap();
+    assert!(!b.in_round, "a round was left running");
+    // Group commit shares rounds: never more rounds than flushes.
+    assert!(b.rounds as usize <= flushers * each);
+    total
+}
+
+#[test]
+fn group_commit_flushes_are_covered_by_a_later_round() {
+    explore(|| {
+        let devs = [FakeDev::new("pv0", vec![]), FakeDev::new("pv1", vec![])];
+        let host = FakeHost::new(&devs, true);
+        let (ok, err) = run_flushers(host.clone(), 3, 2);
+        assert_eq!((ok, err), (6, 0));
+        assert_eq!(host.books.lock().unwrap().durable, 6);
+    });
+}
+
+#[test]
+fn group_commit_failed_round_latches_in_a_poisoned_pool() {
+    explore(|| {
+        // PV 1's second sync fails; the host refuses rounds from then on.
+        let devs = [FakeDev::new("pv0", vec![]), FakeDev::new("pv1", vec![2])];
+        let host = FakeHost::new(&devs, true);
+        let (ok, err) = run_flushers(host.clone(), 3, 2);
+        let b = host.books.lock().unwrap();
+        assert_eq!(ok + err, 6);
+        if b.rounds >= 2 {
+            assert!(
+                b.failed && b.poisoned && err >= 1,
+                "the failed round failed nobody"
+            );
+        }
+    });
+}
+
+#[test]
+fn group_commit_failed_round_latches_even_if_later_rounds_succeed() {
+    explore(|| {
+        // PV 0's second sync fails, later ones succeed, and the host does not refuse rounds:
+        // only GroupCommit's record of the failure (and the sync gate's latch) fails the
+        // flushes that come after it.
+        let devs = [FakeDev::new("pv0", vec![2])];
+        let host = FakeHost::new(&devs, false);
+        let (ok, err) = run_flushers(host.clone(), 3, 2);
+        let b = host.books.lock().unwrap();
+        assert_eq!(ok + err, 6);
+        if b.rounds >= 2 {
+            assert!(b.failed && b.poisoned && err >= 1);
+        }
+    });
+}
+
+/// Syncs of one PV through its gate never overlap (the fake device asserts it), and once one
+/// has failed every sync that starts afterwards fails, although the device would succeed.
+#[test]
+fn sync_gate_serialises_and_latches_the_first_failure() {
+    explore(|| {
+        let dev = FakeDev::new("pv0", vec![2]);
+        let gate = Arc::new(SyncGate::default());
+        let failure_seen = Arc::new(AtomicBool::new(false));
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let (dev, gate, seen) = (dev.clone(), gate.clone(), failure_seen.clone());
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        let after_failure = seen.load(Ordering::SeqCst);
+                        let r = gate.sync(dev.as_ref());
+                        if after_failure {
+                            assert!(r.is_err(), "a sync after a failed one succeeded");
+                        }
+                        if r.is_err() {
+                            seen.store(true, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        // The device failed once, at its second sync, which at least two syncs reach.
+        assert!(failure_seen.load(Ordering::SeqCst));
+        assert_eq!(
+            dev.syncs.load(Ordering::SeqCst),
+            2,
+            "the gate let syncs through after the failure"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The I/O thread pool
+
+/// Every job submitted from several threads runs exactly once; dropping the pool right after
+/// submitting still runs every queued job (shutdown drains), and the threads all exit.
+#[test]
+fn iopool_runs_every_job_once_and_drains_on_shutdown() {
+    explore(|| {
+        const SUBMITTERS: usize = 2;
+        const JOBS: usize = 3;
+        let pool = Arc::new(IoPool::new(2).unwrap());
+        let runs: Arc<Vec<AtomicUsize>> = Arc::new(
+            (0..SUBMITTERS * JOBS)
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
+        );
+        let done = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let submitters: Vec<_> = (0..SUBMITTERS)
+            .map(|s| {
+                let (pool, runs, done) = (pool.clone(), runs.clone(), done.clone());
+                thread::spawn(move || {
+                    for j in 0..JOBS {
+                        let (runs, done) = (runs.clone(), done.clone());
+                        pool.submit(move || {
+                            runs[s * JOBS + j].fetch_add(1, Ordering::SeqCst);
+                            let (m, cv) = &*done;
+                            *m.lock().unwrap() += 1;
+                            cv.notify_all();
+                        });
+                    }
+                })
+            })
+            .collect();
+        for h in submitters {
+            h.join().unwrap();
+        }
+        // Shut down with jobs possibly still queued: they must run all the same.
+        drop(
+            Arc::try_unwrap(pool)
+                .ok()
+                .expect("submitters hold no handle"),
+        );
+        let (m, cv) = &*done;
+        let mut n = m.lock().unwrap();
+        while *n < SUBMITTERS * JOBS {
+            n = cv.wait(n).unwrap();
+        }
+        drop(n);
+        for (i, r) in runs.iter().enumerate() {
+            assert_eq!(r.load(Ordering::SeqCst), 1, "job {i}");
+        }
+    });
+}
+
+/// A job submitted while every thread is idle is taken (no lost wake-up), and one submitted
+/// while the threads are busy is taken when one is done: each submitter waits for its own job
+/// before submitting the next, so a lost wake-up leaves it waiting for ever, which shuttle
+/// reports as a deadlock.
+#[test]
+fn iopool_wakes_an_idle_thread_for_each_job() {
+    explore(|| {
+        let pool = Arc::new(IoPool::new(2).unwrap());
+        let submitters: Vec<_> = (0..3)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        let done = Arc::new((Mutex::new(false), Condvar::new()));
+                        let d = done.clone();
+                        pool.submit(move || {
+                            *d.0.lock().unwrap() = true;
+                            d.1.notify_all();
+                        });
+                        let mut g = done.0.lock().unwrap();
+                        while !*g {
+                            g = done.1.wait(g).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in submitters {
+            h.join().unwrap();
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checkpointer's wake-up
+
+/// The data path's side of the checkpointer (as `Inner::checkpoint_step` and
+/// `Pool::spawn_checkpointer` use it): writers change the pool under its lock and wake the
+/// checkpointer once a checkpoint is wanted; the checkpointer thread waits, takes the pool
+/// lock and checkpoints what is wanted. A writer waits until a checkpoint covers its change,
+/// without waking again: a lost signal leaves it waiting for ever (shuttle: deadlock).
+#[test]
+fn checkpointer_takes_every_wanted_checkpoint() {
+    #[derive(Default)]
+    struct Pool {
+        /// Changes made, and the last change a checkpoint covered.
+        changes: u64,
+        checkpointed: u64,
+        checkpoints: u64,
+        stop: bool,
+    }
+    explore(|| {
+        let c = Arc::new(Checkpointer::default());
+        let pool = Arc::new((Mutex::new(Pool::default()), Condvar::new()));
+        let ckpt = {
+            let (c, pool) = (c.clone(), pool.clone());
+            thread::spawn(move || loop {
+                // The timeout never fires under shuttle: only a wake-up ends the wait.
+                let woken = c.wait(Duration::from_secs(1));
+                let mut g = pool.0.lock().unwrap();
+                if g.stop {
+                    return;
+                }
+                if !woken || g.checkpointed == g.changes {
+                    continue;
+                }
+                g.checkpointed = g.changes;
+                g.checkpoints += 1;
+                pool.1.notify_all();
+            })
+        };
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, pool) = (c.clone(), pool.clone());
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        let mut g = pool.0.lock().unwrap();
+                        g.changes += 1;
+                        let mine = g.changes;
+                        // Woken under the pool lock, as checkpoint_step does.
+                        c.wake();
+                        while g.checkpointed < mine {
+                            g = pool.1.wait(g).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in writers {
+            h.join().unwrap();
+        }
+        let g = pool.0.lock().unwrap();
+        assert_eq!(g.checkpointed, 4);
+        assert!(g.checkpoints >= 1);
+        drop(g);
+        pool.0.lock().unwrap().stop = true;
+        c.wake();
+        ckpt.join().unwrap();
+    });
+}
