@@ -374,29 +374,37 @@ fn iopool_runs_every_job_once_and_drains_on_shutdown() {
     });
 }
 
-/// A job submitted while every thread is idle is taken (no lost wake-up), and one submitted
-/// while the threads are busy is taken when one is done: each submitter waits for its own job
-/// before submitting the next, so a lost wake-up leaves it waiting for ever, which shuttle
-/// reports as a deadlock.
+/// A job submitted while a thread is idle is taken at once (no lost wake-up), even when the
+/// other threads are busy with jobs that cannot finish before it: each submitter queues a job
+/// that waits for a second one, then the second. If the idle thread were not woken for the
+/// second, both would wait for ever, which shuttle reports as a deadlock.
 #[test]
 fn iopool_wakes_an_idle_thread_for_each_job() {
     explore(|| {
-        let pool = Arc::new(IoPool::new(2).unwrap());
-        let submitters: Vec<_> = (0..3)
+        // Two submitters, at most two blocked first jobs: three threads always leave one for
+        // a second job.
+        let pool = Arc::new(IoPool::new(3).unwrap());
+        let submitters: Vec<_> = (0..2)
             .map(|_| {
                 let pool = pool.clone();
                 thread::spawn(move || {
-                    for _ in 0..2 {
-                        let done = Arc::new((Mutex::new(false), Condvar::new()));
-                        let d = done.clone();
-                        pool.submit(move || {
-                            *d.0.lock().unwrap() = true;
-                            d.1.notify_all();
-                        });
-                        let mut g = done.0.lock().unwrap();
-                        while !*g {
-                            g = done.1.wait(g).unwrap();
+                    let flag = Arc::new((Mutex::new(0u8), Condvar::new()));
+                    let (first, second) = (flag.clone(), flag.clone());
+                    pool.submit(move || {
+                        let mut g = first.0.lock().unwrap();
+                        while *g == 0 {
+                            g = first.1.wait(g).unwrap();
                         }
+                        *g = 2;
+                        first.1.notify_all();
+                    });
+                    pool.submit(move || {
+                        *second.0.lock().unwrap() = 1;
+                        second.1.notify_all();
+                    });
+                    let mut g = flag.0.lock().unwrap();
+                    while *g != 2 {
+                        g = flag.1.wait(g).unwrap();
                     }
                 })
             })
