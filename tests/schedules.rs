@@ -482,3 +482,89 @@ fn checkpointer_takes_every_wanted_checkpoint() {
         ckpt.join().unwrap();
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// The `reuse` pin of the read path (a model: `Pool::read` is too tied to the pool to run here)
+
+/// The shape of the read path's publication protocol (`Pool::read`, `ckpt.rs`, `clean.rs`):
+/// a reader plans under the pool lock's shared side (the block its LBA maps to), pins `reuse`
+/// for reading *before* it lets the pool lock go, and reads the block outside the lock; a
+/// writer, under the exclusive side, puts new data in a free block, remaps the LBA and leaves
+/// the old block freed-but-not-reusable; a checkpoint, under the exclusive side, takes `reuse`
+/// for writing (waiting for every pinned reader) before it hands the freed blocks to the
+/// allocator. A reader must find the block as it planned it: never overwritten under it.
+#[test]
+fn reuse_pin_keeps_planned_blocks_until_read() {
+    use shuttle::sync::RwLock;
+    const LBAS: usize = 2;
+    const BLOCKS: usize = 4;
+    struct Meta {
+        /// LBA → block.
+        map: [usize; LBAS],
+        free: Vec<usize>,
+        /// Freed by a write, reusable after the next checkpoint.
+        freed: Vec<usize>,
+        next_tag: u64,
+    }
+    explore(|| {
+        // Block contents: a tag unique to the write that put them there.
+        let disk: Arc<Vec<AtomicU64>> = Arc::new((0..BLOCKS as u64).map(AtomicU64::new).collect());
+        let pool = Arc::new(RwLock::new(Meta {
+            map: [0, 1],
+            free: vec![2, 3],
+            freed: Vec::new(),
+            next_tag: BLOCKS as u64,
+        }));
+        let reuse = Arc::new(RwLock::new(()));
+        let mut threads = Vec::new();
+        for r in 0..2 {
+            let (disk, pool, reuse) = (disk.clone(), pool.clone(), reuse.clone());
+            threads.push(thread::spawn(move || {
+                for i in 0..2 {
+                    let lba = (r + i) % LBAS;
+                    let g = pool.read().unwrap();
+                    let block = g.map[lba];
+                    let planned = disk[block].load(Ordering::SeqCst);
+                    let pin = reuse.read().unwrap();
+                    drop(g);
+                    let got = disk[block].load(Ordering::SeqCst);
+                    assert_eq!(
+                        got, planned,
+                        "block {block} of LBA {lba} was reused under a read"
+                    );
+                    drop(pin);
+                }
+            }));
+        }
+        {
+            let (disk, pool) = (disk.clone(), pool.clone());
+            threads.push(thread::spawn(move || {
+                for i in 0..3 {
+                    let mut g = pool.write().unwrap();
+                    let Some(block) = g.free.pop() else { continue };
+                    let tag = g.next_tag;
+                    g.next_tag += 1;
+                    disk[block].store(tag, Ordering::SeqCst);
+                    let lba = i % LBAS;
+                    let old = std::mem::replace(&mut g.map[lba], block);
+                    g.freed.push(old);
+                }
+            }));
+        }
+        {
+            let (pool, reuse) = (pool.clone(), reuse.clone());
+            threads.push(thread::spawn(move || {
+                for _ in 0..2 {
+                    let mut g = pool.write().unwrap();
+                    let to_free = std::mem::take(&mut g.freed);
+                    // Wait for reads still doing I/O on blocks this checkpoint frees.
+                    drop(reuse.write().unwrap());
+                    g.free.extend(to_free);
+                }
+            }));
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+}
