@@ -119,6 +119,9 @@ struct FakeHost {
     books: Mutex<Books>,
     targets: Vec<SyncTarget>,
     sticky: bool,
+    /// `begin_round` panics on this call (1-based), if any.
+    panic_on: Option<u64>,
+    begins: AtomicU64,
 }
 
 impl FakeHost {
@@ -135,6 +138,8 @@ impl FakeHost {
             books: Mutex::new(Books::default()),
             targets,
             sticky,
+            panic_on: None,
+            begins: AtomicU64::new(0),
         })
     }
 
@@ -148,6 +153,8 @@ impl FakeHost {
 
 impl RoundHost for FakeHost {
     fn begin_round(&self) -> ssp::pool::Result<RoundPlan> {
+        let n = self.begins.fetch_add(1, Ordering::SeqCst) + 1;
+        assert_ne!(Some(n), self.panic_on, "begin_round {n} panics");
         let mut b = self.books.lock().unwrap();
         assert!(!b.in_round, "two sync rounds at once");
         if self.sticky && (b.failed || b.poisoned) {
@@ -198,7 +205,10 @@ fn run_flushers(host: Arc<FakeHost>, flushers: usize, each: usize) -> (usize, us
                 let (mut ok, mut err) = (0, 0);
                 for _ in 0..each {
                     let ticket = host.write();
-                    let failed_before = host.books.lock().unwrap().failed;
+                    let failed_before = {
+                        let b = host.books.lock().unwrap();
+                        b.failed || b.poisoned
+                    };
                     match gc.wait_durable(host.as_ref()) {
                         Ok(()) => {
                             let b = host.books.lock().unwrap();
@@ -211,8 +221,9 @@ fn run_flushers(host: Arc<FakeHost>, flushers: usize, each: usize) -> (usize, us
                             ok += 1;
                         }
                         Err(e) => {
+                            let b = host.books.lock().unwrap();
                             assert!(
-                                host.books.lock().unwrap().failed,
+                                b.failed || b.poisoned,
                                 "a flush failed with no failed round: {e}"
                             );
                             err += 1;
@@ -278,6 +289,22 @@ fn group_commit_failed_round_latches_even_if_later_rounds_succeed() {
         assert_eq!(ok + err, 6);
         if b.rounds >= 2 {
             assert!(b.failed && b.poisoned && err >= 1);
+        }
+    });
+}
+
+/// A round that panics (here in `begin_round`) is a failed round: its waiters and every later
+/// flush fail, and nobody waits for ever for it to end.
+#[test]
+fn group_commit_panicking_round_fails_its_waiters() {
+    explore(|| {
+        let devs = [FakeDev::new("pv0", vec![])];
+        let mut host = FakeHost::new(&devs, false);
+        Arc::get_mut(&mut host).unwrap().panic_on = Some(2);
+        let (ok, err) = run_flushers(host.clone(), 3, 2);
+        assert_eq!(ok + err, 6);
+        if host.begins.load(Ordering::SeqCst) >= 2 {
+            assert!(host.books.lock().unwrap().poisoned && err >= 1);
         }
     });
 }
