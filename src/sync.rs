@@ -1,6 +1,7 @@
 //! The synchronisation primitives of the concurrency protocols that are checked under a
 //! schedule explorer: group commit and the sync gates (`pool/commit.rs`), the checkpointer's
-//! wake-up (`pool/checkpointer.rs`) and the I/O thread pool's queue (`server/iopool.rs`).
+//! wake-up (`pool/checkpointer.rs`), the I/O thread pool's queue (`server/iopool.rs`), the pool
+//! lock and the `reuse` pin (`pool/mod.rs`) and the scrubber's state (`pool/scrub.rs`).
 //!
 //! Normally these are `std`'s. With the `shuttle` feature they are [shuttle]'s, whose
 //! scheduler runs the threads of a test one step at a time in random and PCT orders and
@@ -11,11 +12,15 @@
 //! [shuttle]: https://docs.rs/shuttle
 
 #[cfg(not(feature = "shuttle"))]
-pub use std::sync::{atomic, Condvar, Mutex, MutexGuard};
+pub use std::sync::{
+    atomic, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 #[cfg(not(feature = "shuttle"))]
 pub use std::thread;
 
 #[cfg(feature = "shuttle")]
-pub use shuttle::sync::{atomic, Condvar, Mutex, MutexGuard};
+pub use shuttle::sync::{
+    atomic, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 #[cfg(feature = "shuttle")]
 pub use shuttle::thread;

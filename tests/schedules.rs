@@ -595,3 +595,88 @@ fn reuse_pin_keeps_planned_blocks_until_read() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// The scrubber's start / cancel state machine (the real pool, on memory devices)
+
+/// A small pool with one LU that has a few blocks written: something for a scrub to read.
+fn small_pool() -> (Arc<ssp::pool::Pool>, u64) {
+    use ssp::pool::{CreateOptions, Options, Pool};
+    let dev: Arc<dyn BlockDev> = Arc::new(ssp::dev::MemDev::new("pv0", 8 << 20));
+    let copts = CreateOptions {
+        journal_blocks: 64,
+        ..CreateOptions::default()
+    };
+    let pool = Pool::create(vec![dev], &copts, Options::default()).unwrap();
+    let id = pool.lu_create("lu", 1 << 20).unwrap().id;
+    for b in 0..4u64 {
+        pool.write(id, b * 4096, &[b as u8 + 1; 4096], false)
+            .unwrap();
+    }
+    (Arc::new(pool), id)
+}
+
+/// Scrubs started and cancelled from several threads while a writer runs, through the pool's
+/// own `scrub_start` / `scrub_cancel` (no background worker: a scrub runs in the thread that
+/// started it). At most one scrub runs at a time (the other start is refused while it runs);
+/// a cancel either finds no scrub or returns once the scrub stopped (its wait for the scrub's
+/// end is never lost: shuttle would report the canceller deadlocked); a scrub ends finished or
+/// cancelled, and cancelled only by a cancel that saw it running; nothing is left running, and a
+/// scrub started afterwards runs to its end.
+#[test]
+fn scrub_start_and_cancel_race_safely() {
+    let body = || {
+        let (pool, id) = small_pool();
+        let dir = std::env::temp_dir().join("ssp-schedules-no-scrub-state");
+        let starters: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || pool.scrub_start(Some(0)))
+            })
+            .collect();
+        let canceller = {
+            let (pool, dir) = (pool.clone(), dir.clone());
+            thread::spawn(move || pool.scrub_cancel(&dir))
+        };
+        let writer = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                for b in 0..2u64 {
+                    pool.write(id, b * 4096, &[0xee; 4096], false).unwrap();
+                }
+            })
+        };
+        writer.join().unwrap();
+        let cancel = canceller.join().unwrap();
+        let mut ran = 0;
+        let mut cancelled = 0;
+        for s in starters {
+            match s.join().unwrap() {
+                Ok(st) => {
+                    ran += 1;
+                    assert!(
+                        st.state == "finished" || st.state == "cancelled",
+                        "a started scrub ended {:?}",
+                        st.state
+                    );
+                    cancelled += usize::from(st.state == "cancelled");
+                }
+                Err(PoolError::InUse(_)) => {}
+                Err(e) => panic!("scrub start: {e}"),
+            }
+        }
+        assert!(ran >= 1, "both starts refused");
+        match &cancel {
+            Ok(st) => assert!(!st.running(), "cancel returned with the scrub running"),
+            Err(e) => {
+                assert!(matches!(e, PoolError::Invalid(_)), "scrub cancel: {e}");
+                assert_eq!(cancelled, 0, "a scrub was cancelled by nobody");
+            }
+        }
+        assert!(cancelled <= 1, "one cancel stopped two scrubs");
+        assert!(!pool.scrub_status(&dir).running());
+        // The cancel is spent: the next scrub runs to its end.
+        assert_eq!(pool.scrub_start(Some(0)).unwrap().state, "finished");
+    };
+    explore(body);
+}

@@ -55,9 +55,10 @@ use crate::dev::BlockDev;
 use crate::format::journal::Record;
 use crate::format::node::{VOL_IMAGE, VOL_LU, VOL_SNAPSHOT};
 use crate::format::{BLOCK_U64, SEG_BLOCKS};
+use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use inner::Inner;
 use rand::RngCore;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 /// Tunables of an open pool.
 #[derive(Clone, Debug)]
