@@ -680,3 +680,58 @@ fn scrub_start_and_cancel_race_safely() {
     };
     explore(body);
 }
+
+/// The real checkpointer thread (`Pool::spawn_checkpointer`) on a real pool: writes past the
+/// "wanted" threshold (and short of the "forced" one, where a writer checkpoints itself) must
+/// get a background checkpoint. Under shuttle the thread's wait never times out, so only the
+/// writer's wake-up can start it: a lost wake-up leaves the checkpoint untaken. Dropping the
+/// pool ends the thread.
+#[test]
+fn checkpointer_thread_takes_the_wanted_checkpoint() {
+    use ssp::pool::{CreateOptions, Options, Pool};
+    explore(|| {
+        let dev: Arc<dyn BlockDev> = Arc::new(ssp::dev::MemDev::new("pv0", 8 << 20));
+        let copts = CreateOptions {
+            journal_blocks: 512,
+            ..CreateOptions::default()
+        };
+        let opts = Options {
+            checkpoint_writes: 4,
+            ..Options::default()
+        };
+        let pool = Arc::new(Pool::create(vec![dev], &copts, opts).unwrap());
+        let id = pool.lu_create("lu", 1 << 20).unwrap().id;
+        let before = pool.status().counters;
+        let ckpt = pool.spawn_checkpointer();
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let pool = pool.clone();
+                thread::spawn(move || {
+                    for b in 0..3u64 {
+                        pool.write(id, (w * 3 + b) * 4096, &[7; 4096], false)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in writers {
+            h.join().unwrap();
+        }
+        let mut taken = false;
+        for _ in 0..200 {
+            let c = pool.status().counters;
+            assert_eq!(
+                c.writer_checkpoints, before.writer_checkpoints,
+                "a writer was forced"
+            );
+            if c.background_checkpoints > before.background_checkpoints {
+                taken = true;
+                break;
+            }
+            thread::yield_now();
+        }
+        assert!(taken, "the wanted checkpoint was not taken");
+        drop(pool);
+        ckpt.join().unwrap();
+    });
+}
