@@ -1,6 +1,7 @@
 //! Schedule exploration of the engine's lock and wake-up protocols with shuttle: the real
-//! `GroupCommit`, `SyncGate`, `Checkpointer` and `IoPool` run with their primitives mapped to
-//! shuttle's (`src/sync.rs`, feature `shuttle`), and shuttle runs each test body many times,
+//! `GroupCommit`, `SyncGate`, `Checkpointer`, `IoPool`, pool lock, `reuse` pin and scrubber
+//! state run with their primitives mapped to shuttle's (`src/sync.rs`, feature `shuttle`), and
+//! shuttle runs each test body many times,
 //! in random and in PCT (probabilistic concurrency testing) thread orders. A lost wake-up shows
 //! up as shuttle's "deadlock" failure, a broken rule as a failed assertion; either way shuttle
 //! prints the schedule to replay it.
@@ -9,8 +10,10 @@
 //! shuttle's primitives refuse), so `scripts/test.sh` runs it as its own command:
 //! `cargo test --features shuttle --test schedules`. Without the feature the file is empty.
 //!
-//! The hosts and devices are fakes that keep the books the assertions need; the protocol code
-//! under test is the pool's own.
+//! Group commit and the I/O pool run against fake hosts and devices that keep the books the
+//! assertions need; the checkpointer thread, scrub and reads run on a real pool on memory PVs.
+//! The `reuse` pin has a model of its protocol here (reaching segment reuse on a real pool takes
+//! far too many steps for a schedule explorer).
 #![cfg(feature = "shuttle")]
 
 use shuttle::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
