@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod nbd;
 pub mod pool;
 pub mod server;
+pub mod sync;

@@ -20,7 +20,8 @@
 use super::error::Result;
 use super::inner::Inner;
 use super::Pool;
-use std::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The wake-up of the checkpointer thread.
@@ -41,7 +42,7 @@ impl Checkpointer {
     }
 
     /// Wait up to `timeout` for a request; whether one came (and clear it).
-    fn wait(&self, timeout: Duration) -> bool {
+    pub fn wait(&self, timeout: Duration) -> bool {
         let w = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
         let (mut w, _) = self
             .cv
@@ -103,11 +104,11 @@ impl Inner {
 impl Pool {
     /// Take the checkpoints writers ask for on a thread of their own until the pool is
     /// dropped (see the module docs).
-    pub fn spawn_checkpointer(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+    pub fn spawn_checkpointer(self: &Arc<Self>) -> crate::sync::thread::JoinHandle<()> {
         let c = Arc::new(Checkpointer::default());
         self.lock().checkpointer = Some(c.clone());
         let weak = Arc::downgrade(self);
-        std::thread::spawn(move || loop {
+        crate::sync::thread::spawn(move || loop {
             let woken = c.wait(Duration::from_secs(1));
             let Some(p) = weak.upgrade() else { return };
             if !woken {
@@ -122,5 +123,16 @@ impl Pool {
                 Err(e) => tracing::error!("background checkpoint: {e}"),
             }
         })
+    }
+}
+
+impl Drop for Pool {
+    /// Wake the checkpointer, whose thread then finds the pool gone and ends at once rather
+    /// than at its next timeout.
+    fn drop(&mut self) {
+        let g = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.checkpointer.take() {
+            c.wake();
+        }
     }
 }

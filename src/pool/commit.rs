@@ -25,8 +25,9 @@
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use crate::dev::BlockDev;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// Every sync of one PV goes through its gate: syncs of a PV never overlap, and once one has
 /// failed every later one fails too, until the PV rejoins ([`SyncGate::reset`]).
@@ -78,7 +79,7 @@ pub fn fan_out<T: Send, F: FnOnce() -> T + Send>(mut jobs: Vec<F>) -> Vec<T> {
         return jobs.into_iter().map(|f| f()).collect();
     }
     let first = jobs.remove(0);
-    std::thread::scope(|s| {
+    crate::sync::thread::scope(|s| {
         let others: Vec<_> = jobs.into_iter().map(|f| s.spawn(f)).collect();
         let mut out = vec![first()];
         for h in others {

@@ -154,7 +154,7 @@ pub struct Inner {
     pub dirty_cap: usize,
     /// Held for reading by reads doing I/O outside the pool lock; a checkpoint takes it for
     /// writing before freed segments may be reused.
-    pub reuse: std::sync::Arc<std::sync::RwLock<()>>,
+    pub reuse: std::sync::Arc<crate::sync::RwLock<()>>,
     /// Which PV the next new segment is taken from (round robin).
     pub alloc_cursor: usize,
     /// Free segments whose backing store is allocated on the host, kept for checkpoints

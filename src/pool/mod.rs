@@ -15,10 +15,10 @@
 
 pub mod activation;
 mod check;
-mod checkpointer;
+pub mod checkpointer;
 mod ckpt;
 mod clean;
-mod commit;
+pub mod commit;
 pub mod dir;
 pub mod error;
 mod failgrp;
@@ -56,9 +56,10 @@ use crate::dev::BlockDev;
 use crate::format::journal::Record;
 use crate::format::node::{VOL_IMAGE, VOL_LU, VOL_SNAPSHOT};
 use crate::format::{BLOCK_U64, SEG_BLOCKS};
+use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use inner::Inner;
 use rand::RngCore;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 /// Tunables of an open pool.
 #[derive(Clone, Debug)]

@@ -28,9 +28,10 @@ use super::{hex, Pool};
 use crate::dev::BlockDev;
 use crate::format::node::{decode_node, Ptr, SEG_META};
 use crate::format::{data_crc, BLOCK, BLOCK_U64, SEG_BLOCKS};
+use crate::sync::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Blocks one slice reads at most (per copy): 1 MiB.
@@ -487,7 +488,7 @@ impl Pool {
         self.scrub_foreground(0, &mut |_, _| {})
     }
 
-    fn scrubber(&self) -> std::sync::MutexGuard<'_, Shared> {
+    fn scrubber(&self) -> crate::sync::MutexGuard<'_, Shared> {
         self.scrubber.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -523,8 +524,8 @@ impl Pool {
             return Ok(st);
         }
         drop(s);
-        self.scrub_worker_run();
-        Ok(self.scrubber().status.clone())
+        // Its own outcome: once it ends, another start may already have replaced the status.
+        Ok(self.scrub_worker_run())
     }
 
     /// Wait for the running scrub (if any) to stop; `progress(done, total)` about once a
@@ -635,8 +636,8 @@ impl Pool {
     }
 
     /// Run the scrub the scrubber holds from its position until it is done, cancelled or
-    /// fails, keeping its status (and state file, with a worker) up to date.
-    fn scrub_worker_run(&self) {
+    /// fails, keeping its status (and state file, with a worker) up to date; its final status.
+    fn scrub_worker_run(&self) -> ScrubStatus {
         let (mut pos, rate, mut rep) = {
             let s = self.scrubber();
             (s.pos, s.status.rate, s.status.report.clone())
@@ -710,6 +711,7 @@ impl Pool {
         s.cancel = false;
         self.save_state(&s);
         self.scrubber.changed.notify_all();
+        s.status.clone()
     }
 
     fn pool_hex(&self) -> String {

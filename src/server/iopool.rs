@@ -7,8 +7,9 @@
 //! several requests per job (see `session.rs`), so the hand-off costs far less than a thread
 //! wake-up per request.
 
+use crate::sync::{Condvar, Mutex, MutexGuard};
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -53,7 +54,7 @@ impl IoPool {
         let threads = threads.max(1);
         for i in 0..threads {
             let inner = inner.clone();
-            std::thread::Builder::new()
+            crate::sync::thread::Builder::new()
                 .name(format!("ssp-io-{i}"))
                 .spawn(move || worker(&inner))?;
         }
