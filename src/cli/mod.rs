@@ -405,6 +405,10 @@ fn admin_with_progress(
                 maps: &maps,
             };
             let r = crate::admin::execute_with_progress(&ctx, &req, progress)?;
+            if !read_only_request(&req) {
+                // No background thread either: the space of removed volumes comes back here.
+                pd.pool.reclaim_all()?;
+            }
             pd.pool.close()?;
             Ok(r)
         }

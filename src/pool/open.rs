@@ -660,7 +660,7 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
             .collect();
         for (id, name) in stale {
             tracing::warn!("removing {name}: a client-image capture that did not finish");
-            inner.log_and_apply(crate::format::journal::Record::VolRemove { id })?;
+            inner.begin_remove(id)?;
         }
         repair_superblocks(&mut inner)?;
         // Pools created before the metadata area was reserved, or PVs restored sparse.

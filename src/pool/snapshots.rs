@@ -7,6 +7,7 @@
 )]
 
 use super::error::{PoolError, Result};
+use super::reclaim::{is_hidden, is_removing};
 use super::{validate_name, LuInfo, Pool};
 use crate::format::journal::Record;
 use crate::format::node::{VolRecord, VOL_IMAGE, VOL_LU, VOL_SNAPSHOT};
@@ -187,6 +188,7 @@ impl Pool {
             .vols
             .values()
             .filter(|v| v.kind == VOL_SNAPSHOT && parent.is_none_or(|p| v.parent == p))
+            .filter(|v| !is_removing(v))
             .collect();
         v.sort_by_key(|v| (v.created_epoch, v.id));
         Ok(v.into_iter().map(|v| Self::vol_info(&g, v)).collect())
@@ -240,9 +242,11 @@ impl Pool {
         if s.kind != VOL_SNAPSHOT {
             return Err(PoolError::Invalid(format!("{name} is not a snapshot")));
         }
-        g.log_and_apply(Record::VolRemove { id: s.id })?;
+        let owned = g.begin_remove(s.id)?;
         g.flush()?;
-        Ok(s.owned_blocks)
+        drop(g);
+        self.reclaim_unless_background()?;
+        Ok(owned)
     }
 
     /// A writable LU sharing every block of a snapshot or client image until written: one
@@ -306,7 +310,7 @@ impl Pool {
                 return Err(PoolError::Exists(format!("{image} already exists")));
             }
             if let Some(&stale) = g.names.get(&tmp) {
-                g.log_and_apply(Record::VolRemove { id: stale })?;
+                g.begin_remove(stale)?;
             }
             let id = g.next_volume_id;
             g.log_and_apply(Record::VolCreate {
@@ -321,12 +325,12 @@ impl Pool {
         let r = self.copy_blocks(src_id, tmp_id, size, total, progress);
         let mut g = self.lock();
         if let Err(e) = r {
-            let _ = g.log_and_apply(Record::VolRemove { id: tmp_id });
+            let _ = g.begin_remove(tmp_id);
             return Err(e);
         }
         g.flush()?;
         if g.names.contains_key(image) {
-            g.log_and_apply(Record::VolRemove { id: tmp_id })?;
+            g.begin_remove(tmp_id)?;
             return Err(PoolError::Exists(format!("{image} already exists")));
         }
         g.log_and_apply(Record::VolRename {
@@ -389,7 +393,7 @@ impl Pool {
         let mut v: Vec<LuInfo> = g
             .vols
             .values()
-            .filter(|v| !v.name.starts_with(CAPTURE_PREFIX))
+            .filter(|v| !is_hidden(&v.name))
             .map(|v| Self::vol_info(&g, v))
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -406,7 +410,7 @@ impl Pool {
             .vols
             .values()
             .filter(|v| v.family == me.family && v.id != me.id)
-            .filter(|v| !v.name.starts_with(CAPTURE_PREFIX))
+            .filter(|v| !is_hidden(&v.name))
             .map(|v| v.name.clone())
             .collect();
         v.sort();
@@ -419,7 +423,7 @@ impl Pool {
         let mut v: Vec<LuInfo> = g
             .vols
             .values()
-            .filter(|v| v.kind == VOL_IMAGE && !v.name.starts_with(CAPTURE_PREFIX))
+            .filter(|v| v.kind == VOL_IMAGE && !is_hidden(&v.name))
             .map(|v| Self::vol_info(&g, v))
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -434,16 +438,18 @@ impl Pool {
             return Err(PoolError::Invalid(format!("{name} is not a client image")));
         }
         Self::refuse_if_snapshots(&g, &v)?;
-        g.log_and_apply(Record::VolRemove { id: v.id })?;
+        let owned = g.begin_remove(v.id)?;
         g.flush()?;
-        Ok(v.owned_blocks)
+        drop(g);
+        self.reclaim_unless_background()?;
+        Ok(owned)
     }
 
     pub(super) fn refuse_if_snapshots(g: &super::Inner, v: &VolRecord) -> Result<()> {
         let snaps: Vec<&str> = g
             .vols
             .values()
-            .filter(|s| s.kind == VOL_SNAPSHOT && s.parent == v.id)
+            .filter(|s| s.kind == VOL_SNAPSHOT && s.parent == v.id && !is_removing(s))
             .map(|s| s.name.as_str())
             .collect();
         if snaps.is_empty() {

@@ -1,0 +1,233 @@
+//! Large removals in slices through the real interfaces (sspd, sspctl, an NBD client): the
+//! removal is immediate for clients (name free, listed nowhere) and the space comes back in
+//! bounded slices in the background while other clients' requests keep completing; sspd killed
+//! with SIGKILL mid-reclaim resumes it at the next start, with `check` passing throughout.
+
+mod common;
+use common::server::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn json(pool: &Path, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let out = sspctl(pool, &a);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+fn status(pool: &Path) -> Value {
+    json(pool, &["pool", "status"])
+}
+
+fn removing(pool: &Path) -> (u64, u64) {
+    let st = status(pool);
+    (
+        st["removing_volumes"].as_u64().unwrap(),
+        st["removing_bytes"].as_u64().unwrap(),
+    )
+}
+
+fn assert_check(pool: &Path) {
+    let c = json(pool, &["check"]);
+    assert!(c["errors"].as_array().unwrap().is_empty(), "check: {c}");
+}
+
+fn lu_names(pool: &Path) -> Vec<String> {
+    let v = json(pool, &["lu", "list"]);
+    let arr = v
+        .as_array()
+        .or_else(|| v["lus"].as_array())
+        .unwrap_or_else(|| panic!("lu list: {v}"));
+    arr.iter()
+        .map(|l| l["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const MB: u64 = 1 << 20;
+
+/// A pool with LUs `big` (128 MiB, its first `fill` bytes random data) and `other` (16 MiB),
+/// served by sspd with `extra` flags.
+fn pool_with_big(fill: usize, extra: &[&str]) -> (Server, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = make_pool(dir.path(), &[("big", "128M"), ("other", "16M")]);
+    let data = dir.path().join("data.raw");
+    random_file(&data, fill);
+    let s = Server::serve_with(pool, dir, extra);
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            data.to_str().unwrap(),
+            &s.uri("big"),
+        ],
+    );
+    (s, data)
+}
+
+/// Poll `f` (every 50 ms, at most `secs`) until it holds.
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// 200 write + flush + read-back rounds on `other`; prints the rounds that read back right.
+const CLIENT: &str = r#"
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+ok = 0
+for i in range(200):
+    b = bytes([i % 251 + 1]) * 4096
+    h.pwrite(b, (i % 64) * 4096)
+    h.flush()
+    if h.pread(4096, (i % 64) * 4096) == b:
+        ok += 1
+h.shutdown()
+print(ok)
+"#;
+
+/// `lu remove` of a 96 MiB LU returns at once: the name is free and the LU listed nowhere while
+/// its space comes back slice by slice (at a reclaim rate slow enough to watch); another
+/// client's writes, flushes and reads complete while the reclaim is under way; the accounting
+/// only goes down and ends with the space back and `check` passing.
+#[test]
+fn large_remove_reclaims_in_slices_while_clients_run() {
+    let fill = 96 * MB as usize;
+    let (s, _) = pool_with_big(fill, &["--reclaim-rate", "12M"]);
+    let pool = s.pool.clone();
+    let used_full = status(&pool)["used_bytes"].as_u64().unwrap();
+    assert!(used_full >= fill as u64, "{used_full}");
+    assert_eq!(removing(&pool), (0, 0));
+
+    sspctl(&pool, &["lu", "remove", "big"]);
+    // Gone for clients at once: not listed, not exported, name free.
+    assert!(!lu_names(&pool).contains(&"big".to_owned()));
+    let (n, bytes) = removing(&pool);
+    assert_eq!(n, 1);
+    assert!(bytes > 0 && bytes <= fill as u64, "{bytes}");
+    assert_eq!(status(&pool)["lus"].as_u64(), Some(1));
+
+    // Another client's requests complete while reclaim is still going.
+    let out = nbdsh(&s.uri("other"), CLIENT);
+    assert_eq!(out.trim(), "200");
+    let (n_mid, mid) = removing(&pool);
+    assert!(
+        n_mid == 1 && mid > 0,
+        "the client's 200 rounds should finish before a rate-limited reclaim of 96 MiB"
+    );
+    assert_check(&pool);
+
+    // The name is free while the old LU's space is still being reclaimed.
+    sspctl(&pool, &["lu", "create", "big", "--size", "8M"]);
+    assert!(lu_names(&pool).contains(&"big".to_owned()));
+
+    // Progress: what is left to reclaim only goes down, in several steps, to nothing.
+    let mut seen = vec![mid];
+    wait_for(60, "the reclaim to finish", || {
+        let (n, b) = removing(&pool);
+        if seen.last() != Some(&b) {
+            seen.push(b);
+        }
+        n == 0
+    });
+    assert!(seen.windows(2).all(|w| w[1] <= w[0]), "{seen:?}");
+    assert!(
+        seen.len() >= 3,
+        "reclaim should take several slices: {seen:?}"
+    );
+    let used = status(&pool)["used_bytes"].as_u64().unwrap();
+    assert!(
+        used + fill as u64 / 2 < used_full,
+        "space not given back: {used} of {used_full}"
+    );
+    assert_check(&pool);
+    s.stop();
+}
+
+/// sspd killed (SIGKILL) while it reclaims a removed LU: the LU stays removed, `check` passes
+/// on the pool as the crash left it, and the next sspd carries on and finishes the reclaim with
+/// the other LU's data intact.
+#[test]
+fn reclaim_resumes_after_kill_9() {
+    let fill = 64 * MB as usize;
+    let (mut s, _) = pool_with_big(fill, &["--reclaim-rate", "8M"]);
+    let pool = s.pool.clone();
+    nbdsh(
+        &s.uri("other"),
+        "import nbd,sys\nh=nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+         h.pwrite(b'\\x5a' * 65536, 0); h.flush(); h.shutdown()\n",
+    );
+    sspctl(&pool, &["lu", "remove", "big"]);
+    let (_, start) = removing(&pool);
+    assert!(start > 0);
+    // Wait for the first slices, then kill sspd mid-reclaim.
+    wait_for(30, "a first reclaim slice", || removing(&pool).1 < start);
+    let (n, left) = removing(&pool);
+    assert!(n == 1 && left > 0, "reclaim finished too soon to test");
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let dir = s.dir.take().unwrap();
+    drop(s);
+
+    // Offline (read-only) as the crash left it: still being removed, not listed, consistent.
+    let (n, after) = removing(&pool);
+    assert_eq!(n, 1);
+    assert!(after > 0 && after <= start, "{after} of {start}");
+    assert!(!lu_names(&pool).contains(&"big".to_owned()));
+    assert_check(&pool);
+
+    // The next sspd resumes and finishes it.
+    let s = Server::serve_with(pool.clone(), dir, &["--reclaim-rate", "0"]);
+    wait_for(60, "the resumed reclaim to finish", || {
+        removing(&pool).0 == 0
+    });
+    assert_check(&pool);
+    let out = nbdsh(
+        &s.uri("other"),
+        "import nbd,sys\nh=nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+         print(h.pread(65536, 0) == b'\\x5a' * 65536); h.shutdown()\n",
+    );
+    assert_eq!(out.trim(), "True");
+    s.stop();
+}
+
+/// `snapshot remove` and `image remove` go the same way: immediate for clients, reclaimed in
+/// the background, with the LU the snapshot shared blocks with credited and `check` passing.
+#[test]
+fn snapshot_and_image_removal_reclaim_in_the_background() {
+    let fill = 32 * MB as usize;
+    let (s, _) = pool_with_big(fill, &[]);
+    let pool = s.pool.clone();
+    sspctl(&pool, &["snapshot", "create", "big@s1"]);
+    // The LU overwrites half its data: the snapshot alone holds the old half.
+    nbdsh(
+        &s.uri("big"),
+        "import nbd,sys\nh=nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+         for i in range(16):\n  h.pwrite(b'\\x11' * 1048576, i * 1048576)\n\
+         h.flush(); h.shutdown()\n",
+    );
+    sspctl(&pool, &["image", "capture", "big@s1", "img"]);
+    sspctl(&pool, &["snapshot", "remove", "big@s1"]);
+    sspctl(&pool, &["image", "remove", "img"]);
+    let snaps = json(&pool, &["snapshot", "list"]).to_string();
+    assert!(!snaps.contains("big@s1"), "{snaps}");
+    wait_for(60, "the reclaim to finish", || removing(&pool).0 == 0);
+    let lus = json(&pool, &["lu", "list"]).to_string();
+    assert!(lus.contains("\"big\""), "{lus}");
+    let big = json(&pool, &["lu", "list"]);
+    let arr = big.as_array().or_else(|| big["lus"].as_array()).unwrap();
+    let b = arr.iter().find(|l| l["name"] == "big").unwrap();
+    // Every block of the LU is its own again.
+    assert_eq!(b["mapped_blocks"], b["owned_blocks"], "{b}");
+    assert_check(&pool);
+    s.stop();
+}
