@@ -633,6 +633,14 @@ fn print_status(json: bool, st: &PoolStatus, out: &mut dyn Write) -> Result<()> 
             st.resync_bytes_left.div_ceil(1 << 20)
         )?;
     }
+    if st.removing_volumes > 0 {
+        writeln!(
+            out,
+            "Reclaiming(MB):    {} ({} removed volume(s))",
+            st.removing_bytes.div_ceil(1 << 20),
+            st.removing_volumes
+        )?;
+    }
     if st.failure_groups.len() > 1 {
         let sizes: Vec<String> = st
             .failure_groups

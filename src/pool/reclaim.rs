@@ -37,6 +37,10 @@ pub const REMOVING_PREFIX: &str = ".removing.";
 /// Map leaves one slice unmaps at most (each names up to `MAP_FANOUT` blocks).
 pub const SLICE_LEAVES: u64 = 8;
 
+/// A volume mapping at most one slice's blocks and spanning at most this many leaves is removed
+/// in one step (its walk is as short as a slice's).
+const ONE_STEP_LEAVES: u64 = 1024;
+
 /// Default rate of background reclaim, in bytes of removed LU data released per second.
 pub const DEFAULT_RATE: u64 = 4 << 30;
 
@@ -62,7 +66,7 @@ pub struct SliceDone {
 
 impl Inner {
     /// Start removing volume `id`: one journal record hides it and frees its name. A volume
-    /// that maps nothing is removed at once. Returns the blocks it alone held, which become
+    /// whose removal is no more work than a slice is removed at once. Returns the blocks it alone held, which become
     /// free as the background reclaim proceeds.
     pub fn begin_remove(&mut self, id: u64) -> Result<u64> {
         let Some(v) = self.vols.get(&id).cloned() else {
@@ -71,7 +75,12 @@ impl Inner {
         if is_removing(&v) {
             return Ok(v.owned_blocks);
         }
-        if !map_entry_is_ref(v.map_root) {
+        // A volume no bigger than one slice's work goes in one step, as does any volume of a
+        // pool without `INCOMPAT_SHARING` (which the rename needs).
+        let leaf = MAP_FANOUT as u64;
+        let small = v.mapped_blocks <= SLICE_LEAVES * leaf
+            && v.size.div_ceil(BLOCK_U64) <= ONE_STEP_LEAVES * leaf;
+        if !map_entry_is_ref(v.map_root) || small || !self.sharing_enabled() {
             self.log_and_apply(Record::VolRemove { id })?;
         } else {
             self.log_and_apply(Record::VolRename {
