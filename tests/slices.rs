@@ -231,3 +231,171 @@ fn snapshot_and_image_removal_reclaim_in_the_background() {
     assert_check(&pool);
     s.stop();
 }
+
+/// A client writing 4 KiB blocks to `other` with a flush every 8, counting each completed write
+/// in a file, until a stop file appears (two minutes at most); at the end it reads back what it
+/// wrote and prints "writes mismatches".
+const WRITER: &str = r#"
+import nbd, os, sys, time, random
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+prog, stop = sys.argv[2], sys.argv[3]
+n, written = 0, {}
+deadline = time.time() + 120
+while not os.path.exists(stop) and time.time() < deadline:
+    i = random.randrange(4096)
+    buf = (n + 1).to_bytes(8, 'little') * 512
+    h.pwrite(buf, i * 4096)
+    written[i] = buf
+    n += 1
+    if n % 8 == 0:
+        h.flush()
+    with open(prog + '.tmp', 'w') as f:
+        f.write(str(n))
+    os.replace(prog + '.tmp', prog)
+bad = sum(1 for i, b in written.items() if h.pread(4096, i * 4096) != b)
+h.shutdown()
+print(n, bad)
+"#;
+
+struct Writer {
+    child: std::process::Child,
+    progress: PathBuf,
+    stop: PathBuf,
+}
+
+impl Writer {
+    fn start(s: &Server, export: &str) -> Writer {
+        let dir = s.pool.parent().unwrap();
+        let progress = dir.join("writer.progress");
+        let stop = dir.join("writer.stop");
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", WRITER, &s.uri(export)])
+            .arg(&progress)
+            .arg(&stop)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("/usr/bin/python3 with python3-libnbd is needed");
+        let w = Writer {
+            child,
+            progress,
+            stop,
+        };
+        wait_for(30, "the writer to get going", || w.writes() >= 16);
+        w
+    }
+
+    fn writes(&self) -> u64 {
+        std::fs::read_to_string(&self.progress)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Stop it; the writes it made and how many read back wrong.
+    fn finish(self) -> (u64, u64) {
+        std::fs::write(&self.stop, b"").unwrap();
+        let o = self.child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "writer: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut it = out.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    }
+}
+
+/// `pv replace` of the only PV copies its segments in slices with the pool lock released
+/// between them, at the resync rate: a client's writes and flushes keep completing while it
+/// runs (progress, not timing: it copies ~100 MiB), and afterwards every byte reads back from the new PV, also
+/// after a restart, with `check` passing.
+#[test]
+fn single_copy_pv_replace_copies_in_slices_while_a_writer_runs() {
+    let fill = 96 * MB as usize;
+    let (s, data) = pool_with_big(fill, &["--resync-rate", "48M"]);
+    let pool = s.pool.clone();
+    let dir = pool.parent().unwrap().to_owned();
+    let w = Writer::start(&s, "other");
+    let mut replacer = std::process::Command::new(env!("CARGO_BIN_EXE_sspctl"))
+        .arg("--pool")
+        .arg(&pool)
+        .args([
+            "pv",
+            "replace",
+            dir.join("pv0.img").to_str().unwrap(),
+            &format!("{}:512M", dir.join("pv1.img").display()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The writer completes requests while the copy is under way: between the moments the new
+    // PV holds 8 MiB and 72 MiB of the ~100 MiB copied (the copy's own progress, seen in the
+    // new PV file's allocated bytes).
+    use std::os::unix::fs::MetadataExt;
+    let copied = || {
+        std::fs::metadata(dir.join("pv1.img"))
+            .map(|m| m.blocks() * 512)
+            .unwrap_or(0)
+    };
+    let (mut from, mut to) = (None, None);
+    let end = Instant::now() + Duration::from_secs(120);
+    let st = loop {
+        if let Some(st) = replacer.try_wait().unwrap() {
+            break st;
+        }
+        let c = copied();
+        if from.is_none() && c >= 8 * MB {
+            from = Some(w.writes());
+        }
+        if to.is_none() && c >= 72 * MB {
+            to = Some(w.writes());
+        }
+        assert!(Instant::now() < end, "pv replace did not finish");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(st.success(), "pv replace failed");
+    let (from, to) = (from.unwrap(), to.unwrap());
+    eprintln!("writes while 8..72 MiB were copied: {}", to - from);
+    assert!(
+        to >= from + 64,
+        "only {} writes completed while pv replace copied 64 MiB",
+        to - from
+    );
+    let (n, bad) = w.finish();
+    assert!(n > 0 && bad == 0, "{n} writes, {bad} read back wrong");
+    let pvs = json(&pool, &["pv", "list"]).to_string();
+    assert!(pvs.contains("pv1.img") && !pvs.contains("pv0.img"), "{pvs}");
+    assert_check(&pool);
+    let check_data = |s: &Server| {
+        let out = dir.join("out.raw");
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "raw",
+                &s.uri("big"),
+                out.to_str().unwrap(),
+            ],
+        );
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            got.get(..fill) == Some(&std::fs::read(&data).unwrap()[..]),
+            "the data changed"
+        );
+    };
+    check_data(&s);
+    // Restarted on the new PV alone (the old one is gone).
+    let (st, keep) = s.stop_keep();
+    assert!(st.success());
+    std::fs::remove_file(dir.join("pv0.img")).unwrap();
+    let s = Server::serve(pool.clone(), keep);
+    check_data(&s);
+    s.stop();
+}

@@ -165,6 +165,9 @@ pub struct Inner {
     /// The background checkpointer, once started: the data path wakes it (see
     /// [`Inner::checkpoint_step`]).
     pub checkpointer: Option<std::sync::Arc<super::checkpointer::Checkpointer>>,
+    /// While `pv replace` copies a PV in slices: the segments opened since it started, which it
+    /// copies again (see `pvcopy.rs`).
+    pub pv_copy_dirty: Option<BTreeSet<u64>>,
 }
 
 impl NodeIo for Inner {
@@ -552,6 +555,9 @@ impl Inner {
         }
         let seg = self.take_segment(which)?;
         self.free.remove(&seg);
+        if let Some(d) = self.pv_copy_dirty.as_mut() {
+            d.insert(seg);
+        }
         let gen = self.generation;
         let e = self.seg_mut(seg)?;
         e.state = if which == StreamId::Meta {

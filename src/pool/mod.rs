@@ -31,6 +31,7 @@ mod mirror;
 mod open;
 mod ops;
 mod ptree;
+mod pvcopy;
 pub mod pvs;
 pub mod reclaim;
 mod resident;

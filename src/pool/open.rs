@@ -298,6 +298,7 @@ fn assemble(
         alloc_cursor: 0,
         backed: BTreeSet::new(),
         checkpointer: None,
+        pv_copy_dirty: None,
         opts,
     })
 }
