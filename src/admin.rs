@@ -158,6 +158,8 @@ pub enum AdminRequest {
     ScrubStatus,
     /// Stop the running scrub at a slice boundary.
     ScrubCancel,
+    /// Cancel running captures and single-copy `pv replace` copies at a slice boundary.
+    CopyCancel,
     Resync,
 }
 
@@ -214,6 +216,10 @@ pub enum AdminReply {
         pvs: Vec<PvListEntry>,
     },
     Scrubbed(ScrubReport),
+    /// Copies told to stop (running when the cancel arrived).
+    CopiesCancelled {
+        running: u64,
+    },
     ScrubState(ScrubStatus),
     Resynced {
         bytes_copied: u64,
@@ -567,6 +573,9 @@ pub fn execute_with_progress(
         }
         AdminRequest::ScrubStatus => AdminReply::ScrubState(pool.scrub_status(ctx.maps.dir())),
         AdminRequest::ScrubCancel => AdminReply::ScrubState(pool.scrub_cancel(ctx.maps.dir())?),
+        AdminRequest::CopyCancel => AdminReply::CopiesCancelled {
+            running: pool.copy_cancel(),
+        },
         AdminRequest::Resync => {
             let bytes_copied = pool.resync_wait(&mut |done, left| progress(done, done + left))?;
             AdminReply::Resynced {

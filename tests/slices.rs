@@ -399,3 +399,63 @@ fn single_copy_pv_replace_copies_in_slices_while_a_writer_runs() {
     check_data(&s);
     s.stop();
 }
+
+/// `pv replace-cancel` stops a single-copy `pv replace` at a slice boundary while a writer
+/// runs: the replace fails saying so, the pool stays on the old PV (the new file is removed),
+/// the writer's data and the LU's are intact and `check` passes, also after a restart.
+#[test]
+fn cancelled_pv_replace_leaves_the_pool_on_the_old_pv() {
+    let fill = 64 * MB as usize;
+    let (s, data) = pool_with_big(fill, &["--resync-rate", "16M"]);
+    let pool = s.pool.clone();
+    let dir = pool.parent().unwrap().to_owned();
+    let w = Writer::start(&s, "other");
+    let replacer = std::process::Command::new(env!("CARGO_BIN_EXE_sspctl"))
+        .arg("--pool")
+        .arg(&pool)
+        .args([
+            "pv",
+            "replace",
+            dir.join("pv0.img").to_str().unwrap(),
+            &format!("{}:512M", dir.join("pv1.img").display()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    wait_for(60, "the copy to start", || {
+        std::fs::metadata(dir.join("pv1.img")).is_ok_and(|m| m.blocks() * 512 >= 8 * MB)
+    });
+    let out = sspctl(&pool, &["pv", "replace-cancel"]);
+    assert!(out.contains("cancelled 1"), "{out}");
+    let o = replacer.wait_with_output().unwrap();
+    assert!(!o.status.success(), "pv replace should fail when cancelled");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(!dir.join("pv1.img").exists(), "the new PV file is removed");
+    let (n, bad) = w.finish();
+    assert!(n > 0 && bad == 0, "{n} writes, {bad} read back wrong");
+    let pvs = json(&pool, &["pv", "list"]).to_string();
+    assert!(pvs.contains("pv0.img") && !pvs.contains("pv1.img"), "{pvs}");
+    assert_check(&pool);
+    let (st, keep) = s.stop_keep();
+    assert!(st.success());
+    let s = Server::serve(pool.clone(), keep);
+    let out = dir.join("out.raw");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &s.uri("big"),
+            out.to_str().unwrap(),
+        ],
+    );
+    let got = std::fs::read(&out).unwrap();
+    assert!(got.get(..fill) == Some(&std::fs::read(&data).unwrap()[..]));
+    s.stop();
+}

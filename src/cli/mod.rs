@@ -244,6 +244,7 @@ fn read_only_request(req: &AdminRequest) -> bool {
             | AdminRequest::PvList
             | AdminRequest::ScrubStatus
             | AdminRequest::ScrubCancel
+            | AdminRequest::CopyCancel
     )
 }
 

@@ -38,6 +38,9 @@ pub enum SnapshotCmd {
 pub enum ImageCmd {
     /// Copy an LU (or LU@SNAP) into a new client image
     Capture { src: String, image: String },
+    /// Stop running captures (and any single-copy `pv replace`) at a slice boundary; a
+    /// cancelled capture leaves nothing behind
+    CaptureCancel,
     /// List client images
     List,
     /// Remove a client image (its snapshots first)
@@ -226,6 +229,7 @@ pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
                 other => bail!("unexpected reply {other:?}"),
             }
         }
+        ImageCmd::CaptureCancel => super::mirror::copy_cancel(cli, out)?,
         ImageCmd::List => match admin(cli, AdminRequest::ImageList)? {
             AdminReply::Lus { pool, lus } => print_lus(cli.json, &pool, &lus, out)?,
             other => bail!("unexpected reply {other:?}"),

@@ -190,6 +190,8 @@ pub struct Pool {
     /// A background thread reclaims the space of removed volumes ([`Pool::spawn_cleaner`]);
     /// without one, removals reclaim it in the caller's thread, slice by slice.
     reclaimer: std::sync::atomic::AtomicBool,
+    /// Cancellation of long copies (capture, single-copy `pv replace`), see `pvcopy.rs`.
+    copies: pvcopy::Copies,
 }
 
 impl commit::RoundHost for Pool {
@@ -282,6 +284,7 @@ impl Pool {
             scrubber: Default::default(),
             rates: Default::default(),
             reclaimer: Default::default(),
+            copies: Default::default(),
         })
     }
 
@@ -295,6 +298,7 @@ impl Pool {
             scrubber: Default::default(),
             rates: Default::default(),
             reclaimer: Default::default(),
+            copies: Default::default(),
         })
     }
 

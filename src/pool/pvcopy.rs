@@ -24,7 +24,40 @@ use crate::format::node::SEG_FREE;
 use crate::format::{BLOCK_U64, SEG_BLOCKS};
 use std::collections::BTreeSet;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Long copies running (capture, single-copy `pv replace`) and their cancellation: `cancel`
+/// bumps a generation each copy compares with the one it started under, at every slice
+/// boundary.
+#[derive(Default)]
+pub struct Copies {
+    generation: AtomicU64,
+    running: AtomicU64,
+}
+
+/// A running copy: counted while it lives.
+pub(super) struct CopyGuard<'a> {
+    copies: &'a Copies,
+    generation: u64,
+    what: &'static str,
+}
+
+impl CopyGuard<'_> {
+    /// An error once the copy was cancelled (checked at a slice boundary).
+    pub(super) fn check(&self) -> Result<()> {
+        if self.copies.generation.load(Ordering::SeqCst) != self.generation {
+            return Err(PoolError::InUse(format!("{} cancelled", self.what)));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CopyGuard<'_> {
+    fn drop(&mut self) {
+        self.copies.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Catch-up passes outside the lock before the final step.
 const CATCH_UP_PASSES: usize = 4;
@@ -53,6 +86,23 @@ fn copy_range(
 }
 
 impl Pool {
+    /// Start a cancellable copy.
+    pub(super) fn copy_start(&self, what: &'static str) -> CopyGuard<'_> {
+        self.copies.running.fetch_add(1, Ordering::SeqCst);
+        CopyGuard {
+            copies: &self.copies,
+            generation: self.copies.generation.load(Ordering::SeqCst),
+            what,
+        }
+    }
+
+    /// Cancel the running captures and `pv replace` copies at their next slice boundary (each
+    /// then leaves the pool as it was before it started). Returns how many were running.
+    pub fn copy_cancel(&self) -> u64 {
+        self.copies.generation.fetch_add(1, Ordering::SeqCst);
+        self.copies.running.load(Ordering::SeqCst)
+    }
+
     /// Copy the segments in use of PV `pv` (pool segments `range`) from `old` to `new` in
     /// slices, then, under the lock, what changed meanwhile and the PV's head (the first
     /// `head` bytes). Returns holding nothing; on success the new PV holds everything the old
@@ -74,7 +124,8 @@ impl Pool {
             let open: BTreeSet<u64> = g.streams.iter().map(|s| s.seg).collect();
             g.pv_copy_dirty = Some(open);
         }
-        let r = self.pv_copy_run(pv, old, new, range, head, progress, finish);
+        let guard = self.copy_start("pv replace");
+        let r = self.pv_copy_run(pv, old, new, range, head, progress, finish, &guard);
         self.lock().pv_copy_dirty = None;
         r
     }
@@ -89,6 +140,7 @@ impl Pool {
         head: u64,
         progress: &mut dyn FnMut(u64, u64),
         finish: &mut dyn FnMut(&mut super::inner::Inner) -> Result<()>,
+        guard: &CopyGuard<'_>,
     ) -> Result<()> {
         let seg_bytes = (SEG_BLOCKS * BLOCK_U64) as usize;
         let mut buf = Vec::with_capacity(seg_bytes);
@@ -100,6 +152,7 @@ impl Pool {
         let mut throttle = Throttle::new(if online { self.rates.resync() } else { 0 });
         let mut copy_seg = |seg: u64, buf: &mut Vec<u8>| -> Result<()> {
             std::thread::sleep(throttle.wait_time());
+            guard.check()?;
             let at = {
                 let g = self.lock();
                 if g.pvs.pv(pv)?.dev.name() != old.name() {
@@ -136,6 +189,7 @@ impl Pool {
             }
         }
         // The final step: everything still changing, under the lock.
+        guard.check()?;
         let mut g = self.lock();
         g.check_writable()?;
         if g.pvs.pv(pv)?.dev.name() != old.name() {

@@ -259,3 +259,105 @@ impl Pool {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::{BlockDev, MemDev};
+    use crate::pool::{CreateOptions, Options};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    const MB: u64 = 1 << 20;
+
+    fn pool() -> Pool {
+        let dev: Arc<dyn BlockDev> = Arc::new(MemDev::new("mem0", 256 * MB));
+        let copts = CreateOptions {
+            name: "t".into(),
+            journal_blocks: 1024,
+        };
+        let p = Pool::create(vec![dev], &copts, Options::default()).expect("create");
+        // As under sspd: removals leave the reclaim to `reclaim_step`.
+        p.reclaimer.store(true, Ordering::Relaxed);
+        p
+    }
+
+    fn check(p: &Pool) {
+        let rep = p.check().expect("check runs");
+        assert!(rep.errors.is_empty(), "{:#?}", rep.errors);
+    }
+
+    /// A snapshot sharing a 40 MiB LU's map is removed in slices: each slice drops at most
+    /// `SLICE_LEAVES` leaves of references, `check` passes between slices, and at the end the
+    /// LU owns every block it maps, as a one-step removal leaves it.
+    #[test]
+    fn a_shared_snapshot_is_reclaimed_in_bounded_exact_slices() {
+        let p = pool();
+        let id = p.lu_create("a", 64 * MB).expect("lu").id;
+        let chunk: Vec<u8> = (0..MB as usize).map(|i| (i % 251) as u8 + 1).collect();
+        for i in 0..40 {
+            p.write(id, i * MB, &chunk, false).expect("write");
+        }
+        p.snapshot_create(&["a@s"]).expect("snapshot");
+        // The LU rewrites its first 8 MiB: the snapshot alone holds the old blocks there.
+        for i in 0..8 {
+            p.write(id, i * MB, &vec![7u8; MB as usize], false)
+                .expect("write");
+        }
+        let held = p.snapshot_remove("a@s").expect("remove");
+        assert_eq!(held, 8 * 256);
+        assert!(p.snapshot_list(None).expect("list").is_empty());
+        assert_eq!(p.lock().removing().len(), 1);
+        let mut steps = 0;
+        let mut left = p.lock().removing_blocks();
+        while let Some(d) = p.reclaim_step().expect("slice") {
+            steps += 1;
+            assert!(d.blocks <= SLICE_LEAVES * MAP_FANOUT as u64, "{d:?}");
+            let now = p.lock().removing_blocks();
+            assert!(d.removed || now + d.blocks == left, "{d:?} {now} {left}");
+            left = now;
+            check(&p);
+            assert!(steps < 100);
+        }
+        assert!(steps >= 3, "{steps} slices");
+        let a = p.lu_get("a").expect("a");
+        assert_eq!((a.mapped_blocks, a.owned_blocks), (40 * 256, 40 * 256));
+        assert_eq!(p.lock().removing_blocks(), 0);
+    }
+
+    /// A capture cancelled at a slice boundary leaves nothing behind: no image, the partial
+    /// copy reclaimed, the source unchanged and `check` passing.
+    #[test]
+    fn a_cancelled_capture_leaves_nothing_behind() {
+        let p = pool();
+        p.reclaimer.store(false, Ordering::Relaxed);
+        let id = p.lu_create("a", 16 * MB).expect("lu").id;
+        for i in 0..8 {
+            p.write(id, i * MB, &vec![i as u8 + 1; MB as usize], false)
+                .expect("write");
+        }
+        let before = p.lu_get("a").expect("a");
+        let mut calls = 0;
+        let r = p.image_capture("a", "img", &mut |_, _| {
+            calls += 1;
+            if calls == 2 {
+                assert_eq!(p.copy_cancel(), 1);
+            }
+        });
+        let e = r.expect_err("cancelled");
+        assert!(e.to_string().contains("cancelled"), "{e}");
+        assert_eq!(calls, 2, "stopped at the next slice boundary");
+        assert!(p.image_list().is_empty());
+        assert_eq!(p.lock().removing().len(), 0);
+        let after = p.lu_get("a").expect("a");
+        assert_eq!(
+            (after.mapped_blocks, after.owned_blocks),
+            (before.mapped_blocks, before.owned_blocks)
+        );
+        check(&p);
+        // The next capture is not affected by the earlier cancel.
+        p.image_capture("a", "img", &mut |_, _| {})
+            .expect("capture");
+        check(&p);
+    }
+}

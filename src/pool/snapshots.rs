@@ -350,11 +350,13 @@ impl Pool {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<()> {
         let blocks = size.div_ceil(BLOCK_U64);
+        let guard = self.copy_start("image capture");
         let mut done = 0u64;
         let mut lba = 0u64;
         let mut buf = Vec::new();
         while lba < blocks {
             let n = SEG_BLOCKS.min(blocks - lba);
+            guard.check()?;
             let mut g = self.lock();
             if !g.vols.contains_key(&src) {
                 return Err(PoolError::NotFound(format!(
