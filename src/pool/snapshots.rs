@@ -292,8 +292,9 @@ impl Pool {
     }
 
     /// Copy an LU (or a snapshot) into a new client image: a real copy of every block that
-    /// holds data, done in 1 MiB steps so clients keep running. `progress(done, total)` counts
-    /// data blocks. Capture from a snapshot, or while the LU is not being written, for a
+    /// holds data, done in 1 MiB slices (reads outside the pool lock, the slice's writes under
+    /// one hold of it) so clients keep running; cancellable at a slice boundary
+    /// ([`Pool::copy_cancel`]). `progress(done, total)` counts data blocks. Capture from a snapshot, or while the LU is not being written, for a
     /// consistent image. A capture cut short leaves nothing behind.
     pub fn image_capture(
         &self,
@@ -353,18 +354,21 @@ impl Pool {
         let guard = self.copy_start("image capture");
         let mut done = 0u64;
         let mut lba = 0u64;
-        let mut buf = Vec::new();
         while lba < blocks {
             let n = SEG_BLOCKS.min(blocks - lba);
             guard.check()?;
-            let mut g = self.lock();
-            if !g.vols.contains_key(&src) {
-                return Err(PoolError::NotFound(format!(
-                    "the capture's source was removed (volume {src})"
-                )));
-            }
-            let mapped = g.map_range(src, lba, n)?;
-            // Runs of consecutive mapped blocks, each copied with one read and one write.
+            let mapped = {
+                let mut g = self.lock();
+                if !g.vols.contains_key(&src) {
+                    return Err(PoolError::NotFound(format!(
+                        "the capture's source was removed (volume {src})"
+                    )));
+                }
+                g.map_range(src, lba, n)?
+            };
+            // Runs of consecutive mapped blocks, each copied with one read and one write. The
+            // reads plan under the shared side and do their I/O outside the pool lock; the
+            // writes take it once per slice.
             let mut runs: Vec<(u64, u64)> = Vec::new();
             for &(lba, _) in &mapped {
                 match runs.last_mut() {
@@ -372,12 +376,17 @@ impl Pool {
                     _ => runs.push((lba, 1)),
                 }
             }
+            let mut bufs = Vec::with_capacity(runs.len());
             for (first, count) in runs {
                 let off = first * BLOCK_U64;
                 let len = (count * BLOCK_U64).min(size - off) as usize;
-                buf.resize(len, 0);
-                g.read(src, off, &mut buf)?;
-                g.write_any(dst, off, &buf)?;
+                let mut buf = vec![0u8; len];
+                self.read(src, off, &mut buf)?;
+                bufs.push((off, buf));
+            }
+            let mut g = self.lock();
+            for (off, buf) in &bufs {
+                g.write_any(dst, *off, buf)?;
             }
             g.trim_caches();
             drop(g);
