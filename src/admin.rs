@@ -94,6 +94,9 @@ pub enum AdminRequest {
     ImageCapture {
         src: String,
         name: String,
+        /// Bytes copied per second (absent or 0: unlimited).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<u64>,
     },
     ImageList,
     ImageRemove {
@@ -482,9 +485,12 @@ pub fn execute_with_progress(
             let (clone, disk) = pool.clone_with_activation(src, name, a)?;
             lus(vec![clone, disk])
         }
-        AdminRequest::ImageCapture { src, name } => {
-            lus(vec![pool.image_capture(src, name, progress)?])
-        }
+        AdminRequest::ImageCapture { src, name, rate } => lus(vec![pool.image_capture_at(
+            src,
+            name,
+            rate.unwrap_or(0),
+            progress,
+        )?]),
         AdminRequest::ImageList => lus(pool.image_list()),
         AdminRequest::ImageRemove { name, force } => {
             let _fence = exclusive(att, name, &format!("removing client image {name}"), *force)?;

@@ -459,3 +459,92 @@ fn cancelled_pv_replace_leaves_the_pool_on_the_old_pv() {
     assert!(got.get(..fill) == Some(&std::fs::read(&data).unwrap()[..]));
     s.stop();
 }
+
+fn used(pool: &Path) -> u64 {
+    status(pool)["used_bytes"].as_u64().unwrap()
+}
+
+fn capture(pool: &Path, src: &str, image: &str, rate: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sspctl"))
+        .arg("--pool")
+        .arg(pool)
+        .args(["image", "capture", src, image, "--rate", rate])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `image capture` copies in slices (rate-limited here with `--rate`): a client's writes keep
+/// completing while it copies, the image holds the LU's data; a second capture cancelled with
+/// `image capture-cancel` fails saying so and leaves nothing behind, with `check` passing.
+#[test]
+fn capture_progresses_with_a_writer_and_cancel_leaves_nothing() {
+    let fill = 48 * MB as usize;
+    let (s, data) = pool_with_big(fill, &[]);
+    let pool = s.pool.clone();
+    let w = Writer::start(&s, "other");
+    let base = used(&pool);
+    let c = capture(&pool, "big", "img", "32M");
+    let (mut from, mut to) = (None, None);
+    let end = Instant::now() + Duration::from_secs(120);
+    let mut c = c;
+    let st = loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            break st;
+        }
+        let grown = used(&pool).saturating_sub(base);
+        if from.is_none() && grown >= 8 * MB {
+            from = Some(w.writes());
+        }
+        if to.is_none() && grown >= 32 * MB {
+            to = Some(w.writes());
+        }
+        assert!(Instant::now() < end, "capture did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(st.success(), "capture failed");
+    let (from, to) = (from.unwrap(), to.unwrap());
+    assert!(
+        to >= from + 64,
+        "only {} writes completed while the capture copied 24 MiB",
+        to - from
+    );
+    let out = s.pool.parent().unwrap().join("img.raw");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &s.uri("img"),
+            out.to_str().unwrap(),
+        ],
+    );
+    let got = std::fs::read(&out).unwrap();
+    assert!(got.get(..fill) == Some(&std::fs::read(&data).unwrap()[..]));
+
+    // A second capture, cancelled part-way.
+    let base = used(&pool);
+    let c = capture(&pool, "big", "img2", "16M");
+    wait_for(60, "the capture to start", || {
+        used(&pool).saturating_sub(base) >= 8 * MB
+    });
+    let out = sspctl(&pool, &["image", "capture-cancel"]);
+    assert!(out.contains("cancelled 1"), "{out}");
+    let o = c.wait_with_output().unwrap();
+    assert!(!o.status.success(), "a cancelled capture fails");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cancelled"), "{err}");
+    let images = json(&pool, &["image", "list"]).to_string();
+    assert!(!images.contains("img2"), "{images}");
+    wait_for(60, "the partial copy to be reclaimed", || {
+        removing(&pool).0 == 0
+    });
+    let (n, bad) = w.finish();
+    assert!(n > 0 && bad == 0, "{n} writes, {bad} read back wrong");
+    assert_check(&pool);
+    s.stop();
+}

@@ -37,7 +37,13 @@ pub enum SnapshotCmd {
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
     /// Copy an LU (or LU@SNAP) into a new client image
-    Capture { src: String, image: String },
+    Capture {
+        src: String,
+        image: String,
+        /// Rate limit in bytes copied per second, e.g. 200M (default: unlimited)
+        #[arg(long, value_parser = super::size_arg)]
+        rate: Option<u64>,
+    },
     /// Stop running captures (and any single-copy `pv replace`) at a slice boundary; a
     /// cancelled capture leaves nothing behind
     CaptureCancel,
@@ -180,10 +186,11 @@ fn print_snapshots(
 
 pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
     match cmd {
-        ImageCmd::Capture { src, image } => {
+        ImageCmd::Capture { src, image, rate } => {
             let req = AdminRequest::ImageCapture {
                 src: src.clone(),
                 name: image.clone(),
+                rate: *rate,
             };
             let bar = indicatif::ProgressBar::new(0);
             if cli.json {

@@ -302,6 +302,17 @@ impl Pool {
         image: &str,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<LuInfo> {
+        self.image_capture_at(src, image, 0, progress)
+    }
+
+    /// [`Pool::image_capture`] copying at most `rate` bytes per second (0: unlimited).
+    pub fn image_capture_at(
+        &self,
+        src: &str,
+        image: &str,
+        rate: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<LuInfo> {
         validate_name(image)?;
         let tmp = format!("{CAPTURE_PREFIX}{image}");
         let (src_id, size, total, tmp_id) = {
@@ -323,7 +334,7 @@ impl Pool {
             })?;
             (s.id, s.size, s.mapped_blocks, id)
         };
-        let r = self.copy_blocks(src_id, tmp_id, size, total, progress);
+        let r = self.copy_blocks(src_id, tmp_id, size, total, rate, progress);
         let mut g = self.lock();
         if let Err(e) = r {
             let _ = g.begin_remove(tmp_id);
@@ -348,14 +359,17 @@ impl Pool {
         dst: u64,
         size: u64,
         total: u64,
+        rate: u64,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<()> {
         let blocks = size.div_ceil(BLOCK_U64);
+        let mut throttle = super::throttle::Throttle::new(rate);
         let guard = self.copy_start("image capture");
         let mut done = 0u64;
         let mut lba = 0u64;
         while lba < blocks {
             let n = SEG_BLOCKS.min(blocks - lba);
+            std::thread::sleep(throttle.wait_time());
             guard.check()?;
             let mapped = {
                 let mut g = self.lock();
@@ -390,6 +404,7 @@ impl Pool {
             }
             g.trim_caches();
             drop(g);
+            throttle.spend(mapped.len() as u64 * BLOCK_U64);
             done += mapped.len() as u64;
             progress(done.min(total), total);
             lba += n;
