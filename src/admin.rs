@@ -94,6 +94,9 @@ pub enum AdminRequest {
     ImageCapture {
         src: String,
         name: String,
+        /// Bytes copied per second (absent or 0: unlimited).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<u64>,
     },
     ImageList,
     ImageRemove {
@@ -158,6 +161,8 @@ pub enum AdminRequest {
     ScrubStatus,
     /// Stop the running scrub at a slice boundary.
     ScrubCancel,
+    /// Cancel running captures and single-copy `pv replace` copies at a slice boundary.
+    CopyCancel,
     Resync,
 }
 
@@ -214,6 +219,10 @@ pub enum AdminReply {
         pvs: Vec<PvListEntry>,
     },
     Scrubbed(ScrubReport),
+    /// Copies told to stop (running when the cancel arrived).
+    CopiesCancelled {
+        running: u64,
+    },
     ScrubState(ScrubStatus),
     Resynced {
         bytes_copied: u64,
@@ -476,9 +485,12 @@ pub fn execute_with_progress(
             let (clone, disk) = pool.clone_with_activation(src, name, a)?;
             lus(vec![clone, disk])
         }
-        AdminRequest::ImageCapture { src, name } => {
-            lus(vec![pool.image_capture(src, name, progress)?])
-        }
+        AdminRequest::ImageCapture { src, name, rate } => lus(vec![pool.image_capture_at(
+            src,
+            name,
+            rate.unwrap_or(0),
+            progress,
+        )?]),
         AdminRequest::ImageList => lus(pool.image_list()),
         AdminRequest::ImageRemove { name, force } => {
             let _fence = exclusive(att, name, &format!("removing client image {name}"), *force)?;
@@ -567,6 +579,9 @@ pub fn execute_with_progress(
         }
         AdminRequest::ScrubStatus => AdminReply::ScrubState(pool.scrub_status(ctx.maps.dir())),
         AdminRequest::ScrubCancel => AdminReply::ScrubState(pool.scrub_cancel(ctx.maps.dir())?),
+        AdminRequest::CopyCancel => AdminReply::CopiesCancelled {
+            running: pool.copy_cancel(),
+        },
         AdminRequest::Resync => {
             let bytes_copied = pool.resync_wait(&mut |done, left| progress(done, done + left))?;
             AdminReply::Resynced {

@@ -71,6 +71,10 @@ struct Args {
     /// (FORMAT.md §7.3; `sspctl debug seal` prints where the journal ends); default: to its end
     #[arg(long, value_name = "HOST:INCARNATION:EPOCH:SEQ")]
     replay_to_seal: Option<ssp::format::Seal>,
+    /// Rate at which the space of removed LUs, snapshots and images is given back, in bytes of
+    /// their data per second (the removal itself is immediate); 0 means unlimited
+    #[arg(long, default_value = "4G", value_parser = size_arg)]
+    reclaim_rate: u64,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -183,6 +187,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let (pool, _lock) = pd.into_shared();
     pool.set_maintenance_rates(args.scrub_rate, args.resync_rate);
+    pool.set_reclaim_rate(args.reclaim_rate);
     let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
     // Runs `sspctl scrub` in the background; resumes a scrub this pool's last run left.
     let _scrubber = pool.spawn_scrubber(&args.pool);

@@ -63,6 +63,9 @@ pub enum PvCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Stop a running single-copy `pv replace` (and any capture) at a slice boundary; the
+    /// pool stays on the old PV
+    ReplaceCancel,
 }
 
 /// A path sspd is to open, as sspd must see it: a relative path means the directory the user
@@ -210,6 +213,7 @@ pub fn pv(cli: &Cli, cmd: &PvCmd, out: &mut dyn Write) -> Result<()> {
             new: spec_string(new)?,
             force: *force,
         },
+        PvCmd::ReplaceCancel => return copy_cancel(cli, out),
     };
     let json = cli.json;
     let mut report = |done: u64, total: u64| {
@@ -371,4 +375,19 @@ fn print_scrub_status(st: &crate::pool::scrub::ScrubStatus, out: &mut dyn Write)
         writeln!(out, "Error:        {}", st.error)?;
     }
     Ok(())
+}
+
+/// `pv replace-cancel`, `image capture-cancel`: cancel the running long copies.
+pub fn copy_cancel(cli: &Cli, out: &mut dyn Write) -> Result<()> {
+    match admin(cli, AdminRequest::CopyCancel)? {
+        AdminReply::CopiesCancelled { running } => {
+            if cli.json {
+                writeln!(out, "{}", serde_json::json!({ "cancelled": running }))?;
+            } else {
+                writeln!(out, "cancelled {running} running copy(ies)")?;
+            }
+            Ok(())
+        }
+        other => bail!("unexpected reply {other:?}"),
+    }
 }

@@ -251,6 +251,7 @@ fn read_only_request(req: &AdminRequest) -> bool {
             | AdminRequest::PvList
             | AdminRequest::ScrubStatus
             | AdminRequest::ScrubCancel
+            | AdminRequest::CopyCancel
     )
 }
 
@@ -415,6 +416,10 @@ fn admin_with_progress(
                 maps: &maps,
             };
             let r = crate::admin::execute_with_progress(&ctx, &req, progress)?;
+            if !read_only_request(&req) {
+                // No background thread either: the space of removed volumes comes back here.
+                pd.pool.reclaim_all()?;
+            }
             pd.pool.close()?;
             Ok(r)
         }
@@ -637,6 +642,14 @@ fn print_status(json: bool, st: &PoolStatus, out: &mut dyn Write) -> Result<()> 
             out,
             "Resync Left(MB):   {}",
             st.resync_bytes_left.div_ceil(1 << 20)
+        )?;
+    }
+    if st.removing_volumes > 0 {
+        writeln!(
+            out,
+            "Reclaiming(MB):    {} ({} removed volume(s))",
+            st.removing_bytes.div_ceil(1 << 20),
+            st.removing_volumes
         )?;
     }
     if st.failure_groups.len() > 1 {

@@ -37,7 +37,16 @@ pub enum SnapshotCmd {
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
     /// Copy an LU (or LU@SNAP) into a new client image
-    Capture { src: String, image: String },
+    Capture {
+        src: String,
+        image: String,
+        /// Rate limit in bytes copied per second, e.g. 200M (default: unlimited)
+        #[arg(long, value_parser = super::size_arg)]
+        rate: Option<u64>,
+    },
+    /// Stop running captures (and any single-copy `pv replace`) at a slice boundary; a
+    /// cancelled capture leaves nothing behind
+    CaptureCancel,
     /// List client images
     List,
     /// Remove a client image (its snapshots first)
@@ -177,10 +186,11 @@ fn print_snapshots(
 
 pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
     match cmd {
-        ImageCmd::Capture { src, image } => {
+        ImageCmd::Capture { src, image, rate } => {
             let req = AdminRequest::ImageCapture {
                 src: src.clone(),
                 name: image.clone(),
+                rate: *rate,
             };
             let bar = indicatif::ProgressBar::new(0);
             if cli.json {
@@ -226,6 +236,7 @@ pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
                 other => bail!("unexpected reply {other:?}"),
             }
         }
+        ImageCmd::CaptureCancel => super::mirror::copy_cancel(cli, out)?,
         ImageCmd::List => match admin(cli, AdminRequest::ImageList)? {
             AdminReply::Lus { pool, lus } => print_lus(cli.json, &pool, &lus, out)?,
             other => bail!("unexpected reply {other:?}"),

@@ -701,7 +701,7 @@ impl Pool {
             return Err(PoolError::Exists(format!("{name} already exists")));
         }
         if let Some(&stale) = g.names.get(&tmp) {
-            g.log_and_apply(Record::VolRemove { id: stale })?;
+            g.begin_remove(stale)?;
         }
         let id = g.next_volume_id;
         let mut udid = [0u8; 16];
@@ -727,7 +727,7 @@ impl Pool {
             g.flush()
         };
         if let Err(e) = fill() {
-            let _ = g.log_and_apply(Record::VolRemove { id });
+            let _ = g.begin_remove(id);
             return Err(e);
         }
         g.trim_caches();

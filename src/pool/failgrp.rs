@@ -452,51 +452,18 @@ impl Pool {
             .into_iter()
             .any(|f| f != osb.fg_id && !g.pvs.group_failed(f));
         if !others_ok {
-            // Single copy: copy what the old PV holds (it must still be readable).
-            g.sync_pvs()?;
-            let seg_bytes = (SEG_BLOCKS * BLOCK_U64) as usize;
-            let mut buf = vec![0u8; seg_bytes];
-            // The journal ring and everything before the data area.
+            // Single copy: copy what the old PV holds (it must still be readable), in slices
+            // with the lock released between them; the switch happens under the lock.
+            let old_dev = g.pvs.pv(i)?.dev.clone();
+            drop(g);
             let head = osb.data_offset;
-            let mut off = 0;
-            while off < head {
-                let n = (head - off).min(seg_bytes as u64) as usize;
-                buf.resize(n, 0);
-                g.pvs.read(i, off, &mut buf)?;
-                new.write_at(&buf, off).map_err(|e| PoolError::Io {
-                    dev: new.name().to_owned(),
-                    offset: off,
-                    source: e,
-                })?;
-                off += n as u64;
-            }
-            buf.resize(seg_bytes, 0);
-            let total = range.end - range.start;
-            for (k, seg) in range.clone().enumerate() {
-                if g.segs
-                    .get(seg as usize)
-                    .is_some_and(|e| e.state != SEG_FREE)
-                {
-                    let at = g.pvs.offset(i, (seg - range.start) as u32, 0)?;
-                    g.pvs.read(i, at, &mut buf)?;
-                    new.write_at(&buf, at).map_err(|e| PoolError::Io {
-                        dev: new.name().to_owned(),
-                        offset: at,
-                        source: e,
-                    })?;
-                }
-                progress(k as u64 + 1, total);
-            }
-            new.sync().map_err(|e| PoolError::Io {
-                dev: new.name().to_owned(),
-                offset: 0,
-                source: e,
-            })?;
-            Inner::write_sb(&new, &sb, false)?;
-            commit()?;
-            *g.pvs.pv_mut(i)? = Pv::new(new, sb);
-            g.checkpoint()?;
-            return Ok(());
+            let new2 = new.clone();
+            return self.pv_copy_sliced(i, &old_dev, &new2, range, head, progress, &mut |g| {
+                Inner::write_sb(&new, &sb, false)?;
+                commit()?;
+                *g.pvs.pv_mut(i)? = Pv::new(new.clone(), sb.clone());
+                g.checkpoint()
+            });
         }
         // Mirrored: the new PV starts empty; every segment in use on it is copied by resync.
         Inner::write_sb(&new, &sb, false)?;

@@ -172,6 +172,9 @@ pub struct Inner {
     pub seal_requested: bool,
     /// Opened read-only: where the last writer's log ends now (the seal a taker would use).
     pub log_end: Option<crate::format::Seal>,
+    /// While `pv replace` copies a PV in slices: the segments opened since it started, which it
+    /// copies again (see `pvcopy.rs`).
+    pub pv_copy_dirty: Option<BTreeSet<u64>>,
 }
 
 impl NodeIo for Inner {
@@ -559,6 +562,9 @@ impl Inner {
         }
         let seg = self.take_segment(which)?;
         self.free.remove(&seg);
+        if let Some(d) = self.pv_copy_dirty.as_mut() {
+            d.insert(seg);
+        }
         let gen = self.generation;
         let e = self.seg_mut(seg)?;
         e.state = if which == StreamId::Meta {

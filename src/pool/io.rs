@@ -33,6 +33,7 @@ impl Inner {
     pub fn vol_size(&self, vol: u64) -> Result<u64> {
         self.vols
             .get(&vol)
+            .filter(|v| !super::reclaim::is_removing(v))
             .map(|v| v.size)
             .ok_or_else(|| PoolError::NotFound(format!("volume {vol}")))
     }
@@ -167,6 +168,9 @@ impl Inner {
     /// Snapshots and client images are never written by clients.
     pub fn check_vol_writable(&self, vol: u64) -> Result<()> {
         match self.vols.get(&vol) {
+            Some(v) if super::reclaim::is_removing(v) => {
+                Err(PoolError::NotFound(format!("volume {vol} (removed)")))
+            }
             Some(v) if v.kind == crate::format::node::VOL_LU => Ok(()),
             Some(v) if v.kind == crate::format::node::VOL_SNAPSHOT => {
                 Err(PoolError::VolumeReadOnly(format!("snapshot {}", v.name)))

@@ -31,7 +31,9 @@ mod mirror;
 mod open;
 mod ops;
 mod ptree;
+mod pvcopy;
 pub mod pvs;
+pub mod reclaim;
 mod resident;
 mod resync;
 pub mod scrub;
@@ -156,6 +158,12 @@ pub struct PoolStatus {
     /// Bytes resync copied since the pool was opened.
     #[serde(default)]
     pub resync_bytes_copied: u64,
+    /// Volumes removed whose space background reclaim is still giving back, and the bytes of
+    /// data they still map (free space grows as reclaim proceeds).
+    #[serde(default)]
+    pub removing_volumes: u64,
+    #[serde(default)]
+    pub removing_bytes: u64,
     /// Bad copies found / repaired (reads, scrub) since the pool was opened.
     #[serde(default)]
     pub scrub_errors_found: u64,
@@ -194,6 +202,11 @@ pub struct Pool {
     scrubber: scrub::Scrubber,
     /// Rates of background maintenance.
     rates: throttle::Rates,
+    /// A background thread reclaims the space of removed volumes ([`Pool::spawn_cleaner`]);
+    /// without one, removals reclaim it in the caller's thread, slice by slice.
+    reclaimer: std::sync::atomic::AtomicBool,
+    /// Cancellation of long copies (capture, single-copy `pv replace`), see `pvcopy.rs`.
+    copies: pvcopy::Copies,
 }
 
 impl commit::RoundHost for Pool {
@@ -285,6 +298,8 @@ impl Pool {
             commit: commit::GroupCommit::default(),
             scrubber: Default::default(),
             rates: Default::default(),
+            reclaimer: Default::default(),
+            copies: Default::default(),
         })
     }
 
@@ -297,6 +312,8 @@ impl Pool {
             commit: commit::GroupCommit::default(),
             scrubber: Default::default(),
             rates: Default::default(),
+            reclaimer: Default::default(),
+            copies: Default::default(),
         })
     }
 
@@ -379,7 +396,7 @@ impl Pool {
         let mut v: Vec<LuInfo> = g
             .vols
             .values()
-            .filter(|v| v.kind == VOL_LU)
+            .filter(|v| v.kind == VOL_LU && !reclaim::is_hidden(&v.name))
             .map(|v| Self::vol_info(&g, v))
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -449,12 +466,11 @@ impl Pool {
             }
         }
         Self::refuse_if_snapshots(&g, &v)?;
-        g.log_and_apply(Record::VolRemove { id })?;
+        let owned = g.begin_remove(id)?;
         g.flush()?;
-        if g.checkpoint_due() {
-            g.checkpoint()?;
-        }
-        Ok(v.owned_blocks)
+        drop(g);
+        self.reclaim_unless_background()?;
+        Ok(owned)
     }
 
     /// Read; several readers plan in parallel under the pool lock's shared side and do their I/O
@@ -685,10 +701,17 @@ impl Pool {
         let _checkpointer = self.spawn_checkpointer();
         let weak = Arc::downgrade(self);
         let mut resync = throttle::Throttle::new(self.rates.resync());
+        let mut reclaim = throttle::Throttle::new(self.rates.reclaim());
+        self.reclaimer
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         std::thread::spawn(move || loop {
             std::thread::sleep(period);
             let Some(p) = weak.upgrade() else { return };
             p.check_pv_health();
+            // Space of removed volumes comes back in bounded slices, at the reclaim rate.
+            if let Err(e) = p.reclaim_background(&mut reclaim) {
+                tracing::warn!("reclaim: {e}");
+            }
             if let Err(e) = p.maintenance() {
                 tracing::warn!("cleaner: {e}");
             }
@@ -721,7 +744,7 @@ impl Pool {
         let provisioned: u64 = g
             .vols
             .values()
-            .filter(|v| v.kind != VOL_SNAPSHOT)
+            .filter(|v| v.kind != VOL_SNAPSHOT && !reclaim::is_removing(v))
             .map(|v| v.size)
             .sum();
         let total_bytes = total * BLOCK_U64;
@@ -755,9 +778,21 @@ impl Pool {
             used_bytes: live * BLOCK_U64,
             provisioned_bytes: provisioned,
             overcommit_bytes: provisioned.saturating_sub(total_bytes),
-            lus: g.vols.values().filter(|v| v.kind == VOL_LU).count() as u64,
-            snapshots: g.vols.values().filter(|v| v.kind == VOL_SNAPSHOT).count() as u64,
-            images: g.vols.values().filter(|v| v.kind == VOL_IMAGE).count() as u64,
+            lus: g
+                .vols
+                .values()
+                .filter(|v| v.kind == VOL_LU && !reclaim::is_removing(v))
+                .count() as u64,
+            snapshots: g
+                .vols
+                .values()
+                .filter(|v| v.kind == VOL_SNAPSHOT && !reclaim::is_removing(v))
+                .count() as u64,
+            images: g
+                .vols
+                .values()
+                .filter(|v| v.kind == VOL_IMAGE && !reclaim::is_removing(v))
+                .count() as u64,
             mirror_state: ms.name().into(),
             mirror_reason: match &ms {
                 mirror::MirrorState::Degraded(r) => r.clone(),
@@ -767,6 +802,8 @@ impl Pool {
             seal: g.seal_info(),
             log_end: g.log_end_info(),
             resync_bytes_left: g.resync_pending(),
+            removing_volumes: g.removing().len() as u64,
+            removing_bytes: g.removing_blocks() * BLOCK_U64,
             resync_bytes_copied: g
                 .mirror
                 .resync_bytes

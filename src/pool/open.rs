@@ -301,6 +301,7 @@ fn assemble(
         seal: ck.seal,
         seal_requested: false,
         log_end: None,
+        pv_copy_dirty: None,
         opts,
     })
 }
@@ -687,7 +688,7 @@ pub fn open(devs: Vec<Arc<dyn BlockDev>>, opts: Options) -> Result<Inner> {
             .collect();
         for (id, name) in stale {
             tracing::warn!("removing {name}: a client-image capture that did not finish");
-            inner.log_and_apply(crate::format::journal::Record::VolRemove { id })?;
+            inner.begin_remove(id)?;
         }
         repair_superblocks(&mut inner)?;
         // Pools created before the metadata area was reserved, or PVs restored sparse.

@@ -7,6 +7,7 @@
 )]
 
 use super::error::{PoolError, Result};
+use super::reclaim::{is_hidden, is_removing};
 use super::{validate_name, LuInfo, Pool};
 use crate::format::journal::Record;
 use crate::format::node::{VolRecord, VOL_IMAGE, VOL_LU, VOL_SNAPSHOT};
@@ -187,6 +188,7 @@ impl Pool {
             .vols
             .values()
             .filter(|v| v.kind == VOL_SNAPSHOT && parent.is_none_or(|p| v.parent == p))
+            .filter(|v| !is_removing(v))
             .collect();
         v.sort_by_key(|v| (v.created_epoch, v.id));
         Ok(v.into_iter().map(|v| Self::vol_info(&g, v)).collect())
@@ -240,9 +242,11 @@ impl Pool {
         if s.kind != VOL_SNAPSHOT {
             return Err(PoolError::Invalid(format!("{name} is not a snapshot")));
         }
-        g.log_and_apply(Record::VolRemove { id: s.id })?;
+        let owned = g.begin_remove(s.id)?;
         g.flush()?;
-        Ok(s.owned_blocks)
+        drop(g);
+        self.reclaim_unless_background()?;
+        Ok(owned)
     }
 
     /// A writable LU sharing every block of a snapshot or client image until written: one
@@ -288,13 +292,25 @@ impl Pool {
     }
 
     /// Copy an LU (or a snapshot) into a new client image: a real copy of every block that
-    /// holds data, done in 1 MiB steps so clients keep running. `progress(done, total)` counts
-    /// data blocks. Capture from a snapshot, or while the LU is not being written, for a
+    /// holds data, done in 1 MiB slices (reads outside the pool lock, the slice's writes under
+    /// one hold of it) so clients keep running; cancellable at a slice boundary
+    /// ([`Pool::copy_cancel`]). `progress(done, total)` counts data blocks. Capture from a snapshot, or while the LU is not being written, for a
     /// consistent image. A capture cut short leaves nothing behind.
     pub fn image_capture(
         &self,
         src: &str,
         image: &str,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<LuInfo> {
+        self.image_capture_at(src, image, 0, progress)
+    }
+
+    /// [`Pool::image_capture`] copying at most `rate` bytes per second (0: unlimited).
+    pub fn image_capture_at(
+        &self,
+        src: &str,
+        image: &str,
+        rate: u64,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<LuInfo> {
         validate_name(image)?;
@@ -306,7 +322,7 @@ impl Pool {
                 return Err(PoolError::Exists(format!("{image} already exists")));
             }
             if let Some(&stale) = g.names.get(&tmp) {
-                g.log_and_apply(Record::VolRemove { id: stale })?;
+                g.begin_remove(stale)?;
             }
             let id = g.next_volume_id;
             g.log_and_apply(Record::VolCreate {
@@ -318,15 +334,15 @@ impl Pool {
             })?;
             (s.id, s.size, s.mapped_blocks, id)
         };
-        let r = self.copy_blocks(src_id, tmp_id, size, total, progress);
+        let r = self.copy_blocks(src_id, tmp_id, size, total, rate, progress);
         let mut g = self.lock();
         if let Err(e) = r {
-            let _ = g.log_and_apply(Record::VolRemove { id: tmp_id });
+            let _ = g.begin_remove(tmp_id);
             return Err(e);
         }
         g.flush()?;
         if g.names.contains_key(image) {
-            g.log_and_apply(Record::VolRemove { id: tmp_id })?;
+            g.begin_remove(tmp_id)?;
             return Err(PoolError::Exists(format!("{image} already exists")));
         }
         g.log_and_apply(Record::VolRename {
@@ -343,22 +359,30 @@ impl Pool {
         dst: u64,
         size: u64,
         total: u64,
+        rate: u64,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<()> {
         let blocks = size.div_ceil(BLOCK_U64);
+        let mut throttle = super::throttle::Throttle::new(rate);
+        let guard = self.copy_start("image capture");
         let mut done = 0u64;
         let mut lba = 0u64;
-        let mut buf = Vec::new();
         while lba < blocks {
             let n = SEG_BLOCKS.min(blocks - lba);
-            let mut g = self.lock();
-            if !g.vols.contains_key(&src) {
-                return Err(PoolError::NotFound(format!(
-                    "the capture's source was removed (volume {src})"
-                )));
-            }
-            let mapped = g.map_range(src, lba, n)?;
-            // Runs of consecutive mapped blocks, each copied with one read and one write.
+            std::thread::sleep(throttle.wait_time());
+            guard.check()?;
+            let mapped = {
+                let mut g = self.lock();
+                if !g.vols.contains_key(&src) {
+                    return Err(PoolError::NotFound(format!(
+                        "the capture's source was removed (volume {src})"
+                    )));
+                }
+                g.map_range(src, lba, n)?
+            };
+            // Runs of consecutive mapped blocks, each copied with one read and one write. The
+            // reads plan under the shared side and do their I/O outside the pool lock; the
+            // writes take it once per slice.
             let mut runs: Vec<(u64, u64)> = Vec::new();
             for &(lba, _) in &mapped {
                 match runs.last_mut() {
@@ -366,15 +390,21 @@ impl Pool {
                     _ => runs.push((lba, 1)),
                 }
             }
+            let mut bufs = Vec::with_capacity(runs.len());
             for (first, count) in runs {
                 let off = first * BLOCK_U64;
                 let len = (count * BLOCK_U64).min(size - off) as usize;
-                buf.resize(len, 0);
-                g.read(src, off, &mut buf)?;
-                g.write_any(dst, off, &buf)?;
+                let mut buf = vec![0u8; len];
+                self.read(src, off, &mut buf)?;
+                bufs.push((off, buf));
+            }
+            let mut g = self.lock();
+            for (off, buf) in &bufs {
+                g.write_any(dst, *off, buf)?;
             }
             g.trim_caches();
             drop(g);
+            throttle.spend(mapped.len() as u64 * BLOCK_U64);
             done += mapped.len() as u64;
             progress(done.min(total), total);
             lba += n;
@@ -389,7 +419,7 @@ impl Pool {
         let mut v: Vec<LuInfo> = g
             .vols
             .values()
-            .filter(|v| !v.name.starts_with(CAPTURE_PREFIX))
+            .filter(|v| !is_hidden(&v.name))
             .map(|v| Self::vol_info(&g, v))
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -406,7 +436,7 @@ impl Pool {
             .vols
             .values()
             .filter(|v| v.family == me.family && v.id != me.id)
-            .filter(|v| !v.name.starts_with(CAPTURE_PREFIX))
+            .filter(|v| !is_hidden(&v.name))
             .map(|v| v.name.clone())
             .collect();
         v.sort();
@@ -419,7 +449,7 @@ impl Pool {
         let mut v: Vec<LuInfo> = g
             .vols
             .values()
-            .filter(|v| v.kind == VOL_IMAGE && !v.name.starts_with(CAPTURE_PREFIX))
+            .filter(|v| v.kind == VOL_IMAGE && !is_hidden(&v.name))
             .map(|v| Self::vol_info(&g, v))
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -434,16 +464,18 @@ impl Pool {
             return Err(PoolError::Invalid(format!("{name} is not a client image")));
         }
         Self::refuse_if_snapshots(&g, &v)?;
-        g.log_and_apply(Record::VolRemove { id: v.id })?;
+        let owned = g.begin_remove(v.id)?;
         g.flush()?;
-        Ok(v.owned_blocks)
+        drop(g);
+        self.reclaim_unless_background()?;
+        Ok(owned)
     }
 
     pub(super) fn refuse_if_snapshots(g: &super::Inner, v: &VolRecord) -> Result<()> {
         let snaps: Vec<&str> = g
             .vols
             .values()
-            .filter(|s| s.kind == VOL_SNAPSHOT && s.parent == v.id)
+            .filter(|s| s.kind == VOL_SNAPSHOT && s.parent == v.id && !is_removing(s))
             .map(|s| s.name.as_str())
             .collect();
         if snaps.is_empty() {

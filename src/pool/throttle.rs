@@ -13,6 +13,8 @@ pub const DEFAULT_RATE: u64 = 64 << 20;
 pub struct Rates {
     pub scrub: AtomicU64,
     pub resync: AtomicU64,
+    /// Background reclaim of removed volumes (bytes of their data released per second).
+    pub reclaim: AtomicU64,
 }
 
 impl Default for Rates {
@@ -20,6 +22,7 @@ impl Default for Rates {
         Rates {
             scrub: AtomicU64::new(DEFAULT_RATE),
             resync: AtomicU64::new(DEFAULT_RATE),
+            reclaim: AtomicU64::new(super::reclaim::DEFAULT_RATE),
         }
     }
 }
@@ -30,6 +33,9 @@ impl Rates {
     }
     pub fn resync(&self) -> u64 {
         self.resync.load(Ordering::Relaxed)
+    }
+    pub fn reclaim(&self) -> u64 {
+        self.reclaim.load(Ordering::Relaxed)
     }
 }
 
