@@ -61,9 +61,9 @@ struct ReadCheck {
     compare: Option<u64>,
 }
 
-/// Whether `buf` is the node `ptr` names (the checks of `Inner::read_node`), for messages
-/// at `dev`/`off`.
-fn check_node_bytes(
+/// Whether `buf` is the node `ptr` names (what `Inner::read_node` and the check's second stage
+/// verify), for messages at `at` (device, offset).
+pub(super) fn check_node_bytes(
     pid: &[u8; 16],
     at: &(String, u64),
     buf: &[u8],

@@ -199,40 +199,15 @@ impl NodeIo for Inner {
 impl Inner {
     /// Whether `buf` is the node `ptr` names.
     fn check_node(&self, buf: &[u8], ptr: Ptr, kind: NodeKind, level: u8, id: u64) -> Result<()> {
-        let (dev, off) = self.describe(ptr.pba);
-        let (h, _) = decode_node(buf, &self.pool_id).map_err(|e| PoolError::Corrupt {
-            dev: dev.clone(),
-            offset: off,
-            source: e,
-        })?;
-        let stored = buf
-            .get(8..12)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map_or(0, u32::from_le_bytes);
-        if stored != ptr.crc {
-            return Err(PoolError::Checksum {
-                dev,
-                offset: off,
-                what: format!("{kind:?} node {level}/{id}: parent expects another version"),
-                stored,
-                computed: ptr.crc,
-            });
-        }
-        if h.kind != kind || h.level != level || h.id != id {
-            return Err(PoolError::Corrupt {
-                dev,
-                offset: off,
-                source: crate::format::FormatError::Invalid {
-                    what: "metadata node",
-                    field: "identity",
-                    detail: format!(
-                        "found {:?} {}/{} where {kind:?} {level}/{id} was expected",
-                        h.kind, h.level, h.id
-                    ),
-                },
-            });
-        }
-        Ok(())
+        super::check::check_node_bytes(
+            &self.pool_id,
+            &self.describe(ptr.pba),
+            buf,
+            ptr,
+            kind,
+            level,
+            id,
+        )
     }
 }
 
