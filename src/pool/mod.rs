@@ -415,12 +415,21 @@ impl Pool {
 
     /// Size in bytes of the volume with this id (cheap: for the data path).
     pub fn lu_size(&self, vol: u64) -> Result<u64> {
-        self.lock().vol_size(vol)
+        self.shared().vol_size(vol)
+    }
+
+    /// [`Pool::lu_size`] if the pool lock's shared side is free now (`None`: it would wait).
+    pub fn try_lu_size(&self, vol: u64) -> Option<Result<u64>> {
+        match self.inner.try_read() {
+            Ok(g) => Some(g.vol_size(vol)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().vol_size(vol)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Volume id of an LU, for the data path.
     pub fn lu_id(&self, name: &str) -> Result<u64> {
-        self.lock()
+        self.shared()
             .names
             .get(name)
             .copied()

@@ -413,7 +413,16 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(got, None);
+        // The size check every inline request starts with does not wait either.
+        let got = {
+            let p = p.clone();
+            std::thread::spawn(move || p.try_lu_size(id).is_none())
+                .join()
+                .unwrap()
+        };
+        assert!(got);
         drop(held);
+        assert_eq!(p.try_lu_size(id).unwrap().unwrap(), 16 * MB);
         assert!(p.try_read(id, 0, &mut b).unwrap());
     }
 }

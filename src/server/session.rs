@@ -375,8 +375,8 @@ impl Budget {
 }
 
 /// Bytes a request holds in memory until its reply is sent: the reply (read data, extents),
-/// plus its payload when it is copied for an I/O thread.
-fn inflight_bytes(req: &Request, offloaded: bool, contexts: usize) -> u64 {
+/// plus its payload (copied into the job for an I/O thread).
+fn inflight_bytes(req: &Request, contexts: usize) -> u64 {
     const REPLY_OVERHEAD: u64 = 1024;
     let reply = match req.command() {
         Some(Command::Read) => req.length,
@@ -387,8 +387,9 @@ fn inflight_bytes(req: &Request, offloaded: bool, contexts: usize) -> u64 {
         }
         _ => 0,
     };
-    let payload = if offloaded { req.payload_len } else { 0 };
-    reply.saturating_add(payload).saturating_add(REPLY_OVERHEAD)
+    reply
+        .saturating_add(req.payload_len)
+        .saturating_add(REPLY_OVERHEAD)
 }
 
 /// Everything a request handler needs, shared by the connection's tasks.
@@ -625,7 +626,7 @@ where
                 })?;
                 continue;
             }
-            let want = inflight_bytes(&req, true, ctx.contexts.len());
+            let want = inflight_bytes(&req, ctx.contexts.len());
             let credit = match budget.try_take(want) {
                 Some(c) => c,
                 None => {
@@ -922,10 +923,16 @@ fn run_request(
     inline: bool,
 ) -> Result<Option<u32>, SessionError> {
     let (pool, vol, neg) = (&ctx.pool, ctx.vol, &ctx.neg);
-    // Size as of now: LUs can be resized while attached.
-    let size = pool
-        .lu_size(vol)
-        .map_err(|_| SessionError::ExportGone(neg.export.clone()))?;
+    // Size as of now: LUs can be resized while attached. Inline, not even this may wait.
+    let size = if inline {
+        match pool.try_lu_size(vol) {
+            Some(r) => r,
+            None => return Ok(None),
+        }
+    } else {
+        pool.lu_size(vol)
+    }
+    .map_err(|_| SessionError::ExportGone(neg.export.clone()))?;
     if let Err(e) = validate(req, size, neg) {
         tracing::debug!(?req, e, "request refused");
         out.enc(|v| encode_error_reply(v, target, e, "invalid request"))?;
