@@ -636,7 +636,9 @@ fn window_candidates(events: &[Event], lba: u64, initial: u64, a: u64, b: u64) -
 struct World {
     seed: u64,
     mirrored: bool,
-    pool: Option<Pool>,
+    /// The pool, with its background checkpointer running (checkpoints overlap the threads'
+    /// writes, and power cuts land in their unlocked writes and syncs too).
+    pool: Option<Arc<Pool>>,
     power: Arc<Power>,
     ctls: Vec<FaultControl>,
     locals: Vec<Local>,
@@ -662,6 +664,13 @@ struct Stats {
     maybe_gone: u64,
     /// Blocks read after a crash that had a choice of values.
     crash_choices: u64,
+}
+
+/// Share the pool and start its background checkpointer (it ends once the pool is dropped).
+fn with_checkpointer(pool: Pool) -> Arc<Pool> {
+    let pool = Arc::new(pool);
+    drop(pool.spawn_checkpointer());
+    pool
 }
 
 impl World {
@@ -705,7 +714,7 @@ impl World {
         World {
             seed,
             mirrored,
-            pool: Some(pool),
+            pool: Some(with_checkpointer(pool)),
             power,
             ctls,
             locals,
@@ -946,7 +955,7 @@ impl World {
                 self.seed
             )
         });
-        self.pool = Some(pool);
+        self.pool = Some(with_checkpointer(pool));
     }
 
     /// Start a new cycle: histories empty, the shared LU's values as they stand.

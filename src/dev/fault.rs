@@ -77,11 +77,37 @@ pub struct FaultControl {
     held: Arc<Held>,
 }
 
-/// While set, reads wait (a device that stalls), for at most [`HOLD_MAX`].
+/// While set, reads (writes, syncs) wait (a device that stalls), for at most [`HOLD_MAX`].
 #[derive(Default)]
 struct Held {
     reads: Mutex<bool>,
+    writes: Mutex<bool>,
+    syncs: Mutex<bool>,
+    /// Writes and syncs waiting now.
+    waiting: std::sync::atomic::AtomicUsize,
     cv: std::sync::Condvar,
+}
+
+impl Held {
+    fn wait(&self, which: &Mutex<bool>) {
+        let h = which.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*h {
+            return;
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = self
+            .cv
+            .wait_timeout_while(h, HOLD_MAX, |held| *held)
+            .unwrap_or_else(PoisonError::into_inner);
+        self.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn set(&self, which: &Mutex<bool>, hold: bool) {
+        *which.lock().unwrap_or_else(PoisonError::into_inner) = hold;
+        self.cv.notify_all();
+    }
 }
 
 /// A held read goes on after this long anyway, so a test that fails cannot hang.
@@ -159,6 +185,7 @@ impl BlockDev for FaultDev {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.held.wait(&self.held.writes);
         let mut st = lock(&self.state);
         if st.writes_left == Some(0) {
             return Err(self.injected("write", offset));
@@ -172,6 +199,7 @@ impl BlockDev for FaultDev {
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.held.wait(&self.held.syncs);
         let st = &mut *lock(&self.state);
         if st.fail_syncs {
             // Pending writes stay volatile: a failed flush guarantees nothing.
@@ -236,6 +264,21 @@ impl FaultControl {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = hold;
         self.held.cv.notify_all();
+    }
+
+    /// While set, writes stall (for at most 30 s each).
+    pub fn hold_writes(&self, hold: bool) {
+        self.held.set(&self.held.writes, hold);
+    }
+
+    /// While set, syncs stall (for at most 30 s each).
+    pub fn hold_syncs(&self, hold: bool) {
+        self.held.set(&self.held.syncs, hold);
+    }
+
+    /// Writes and syncs stalled now by [`FaultControl::hold_writes`] / [`FaultControl::hold_syncs`].
+    pub fn held(&self) -> usize {
+        self.held.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// While set, `sync` fails and leaves pending writes volatile.

@@ -158,10 +158,15 @@ impl Pool {
                 What::Data { vol, .. } => g.vol_name(vol),
                 What::Node { .. } => String::new(),
             };
-            if let Some(b) = g.streams.iter().find_map(|s| s.buffered(pba)) {
+            if let Some(b) = g
+                .streams
+                .iter()
+                .find_map(|s| s.buffered(pba).map(<[u8]>::to_vec))
+                .or_else(|| g.outbound.block(pba))
+            {
                 // Not on disk yet: checked from memory; no copies to compare.
                 let at = g.describe(pba);
-                check_block(&g.pool_id, item, b, &vol, &at, rep, true);
+                check_block(&g.pool_id, item, &b, &vol, &at, rep, true);
                 continue;
             }
             let copies = match g.copies(pba) {

@@ -17,8 +17,9 @@
     deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
 )]
 
-use super::error::Result;
-use super::inner::Inner;
+use super::ckpt::{DurableJob, Outcome};
+use super::error::{PoolError, Result};
+use super::inner::{Inner, StreamId};
 use super::Pool;
 use crate::sync::{Condvar, Mutex};
 use std::sync::Arc;
@@ -52,7 +53,93 @@ impl Checkpointer {
     }
 }
 
+/// A background checkpoint between its capture and the end of its [`DurableJob`]: lock holders
+/// wait here (without the pool lock) for its outcome.
+#[derive(Default)]
+pub struct Running {
+    outcome: Mutex<Option<Outcome>>,
+    taken: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Running {
+    fn set(&self, o: Outcome) {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+        self.cv.notify_all();
+    }
+
+    /// Whether its durable part has ended.
+    pub fn finished(&self) -> bool {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+            || *self.taken.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until its durable part has ended.
+    pub fn wait_finished(&self) {
+        let mut o = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        while o.is_none() && !*self.taken.lock().unwrap_or_else(|p| p.into_inner()) {
+            o = self.cv.wait(o).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Wait for the outcome and take it (once).
+    fn take(&self) -> Outcome {
+        let mut o = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(out) = o.take() {
+                *self.taken.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                return out;
+            }
+            o = self.cv.wait(o).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 impl Inner {
+    /// Commit in memory the checkpoint the background checkpointer captured, waiting for its
+    /// writes and syncs to end if they have not (they need no lock, so this cannot deadlock).
+    /// A failure poisons the pool, as any checkpoint's does.
+    pub fn finish_background_checkpoint(&mut self) -> Result<()> {
+        let Some((cap, running)) = self.bg_ckpt.take() else {
+            return Ok(());
+        };
+        let out = running.take();
+        let r = self.absorb(cap, out);
+        if let Err(e) = &r {
+            tracing::error!("background checkpoint failed, pool poisoned: {e}");
+            self.poisoned
+                .get_or_insert_with(|| format!("checkpoint failed: {e}"));
+        }
+        r
+    }
+
+    /// Capture a checkpoint for the background checkpointer (steps 1-6 under the lock); the
+    /// caller runs the returned job without the lock.
+    fn capture_background(&mut self, running: &Arc<Running>) -> Result<DurableJob> {
+        self.finish_background_checkpoint()?;
+        self.check_writable()?;
+        for w in [StreamId::Data, StreamId::Gc] {
+            match self.write_out(w) {
+                Err(e @ PoolError::NoSpace(_)) => return Err(e),
+                r => self.poison(r)?,
+            }
+        }
+        let r = self.capture();
+        let (cap, job) = match r {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("checkpoint failed, pool poisoned: {e}");
+                self.poisoned = Some(format!("checkpoint failed: {e}"));
+                return Err(e);
+            }
+        };
+        self.bg_ckpt = Some((cap, running.clone()));
+        Ok(job)
+    }
+
     /// Enough has changed that a checkpoint should be taken soon: the checkpointer is woken.
     /// The same journal and write thresholds as [`Inner::checkpoint_due`], and three quarters
     /// of the dirty-node cap (which is a hard limit).
@@ -114,14 +201,32 @@ impl Pool {
             if !woken {
                 continue;
             }
-            let mut g = p.lock();
-            if g.opts.read_only || g.poisoned.is_some() || !g.checkpoint_wanted() {
-                continue;
+            let running = Arc::new(Running::default());
+            let job = {
+                let mut g = p.lock();
+                if g.opts.read_only || g.poisoned.is_some() || !g.checkpoint_wanted() {
+                    continue;
+                }
+                match g.capture_background(&running) {
+                    Ok(job) => {
+                        g.counters.background_checkpoints += 1;
+                        *p.background() = Some(running.clone());
+                        job
+                    }
+                    Err(e) => {
+                        tracing::error!("background checkpoint: {e}");
+                        continue;
+                    }
+                }
+            };
+            // Writers go on meanwhile: what they change belongs to the next checkpoint.
+            running.set(job.run(&p.outbound));
+            let mut g = p.lock_for_write();
+            *p.background() = None;
+            if let Err(e) = g.finish_background_checkpoint() {
+                tracing::error!("background checkpoint: {e}");
             }
-            match g.checkpoint() {
-                Ok(()) => g.counters.background_checkpoints += 1,
-                Err(e) => tracing::error!("background checkpoint: {e}"),
-            }
+            g.top_up_backing();
         })
     }
 }

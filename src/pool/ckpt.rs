@@ -9,7 +9,9 @@
 
 use super::error::{PoolError, Result};
 use super::inner::{Inner, StreamId};
-use super::pvs::split;
+use super::commit::SyncTarget;
+use super::outbound::Outbound;
+use super::pvs::{seg_start, split};
 use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
 use crate::format::node::SEG_PER_PAGE;
 use crate::format::node::{
@@ -48,7 +50,12 @@ impl Inner {
         Ok((pba, crc))
     }
 
+    /// Take a checkpoint now, with the pool lock held throughout (a background checkpoint in
+    /// progress is finished first). The background checkpointer runs the same steps with the
+    /// writes and syncs outside the lock (`checkpointer.rs`).
     pub fn checkpoint(&mut self) -> Result<()> {
+        self.check_writable()?;
+        self.finish_background_checkpoint()?;
         self.check_writable()?;
         // Buffered data goes out first: if the host file system is full this fails before
         // anything changed, and the checkpoint can be tried again once there is room.
@@ -58,7 +65,10 @@ impl Inner {
                 r => self.poison(r)?,
             }
         }
-        let r = self.checkpoint_inner();
+        let r = self.capture().and_then(|(cap, job)| {
+            let out = job.run(&self.outbound);
+            self.absorb(cap, out)
+        });
         if let Err(e) = &r {
             tracing::error!("checkpoint failed, pool poisoned: {e}");
             self.poisoned = Some(format!("checkpoint failed: {e}"));
@@ -68,12 +78,19 @@ impl Inner {
         Ok(())
     }
 
-    fn checkpoint_inner(&mut self) -> Result<()> {
+    /// Steps 1-6 of a checkpoint (FORMAT.md §8), under the pool lock: every dirty node is
+    /// written copy-on-write to the metadata stream, whose buffer becomes flights, and the
+    /// checkpoint record is encoded. What is left ([`DurableJob`]) needs no lock; the commit
+    /// in memory ([`Inner::absorb`]) needs it again. Changes made in between belong to the
+    /// next checkpoint: they are journaled after this one's journal position and dirty their
+    /// nodes again.
+    pub fn capture(&mut self) -> Result<(Captured, DurableJob)> {
         let gen = self.generation + 1;
         self.write_out(StreamId::Data)?;
         self.write_out(StreamId::Gc)?;
         self.journal_write_block()?;
         let (jseq, jpos) = (self.journal.seq, self.journal.pos);
+        let writes = self.writes_since_ckpt;
 
         // 1. Block-map nodes: addressed by VBA, so only their VBA entries change.
         let mut dirty: Vec<u64> = self
@@ -229,10 +246,9 @@ impl Inner {
             self.counters.meta_blocks_written += 1;
         }
 
-        // 7. Make everything durable, then commit.
-        self.write_out(StreamId::Meta)?;
-        self.sync_pvs()?;
-        self.journal_synced();
+        // 7. What makes it durable and commits it: the metadata runs as flights, the record.
+        self.hand_off_meta()?;
+        let meta = std::mem::take(&mut self.queued);
         let ck = Checkpoint {
             generation: gen,
             pool_id: self.pool_id,
@@ -256,22 +272,80 @@ impl Inner {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
-        let buf = ck.encode();
         let [even, odd] = CKPT_OFFSETS;
-        let slot = if gen % 2 == 0 { even } else { odd };
-        self.put_all_pvs(slot, &buf)?;
-        self.sync_pvs()?;
+        let mut to_free = to_free;
+        to_free.append(&mut self.carried_free);
+        let job = DurableJob {
+            meta,
+            targets: self.sync_targets(),
+            slot_off: if gen % 2 == 0 { even } else { odd },
+            slot: ck.encode(),
+        };
+        let cap = Captured {
+            gen,
+            jseq,
+            jpos,
+            to_free,
+            writes,
+        };
+        Ok((cap, job))
+    }
 
-        self.generation = gen;
-        self.journal.start_seq = jseq;
-        self.journal.start_pos = jpos;
+    /// Commit a captured checkpoint in memory once its [`DurableJob`] ran: PVs that failed are
+    /// failed as a sync under the lock fails them (a mirrored pool goes degraded; otherwise
+    /// this is an error, and the caller poisons the pool). Committed: the generation moves on,
+    /// the journal before it is given back, and the segments it freed become reusable.
+    /// Not committed (a sync before the record failed): the segments it freed are carried
+    /// over, and the checkpoint is taken again with the failed PVs left out.
+    pub fn absorb(&mut self, cap: Captured, out: Outcome) -> Result<()> {
+        self.note_syncs(&out.syncs);
+        if out.meta_failed {
+            // Written again under the lock, as a write-out there would be (a failed PV of a
+            // mirrored pool goes degraded); then the checkpoint is taken again.
+            self.settle_flights()?;
+            self.carried_free.extend(cap.to_free);
+            return self.checkpoint();
+        }
+        for (pv, source) in out.failed {
+            let err = PoolError::Io {
+                dev: self.pvs.name(pv),
+                offset: 0,
+                source,
+            };
+            self.fail_pv(pv, err)?;
+        }
+        if !out.committed {
+            self.carried_free.extend(cap.to_free);
+            return self.checkpoint();
+        }
+        self.generation = cap.gen;
+        self.journal.start_seq = cap.jseq;
+        self.journal.start_pos = cap.jpos;
+        self.journal.durable_seq = self.journal.durable_seq.max(cap.jseq.saturating_sub(1));
         // Wait for reads still doing I/O on blocks this checkpoint freed.
         drop(self.reuse.write().unwrap_or_else(|p| p.into_inner()));
-        self.free.extend(to_free);
-        self.writes_since_ckpt = 0;
+        self.free.extend(cap.to_free);
+        self.writes_since_ckpt = self.writes_since_ckpt.saturating_sub(cap.writes);
         self.counters.checkpoints += 1;
         self.evict_maps();
         self.vba.evict();
+        Ok(())
+    }
+
+    /// The metadata stream's buffered blocks become flights (queued in `self.queued`).
+    fn hand_off_meta(&mut self) -> Result<()> {
+        let s = self.stream(StreamId::Meta);
+        if s.seg == 0 || s.buf.is_empty() {
+            return Ok(());
+        }
+        let (seg, slot) = (s.seg, s.buf_slot);
+        let targets = self.flight_targets(seg, slot)?;
+        let s = self.stream_mut(StreamId::Meta);
+        let buf = std::mem::take(&mut s.buf);
+        let pba = seg_start(seg) + slot;
+        s.buf_slot = s.next;
+        let seq = self.outbound.push(pba, buf, targets);
+        self.queued.push(seq);
         Ok(())
     }
 
@@ -342,4 +416,85 @@ pub fn gc_reserve(table_pages: u64) -> u64 {
 enum TreeId {
     Vba,
     VolDir,
+}
+
+/// A checkpoint between its capture and its commit in memory.
+pub struct Captured {
+    gen: u64,
+    jseq: u64,
+    jpos: u64,
+    /// Segments it records free, reusable once it is durable.
+    to_free: Vec<u64>,
+    /// Data writes it covers.
+    writes: u64,
+}
+
+/// The part of a checkpoint that needs no pool lock: write its metadata runs, sync every PV
+/// that is up, then write the checkpoint record on each and sync again (FORMAT.md §8).
+pub struct DurableJob {
+    meta: Vec<u64>,
+    targets: Vec<SyncTarget>,
+    slot_off: u64,
+    slot: Vec<u8>,
+}
+
+/// How a [`DurableJob`] went.
+#[derive(Default)]
+pub struct Outcome {
+    /// Every sync issued (counters).
+    syncs: Vec<(u16, std::io::Result<()>)>,
+    /// PVs whose sync or record write failed.
+    failed: Vec<(u16, std::io::Error)>,
+    /// A metadata run could not be written.
+    meta_failed: bool,
+    /// The record reached, and was synced on, at least one PV after every PV synced.
+    committed: bool,
+}
+
+impl DurableJob {
+    pub fn run(&self, outbound: &Outbound) -> Outcome {
+        let mut out = Outcome::default();
+        if outbound.write_own(&self.meta).is_err() {
+            out.meta_failed = true;
+            return out;
+        }
+        let synced = super::commit::sync_parallel(&self.targets);
+        let mut ok = Vec::new();
+        for (pv, r) in synced {
+            match r {
+                Ok(()) => {
+                    ok.push(pv);
+                    out.syncs.push((pv, Ok(())));
+                }
+                Err(e) => {
+                    out.syncs.push((pv, Err(std::io::Error::new(e.kind(), e.to_string()))));
+                    out.failed.push((pv, e));
+                }
+            }
+        }
+        if !out.failed.is_empty() {
+            // Not everything the record references is durable everywhere: no record.
+            return out;
+        }
+        let mut written = Vec::new();
+        for (pv, dev, gate) in &self.targets {
+            match dev.write_at(&self.slot, self.slot_off) {
+                Ok(()) => written.push((*pv, dev.clone(), gate.clone())),
+                Err(e) => out.failed.push((*pv, e)),
+            }
+        }
+        for (pv, r) in super::commit::sync_parallel(&written) {
+            match r {
+                Ok(()) => {
+                    out.committed = true;
+                    out.syncs.push((pv, Ok(())));
+                }
+                Err(e) => {
+                    out.syncs.push((pv, Err(std::io::Error::new(e.kind(), e.to_string()))));
+                    out.failed.push((pv, e));
+                }
+            }
+        }
+        out
+    }
 }

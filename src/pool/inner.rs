@@ -175,6 +175,16 @@ pub struct Inner {
     /// While `pv replace` copies a PV in slices: the segments opened since it started, which it
     /// copies again (see `pvcopy.rs`).
     pub pv_copy_dirty: Option<BTreeSet<u64>>,
+    /// Data-stream runs written out without the pool lock (see `outbound.rs`).
+    pub outbound: std::sync::Arc<super::outbound::Outbound>,
+    /// Flights queued by the current lock holder, for [`super::Pool::write`] to write once it
+    /// has released the lock (another holder's settle may take them first).
+    pub queued: Vec<u64>,
+    /// Segments a checkpoint that was not committed had recorded free: the next one frees them.
+    pub carried_free: Vec<u64>,
+    /// A checkpoint the background checkpointer captured and is making durable without the
+    /// lock; committed in memory by [`Inner::finish_background_checkpoint`].
+    pub bg_ckpt: Option<(super::ckpt::Captured, std::sync::Arc<super::checkpointer::Running>)>,
 }
 
 impl NodeIo for Inner {
@@ -242,6 +252,9 @@ impl Inner {
                 return Ok(b.to_vec());
             }
         }
+        if let Some(b) = self.outbound.block(pba) {
+            return Ok(b);
+        }
         let mut buf = vec![0u8; BLOCK];
         self.read_copies(pba, &mut buf)?;
         Ok(buf)
@@ -250,17 +263,22 @@ impl Inner {
     /// Read `n` consecutive blocks of one segment into `out`.
     pub fn read_run(&self, pba: u64, out: &mut [u8]) -> Result<()> {
         let n = (out.len() / BLOCK) as u64;
-        if self
-            .streams
-            .iter()
-            .any(|s| (0..n).any(|i| s.buffered(pba + i).is_some()))
-        {
+        if self.in_memory(pba, n) {
             for (i, chunk) in out.chunks_mut(BLOCK).enumerate() {
                 chunk.copy_from_slice(&self.read_block(pba + i as u64)?);
             }
             return Ok(());
         }
         self.read_copies(pba, out)
+    }
+
+    /// Whether any of the `n` blocks from `pba` on is not on the PVs yet (in a stream buffer or
+    /// a flight).
+    pub fn in_memory(&self, pba: u64, n: u64) -> bool {
+        self.streams
+            .iter()
+            .any(|s| (0..n).any(|i| s.buffered(pba + i).is_some()))
+            || self.outbound.holds_any(pba, n)
     }
 
     pub fn check_writable(&self) -> Result<()> {
@@ -540,7 +558,9 @@ impl Inner {
         if let Some(d) = self.pv_copy_dirty.as_mut() {
             d.insert(seg);
         }
-        let gen = self.generation;
+        // A segment opened while a background checkpoint is being made durable was not
+        // covered by it: it counts as opened in the next generation (see `fail_pv`).
+        let gen = self.generation + u64::from(self.bg_ckpt.is_some());
         let e = self.seg_mut(seg)?;
         e.state = if which == StreamId::Meta {
             SEG_META
@@ -580,7 +600,7 @@ impl Inner {
     /// Append a block to a stream; returns its PBA. Data is buffered and written out in runs.
     pub fn append(&mut self, which: StreamId, block: &[u8]) -> Result<u64> {
         if self.needs_segment(which) {
-            let r = self.write_out(which);
+            let r = self.send_off(which);
             self.poison(r)?;
             self.open_segment(which)?;
         }
@@ -591,14 +611,73 @@ impl Inner {
         // Metadata blocks are often reserved first and filled later in a checkpoint: keep them
         // buffered for the whole segment so a reserved block is not written twice.
         if s.next >= SEG_BLOCKS || (which != StreamId::Meta && s.buf.len() >= 64 * BLOCK) {
-            let r = self.write_out(which);
+            let r = self.send_off(which);
             self.poison(r)?;
         }
         Ok(pba)
     }
 
+    /// Start writing out a stream's buffered blocks: the data stream's become a flight, written
+    /// after the pool lock is released (`outbound.rs`); the others are written now.
+    fn send_off(&mut self, which: StreamId) -> Result<()> {
+        if which != StreamId::Data {
+            return self.write_out(which);
+        }
+        let s = self.stream(which);
+        if s.seg == 0 || s.buf.is_empty() {
+            return Ok(());
+        }
+        let (seg, pba) = (s.seg, seg_start(s.seg) + s.buf_slot);
+        let targets = self.flight_targets(seg, s.buf_slot)?;
+        let s = self.stream_mut(which);
+        let buf = std::mem::replace(&mut s.buf, Vec::with_capacity(64 * BLOCK));
+        s.buf_slot = s.next;
+        let seq = self.outbound.push(pba, buf, targets);
+        self.queued.push(seq);
+        Ok(())
+    }
+
+    /// Where a run from `slot` of pool segment `seg` is written: its place on a PV of each
+    /// failure group that is up (as [`Inner::put_run`] would write it).
+    pub fn flight_targets(&self, seg: u64, slot: u64) -> Result<Vec<super::outbound::Target>> {
+        let mut targets = Vec::new();
+        for fg in self.pvs.groups() {
+            if self.pvs.group_failed(fg) {
+                continue;
+            }
+            if let Some((pv, pv_seg)) = self.pvs.locate_in(fg, seg) {
+                let off = self.pvs.offset(pv, pv_seg, slot)?;
+                targets.push((pv, self.pvs.pv(pv)?.dev.clone(), off));
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Write every flight not written yet, with the pool lock held, and wait for those being
+    /// written by writers outside it: afterwards the PVs hold every block but the stream
+    /// buffers'. A failure is handled as a write-out under the lock handles it (a PV fails, or
+    /// the pool is poisoned; ENOSPC keeps the flight for the next settle and is returned).
+    pub fn settle_flights(&mut self) -> Result<()> {
+        self.queued.clear();
+        let mut first_err = None;
+        for c in self.outbound.take_all() {
+            let r = self.put_run(c.pba, &c.buf);
+            self.outbound.finish(c.seq, r.is_ok());
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => self.poison(Err(e)),
+        }
+    }
+
     /// Write a stream's buffered blocks to their PV (not yet durable).
     pub fn write_out(&mut self, which: StreamId) -> Result<()> {
+        if which == StreamId::Data {
+            self.settle_flights()?;
+        }
         let s = self.stream(which);
         if s.seg == 0 || s.buf.is_empty() {
             return Ok(());
@@ -699,7 +778,7 @@ impl Inner {
 
     /// Whether a segment is one of the open append heads.
     pub fn is_open(&self, seg: u64) -> bool {
-        self.streams.iter().any(|s| s.seg == seg)
+        self.streams.iter().any(|s| s.seg == seg) || self.outbound.in_segment(seg)
     }
 
     /// Pool totals in blocks: (data-area blocks, free-segment blocks, live blocks).

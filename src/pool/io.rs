@@ -28,6 +28,34 @@ pub fn is_zero_block(b: &[u8]) -> bool {
     })
 }
 
+/// What a write's chunk (its part of one LU block) is, found before taking the pool lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sum {
+    /// Less than a block: merged with the block's data under the lock.
+    Partial,
+    /// A whole block of zeroes.
+    Zero,
+    /// A whole block of data with this checksum.
+    Data(u32),
+}
+
+/// The [`Sum`] of each chunk of a write of `data` at byte `offset`, in order.
+pub fn block_sums(pool_id: &[u8; 16], offset: u64, data: &[u8]) -> Vec<Sum> {
+    let mut out = Vec::with_capacity(data.len() / BLOCK + 2);
+    let mut done = 0usize;
+    while done < data.len() {
+        let within = ((offset + done as u64) % BLOCK_U64) as usize;
+        let n = (BLOCK - within).min(data.len() - done);
+        out.push(match data.get(done..done + n) {
+            Some(part) if n == BLOCK && is_zero_block(part) => Sum::Zero,
+            Some(part) if n == BLOCK => Sum::Data(data_crc(pool_id, part)),
+            _ => Sum::Partial,
+        });
+        done += n;
+    }
+    out
+}
+
 impl Inner {
     /// Size of a volume in bytes.
     pub fn vol_size(&self, vol: u64) -> Result<u64> {
@@ -125,11 +153,7 @@ impl Inner {
                 j += 1;
             }
             let n = (j - i) as u64;
-            let buffered = self
-                .streams
-                .iter()
-                .any(|s| (0..n).any(|k| s.buffered(pba0 + k).is_some()));
-            let src = if buffered {
+            let src = if self.in_memory(pba0, n) {
                 let mut data = vec![0u8; (j - i) * BLOCK];
                 self.read_run(pba0, &mut data)?;
                 RunSource::Memory(data)
@@ -185,8 +209,19 @@ impl Inner {
 
     /// Write `data` at byte `offset` of LU `vol`.
     pub fn write(&mut self, vol: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_with(vol, offset, data, None)
+    }
+
+    /// [`Inner::write`] with the chunks' [`Sum`]s computed already ([`block_sums`]).
+    pub fn write_with(
+        &mut self,
+        vol: u64,
+        offset: u64,
+        data: &[u8],
+        sums: Option<&[Sum]>,
+    ) -> Result<()> {
         self.check_vol_writable(vol)?;
-        self.write_any(vol, offset, data)
+        self.write_any_with(vol, offset, data, sums)
     }
 
     /// Write into any volume (image capture fills a client image this way).
@@ -194,9 +229,20 @@ impl Inner {
     /// Detect-zeroes: a block that is all zeroes once written (a partial write is merged with
     /// the block first) is stored as a zero entry, not as data; runs of them are one record.
     pub fn write_any(&mut self, vol: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_any_with(vol, offset, data, None)
+    }
+
+    fn write_any_with(
+        &mut self,
+        vol: u64,
+        offset: u64,
+        data: &[u8],
+        sums: Option<&[Sum]>,
+    ) -> Result<()> {
         self.check_writable()?;
         self.check_range(vol, offset, data.len() as u64)?;
         let mut done = 0usize;
+        let mut chunk = 0usize;
         // A pending run of all-zero blocks: (first lba, blocks).
         let mut zeros: Option<(u64, u64)> = None;
         let mut blk = Vec::new();
@@ -208,6 +254,8 @@ impl Inner {
             let part = data.get(done..done + n).ok_or_else(|| {
                 PoolError::Internal(format!("write chunk {done}+{n} out of range"))
             })?;
+            let sum = sums.and_then(|s| s.get(chunk)).copied();
+            chunk += 1;
             let block: &[u8] = if n == BLOCK {
                 part
             } else {
@@ -220,7 +268,12 @@ impl Inner {
                     .copy_from_slice(part);
                 &blk
             };
-            if is_zero_block(block) {
+            let (zero, crc) = match sum {
+                Some(Sum::Zero) => (true, None),
+                Some(Sum::Data(c)) => (false, Some(c)),
+                _ => (is_zero_block(block), None),
+            };
+            if zero {
                 zeros = match zeros {
                     Some((s, c)) if s + c == lba => Some((s, c + 1)),
                     other => {
@@ -234,7 +287,8 @@ impl Inner {
                 if let Some((s, c)) = zeros.take() {
                     self.zero_blocks(vol, s, c)?;
                 }
-                self.write_block(vol, lba, block)?;
+                let crc = crc.unwrap_or_else(|| data_crc(&self.pool_id, block));
+                self.write_block(vol, lba, block, crc)?;
             }
             done += n;
         }
@@ -328,8 +382,7 @@ impl Inner {
     }
 
     /// Write one whole block.
-    fn write_block(&mut self, vol: u64, lba: u64, block: &[u8]) -> Result<()> {
-        let crc = data_crc(&self.pool_id, block);
+    fn write_block(&mut self, vol: u64, lba: u64, block: &[u8], crc: u32) -> Result<()> {
         let (old, exclusive) = self.map_lookup(vol, lba)?;
         self.ensure_data_space()?;
         let pba = self.append(StreamId::Data, block)?;

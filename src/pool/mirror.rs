@@ -292,28 +292,6 @@ impl Inner {
         Ok(())
     }
 
-    /// Write a block at byte `off` of every PV that is up (checkpoint slots).
-    pub fn put_all_pvs(&mut self, off: u64, buf: &[u8]) -> Result<()> {
-        let mut written = 0;
-        for i in 0..self.pvs.pvs.len() as u16 {
-            if self.pvs.pv(i)?.failed.is_some() {
-                continue;
-            }
-            match self.pvs.write(i, off, buf) {
-                Ok(()) => written += 1,
-                Err(e) => self.fail_pv(i, e)?,
-            }
-        }
-        if written == 0 {
-            return Err(PoolError::Io {
-                dev: "every PV".into(),
-                offset: off,
-                source: std::io::Error::other("no PV could be written"),
-            });
-        }
-        Ok(())
-    }
-
     /// Sync every PV that is up, all at once; one failing degrades its group (mirrored) or is
     /// an error.
     pub fn sync_pvs(&mut self) -> Result<()> {
@@ -371,6 +349,8 @@ impl Inner {
             })
             .collect();
         stale.extend(self.streams.iter().map(|s| s.seg).filter(|&s| s != 0));
+        // Runs written without the lock may belong to a head's previous segment.
+        stale.extend(self.outbound.segments());
         stale.sort_unstable();
         stale.dedup();
         for seg in stale {

@@ -16,7 +16,7 @@
 pub mod activation;
 mod check;
 pub mod checkpointer;
-mod ckpt;
+pub mod ckpt;
 mod clean;
 pub mod commit;
 pub mod dir;
@@ -30,6 +30,7 @@ mod maps;
 mod mirror;
 mod open;
 mod ops;
+pub mod outbound;
 mod ptree;
 mod pvcopy;
 pub mod pvs;
@@ -207,21 +208,27 @@ pub struct Pool {
     reclaimer: std::sync::atomic::AtomicBool,
     /// Cancellation of long copies (capture, single-copy `pv replace`), see `pvcopy.rs`.
     copies: pvcopy::Copies,
+    /// Shared with `Inner`: data runs writers write after releasing the lock.
+    outbound: Arc<outbound::Outbound>,
+    /// The pool's id, for checksums computed before taking the lock.
+    pool_id: [u8; 16],
+    /// The background checkpoint between capture and durable (see `checkpointer.rs`).
+    bg: crate::sync::Mutex<Option<Arc<checkpointer::Running>>>,
 }
 
 impl commit::RoundHost for Pool {
     fn begin_round(&self) -> Result<commit::RoundPlan> {
-        self.lock().begin_sync_round()
+        self.lock_for_write().begin_sync_round()
     }
     fn end_round(
         &self,
         plan: commit::RoundPlan,
         results: Vec<(u16, std::io::Result<()>)>,
     ) -> Result<()> {
-        self.lock().end_sync_round(plan, results)
+        self.lock_for_write().end_sync_round(plan, results)
     }
     fn poison(&self, why: &str) {
-        self.lock()
+        self.lock_for_write()
             .poisoned
             .get_or_insert_with(|| format!("a sync round failed: {why}"));
     }
@@ -294,6 +301,9 @@ impl Pool {
         let inner = open::create(devs, copts, opts)?;
         Ok(Pool {
             reuse: inner.reuse.clone(),
+            outbound: inner.outbound.clone(),
+            pool_id: inner.pool_id,
+            bg: Default::default(),
             inner: RwLock::new(inner),
             commit: commit::GroupCommit::default(),
             scrubber: Default::default(),
@@ -308,6 +318,9 @@ impl Pool {
         let inner = open::open(devs, opts)?;
         Ok(Pool {
             reuse: inner.reuse.clone(),
+            outbound: inner.outbound.clone(),
+            pool_id: inner.pool_id,
+            bg: Default::default(),
             inner: RwLock::new(inner),
             commit: commit::GroupCommit::default(),
             scrubber: Default::default(),
@@ -317,8 +330,45 @@ impl Pool {
         })
     }
 
-    /// The pool's exclusive lock: every change, and reads that must load metadata.
+    /// The pool's exclusive lock: every change, and reads that must load metadata. Its holder
+    /// sees every data run on the PVs or in a stream buffer: flights are settled first
+    /// (`outbound.rs`; a failure is latched as the pool's poison or left for the next settle).
+    ///
+    /// A background checkpoint making itself durable is waited for first, without the lock
+    /// (writers go on meanwhile), then committed in memory: the holder sees the pool as after
+    /// a checkpoint taken under the lock.
     fn lock(&self) -> RwLockWriteGuard<'_, Inner> {
+        loop {
+            let running = self.background().clone();
+            if let Some(r) = running {
+                r.wait_finished();
+            }
+            let mut g = self.lock_for_write();
+            if g.bg_ckpt.as_ref().is_some_and(|(_, r)| !r.finished()) {
+                // Another one started in between: wait for it outside the lock too.
+                drop(g);
+                continue;
+            }
+            if let Err(e) = g.finish_background_checkpoint() {
+                tracing::warn!("{e}");
+            }
+            if !g.opts.read_only && !self.outbound.is_empty() {
+                if let Err(e) = g.settle_flights() {
+                    tracing::warn!("writing out data runs: {e}");
+                }
+            }
+            return g;
+        }
+    }
+
+    /// The background checkpoint making itself durable, if any.
+    fn background(&self) -> crate::sync::MutexGuard<'_, Option<Arc<checkpointer::Running>>> {
+        self.bg.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The exclusive lock for the data path: flights other writers are still writing stay in
+    /// flight (their blocks read from memory until done).
+    fn lock_for_write(&self) -> RwLockWriteGuard<'_, Inner> {
         // A panic while holding the lock leaves state unknown: refuse to go on.
         match self.inner.write() {
             Ok(g) => g,
@@ -538,32 +588,57 @@ impl Pool {
 
     /// Write; with `fua` the data is durable when this returns.
     pub fn write(&self, vol: u64, offset: u64, data: &[u8], fua: bool) -> Result<()> {
-        {
-            let mut g = self.lock();
-            let r = g.write(vol, offset, data);
-            g.trim_caches();
-            r?;
-        }
+        // Checksums of the whole blocks are computed before taking the lock.
+        let sums = io::block_sums(&self.pool_id, offset, data);
+        self.on_data_path(|g| g.write_with(vol, offset, data, Some(&sums)))?;
         if fua {
             self.flush()?;
         }
         Ok(())
     }
 
+    /// Run a data-path change under the exclusive lock, then write the data runs it filled
+    /// (flights) with the lock released, so writers overlap their PV writes.
+    fn on_data_path<R>(&self, f: impl FnOnce(&mut Inner) -> Result<R>) -> Result<R> {
+        let (r, seqs) = {
+            let mut g = self.lock_for_write();
+            let r = f(&mut g);
+            g.trim_caches();
+            (r, std::mem::take(&mut g.queued))
+        };
+        let flown = self.fly(&seqs);
+        let r = r?;
+        flown?;
+        Ok(r)
+    }
+
+    /// Write the flights `seqs` (those no settle has taken). A failed one is handled under the
+    /// lock at once, so this caller hears of it (ENOSPC, or the error that poisoned the pool).
+    fn fly(&self, seqs: &[u64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut failed = false;
+        for c in self.outbound.claim(seqs) {
+            let ok = outbound::write_claimed(&c).is_ok();
+            self.outbound.finish(c.seq, ok);
+            failed |= !ok;
+        }
+        if failed {
+            self.lock_for_write().settle_flights()?;
+        }
+        Ok(())
+    }
+
     /// TRIM: whole blocks in the range are unmapped and their space returned.
     pub fn trim(&self, vol: u64, offset: u64, len: u64) -> Result<()> {
-        self.lock().unmap(vol, offset, len, false)
+        self.on_data_path(|g| g.unmap(vol, offset, len, false))
     }
 
     /// WRITE_ZEROES with NO_HOLE: the range reads as zeroes and stays allocated; whole blocks
     /// become zero entries (metadata only, whatever the length) and use no data space.
     pub fn write_zeroes_allocated(&self, vol: u64, offset: u64, len: u64, fua: bool) -> Result<()> {
-        {
-            let mut g = self.lock();
-            let r = g.zero(vol, offset, len);
-            g.trim_caches();
-            r?;
-        }
+        self.on_data_path(|g| g.zero(vol, offset, len))?;
         if fua {
             self.flush()?;
         }
@@ -572,7 +647,7 @@ impl Pool {
 
     /// WRITE_ZEROES: the range reads as zeroes afterwards; whole blocks use no space.
     pub fn write_zeroes(&self, vol: u64, offset: u64, len: u64, fua: bool) -> Result<()> {
-        self.lock().unmap(vol, offset, len, true)?;
+        self.on_data_path(|g| g.unmap(vol, offset, len, true))?;
         if fua {
             self.flush()?;
         }
@@ -583,11 +658,11 @@ impl Pool {
     /// lock; the syncs run outside it, shared with every flush waiting at the same time
     /// (group commit, see `commit.rs`).
     pub fn flush(&self) -> Result<()> {
-        if !self.lock().flush_write_out()? {
+        if !self.lock_for_write().flush_write_out()? {
             return Ok(());
         }
         self.commit.wait_durable(self)?;
-        self.lock().checkpoint_step()
+        self.lock_for_write().checkpoint_step()
     }
 
     /// Which 4 KiB blocks of `[offset, offset+len)` hold data: sorted runs as (start byte,

@@ -302,6 +302,10 @@ fn assemble(
         seal_requested: false,
         log_end: None,
         pv_copy_dirty: None,
+        outbound: Default::default(),
+        queued: Vec::new(),
+        carried_free: Vec::new(),
+        bg_ckpt: None,
         opts,
     })
 }

@@ -92,7 +92,7 @@ impl Pool {
         let (soff, doff) = (g.pvs.offset(spv, sseg, 0)?, g.pvs.offset(dpv, dseg, 0)?);
         let mut buf = vec![0u8; (SEG_BLOCKS * BLOCK_U64) as usize];
         let bytes = buf.len() as u64;
-        if g.streams.iter().any(|s| s.seg == seg) {
+        if g.is_open(seg) {
             // An open head takes writes under the lock: copy it there too.
             g.write_out_all()?;
             g.pvs.read(spv, soff, &mut buf)?;

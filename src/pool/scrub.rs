@@ -266,7 +266,7 @@ impl Pool {
         // Blocks still in an append buffer go to disk first: the scrub verifies the disk.
         if items
             .iter()
-            .any(|(_, p)| g.streams.iter().any(|s| s.buffered(p.pba).is_some()))
+            .any(|(_, p)| g.in_memory(p.pba, 1))
         {
             g.write_out_all()?;
         }
