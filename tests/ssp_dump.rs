@@ -229,3 +229,86 @@ fn dump_a_stopped_pool_from_its_pv() {
     let e = dump_fails(&[dir.path().join("nothing.img").to_str().unwrap()]);
     assert!(e.contains("cannot open"), "{e}");
 }
+
+/// A mirrored pool whose server was killed: the dump reads either failure group's PV, lists
+/// the journal blocks an open would replay (the killed server's writes) and shows the trees as
+/// of the checkpoint, before those writes.
+#[test]
+fn dump_a_killed_mirrored_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let pv0 = dir.path().join("pv0.img").to_str().unwrap().to_owned();
+    let pv1 = dir.path().join("pv1.img").to_str().unwrap().to_owned();
+    sspctl(
+        &pool,
+        &[
+            "pool",
+            "create",
+            "--name",
+            "m",
+            "--pv",
+            &format!("{pv0}:128M"),
+            "--journal-mb",
+            "1",
+        ],
+    );
+    sspctl(
+        &pool,
+        &["failgrp", "create", "fg2", "--pv", &format!("{pv1}:128M")],
+    );
+    sspctl(&pool, &["lu", "create", "vm1", "--size", "8M"]);
+    let mut s = Server::serve(pool.clone(), tempfile::tempdir().unwrap());
+    // The new group is filled by sspd's resync; then both groups hold every block.
+    wait_for(60, "the mirror to sync", || {
+        sspctl_json(&pool, &["pool", "status"])["mirror_state"] == "SYNCED"
+    });
+    // qemu-io flushes before it exits: the writes are durable in the journal.
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 5 0 32768", &s.uri("vm1")],
+    );
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+
+    let both: Value =
+        serde_json::from_str(&dump_ok(&["--json", "--volume", "vm1", &pv0, &pv1])).unwrap();
+    let pvs = both["pvs"].as_array().unwrap();
+    assert_eq!(pvs.len(), 2);
+    assert_eq!(pvs[1]["superblocks"][0]["value"]["fg_name"], "fg2");
+    assert_eq!(both["checkpoint"]["pv_table"].as_array().unwrap().len(), 2);
+    let j = &both["journal"];
+    assert!(j["replay_blocks"].as_u64().unwrap() >= 1, "{j}");
+    let vm1 = both["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "vm1")
+        .unwrap()
+        .clone();
+    let replayed_writes: Vec<u64> = j["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["state"] == "replay")
+        .flat_map(|b| b["records"].as_array().unwrap())
+        .filter(|r| r["kind"] == "write" && r["vol"] == vm1["id"])
+        .map(|r| r["lba"].as_u64().unwrap())
+        .collect();
+    let mut lbas = replayed_writes.clone();
+    lbas.sort_unstable();
+    lbas.dedup();
+    assert_eq!(lbas, (0..8).collect::<Vec<u64>>(), "{j}");
+    // The checkpoint predates the writes: its map of vm1 is still empty.
+    assert_eq!(both["block_map"]["data_blocks"], 0);
+
+    // Either group alone is enough for the trees (the journal ring is read from PV 0).
+    let only1: Value = serde_json::from_str(&dump_ok(&["--json", &pv1])).unwrap();
+    assert_eq!(only1["volumes"], both["volumes"]);
+    assert_eq!(only1["checkpoint"], both["checkpoint"]);
+    assert!(only1["journal"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not given"));
+    let only0: Value = serde_json::from_str(&dump_ok(&["--json", &pv0])).unwrap();
+    assert_eq!(only0["journal"], both["journal"]);
+}
