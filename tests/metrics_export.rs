@@ -331,7 +331,19 @@ fn scrape_has_histograms_lu_labels_pool_and_process_gauges() {
     assert_eq!(bi.len(), 1);
     assert_eq!(bi[0].value, 1.0);
     assert_eq!(bi[0].labels["version"], env!("CARGO_PKG_VERSION"));
-    assert!(!bi[0].labels["commit"].is_empty());
+    // The commit built from: the checkout's HEAD when there is one (build.rs), else "unknown".
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match (std::env::var("SSP_GIT_COMMIT"), head) {
+        (Ok(c), _) if !c.is_empty() => assert_eq!(bi[0].labels["commit"], c),
+        (_, Some(h)) => assert_eq!(bi[0].labels["commit"], h),
+        _ => assert_eq!(bi[0].labels["commit"], "unknown"),
+    }
     assert!(m.value("process_resident_memory_bytes", &[]) > 1048576.0);
     assert!(m.value("process_open_fds", &[]) >= 5.0);
     assert!(m.value("process_max_fds", &[]) >= m.value("process_open_fds", &[]));
