@@ -83,6 +83,11 @@ fn dump_a_stopped_pool_from_its_pv() {
             &s.uri("vm1"),
         ],
     );
+    // Enough blocks for a VBA table of two levels (252 entries a page).
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 1 0 2M", &s.uri("vm2")],
+    );
     sspctl(&pool, &["snapshot", "create", "vm1@s1"]);
     sspctl(&pool, &["clone", "vm1@s1", "c1"]);
     let lus = sspctl_json(&pool, &["lu", "list"]);
@@ -187,6 +192,20 @@ fn dump_a_stopped_pool_from_its_pv() {
     let id = vm1["id"].as_u64().unwrap().to_string();
     let d2: Value = serde_json::from_str(&dump_ok(&["--json", "--volume", &id, &pv_s])).unwrap();
     assert_eq!(d2["block_map"], d["block_map"]);
+
+    // A map resolved through a VBA table of two levels.
+    assert!(d["checkpoint"]["vba_root"]["depth"].as_u64().unwrap() >= 2);
+    assert!(d["vba_table"]["allocated"].as_u64().unwrap() >= 512 + 17);
+    let d3: Value = serde_json::from_str(&dump_ok(&["--json", "--volume", "vm2", &pv_s])).unwrap();
+    let m2 = d3["block_map"]["entries"].as_array().unwrap();
+    assert_eq!(d3["block_map"]["data_blocks"], 512);
+    assert!(m2
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e["lba"] == i as u64 && e["refs"] == 1));
+    let pbas: std::collections::BTreeSet<u64> =
+        m2.iter().map(|e| e["pba"].as_u64().unwrap()).collect();
+    assert_eq!(pbas.len(), 512);
 
     // Text: the same things, for people.
     let t = dump_ok(&["--volume", "c1", &pv_s]);

@@ -16,7 +16,7 @@ use std::io::Write;
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
     let pvs = PoolPvs::open(&args.pvs)?;
-    let vba = trees::vba_table(&pvs)?;
+    let vba_allocated = trees::vba_count(&pvs)?;
     let segs = trees::segment_table(&pvs)?;
     let vols = trees::volumes(&pvs)?;
     let journal = journal(&pvs);
@@ -34,7 +34,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
                     names.join(", ")
                 );
             };
-            Some((v, trees::block_map(&pvs, &vba, v)?))
+            Some((
+                v,
+                trees::block_map(&pvs, &mut trees::VbaTable::new(&pvs), v)?,
+            ))
         }
     };
     let doc = json!({
@@ -52,7 +55,7 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
         })).collect::<Vec<_>>(),
         "checkpoint": ckpt_json(&pvs.ckpt),
         "journal": journal,
-        "vba_table": {"allocated": vba.len()},
+        "vba_table": {"allocated": vba_allocated},
         "segments": segs.iter().filter(|(_, e)| *e != SegEntry::default())
             .map(|(s, e)| seg_json(*s, e)).collect::<Vec<_>>(),
         "segments_free": segs.iter().filter(|(_, e)| e.state == SEG_FREE).count(),

@@ -9,27 +9,30 @@ use ssp::format::node::{
     SEG_PER_PAGE, VOL_PER_PAGE,
 };
 use ssp::format::Rd;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-/// Every leaf page of the tree at `root`, as (page index, payload).
-pub fn leaf_pages(pvs: &PoolPvs, root: &Root, kind: NodeKind) -> Result<Vec<(u64, Vec<u8>)>> {
-    let mut out = Vec::new();
+/// Visit every leaf page of the tree at `root` in page order, as (page index, payload); one
+/// page is held at a time.
+pub fn for_each_leaf(
+    pvs: &PoolPvs,
+    root: &Root,
+    kind: NodeKind,
+    f: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
     if root.depth == 0 {
-        return Ok(out);
+        return Ok(());
     }
-    let mut stack = vec![(
-        root.depth - 1,
-        0u64,
-        Ptr {
-            pba: root.pba,
-            crc: root.crc,
-            aux: 0,
-        },
-    )];
+    let top = Ptr {
+        pba: root.pba,
+        crc: root.crc,
+        aux: 0,
+    };
+    // Depth first, children pushed in reverse: leaves come out in page order.
+    let mut stack = vec![(root.depth - 1, 0u64, top)];
     while let Some((level, id, ptr)) = stack.pop() {
         let (_, payload) = pvs.node(ptr.pba, ptr.crc, kind, level, id)?;
         if level == 0 {
-            out.push((id, payload));
+            f(id, &payload)?;
             continue;
         }
         let children = decode_ptrs(&payload, PTR_FANOUT)?;
@@ -39,57 +42,133 @@ pub fn leaf_pages(pvs: &PoolPvs, root: &Root, kind: NodeKind) -> Result<Vec<(u64
             }
         }
     }
-    out.sort_by_key(|(id, _)| *id);
-    Ok(out)
+    Ok(())
 }
 
-/// The VBA table: every allocated VBA's entry (`aux` is its reference count).
-pub fn vba_table(pvs: &PoolPvs) -> Result<BTreeMap<u64, Ptr>> {
-    let mut t = BTreeMap::new();
-    for (page, payload) in
-        leaf_pages(pvs, &pvs.ckpt.vba_root, NodeKind::Vba).context("VBA table")?
-    {
-        for (i, p) in decode_ptrs(&payload, PTR_FANOUT)?.into_iter().enumerate() {
-            if p != Ptr::default() {
-                t.insert(page * PTR_FANOUT as u64 + i as u64, p);
-            }
+/// The VBA table, looked up one VBA at a time (FORMAT.md §3.6: entry `i` of leaf page `p` is
+/// VBA `p*252 + i`); the pages read are kept, so a block map walk reads each page once.
+pub struct VbaTable<'a> {
+    pvs: &'a PoolPvs,
+    /// (level, page index) → the page's 252 pointers.
+    pages: HashMap<(u8, u64), Vec<Ptr>>,
+}
+
+impl<'a> VbaTable<'a> {
+    pub fn new(pvs: &'a PoolPvs) -> Self {
+        VbaTable {
+            pvs,
+            pages: HashMap::new(),
         }
     }
-    Ok(t)
+
+    fn page(&mut self, level: u8, id: u64, ptr: Ptr) -> Result<&Vec<Ptr>> {
+        if !self.pages.contains_key(&(level, id)) {
+            let (_, payload) = self
+                .pvs
+                .node(ptr.pba, ptr.crc, NodeKind::Vba, level, id)
+                .context("VBA table")?;
+            self.pages
+                .insert((level, id), decode_ptrs(&payload, PTR_FANOUT)?);
+        }
+        Ok(&self.pages[&(level, id)])
+    }
+
+    /// The entry of `vba` (`aux` is its reference count); None if it is not allocated.
+    pub fn get(&mut self, vba: u64) -> Result<Option<Ptr>> {
+        let root = self.pvs.ckpt.vba_root;
+        if root.depth == 0 {
+            return Ok(None);
+        }
+        let fan = PTR_FANOUT as u64;
+        let top = root.depth - 1;
+        // Page index of `vba`'s ancestor at `level`.
+        let at = |level: u8| (vba / fan).checked_div(fan.checked_pow(u32::from(level))?);
+        if at(top) != Some(0) {
+            return Ok(None);
+        }
+        let mut ptr = Ptr {
+            pba: root.pba,
+            crc: root.crc,
+            aux: 0,
+        };
+        let mut level = top;
+        loop {
+            let id = at(level).unwrap_or(0);
+            let page = self.page(level, id, ptr)?;
+            let idx = if level == 0 {
+                vba % fan
+            } else {
+                at(level - 1).unwrap_or(0) % fan
+            };
+            let e = page.get(idx as usize).copied().unwrap_or_default();
+            if level == 0 {
+                return Ok((e != Ptr::default()).then_some(e));
+            }
+            if e.is_none() {
+                return Ok(None);
+            }
+            ptr = e;
+            level -= 1;
+        }
+    }
+}
+
+/// Allocated VBAs (non-empty VBA-table entries), counted page by page.
+pub fn vba_count(pvs: &PoolPvs) -> Result<u64> {
+    let mut n = 0u64;
+    for_each_leaf(pvs, &pvs.ckpt.vba_root, NodeKind::Vba, &mut |_, payload| {
+        n += decode_ptrs(payload, PTR_FANOUT)?
+            .iter()
+            .filter(|p| **p != Ptr::default())
+            .count() as u64;
+        Ok(())
+    })
+    .context("VBA table")?;
+    Ok(n)
 }
 
 /// The segment table: (pool segment, entry) for every segment.
 pub fn segment_table(pvs: &PoolPvs) -> Result<Vec<(u64, SegEntry)>> {
     let mut t = Vec::new();
-    for (page, payload) in
-        leaf_pages(pvs, &pvs.ckpt.segtab_root, NodeKind::SegTab).context("segment table")?
-    {
-        let mut r = Rd::new(&payload, "segment table page");
-        for i in 0..SEG_PER_PAGE {
-            let e = SegEntry::decode(&mut r)?;
-            let seg = page * SEG_PER_PAGE as u64 + i as u64;
-            if seg >= 1 && seg <= pvs.ckpt.pool_segments {
-                t.push((seg, e));
+    for_each_leaf(
+        pvs,
+        &pvs.ckpt.segtab_root,
+        NodeKind::SegTab,
+        &mut |page, payload| {
+            let mut r = Rd::new(payload, "segment table page");
+            for i in 0..SEG_PER_PAGE {
+                let e = SegEntry::decode(&mut r)?;
+                let seg = page * SEG_PER_PAGE as u64 + i as u64;
+                if seg >= 1 && seg <= pvs.ckpt.pool_segments {
+                    t.push((seg, e));
+                }
             }
-        }
-    }
+            Ok(())
+        },
+    )
+    .context("segment table")?;
     Ok(t)
 }
 
 /// The volume directory: every volume record.
 pub fn volumes(pvs: &PoolPvs) -> Result<Vec<VolRecord>> {
     let mut v = Vec::new();
-    for (_, payload) in
-        leaf_pages(pvs, &pvs.ckpt.voldir_root, NodeKind::VolDir).context("volume directory")?
-    {
-        let mut r = Rd::new(&payload, "volume directory page");
-        for _ in 0..VOL_PER_PAGE {
-            let rec = VolRecord::decode(&mut r)?;
-            if rec.id != 0 {
-                v.push(rec);
+    for_each_leaf(
+        pvs,
+        &pvs.ckpt.voldir_root,
+        NodeKind::VolDir,
+        &mut |_, payload| {
+            let mut r = Rd::new(payload, "volume directory page");
+            for _ in 0..VOL_PER_PAGE {
+                let rec = VolRecord::decode(&mut r)?;
+                if rec.id != 0 {
+                    v.push(rec);
+                }
             }
-        }
-    }
+            Ok(())
+        },
+    )
+    .context("volume directory")?;
     Ok(v)
 }
 
@@ -110,7 +189,7 @@ pub enum MapEntry {
 }
 
 /// Walk volume `v`'s block map; every data entry is resolved through the VBA table.
-pub fn block_map(pvs: &PoolPvs, vba: &BTreeMap<u64, Ptr>, v: &VolRecord) -> Result<Vec<MapEntry>> {
+pub fn block_map(pvs: &PoolPvs, vba: &mut VbaTable, v: &VolRecord) -> Result<Vec<MapEntry>> {
     let mut out = Vec::new();
     if v.map_root == 0 {
         return Ok(out);
@@ -119,7 +198,7 @@ pub fn block_map(pvs: &PoolPvs, vba: &BTreeMap<u64, Ptr>, v: &VolRecord) -> Resu
     // (node VBA, level, first LBA it covers)
     let mut stack = vec![(v.map_root, v.map_depth.saturating_sub(1), 0u64)];
     while let Some((node_vba, level, base)) = stack.pop() {
-        let p = vba.get(&node_vba).with_context(|| {
+        let p = vba.get(node_vba)?.with_context(|| {
             format!(
                 "map node VBA {node_vba} of volume {} is not in the VBA table",
                 v.id
@@ -137,7 +216,7 @@ pub fn block_map(pvs: &PoolPvs, vba: &BTreeMap<u64, Ptr>, v: &VolRecord) -> Resu
                 MAP_ZERO => out.push(MapEntry::Zero { lba, blocks: span }),
                 child if level > 0 => stack.push((child, level - 1, lba)),
                 data => {
-                    let d = vba.get(&data).with_context(|| {
+                    let d = vba.get(data)?.with_context(|| {
                         format!(
                             "volume {} LBA {lba} maps VBA {data}, which is not allocated",
                             v.id
