@@ -20,6 +20,7 @@ struct Sample {
 #[derive(Debug, Default)]
 struct Scrape {
     types: BTreeMap<String, String>,
+    help: BTreeMap<String, String>,
     samples: Vec<Sample>,
 }
 
@@ -99,8 +100,11 @@ fn parse(text: &str) -> Result<Scrape, String> {
                         return Err(err("TYPE repeated".into()));
                     }
                 }
-                (Some("HELP"), Some(name), _) if !is_name(name) => {
-                    return Err(err("bad family name".into()))
+                (Some("HELP"), Some(name), text) => {
+                    if !is_name(name) {
+                        return Err(err("bad family name".into()));
+                    }
+                    sc.help.insert(name.into(), text.unwrap_or("").into());
                 }
                 _ => {}
             }
@@ -290,6 +294,12 @@ fn scrape_has_histograms_lu_labels_pool_and_process_gauges() {
     assert_eq!(m.value("ssp_pool_provisioned_bytes", &[]), 16.0 * 1048576.0);
     assert_eq!(m.value("ssp_pool_overcommit_bytes", &[]), 0.0);
     assert_eq!(m.value("ssp_pool_reserved_bytes", &[]), 0.0);
+    let help = &m.help["ssp_pool_reserved_bytes"];
+    assert!(
+        help.contains("always 0") && help.contains("thick"),
+        "{help}"
+    );
+    assert!(m.help["ssp_nbd_request_seconds"].contains("histogram"));
     assert_eq!(m.value("ssp_pool_volumes", &[("kind", "lu")]), 2.0);
     assert_eq!(
         m.value("ssp_mirror_state", &[("state", "NOT_MIRRORED")]),
