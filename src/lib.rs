@@ -16,6 +16,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod monitoring;
 pub mod nbd;
 pub mod pool;
 pub mod server;

@@ -26,13 +26,17 @@ pub const JOURNAL_FOREIGN_BLOCKS: &str = "ssp_journal_foreign_blocks_total";
 
 /// Register descriptions (once, at start-up).
 pub fn describe() {
-    describe_counter!(REQUESTS, "NBD requests completed, by command");
+    describe_counter!(REQUESTS, "NBD requests completed, by command and LU");
     describe_counter!(
         BYTES,
         Unit::Bytes,
-        "Bytes read or written by NBD requests, by command"
+        "Bytes read or written by NBD requests, by command and LU"
     );
-    describe_histogram!(LATENCY, Unit::Seconds, "NBD request latency, by command");
+    describe_histogram!(
+        LATENCY,
+        Unit::Seconds,
+        "NBD request latency, by command and LU (a histogram)"
+    );
     describe_counter!(ERRORS, "NBD requests that failed, by errno");
     describe_gauge!(CONNECTIONS, "Clients in the transmission phase");
     describe_counter!(REFUSED, "Clients refused at the connection limit");
@@ -118,12 +122,15 @@ pub struct RequestMetrics {
 }
 
 impl RequestMetrics {
-    pub fn new() -> Self {
+    /// The metrics of requests to LU `lu`, labelled `lu` (bounded: see
+    /// [`crate::monitoring::lu_label`]).
+    pub fn new(lu: &str) -> Self {
+        let lu = crate::monitoring::lu_label(lu);
         RequestMetrics {
             by_cmd: Cmd::ALL.map(|c| CmdMetrics {
-                requests: counter!(REQUESTS, "cmd" => c.name()),
-                bytes: counter!(BYTES, "cmd" => c.name()),
-                latency: histogram!(LATENCY, "cmd" => c.name()),
+                requests: counter!(REQUESTS, "cmd" => c.name(), "lu" => lu.clone()),
+                bytes: counter!(BYTES, "cmd" => c.name(), "lu" => lu.clone()),
+                latency: histogram!(LATENCY, "cmd" => c.name(), "lu" => lu.clone()),
             }),
         }
     }
@@ -144,12 +151,6 @@ impl RequestMetrics {
     }
 }
 
-impl Default for RequestMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 pub fn connections(delta: f64) {
     gauge!(CONNECTIONS).increment(delta);
 }
@@ -164,7 +165,8 @@ pub fn pool_space(total: u64, free: u64, used: u64) {
     gauge!(POOL_USED).set(used as f64);
 }
 
-fn errno_name(e: u32) -> &'static str {
+/// The `errno` label of an NBD errno ("other" for those not listed).
+pub fn errno_name(e: u32) -> &'static str {
     match e {
         1 => "EPERM",
         5 => "EIO",

@@ -351,9 +351,9 @@ fn prometheus_metrics_count_requests_and_bytes() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {m}"))
     };
-    assert!(value("ssp_nbd_requests_total{cmd=\"write\"}") >= 1.0);
-    assert!(value("ssp_nbd_bytes_total{cmd=\"write\"}") >= 65536.0);
-    assert!(value("ssp_nbd_bytes_total{cmd=\"read\"}") >= 65536.0);
+    assert!(value("ssp_nbd_requests_total{cmd=\"write\",lu=\"vm1\"}") >= 1.0);
+    assert!(value("ssp_nbd_bytes_total{cmd=\"write\",lu=\"vm1\"}") >= 65536.0);
+    assert!(value("ssp_nbd_bytes_total{cmd=\"read\",lu=\"vm1\"}") >= 65536.0);
     assert!(m.contains("ssp_nbd_request_seconds"), "{m}");
     assert!(value("ssp_pool_total_bytes") > 0.0);
     assert!(s.stop().success());

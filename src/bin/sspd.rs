@@ -35,6 +35,10 @@ struct Args {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100)
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    /// LUs whose requests get their own `lu` label in the metrics (the first ones clients
+    /// attach to); requests to others are counted under lu="_other"
+    #[arg(long, default_value_t = ssp::monitoring::DEFAULT_LU_LABEL_LIMIT)]
+    metrics_lu_limit: usize,
     /// NBD clients served at once; more are refused during the handshake (lowered to fit the
     /// open file limit)
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -151,11 +155,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Every listener is bound before the pool is opened: a start that fails on a busy port has
     // written nothing to the PVs (opening commits a checkpoint).
     if let Some(addr) = args.metrics {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        ssp::metrics::describe();
+        ssp::monitoring::install(addr)?;
+        ssp::monitoring::set_lu_label_limit(args.metrics_lu_limit);
+        ssp::monitoring::build_info(env!("CARGO_PKG_VERSION"), env!("SSP_GIT_COMMIT"));
     }
     let mut listeners = Vec::new();
     let mut addrs = args.listen.clone();
@@ -192,14 +194,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Runs `sspctl scrub` in the background; resumes a scrub this pool's last run left.
     let _scrubber = pool.spawn_scrubber(&args.pool);
     if let Some(addr) = args.metrics {
-        let p = pool.clone();
-        tokio::spawn(async move {
-            loop {
-                let st = p.status();
-                ssp::metrics::pool_space(st.total_bytes, st.free_bytes, st.used_bytes);
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        });
+        ssp::monitoring::spawn_refresh(pool.clone(), args.pool.clone())?;
         announce(&format!("sspd: metrics on http://{addr}/metrics"));
     }
     // The admin socket is ready before the listeners are announced.

@@ -547,12 +547,13 @@ where
             Some((*id, kind))
         })
         .collect();
+    let metrics = RequestMetrics::new(&neg.export);
     let ctx = Arc::new(Ctx {
         pool,
         vol,
         neg,
         contexts,
-        metrics: RequestMetrics::new(),
+        metrics,
         bufs: BufPool::default(),
     });
     let (mut rd, mut wr) = tokio::io::split(s);
