@@ -26,6 +26,9 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log line format on stderr (the filter comes from SSP_LOG, else RUST_LOG; default error)
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -414,6 +417,7 @@ fn admin_with_progress(
                 pool: &pd.pool,
                 attach: &crate::admin::NoAttachments,
                 maps: &maps,
+                who: crate::audit::Requester::this_process(),
             };
             let r = crate::admin::execute_with_progress(&ctx, &req, progress)?;
             if !read_only_request(&req) {

@@ -88,6 +88,7 @@ pub fn spawn_admin(
                         pool: &pool,
                         attach: attach.as_ref(),
                         maps: &maps,
+                        who: crate::audit::Requester::socket_peer(&conn),
                     };
                     if let Err(e) = handle_connection(conn, &ctx, timeout) {
                         tracing::warn!("admin connection: {e}");
