@@ -84,17 +84,6 @@ impl Requester {
     }
 }
 
-struct Opt<T>(Option<T>);
-
-impl<T: fmt::Display> fmt::Display for Opt<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("unknown"),
-        }
-    }
-}
-
 /// Requests that change nothing: logged at debug level, not in the audit trail.
 pub fn looks_only(req: &AdminRequest) -> bool {
     matches!(
@@ -131,22 +120,26 @@ fn describe(req: &AdminRequest) -> (String, String) {
 /// Log one admin operation and its outcome (`Err` holds the error text sent back).
 pub fn record(who: &Requester, req: &AdminRequest, outcome: Result<(), &str>) {
     let (op, args) = describe(req);
-    let (uid, pid, via) = (Opt(who.uid), Opt(who.pid), who.via);
-    let (result, error) = match outcome {
-        Ok(()) => ("ok", ""),
-        Err(e) => ("error", e),
-    };
+    let (uid, pid, via) = (who.uid, who.pid, who.via);
+    macro_rules! log {
+        ($level:expr) => {
+            match outcome {
+                Ok(()) => tracing::event!(target: TARGET, $level, op, args, uid, pid, %via, outcome = "ok", "admin operation"),
+                Err(error) => tracing::event!(target: TARGET, $level, op, args, uid, pid, %via, outcome = "error", error, "admin operation"),
+            }
+        };
+    }
     if looks_only(req) {
-        tracing::debug!(target: TARGET, %op, %args, %uid, %pid, %via, outcome = result, error, "admin operation");
+        log!(tracing::Level::DEBUG);
     } else {
-        tracing::info!(target: TARGET, %op, %args, %uid, %pid, %via, outcome = result, error, "admin operation");
+        log!(tracing::Level::INFO);
     }
 }
 
 /// Log an admin request that was refused before it could run (malformed, wrong version).
 pub fn record_refused(who: &Requester, why: &str) {
-    let (uid, pid, via) = (Opt(who.uid), Opt(who.pid), who.via);
-    tracing::warn!(target: TARGET, %uid, %pid, %via, outcome = "error", error = why, "admin request refused");
+    let (uid, pid, via) = (who.uid, who.pid, who.via);
+    tracing::warn!(target: TARGET, uid, pid, %via, outcome = "error", error = why, "admin request refused");
 }
 
 #[cfg(test)]

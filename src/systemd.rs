@@ -22,7 +22,7 @@ const MAX_LISTEN_FDS: usize = 64;
 pub enum ActivationError {
     #[error("LISTEN_FDS={0:?} is not a number of descriptors (at most {MAX_LISTEN_FDS})")]
     BadCount(String),
-    #[error("inherited descriptor {fd}: {source}")]
+    #[error("inherited descriptor {fd}")]
     Io { fd: RawFd, source: std::io::Error },
     #[error("inherited descriptor {fd} is not a listening stream socket ({what})")]
     NotListening { fd: RawFd, what: &'static str },

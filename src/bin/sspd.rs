@@ -182,6 +182,7 @@ async fn run(args: Args, inherited: Vec<Inherited>) -> anyhow::Result<()> {
     }
     // Sockets handed over by systemd (or systemd-socket-activate): they outlive this process,
     // so a restart keeps clients' connection attempts waiting instead of refused.
+    let handover = !inherited.is_empty();
     for i in inherited {
         match i {
             Inherited::Tcp(l) => {
@@ -285,6 +286,9 @@ async fn run(args: Args, inherited: Vec<Inherited>) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         max_inflight_bytes: args.max_inflight_bytes,
         max_total_inflight_bytes: args.max_total_inflight_bytes,
+        // Only inherited sockets outlive this process: clients of our own sockets are told
+        // with ESHUTDOWN that the server is going away.
+        handover_on_stop: handover,
     };
     let shared = std::sync::Arc::new(Shared {
         pool: pool.clone(),

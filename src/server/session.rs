@@ -83,7 +83,7 @@ where
         let step = hs.input(buf.get(..n).unwrap_or_default(), catalog)?;
         if let Some(peer) = peer {
             for r in crate::nbd::refusal::refusals(&step.output) {
-                tracing::info!(peer, option = %r.option_name(), reason = r.reason(), message = %r.message, "client refused");
+                tracing::info!(peer, option = %r.option_name(), reason = r.reason(), detail = %r.message, "client refused");
             }
         }
         s.write_all(&step.output).await?;
@@ -234,6 +234,7 @@ where
             stopping: shared.stopping.clone(),
             ended: att.ended(),
             idle_timeout: shared.limits.idle_timeout,
+            handover: shared.limits.handover_on_stop,
         },
         budget,
     )
@@ -513,6 +514,8 @@ struct SessionEnds {
     stopping: tokio::sync::watch::Receiver<bool>,
     ended: tokio::sync::watch::Receiver<bool>,
     idle_timeout: Option<std::time::Duration>,
+    /// [`super::Limits::handover_on_stop`].
+    handover: bool,
 }
 
 /// Read requests in order and hand them, several at a time, to the I/O threads
@@ -532,9 +535,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let SessionEnds {
-        stopping,
+        mut stopping,
         mut ended,
         idle_timeout,
+        handover,
     } = ends;
     let vol = pool
         .lu_id(&neg.export)
@@ -627,6 +631,11 @@ where
                 let _ = io.run(move || p.flush()).await;
                 break 'conn Ok(());
             }
+            if handover && *stopping.borrow() {
+                // Handing over to the next server: this request and those after it stay
+                // unanswered; the client resends them when it reconnects.
+                break 'conn Ok(());
+            }
             if *stopping.borrow() {
                 // The server is stopping: refuse new work, let the client disconnect.
                 let target = ReplyTarget::new(ctx.neg.reply_mode, &req);
@@ -694,6 +703,11 @@ where
                 // those in flight finish and get their replies, then the connection closes.
                 Ok(_) = ended.wait_for(|e| *e) => {
                     tracing::info!(export = %ctx.neg.export, "session ended by the operator");
+                    break 'conn Ok(());
+                }
+                // Handing over to the next server: as above, then close.
+                Ok(_) = stopping.wait_for(|s| *s), if handover => {
+                    tracing::info!(export = %ctx.neg.export, "session closed for the next server");
                     break 'conn Ok(());
                 }
                 r = read => match r {
