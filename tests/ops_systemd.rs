@@ -130,7 +130,7 @@ fn qemu_with_reconnect_delay_rides_through_sspd_restarts() {
         }
     });
     let mut lines: Vec<String> = Vec::new();
-    let mut wrote = |lines: &mut Vec<String>, at_least: usize| {
+    let wrote = |lines: &mut Vec<String>, at_least: usize| {
         let end = Instant::now() + Duration::from_secs(60);
         while lines.iter().filter(|l| l.starts_with("wrote")).count() < at_least {
             let left = end.saturating_duration_since(Instant::now());
@@ -367,4 +367,52 @@ fn exit_with_parent_stops_sspd_cleanly_when_its_parent_dies() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("pool closed cleanly"))
     });
     assert_pool_check(&pool);
+}
+
+#[test]
+fn install_script_installs_units_systemd_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("usr");
+    std::fs::create_dir_all(prefix.join("bin")).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sspd"), prefix.join("bin/sspd")).unwrap();
+    let root = dir.path().join("root");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-systemd.sh");
+    let o = Command::new(script)
+        .env("PREFIX", &prefix)
+        .env("DESTDIR", &root)
+        .env("UNITDIR", "/etc/systemd/system")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let units = root.join("etc/systemd/system");
+    let service = std::fs::read_to_string(units.join("sspd@.service")).unwrap();
+    for want in [
+        "Type=notify",
+        "Restart=on-failure",
+        "LimitNOFILE=65536",
+        "--pool /var/lib/ssp/%i",
+    ] {
+        assert!(service.contains(want), "{want} missing:\n{service}");
+    }
+    assert!(service.contains(&format!("{}/bin/sspd", prefix.display())));
+    // systemd's own checker on an instance of each (it also checks ExecStart is executable).
+    for u in ["service", "socket"] {
+        std::fs::copy(
+            units.join(format!("sspd@.{u}")),
+            units.join(format!("sspd@tank.{u}")),
+        )
+        .unwrap();
+    }
+    let o = Command::new("systemd-analyze")
+        .args([
+            "verify",
+            "--man=no",
+            "./sspd@tank.socket",
+            "./sspd@tank.service",
+        ])
+        .current_dir(&units)
+        .output()
+        .expect("systemd-analyze is needed (Debian package systemd)");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.trim().is_empty(), "{err}");
 }
