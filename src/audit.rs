@@ -120,6 +120,21 @@ fn describe(req: &AdminRequest) -> (String, String) {
 /// Log one admin operation and its outcome (`Err` holds the error text sent back).
 pub fn record(who: &Requester, req: &AdminRequest, outcome: Result<(), &str>) {
     let (op, args) = describe(req);
+    let level = if looks_only(req) {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    emit(level, who, &op, &args, outcome);
+}
+
+/// Log an operation that is not an admin request (`pool create`, which makes the pool the
+/// requests run on): `op` names it, `args` is its arguments as a JSON object.
+pub fn record_op(who: &Requester, op: &str, args: &serde_json::Value, outcome: Result<(), &str>) {
+    emit(tracing::Level::INFO, who, op, &args.to_string(), outcome);
+}
+
+fn emit(level: tracing::Level, who: &Requester, op: &str, args: &str, outcome: Result<(), &str>) {
     let (uid, pid, via) = (who.uid, who.pid, who.via);
     macro_rules! log {
         ($level:expr) => {
@@ -129,7 +144,7 @@ pub fn record(who: &Requester, req: &AdminRequest, outcome: Result<(), &str>) {
             }
         };
     }
-    if looks_only(req) {
+    if level == tracing::Level::DEBUG {
         log!(tracing::Level::DEBUG);
     } else {
         log!(tracing::Level::INFO);

@@ -139,6 +139,13 @@ fn text_log_file_is_plain_and_audits_admin_operations_and_refusals() {
 fn offline_sspctl_audits_with_its_own_uid() {
     let (_dir, pool) = new_pool();
     let env = [("SSP_LOG", "ssp::audit=info")];
+    // pool create is audited too (it is not an admin request: it makes the pool).
+    let fresh = pool.parent().unwrap().join("pool2");
+    let pv = format!("{}:64M", pool.parent().unwrap().join("pv2.img").display());
+    let (ok, err) = sspctl_logged(&fresh, &env, &["pool", "create", "--pv", &pv]);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches("op=\"pool_create\"").count(), 1, "{err}");
+    assert!(err.contains("outcome=\"ok\"") && err.contains(&format!("uid={}", uid())));
     let (ok, err) = sspctl_logged(&pool, &env, &["lu", "resize", "vol", "--size", "8M"]);
     assert!(ok, "{err}");
     let recs: Vec<&str> = err.lines().filter(|l| l.contains("ssp::audit")).collect();
