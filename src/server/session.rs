@@ -634,6 +634,7 @@ where
             if handover && *stopping.borrow() {
                 // Handing over to the next server: this request and those after it stay
                 // unanswered; the client resends them when it reconnects.
+                tracing::info!(export = %ctx.neg.export, "session closed for the next server");
                 break 'conn Ok(());
             }
             if *stopping.borrow() {
