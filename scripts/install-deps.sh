@@ -9,9 +9,10 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: a C toolchain for crates with build scripts, and the NBD/QEMU tools the
 # interoperability tests and the demo use; e2fsprogs and xorriso build and check the guest
-# tests' disks (mkfs.ext4 -d, e2fsck, debugfs; an ISO 9660 config disk).
+# tests' disks (mkfs.ext4 -d, e2fsck, debugfs; an ISO 9660 config disk); systemd gives
+# systemd-socket-activate and systemd-analyze (tests/ops_systemd.rs).
 APT_PACKAGES=(build-essential pkg-config ca-certificates qemu-utils libnbd-bin python3-libnbd
-  e2fsprogs xorriso)
+  e2fsprogs xorriso systemd)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -348,6 +348,8 @@ pub struct AdminCtx<'a> {
     pub pool: &'a Pool,
     pub attach: &'a dyn Attachments,
     pub maps: &'a MapStore,
+    /// Who asked: recorded with the outcome in the audit trail ([`crate::audit`]).
+    pub who: crate::audit::Requester,
 }
 
 /// Execute a request on an open pool.
@@ -355,8 +357,20 @@ pub fn execute(ctx: &AdminCtx, req: &AdminRequest) -> Result<AdminReply, PoolErr
     execute_with_progress(ctx, req, &mut |_, _| {})
 }
 
-/// Execute a request; long ones report `progress(done, total)` as they go.
+/// Execute a request; long ones report `progress(done, total)` as they go. Every request is
+/// recorded once in the audit trail with its outcome.
 pub fn execute_with_progress(
+    ctx: &AdminCtx,
+    req: &AdminRequest,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<AdminReply, PoolError> {
+    let r = dispatch(ctx, req, progress);
+    let err = r.as_ref().err().map(|e| e.to_string());
+    crate::audit::record(&ctx.who, req, err.as_deref().map_or(Ok(()), Err));
+    r
+}
+
+fn dispatch(
     ctx: &AdminCtx,
     req: &AdminRequest,
     progress: &mut dyn FnMut(u64, u64),
@@ -863,7 +877,10 @@ pub fn handle_connection(
             .map_err(|e| format!("malformed admin request: {e}"))
             .and_then(decode_request_line)
         {
-            Err(e) => Outcome::Error(e),
+            Err(e) => {
+                crate::audit::record_refused(&ctx.who, &e);
+                Outcome::Error(e)
+            }
             Ok(req) => match execute_with_progress(ctx, &req, &mut |done, total| {
                 // Progress is best effort: a client that went away loses nothing.
                 if let Ok(mut l) = serde_json::to_string(&Envelope {

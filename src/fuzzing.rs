@@ -476,6 +476,7 @@ pub fn admin_lines(data: &[u8]) {
         pool: &pool,
         attach: &NoAttachments,
         maps: &maps,
+        who: crate::audit::Requester::this_process(),
     };
     for req in &reqs {
         if matches!(

@@ -10,14 +10,18 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod cli;
+pub mod daemon;
 pub mod dev;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod logging;
 pub mod metrics;
 pub mod monitoring;
 pub mod nbd;
 pub mod pool;
 pub mod server;
 pub mod sync;
+pub mod systemd;

@@ -62,10 +62,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SSP_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    ssp::logging::init(cli.log_format, "error");
     let mut out = Stdout(std::io::stdout().lock());
     if let Err(e) = ssp::cli::run(&cli, &mut out) {
         // A reader that stopped early (`sspctl ... | head`) is not an error of ours; the

@@ -1,9 +1,11 @@
 //! sspd: serve a pool's LUs over NBD. Thin main; the server lives in `ssp::server`.
 use anyhow::Context;
 use clap::Parser;
+use ssp::logging::LogFormat;
 use ssp::pool::dir::PoolDir;
 use ssp::pool::Options;
 use ssp::server::{claim_socket_path, serve, spawn_admin, AttachMap, Listener, Shared, SocketFile};
+use ssp::systemd::Inherited;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -12,7 +14,8 @@ struct Args {
     /// Pool directory
     #[arg(long, env = "SSP_POOL")]
     pool: PathBuf,
-    /// TCP address to listen on (repeatable; default 127.0.0.1:10809 unless --unix is given)
+    /// TCP address to listen on (repeatable; default 127.0.0.1:10809 unless --unix is given or
+    /// listening sockets are inherited through socket activation, LISTEN_FDS/LISTEN_PID)
     #[arg(long)]
     listen: Vec<String>,
     /// Unix socket to listen on
@@ -79,6 +82,15 @@ struct Args {
     /// their data per second (the removal itself is immediate); 0 means unlimited
     #[arg(long, default_value = "4G", value_parser = size_arg)]
     reclaim_rate: u64,
+    /// Log line format on stderr (the filter comes from SSP_LOG, else RUST_LOG; default info)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Write the server's process id to this file once it serves; removed when it exits
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
+    /// Shut down cleanly when the parent process exits (for tests and programs embedding sspd)
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -116,21 +128,25 @@ fn announce(line: &str) {
 }
 
 fn main() {
+    // SAFETY: getppid cannot fail. Read first: the parent may exit while we start.
+    let parent = unsafe { libc::getppid() };
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(args) {
+    ssp::logging::init(args.log_format, "info");
+    // Before any thread exists: this changes the environment.
+    let started = (|| {
+        if args.exit_with_parent {
+            ssp::daemon::exit_with_parent(parent, libc::SIGTERM).context("--exit-with-parent")?;
+        }
+        ssp::systemd::take_listen_fds().context("socket activation")
+    })();
+    if let Err(e) = started.and_then(|inherited| run(args, inherited)) {
         eprintln!("sspd: error: {e:#}");
         std::process::exit(1);
     }
 }
 
 #[tokio::main]
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, inherited: Vec<Inherited>) -> anyhow::Result<()> {
     // Handled from the start: a signal during startup must not kill the server half-way.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -160,14 +176,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ssp::monitoring::build_info(env!("CARGO_PKG_VERSION"), env!("SSP_GIT_COMMIT"));
     }
     let mut listeners = Vec::new();
+    // What each listener is, as announced: an address, or unix:PATH.
+    let mut names = Vec::new();
     let mut addrs = args.listen.clone();
-    if addrs.is_empty() && args.unix.is_none() {
+    if addrs.is_empty() && args.unix.is_none() && inherited.is_empty() {
         addrs.push("127.0.0.1:10809".into());
+    }
+    // Sockets handed over by systemd (or systemd-socket-activate): they outlive this process,
+    // so a restart keeps clients' connection attempts waiting instead of refused.
+    let handover = !inherited.is_empty();
+    for i in inherited {
+        match i {
+            Inherited::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                let l = tokio::net::TcpListener::from_std(l)?;
+                names.push(l.local_addr()?.to_string());
+                listeners.push(Listener::Tcp(l));
+            }
+            Inherited::Unix(l, path) => {
+                l.set_nonblocking(true)?;
+                let p = path.map_or_else(|| "(unnamed)".into(), |p| p.display().to_string());
+                names.push(format!("unix:{p}"));
+                listeners.push(Listener::Unix(tokio::net::UnixListener::from_std(l)?));
+            }
+        }
     }
     for a in &addrs {
         let l = tokio::net::TcpListener::bind(a)
             .await
             .with_context(|| format!("cannot listen on {a}"))?;
+        names.push(l.local_addr()?.to_string());
         listeners.push(Listener::Tcp(l));
     }
     // Removed again when the server exits, whichever way `run` returns (a failed open too).
@@ -178,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let l = tokio::net::UnixListener::bind(p)
             .with_context(|| format!("cannot listen on {}", p.display()))?;
         _unix_sock = Some(SocketFile::bound(p)?);
+        names.push(format!("unix:{}", p.display()));
         listeners.push(Listener::Unix(l));
     }
     let pd = PoolDir::open(
@@ -221,15 +260,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
         .context("cannot start the I/O threads")?,
     );
-    for l in &listeners {
-        match l {
-            Listener::Tcp(t) => announce(&format!("sspd: listening on {}", t.local_addr()?)),
-            Listener::Unix(_) => {
-                let p = args.unix.as_deref().unwrap_or(std::path::Path::new(""));
-                announce(&format!("sspd: listening on unix:{}", p.display()));
-            }
-        }
+    for n in &names {
+        announce(&format!("sspd: listening on {n}"));
     }
+    // Removed again when the server exits.
+    let _pidfile = match &args.pidfile {
+        Some(p) => Some(
+            ssp::daemon::PidFile::write(p)
+                .with_context(|| format!("cannot write the pid file {}", p.display()))?,
+        ),
+        None => None,
+    };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let limits = ssp::server::Limits {
         max_connections: ssp::server::connections_for_fd_limit(
@@ -240,6 +281,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         max_inflight_bytes: args.max_inflight_bytes,
         max_total_inflight_bytes: args.max_total_inflight_bytes,
+        // Only inherited sockets outlive this process: clients of our own sockets are told
+        // with ESHUTDOWN that the server is going away.
+        handover_on_stop: handover,
     };
     let shared = std::sync::Arc::new(Shared {
         pool: pool.clone(),
@@ -252,6 +296,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         io,
     });
     let server = tokio::spawn(serve(shared.clone(), listeners));
+    ssp::systemd::notify_or_log(&format!(
+        "READY=1\nSTATUS=serving pool {} on {}",
+        pool.name(),
+        names.join(", ")
+    ));
     loop {
         tokio::select! {
             _ = int.recv() => break,
@@ -260,6 +309,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    ssp::systemd::notify_or_log("STOPPING=1\nSTATUS=shutting down");
     let _ = tx.send(true);
     let _ = server.await;
     let p = pool.clone();

@@ -26,6 +26,9 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log line format on stderr (the filter comes from SSP_LOG, else RUST_LOG; default error)
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -264,7 +267,16 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 name: c.name.clone(),
                 journal_blocks: c.journal_mb * 256,
             };
-            let pd = PoolDir::create_with(&dir, &c.pvs, &copts, Options::default(), c.force)?;
+            let made = PoolDir::create_with(&dir, &c.pvs, &copts, Options::default(), c.force);
+            let err = made.as_ref().err().map(|e| e.to_string());
+            let pvs: Vec<String> = c.pvs.iter().map(|p| p.path.display().to_string()).collect();
+            crate::audit::record_op(
+                &crate::audit::Requester::this_process(),
+                "pool_create",
+                &serde_json::json!({"dir": dir, "name": c.name, "pvs": pvs, "force": c.force}),
+                err.as_deref().map_or(Ok(()), Err),
+            );
+            let pd = made?;
             let st = pd.pool.status();
             pd.pool.close()?;
             if cli.json {
@@ -414,6 +426,7 @@ fn admin_with_progress(
                 pool: &pd.pool,
                 attach: &crate::admin::NoAttachments,
                 maps: &maps,
+                who: crate::audit::Requester::this_process(),
             };
             let r = crate::admin::execute_with_progress(&ctx, &req, progress)?;
             if !read_only_request(&req) {

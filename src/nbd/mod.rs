@@ -33,6 +33,7 @@ pub mod codec;
 mod fuzz_tests;
 pub mod handshake;
 pub mod proto;
+pub mod refusal;
 pub mod validate;
 pub(crate) mod wire;
 

@@ -88,6 +88,7 @@ pub fn spawn_admin(
                         pool: &pool,
                         attach: attach.as_ref(),
                         maps: &maps,
+                        who: crate::audit::Requester::socket_peer(&conn),
                     };
                     if let Err(e) = handle_connection(conn, &ctx, timeout) {
                         tracing::warn!("admin connection: {e}");
@@ -129,6 +130,11 @@ pub struct Limits {
     pub max_inflight_bytes: u64,
     /// The same bound over all connections together.
     pub max_total_inflight_bytes: u64,
+    /// When the server stops, close each session once the requests it is running are answered,
+    /// leaving later ones unanswered, instead of answering them with `ESHUTDOWN`: the listening
+    /// socket outlives this server (socket activation), so clients that reconnect (qemu's
+    /// `reconnect-delay`) resend them to the next one and see a pause, not an error.
+    pub handover_on_stop: bool,
 }
 
 impl Default for Limits {
@@ -139,6 +145,7 @@ impl Default for Limits {
             idle_timeout: None,
             max_inflight_bytes: 64 << 20,
             max_total_inflight_bytes: 1 << 30,
+            handover_on_stop: false,
         }
     }
 }

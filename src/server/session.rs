@@ -63,11 +63,13 @@ enum Outcome {
     Closed,
 }
 
-/// Feed client bytes to the handshake until it reaches an event.
+/// Feed client bytes to the handshake until it reaches an event. With `peer`, every export or
+/// session the client is refused is logged with the reason.
 async fn negotiate<S>(
     s: &mut S,
     hs: &mut Handshake,
     catalog: &(dyn crate::nbd::ExportCatalog + Sync),
+    peer: Option<&str>,
 ) -> Result<Outcome, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -79,6 +81,11 @@ where
             return Ok(Outcome::Closed); // left during the handshake
         }
         let step = hs.input(buf.get(..n).unwrap_or_default(), catalog)?;
+        if let Some(peer) = peer {
+            for r in crate::nbd::refusal::refusals(&step.output) {
+                tracing::info!(peer, option = %r.option_name(), reason = r.reason(), detail = %r.message, "client refused");
+            }
+        }
         s.write_all(&step.output).await?;
         s.flush().await?;
         match step.event {
@@ -112,7 +119,7 @@ where
     let limit = shared.limits.handshake_timeout;
     let evicted = handshaking.evicted();
     let ready = tokio::select! {
-        r = tokio::time::timeout(limit, handshake(s, &shared, who)) => {
+        r = tokio::time::timeout(limit, handshake(s, &shared, who, peer)) => {
             r.map_err(|_| SessionError::HandshakeTimeout(limit))??
         }
         () = evicted.notified() => return Err(SessionError::Evicted),
@@ -131,6 +138,7 @@ async fn handshake<S>(
     mut s: S,
     shared: &super::Shared,
     who: crate::access::Peer,
+    peer: &str,
 ) -> Result<Option<Ready<S>>, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -147,7 +155,7 @@ where
     };
     let mut hs = Handshake::new(cfg);
     s.write_all(&hs.initial_output()).await?;
-    match negotiate(&mut s, &mut hs, &catalog).await? {
+    match negotiate(&mut s, &mut hs, &catalog, Some(peer)).await? {
         Outcome::Closed => Ok(None),
         Outcome::Done(neg) => Ok(Some(Ready::Plain(s, neg, hs.take_leftover()))),
         Outcome::StartTls => {
@@ -156,7 +164,7 @@ where
             };
             let mut t = acceptor.accept(s).await?;
             catalog.peer.tls = super::tls::client_identity(t.get_ref().1);
-            match negotiate(&mut t, &mut hs, &catalog).await? {
+            match negotiate(&mut t, &mut hs, &catalog, Some(peer)).await? {
                 Outcome::Done(neg) => Ok(Some(Ready::Tls(Box::new(t), neg, hs.take_leftover()))),
                 // The state machine refuses a second STARTTLS itself.
                 Outcome::StartTls | Outcome::Closed => Ok(None),
@@ -189,7 +197,8 @@ where
         ..ServerConfig::default()
     });
     s.write_all(&hs.initial_output()).await?;
-    negotiate(&mut s, &mut hs, &NoExports).await?;
+    // The caller logs refusals at the connection limit (rate-limited).
+    negotiate(&mut s, &mut hs, &NoExports, None).await?;
     s.shutdown().await?;
     Ok(())
 }
@@ -225,6 +234,7 @@ where
             stopping: shared.stopping.clone(),
             ended: att.ended(),
             idle_timeout: shared.limits.idle_timeout,
+            handover: shared.limits.handover_on_stop,
         },
         budget,
     )
@@ -504,6 +514,8 @@ struct SessionEnds {
     stopping: tokio::sync::watch::Receiver<bool>,
     ended: tokio::sync::watch::Receiver<bool>,
     idle_timeout: Option<std::time::Duration>,
+    /// [`super::Limits::handover_on_stop`].
+    handover: bool,
 }
 
 /// Read requests in order and hand them, several at a time, to the I/O threads
@@ -523,9 +535,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let SessionEnds {
-        stopping,
+        mut stopping,
         mut ended,
         idle_timeout,
+        handover,
     } = ends;
     let vol = pool
         .lu_id(&neg.export)
@@ -619,6 +632,12 @@ where
                 let _ = io.run(move || p.flush()).await;
                 break 'conn Ok(());
             }
+            if handover && *stopping.borrow() {
+                // Handing over to the next server: this request and those after it stay
+                // unanswered; the client resends them when it reconnects.
+                tracing::info!(export = %ctx.neg.export, "session closed for the next server");
+                break 'conn Ok(());
+            }
             if *stopping.borrow() {
                 // The server is stopping: refuse new work, let the client disconnect.
                 let target = ReplyTarget::new(ctx.neg.reply_mode, &req);
@@ -686,6 +705,11 @@ where
                 // those in flight finish and get their replies, then the connection closes.
                 Ok(_) = ended.wait_for(|e| *e) => {
                     tracing::info!(export = %ctx.neg.export, "session ended by the operator");
+                    break 'conn Ok(());
+                }
+                // Handing over to the next server: as above, then close.
+                Ok(_) = stopping.wait_for(|s| *s), if handover => {
+                    tracing::info!(export = %ctx.neg.export, "session closed for the next server");
                     break 'conn Ok(());
                 }
                 r = read => match r {
