@@ -1,6 +1,6 @@
 //! sspd: serve a pool's LUs over NBD. Thin main; the server lives in `ssp::server`.
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use ssp::pool::dir::PoolDir;
 use ssp::pool::Options;
 use ssp::server::{claim_socket_path, serve, spawn_admin, AttachMap, Listener, Shared, SocketFile};
@@ -75,6 +75,9 @@ struct Args {
     /// their data per second (the removal itself is immediate); 0 means unlimited
     #[arg(long, default_value = "4G", value_parser = size_arg)]
     reclaim_rate: u64,
+    /// Write sspd's man page and shell completions into DIR and exit (scripts/gen-docs.sh)
+    #[arg(long, hide = true, exclusive = true, value_name = "DIR")]
+    generate_docs: Option<PathBuf>,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -112,7 +115,23 @@ fn announce(line: &str) {
 }
 
 fn main() {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    if let Some(dir) = matches.get_one::<PathBuf>("generate_docs") {
+        match ssp::cli::docs::generate(Args::command(), dir) {
+            Ok(g) => announce(&format!(
+                "wrote {} man pages and {} completion files to {}",
+                g.man_pages.len(),
+                g.completions.len(),
+                dir.display()
+            )),
+            Err(e) => {
+                eprintln!("sspd: error: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

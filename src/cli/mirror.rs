@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 #[derive(Subcommand, Debug)]
 pub enum FailgrpCmd {
     /// List failure groups, their PVs, sizes and states, and the pool's mirror state
+    #[command(visible_alias = "ls")]
     List,
     /// Add the second failure group: mirroring of the whole pool starts in the background
+    #[command(after_help = FAILGRP_EXAMPLES)]
     Create {
+        /// Name of the new failure group
         name: String,
         /// PV as PATH (existing) or PATH:SIZE (new sparse file), repeatable
         #[arg(long = "pv", required = true)]
@@ -24,26 +27,33 @@ pub enum FailgrpCmd {
     },
     /// Rename a failure group
     Modify {
+        /// The failure group's current name
         name: String,
+        /// Its new name
         #[arg(long = "name")]
         new_name: String,
     },
     /// Drop a failure group: the pool keeps a single copy (asks for --yes)
+    #[command(visible_alias = "rm")]
     Remove {
+        /// The failure group to drop
         name: String,
         /// Confirm that every block is left with a single copy
         #[arg(long)]
         yes: bool,
     },
     /// Bring back failed PVs that answer again and copy what their group missed, until done
+    #[command(after_help = FAILGRP_EXAMPLES)]
     Resync,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum PvCmd {
     /// PVs: pool, failure group, path, size, state (ONLINE, FAILED, MISSING), UDID
+    #[command(visible_alias = "ls")]
     List,
     /// Grow a failure group with new PVs, online
+    #[command(after_help = PV_EXAMPLES)]
     Add {
         /// Failure group to grow
         #[arg(long = "fg")]
@@ -56,8 +66,11 @@ pub enum PvCmd {
         force: bool,
     },
     /// Replace a PV with a new one at least as large, online
+    #[command(after_help = PV_EXAMPLES)]
     Replace {
+        /// The PV to replace, by its path as `pv list` shows it
         old: String,
+        /// The new PV: PATH (existing file or block device) or PATH:SIZE (new sparse file)
         new: PvSpec,
         /// Overwrite a new PV that holds a superblock of another pool (that pool is destroyed)
         #[arg(long)]
@@ -67,6 +80,23 @@ pub enum PvCmd {
     /// pool stays on the old PV
     ReplaceCancel,
 }
+
+pub(super) const FAILGRP_EXAMPLES: &str = "Examples:
+  sspctl failgrp create fg2 --pv /dev/sdd --pv /dev/sde
+  sspctl failgrp ls
+  sspctl failgrp resync
+  sspctl failgrp modify fg2 --name rack2";
+
+pub(super) const PV_EXAMPLES: &str = "Examples:
+  sspctl pv ls
+  sspctl pv add --fg Default /dev/sdf
+  sspctl pv replace /dev/sdb /dev/sdg";
+
+pub(super) const SCRUB_EXAMPLES: &str = "Examples:
+  sspctl scrub --rate 100M
+  sspctl scrub --wait
+  sspctl scrub status
+  sspctl scrub cancel";
 
 /// A path sspd is to open, as sspd must see it: a relative path means the directory the user
 /// typed it in, not sspd's working directory (under systemd, `/`). An existing file is
