@@ -1,7 +1,9 @@
 //! `sspctl` verbs for failure groups, PVs, resync and scrub.
 
+use super::progress::Progress;
 use super::{admin, admin_with_progress, Cli};
 use crate::admin::{AdminReply, AdminRequest};
+use crate::format::{BLOCK_U64, SEG_BLOCKS};
 use crate::pool::dir::PvSpec;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -149,21 +151,9 @@ pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
         },
     };
     let json = cli.json;
-    let mut report = |done: u64, total: u64| {
-        if json {
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::json!({ "progress": { "copied_bytes": done, "total_bytes": total } })
-            );
-        } else {
-            eprint!("\rresync: {} of {} MiB copied", done >> 20, total >> 20);
-        }
-    };
-    let reply = admin_with_progress(cli, req, &mut report)?;
-    if !json && matches!(cmd, FailgrpCmd::Resync) {
-        eprintln!();
-    }
+    let mut bar = Progress::new("resync", json, 1);
+    let reply = admin_with_progress(cli, req, &mut |done, total| bar.tick(out, done, total))?;
+    drop(bar);
     match reply {
         AdminReply::FailGroups {
             groups,
@@ -245,16 +235,15 @@ pub fn pv(cli: &Cli, cmd: &PvCmd, out: &mut dyn Write) -> Result<()> {
         },
         PvCmd::ReplaceCancel => return copy_cancel(cli, out),
     };
-    let json = cli.json;
-    let mut report = |done: u64, total: u64| {
-        if !json && total > 1 {
-            eprint!("\rcopying: {}%", done * 100 / total.max(1));
+    // A single-copy replace counts the segments it copies; a mirrored one copies nothing now
+    // (resync fills the new PV) and reports (0, 1) once.
+    let mut bar = Progress::new("pv replace", cli.json, SEG_BLOCKS * BLOCK_U64);
+    let reply = admin_with_progress(cli, req, &mut |done, total| {
+        if (done, total) != (0, 1) {
+            bar.tick(out, done, total)
         }
-    };
-    let reply = admin_with_progress(cli, req, &mut report)?;
-    if !json && matches!(cmd, PvCmd::Replace { .. }) {
-        eprintln!();
-    }
+    })?;
+    drop(bar);
     match reply {
         AdminReply::Pvs { pvs } => {
             if cli.json {
@@ -312,7 +301,10 @@ pub fn scrub(cli: &Cli, a: &ScrubArgs, out: &mut dyn Write) -> Result<()> {
             rate: a.rate,
         },
     };
-    match admin(cli, req)? {
+    let mut bar = Progress::new("scrub", cli.json, 1);
+    let reply = admin_with_progress(cli, req, &mut |done, total| bar.tick(out, done, total))?;
+    drop(bar);
+    match reply {
         AdminReply::Scrubbed(r) => {
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;

@@ -4,6 +4,7 @@
 pub mod debug;
 pub mod docs;
 mod mirror;
+pub mod progress;
 mod share;
 
 use crate::admin::{AdminReply, AdminRequest};

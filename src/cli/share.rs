@@ -1,6 +1,7 @@
 //! `sspctl` verbs for sharing: snapshots, client images, linked clones, `file stat`,
 //! `file layout` and `diff`.
 
+use super::progress::Progress;
 use super::{admin, admin_with_progress, print_lus, Cli};
 use crate::admin::{AdminReply, AdminRequest};
 use crate::pool::activation::Activation;
@@ -230,33 +231,11 @@ pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
                 name: image.clone(),
                 rate: *rate,
             };
-            let bar = indicatif::ProgressBar::new(0);
-            if cli.json {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "capturing {msg} [{bar:40}] {percent}% ({pos}/{len} blocks, {eta} left)",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.set_message(format!("{src} into {image}"));
-            let mut report = |done: u64, total: u64| {
-                if cli.json {
-                    // One line per step: scripts follow the copy as it goes.
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({ "progress": { "done_blocks": done, "total_blocks": total } })
-                    );
-                } else {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                }
-            };
-            let reply = admin_with_progress(cli, req, &mut report)?;
-            bar.finish_and_clear();
+            // The pool counts the capture in data blocks.
+            let mut bar = Progress::new("capture", cli.json, crate::format::BLOCK_U64);
+            let reply =
+                admin_with_progress(cli, req, &mut |done, total| bar.tick(out, done, total))?;
+            drop(bar);
             match reply {
                 AdminReply::Lus { lus, .. } => {
                     if cli.json {
