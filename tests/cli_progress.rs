@@ -87,7 +87,26 @@ fn json_progress_is_paced_in_bytes_and_the_result_follows() {
     let pool = make_pool(t.path(), &[("vm1", "32M")]);
     let data = t.path().join("data.raw");
     random_file(&data, 12 << 20);
-    sspctl(&pool, &["lu", "import", "vm1", data.to_str().unwrap()]);
+    let out = sspctl(
+        &pool,
+        &["lu", "import", "vm1", data.to_str().unwrap(), "--json"],
+    );
+    let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["progress"]["op"], "import", "{out}");
+    assert_eq!(first["progress"]["total_bytes"], 12 << 20, "{out}");
+    let out = sspctl(
+        &pool,
+        &[
+            "lu",
+            "export",
+            "vm1",
+            t.path().join("out.raw").to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["progress"]["op"], "export", "{out}");
+    assert_eq!(first["progress"]["total_bytes"], 12 << 20, "{out}");
 
     // 12 MiB at 4 MiB/s: about 3 s, one slice (1 MiB) every quarter second.
     let (lines, doc, took) = timed_json(&pool, &["image", "capture", "vm1", "img", "--rate", "4M"]);

@@ -581,7 +581,9 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
             let mut buf = vec![0u8; 1 << 20];
             let mut pos = *offset;
             let mut written = 0u64;
+            let mut bar = progress::Progress::new("import", cli.json, 1);
             loop {
+                bar.tick(out, pos - offset, len);
                 let n = read_full(&mut f, &mut buf)?;
                 if n == 0 {
                     break;
@@ -598,6 +600,7 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
                 }
                 pos += n as u64;
             }
+            drop(bar);
             p.flush()?;
             writeln!(
                 out,
@@ -615,12 +618,16 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
             f.set_len(size)?;
             let mut buf = vec![0u8; 1 << 20];
             let mut data = 0u64;
-            for (start, len, mapped) in p.extents(id, 0, size)? {
+            let extents = p.extents(id, 0, size)?;
+            let total: u64 = extents.iter().filter(|e| e.2).map(|e| e.1).sum();
+            let mut bar = progress::Progress::new("export", cli.json, 1);
+            for (start, len, mapped) in extents {
                 if !mapped {
                     continue;
                 }
                 let mut pos = start;
                 while pos < start + len {
+                    bar.tick(out, data + (pos - start), total);
                     let n = (start + len - pos).min(buf.len() as u64) as usize;
                     p.read(id, pos, &mut buf[..n])?;
                     std::os::unix::fs::FileExt::write_all_at(&f, &buf[..n], pos)?;
@@ -628,6 +635,7 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
                 }
                 data += len;
             }
+            drop(bar);
             f.sync_all()?;
             writeln!(
                 out,
