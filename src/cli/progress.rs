@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub const JSON_INTERVAL: Duration = Duration::from_secs(1);
 
 const BAR_TEMPLATE: &str =
-    "{prefix} [{bar:40}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)";
+    "{prefix} [{wide_bar}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)";
 
 enum Mode {
     Json { last: Option<Instant> },
