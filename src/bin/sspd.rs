@@ -1,6 +1,6 @@
 //! sspd: serve a pool's LUs over NBD. Thin main; the server lives in `ssp::server`.
 use anyhow::Context;
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, Parser};
 use ssp::pool::dir::PoolDir;
 use ssp::pool::Options;
 use ssp::server::{claim_socket_path, serve, spawn_admin, AttachMap, Listener, Shared, SocketFile};
@@ -45,6 +45,9 @@ struct Args {
     /// Close attached clients idle this long (no request and none outstanding); off by default
     #[arg(long, value_parser = duration_arg)]
     idle_timeout: Option<std::time::Duration>,
+    /// Write sspd's man page and shell completions into DIR and exit (scripts/gen-docs.sh)
+    #[arg(long, hide = true, exclusive = true, value_name = "DIR")]
+    generate_docs: Option<PathBuf>,
     /// Bytes of replies and request data one client may hold in the server's memory; beyond
     /// it the client's requests are not read until its replies are sent
     #[arg(long, default_value = "64M", value_parser = size_arg)]
@@ -75,9 +78,6 @@ struct Args {
     /// their data per second (the removal itself is immediate); 0 means unlimited
     #[arg(long, default_value = "4G", value_parser = size_arg)]
     reclaim_rate: u64,
-    /// Write sspd's man page and shell completions into DIR and exit (scripts/gen-docs.sh)
-    #[arg(long, hide = true, exclusive = true, value_name = "DIR")]
-    generate_docs: Option<PathBuf>,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -114,24 +114,34 @@ fn announce(line: &str) {
     let _ = out.flush();
 }
 
-fn main() {
-    let matches = Args::command().get_matches();
-    if let Some(dir) = matches.get_one::<PathBuf>("generate_docs") {
-        match ssp::cli::docs::generate(Args::command(), dir) {
-            Ok(g) => announce(&format!(
+/// `sspd --generate-docs DIR` (hidden, alone): write the man page and completions, exit.
+fn generate_docs_if_asked() {
+    let Ok(m) = Args::command().try_get_matches() else {
+        return;
+    };
+    let Some(dir) = m.get_one::<PathBuf>("generate_docs") else {
+        return;
+    };
+    match ssp::cli::docs::generate(Args::command(), dir) {
+        Ok(g) => {
+            announce(&format!(
                 "wrote {} man pages and {} completion files to {}",
                 g.man_pages.len(),
                 g.completions.len(),
                 dir.display()
-            )),
-            Err(e) => {
-                eprintln!("sspd: error: {e}");
-                std::process::exit(1);
-            }
+            ));
+            std::process::exit(0);
         }
-        return;
+        Err(e) => {
+            eprintln!("sspd: error: {e}");
+            std::process::exit(1);
+        }
     }
-    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+}
+
+fn main() {
+    generate_docs_if_asked();
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
