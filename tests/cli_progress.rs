@@ -62,6 +62,7 @@ fn assert_paced(op: &str, lines: &[(Duration, Value)], total: u64, took: Duratio
         lines.len()
     );
     let mut prev: Option<(Duration, u64)> = None;
+    let mut short_gaps = Vec::new();
     for (at, v) in lines {
         let p = &v["progress"];
         assert_eq!(p["op"], op, "{v}");
@@ -69,16 +70,19 @@ fn assert_paced(op: &str, lines: &[(Duration, Value)], total: u64, took: Duratio
         let done = p["done_bytes"].as_u64().unwrap_or_else(|| panic!("{v}"));
         assert!(done <= total, "{v}");
         if let Some((t, d)) = prev {
-            // Arrival times jitter with scheduling; the sender waits a full second.
-            assert!(
-                *at - t >= Duration::from_millis(800),
-                "{op}: lines {:?} apart",
-                *at - t
-            );
+            // Arrival times jitter with scheduling (a reader held up sees two lines at once);
+            // the sender waits a full second.
+            if *at - t < Duration::from_millis(800) {
+                short_gaps.push(*at - t);
+            }
             assert!(done >= d, "{op}: progress went back: {v}");
         }
         prev = Some((*at, done));
     }
+    assert!(
+        short_gaps.len() <= 1,
+        "{op}: lines closer than a second: {short_gaps:?}"
+    );
 }
 
 #[test]
