@@ -164,13 +164,16 @@ fn generator_writes_a_page_per_verb_and_completions_for_three_shells() {
         for verb in ["snapshot", "failgrp", "capture", "rollback"] {
             assert!(text.contains(verb), "{shell} completion lacks {verb}");
         }
+        // Hidden verbs and options are not offered.
+        for hidden in ["generate-docs", "write-loop", "resync-bench"] {
+            assert!(!text.contains(hidden), "{shell} completion offers {hidden}");
+        }
         let sspd = dir
             .join("completions")
             .join(shell)
             .join(file.replace("sspctl", "sspd"));
-        assert!(std::fs::read_to_string(sspd)
-            .unwrap()
-            .contains("max-connections"));
+        let sspd = std::fs::read_to_string(sspd).unwrap();
+        assert!(sspd.contains("max-connections") && !sspd.contains("generate-docs"));
     }
     // The bash completion is valid bash.
     let o = Command::new("bash")

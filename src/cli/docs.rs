@@ -104,11 +104,38 @@ pub fn generate(cmd: Command, dir: &Path) -> Result<Generated, DocsError> {
         mkdir(&sub)?;
         let file = sub.join(completion_file(shell, &name));
         let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut cmd.clone(), &name, &mut buf);
+        clap_complete::generate(shell, &mut visible(&cmd), &name, &mut buf);
         write(&file, &buf)?;
         out.completions.push(file);
     }
     Ok(out)
+}
+
+/// A copy of the built `cmd` without its hidden subcommands and arguments: the completion
+/// generators would offer them.
+fn visible(cmd: &Command) -> Command {
+    let mut c = Command::new(cmd.get_name().to_owned())
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .disable_help_subcommand(true)
+        .visible_aliases(
+            cmd.get_visible_aliases()
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        )
+        .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(
+            cmd.get_subcommands()
+                .filter(|s| !s.is_hide_set())
+                .map(visible),
+        );
+    if let Some(about) = cmd.get_about() {
+        c = c.about(about.clone());
+    }
+    if let Some(v) = cmd.get_version() {
+        c = c.version(v.to_owned());
+    }
+    c
 }
 
 /// The file name each shell looks up completions for `name` by.
