@@ -27,6 +27,13 @@ cargo test --locked --features shuttle --test schedules 2>&1 | tee -a "$log"
 shuttle_status=${PIPESTATUS[0]}
 set -e
 [ "$status" != 0 ] || status=$shuttle_status
+# The man pages and completions build from the binaries the tests just built (scripts/gen-docs.sh).
+echo "== scripts/gen-docs.sh"
+set +e
+SSPD=target/debug/sspd SSPCTL=target/debug/sspctl scripts/gen-docs.sh target/docs 2>&1 | tee -a "$log"
+docs_status=${PIPESTATUS[0]}
+set -e
+[ "$status" != 0 ] || status=$docs_status
 # Each fuzz target for a bounded time (scripts/fuzz.sh; FUZZ_SECONDS each, 45 by default here).
 echo "== fuzz"
 set +e

@@ -33,6 +33,17 @@ fn fails(o: &Output, needle: &str) {
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
 }
 
+/// A value clap's parser refuses: clap's own report (the error, then the usage), exit code 2.
+fn usage_fails(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines().next().is_some_and(|l| l.contains(needle)),
+        "stderr {err:?} lacks {needle:?} on its first line"
+    );
+    assert!(err.contains("try '--help'"), "{err:?}");
+}
+
 #[test]
 fn lu_lifecycle_and_listing() {
     let t = tempfile::tempdir().unwrap();
@@ -111,7 +122,7 @@ fn bad_input_is_one_clear_line() {
     let pool = t.path().join("pool");
     let pv = format!("{}:64M", t.path().join("pv0.img").display());
     fails(&sspctl(&pool, &["lu", "list"]), "not a pool directory");
-    fails(
+    usage_fails(
         &sspctl(
             &pool,
             &[
@@ -137,7 +148,7 @@ fn bad_input_is_one_clear_line() {
     );
     ok(&sspctl(&pool, &["pool", "create", "--pv", &pv]));
     fails(&sspctl(&pool, &["pool", "create", "--pv", &pv]), "already");
-    fails(
+    usage_fails(
         &sspctl(&pool, &["lu", "create", "a", "--size", "10Q"]),
         "10Q",
     );

@@ -12,7 +12,7 @@ fn json(pool: &std::path::Path, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.push("--json");
     let out = sspctl(pool, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    json_result(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
 }
 
 fn state(pool: &std::path::Path) -> String {

@@ -11,7 +11,7 @@ fn json(pool: &std::path::Path, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.push("--json");
     let out = sspctl(pool, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    json_result(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
 }
 
 /// Block status of `ctx` over the first `len` bytes: (length, flags) descriptors.
@@ -74,16 +74,16 @@ fn capture_snapshot_clone_and_account_through_sspctl_and_nbd() {
         ],
     );
 
-    // Capture with JSON progress lines, then the final answer.
+    // Capture with JSON progress lines (the first one at once, in bytes), then the final answer.
     let out = sspctl(&s.pool, &["image", "capture", "golden", "img", "--json"]);
     let lines: Vec<Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let last_progress = lines.iter().rev().find(|v| v.get("progress").is_some());
     assert_eq!(
-        last_progress.unwrap()["progress"]["done_blocks"],
-        Value::from(2048)
+        lines[0]["progress"]["total_bytes"],
+        Value::from(8 << 20),
+        "{out}"
     );
     assert_eq!(lines.last().unwrap()["captured"][0]["name"], "img");
 

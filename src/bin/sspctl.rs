@@ -1,5 +1,4 @@
 //! sspctl: thin main; the commands live in `ssp::cli`.
-use clap::error::ErrorKind;
 use clap::Parser;
 use std::io::Write;
 
@@ -37,31 +36,9 @@ fn mark(e: std::io::Error) -> std::io::Error {
 }
 
 fn main() {
-    let cli = match ssp::cli::Cli::try_parse() {
-        Ok(c) => c,
-        Err(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) =>
-        {
-            e.exit()
-        }
-        Err(e) => {
-            // Usage errors: one clear line (clap's first), exit code 2.
-            let msg = e.to_string();
-            eprintln!(
-                "sspctl: {}",
-                msg.lines()
-                    .next()
-                    .unwrap_or("invalid arguments")
-                    .trim_start_matches("error: ")
-            );
-            std::process::exit(2);
-        }
-    };
+    // Usage errors keep clap's own report (the error, a "tip" for a near miss, the usage line)
+    // and its exit code 2; --help and --version exit 0.
+    let cli = ssp::cli::Cli::try_parse().unwrap_or_else(|e| e.exit());
     ssp::logging::init(cli.log_format, "error");
     let mut out = Stdout(std::io::stdout().lock());
     if let Err(e) = ssp::cli::run(&cli, &mut out) {

@@ -1,6 +1,6 @@
 //! sspd: serve a pool's LUs over NBD. Thin main; the server lives in `ssp::server`.
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use ssp::logging::LogFormat;
 use ssp::pool::dir::PoolDir;
 use ssp::pool::Options;
@@ -52,6 +52,9 @@ struct Args {
     /// Close attached clients idle this long (no request and none outstanding); off by default
     #[arg(long, value_parser = duration_arg)]
     idle_timeout: Option<std::time::Duration>,
+    /// Write sspd's man page and shell completions into DIR and exit (scripts/gen-docs.sh)
+    #[arg(long, hide = true, exclusive = true, value_name = "DIR")]
+    generate_docs: Option<PathBuf>,
     /// Bytes of replies and request data one client may hold in the server's memory; beyond
     /// it the client's requests are not read until its replies are sent
     #[arg(long, default_value = "64M", value_parser = size_arg)]
@@ -127,9 +130,35 @@ fn announce(line: &str) {
     let _ = out.flush();
 }
 
+/// `sspd --generate-docs DIR` (hidden, alone): write the man page and completions, exit.
+fn generate_docs_if_asked() {
+    let Ok(m) = Args::command().try_get_matches() else {
+        return;
+    };
+    let Some(dir) = m.get_one::<PathBuf>("generate_docs") else {
+        return;
+    };
+    match ssp::cli::docs::generate(Args::command(), dir) {
+        Ok(g) => {
+            announce(&format!(
+                "wrote {} man pages and {} completion files to {}",
+                g.man_pages.len(),
+                g.completions.len(),
+                dir.display()
+            ));
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("sspd: error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     // SAFETY: getppid cannot fail. Read first: the parent may exit while we start.
     let parent = unsafe { libc::getppid() };
+    generate_docs_if_asked();
     let args = Args::parse();
     ssp::logging::init(args.log_format, "info");
     // Before any thread exists: this changes the environment.

@@ -1,7 +1,9 @@
 //! `sspctl` verbs for failure groups, PVs, resync and scrub.
 
+use super::progress::Progress;
 use super::{admin, admin_with_progress, Cli};
 use crate::admin::{AdminReply, AdminRequest};
+use crate::format::{BLOCK_U64, SEG_BLOCKS};
 use crate::pool::dir::PvSpec;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -11,9 +13,12 @@ use std::path::{Path, PathBuf};
 #[derive(Subcommand, Debug)]
 pub enum FailgrpCmd {
     /// List failure groups, their PVs, sizes and states, and the pool's mirror state
+    #[command(visible_alias = "ls")]
     List,
     /// Add the second failure group: mirroring of the whole pool starts in the background
+    #[command(after_help = FAILGRP_EXAMPLES)]
     Create {
+        /// Name of the new failure group
         name: String,
         /// PV as PATH (existing) or PATH:SIZE (new sparse file), repeatable
         #[arg(long = "pv", required = true)]
@@ -24,26 +29,33 @@ pub enum FailgrpCmd {
     },
     /// Rename a failure group
     Modify {
+        /// The failure group's current name
         name: String,
+        /// Its new name
         #[arg(long = "name")]
         new_name: String,
     },
     /// Drop a failure group: the pool keeps a single copy (asks for --yes)
+    #[command(visible_alias = "rm")]
     Remove {
+        /// The failure group to drop
         name: String,
         /// Confirm that every block is left with a single copy
         #[arg(long)]
         yes: bool,
     },
     /// Bring back failed PVs that answer again and copy what their group missed, until done
+    #[command(after_help = FAILGRP_EXAMPLES)]
     Resync,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum PvCmd {
     /// PVs: pool, failure group, path, size, state (ONLINE, FAILED, MISSING), UDID
+    #[command(visible_alias = "ls")]
     List,
     /// Grow a failure group with new PVs, online
+    #[command(after_help = PV_EXAMPLES)]
     Add {
         /// Failure group to grow
         #[arg(long = "fg")]
@@ -56,8 +68,11 @@ pub enum PvCmd {
         force: bool,
     },
     /// Replace a PV with a new one at least as large, online
+    #[command(after_help = PV_EXAMPLES)]
     Replace {
+        /// The PV to replace, by its path as `pv list` shows it
         old: String,
+        /// The new PV: PATH (existing file or block device) or PATH:SIZE (new sparse file)
         new: PvSpec,
         /// Overwrite a new PV that holds a superblock of another pool (that pool is destroyed)
         #[arg(long)]
@@ -67,6 +82,23 @@ pub enum PvCmd {
     /// pool stays on the old PV
     ReplaceCancel,
 }
+
+pub(super) const FAILGRP_EXAMPLES: &str = "Examples:
+  sspctl failgrp create fg2 --pv /dev/sdd --pv /dev/sde
+  sspctl failgrp ls
+  sspctl failgrp resync
+  sspctl failgrp modify fg2 --name rack2";
+
+pub(super) const PV_EXAMPLES: &str = "Examples:
+  sspctl pv ls
+  sspctl pv add --fg Default /dev/sdf
+  sspctl pv replace /dev/sdb /dev/sdg";
+
+pub(super) const SCRUB_EXAMPLES: &str = "Examples:
+  sspctl scrub --rate 100M
+  sspctl scrub --wait
+  sspctl scrub status
+  sspctl scrub cancel";
 
 /// A path sspd is to open, as sspd must see it: a relative path means the directory the user
 /// typed it in, not sspd's working directory (under systemd, `/`). An existing file is
@@ -119,21 +151,9 @@ pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
         },
     };
     let json = cli.json;
-    let mut report = |done: u64, total: u64| {
-        if json {
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::json!({ "progress": { "copied_bytes": done, "total_bytes": total } })
-            );
-        } else {
-            eprint!("\rresync: {} of {} MiB copied", done >> 20, total >> 20);
-        }
-    };
-    let reply = admin_with_progress(cli, req, &mut report)?;
-    if !json && matches!(cmd, FailgrpCmd::Resync) {
-        eprintln!();
-    }
+    let mut bar = Progress::new("resync", json, 1);
+    let reply = admin_with_progress(cli, req, &mut |done, total| bar.tick(out, done, total))?;
+    drop(bar);
     match reply {
         AdminReply::FailGroups {
             groups,
@@ -215,16 +235,15 @@ pub fn pv(cli: &Cli, cmd: &PvCmd, out: &mut dyn Write) -> Result<()> {
         },
         PvCmd::ReplaceCancel => return copy_cancel(cli, out),
     };
-    let json = cli.json;
-    let mut report = |done: u64, total: u64| {
-        if !json && total > 1 {
-            eprint!("\rcopying: {}%", done * 100 / total.max(1));
+    // A single-copy replace counts the segments it copies; a mirrored one copies nothing now
+    // (resync fills the new PV) and reports (0, 1) once.
+    let mut bar = Progress::new("pv replace", cli.json, SEG_BLOCKS * BLOCK_U64);
+    let reply = admin_with_progress(cli, req, &mut |done, total| {
+        if (done, total) != (0, 1) {
+            bar.tick(out, done, total)
         }
-    };
-    let reply = admin_with_progress(cli, req, &mut report)?;
-    if !json && matches!(cmd, PvCmd::Replace { .. }) {
-        eprintln!();
-    }
+    })?;
+    drop(bar);
     match reply {
         AdminReply::Pvs { pvs } => {
             if cli.json {
@@ -282,7 +301,10 @@ pub fn scrub(cli: &Cli, a: &ScrubArgs, out: &mut dyn Write) -> Result<()> {
             rate: a.rate,
         },
     };
-    match admin(cli, req)? {
+    let mut bar = Progress::new("scrub", cli.json, 1);
+    let reply = admin_with_progress(cli, req, &mut |done, total| bar.tick(out, done, total))?;
+    drop(bar);
+    match reply {
         AdminReply::Scrubbed(r) => {
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;

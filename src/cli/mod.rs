@@ -2,7 +2,9 @@
 //! keeps them away from a running server).
 
 pub mod debug;
+pub mod docs;
 mod mirror;
+pub mod progress;
 mod share;
 
 use crate::admin::{AdminReply, AdminRequest};
@@ -17,7 +19,10 @@ use std::path::PathBuf;
 #[command(
     name = "sspctl",
     version,
-    about = "Administer an ssp shared storage pool"
+    about = "Administer an ssp shared storage pool",
+    long_about = "Administer an ssp shared storage pool: LUs, snapshots, client images, linked \
+clones, failure groups and PVs, scrub and check. With sspd serving the pool, verbs go through \
+its admin socket (POOL/admin.sock); otherwise they open the stopped pool directly."
 )]
 pub struct Cli {
     /// Pool directory (holds the pool's configuration and lock; PVs may live anywhere)
@@ -36,20 +41,21 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a pool or show its state
-    #[command(subcommand)]
+    #[command(subcommand, after_help = POOL_EXAMPLES)]
     Pool(PoolCmd),
-    /// Logical units: create, list, resize, remove, import, export
-    #[command(subcommand)]
+    /// Logical units: create, list, resize, remove, map, import, export
+    #[command(subcommand, after_help = LU_EXAMPLES)]
     Lu(LuCmd),
     /// Snapshots LU@SNAP: create (several at once), list, rollback, remove
-    #[command(subcommand)]
+    #[command(subcommand, after_help = share::SNAPSHOT_EXAMPLES)]
     Snapshot(share::SnapshotCmd),
     /// Client images: capture an LU into the image area, list, remove
-    #[command(subcommand)]
+    #[command(subcommand, after_help = share::IMAGE_EXAMPLES)]
     Image(share::ImageCmd),
     /// Create a linked clone: a writable LU sharing every block of IMAGE@SNAP, LU@SNAP or IMAGE
+    #[command(after_help = CLONE_EXAMPLES)]
     Clone {
-        /// IMAGE@SNAP, LU@SNAP or a client image
+        /// What to clone: IMAGE@SNAP, LU@SNAP or a client image
         src: String,
         /// Name of the new LU
         name: String,
@@ -65,16 +71,22 @@ pub enum Command {
     #[command(subcommand)]
     File(share::FileCmd),
     /// Changed extents between two volumes of one family (snapshots, clones and their LUs)
-    Diff { from: String, to: String },
+    Diff {
+        /// The older volume (LU, LU@SNAP, clone or image)
+        from: String,
+        /// The newer volume of the same family
+        to: String,
+    },
     /// Failure groups: list, create (starts mirroring), modify, resync
-    #[command(subcommand)]
+    #[command(subcommand, after_help = mirror::FAILGRP_EXAMPLES)]
     Failgrp(mirror::FailgrpCmd),
-    /// Physical volumes: list with their state
-    #[command(subcommand)]
+    /// Physical volumes: list with their state, add, replace
+    #[command(subcommand, after_help = mirror::PV_EXAMPLES)]
     Pv(mirror::PvCmd),
     /// Read every live block on every copy, verify it, repair bad copies: started in the
     /// background (sspd running; `--wait` waits for the report), or run to the end (offline);
     /// `scrub status`, `scrub cancel`
+    #[command(after_help = mirror::SCRUB_EXAMPLES)]
     Scrub(mirror::ScrubArgs),
     /// Full consistency check (every checksum, map entry and counter); waits for the report
     Check,
@@ -83,7 +95,30 @@ pub enum Command {
     /// Test helpers
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
+    /// Write sspctl's man pages and shell completions into DIR (scripts/gen-docs.sh)
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (man8/, completions/{bash,zsh,fish}/)
+        dir: PathBuf,
+    },
 }
+
+const POOL_EXAMPLES: &str = "Examples:
+  sspctl --pool /var/lib/ssp/pool1 pool create --name pool1 --pv /dev/sdb --pv /dev/sdc
+  sspctl --pool /tmp/p pool create --pv /tmp/pv0.img:20G
+  sspctl --pool /var/lib/ssp/pool1 pool status";
+
+const LU_EXAMPLES: &str = "Examples:
+  sspctl lu create vm1 --size 20G
+  sspctl lu ls
+  sspctl lu resize vm1 --size 40G
+  sspctl lu map vm1 --client 192.168.10.0/24
+  sspctl lu map vm1 --client uid:1000
+  sspctl lu rm vm1 --force";
+
+const CLONE_EXAMPLES: &str = "Examples:
+  sspctl clone golden@v1 web1
+  sspctl clone base-image web2 --activation hostname=web2,ip=10.0.0.12/24,gateway=10.0.0.1,dns=10.0.0.2";
 
 #[derive(Subcommand, Debug)]
 pub enum DebugCmd {
@@ -135,6 +170,7 @@ pub enum DebugCmd {
 #[derive(Subcommand, Debug)]
 pub enum PoolCmd {
     /// Create a new pool on one or more PVs
+    #[command(after_help = POOL_EXAMPLES)]
     Create(PoolCreate),
     /// Show size, free space, provisioning and PVs
     Status,
@@ -159,17 +195,23 @@ pub struct PoolCreate {
 #[derive(Subcommand, Debug)]
 pub enum LuCmd {
     /// Create a thin LU
+    #[command(after_help = LU_EXAMPLES)]
     Create {
+        /// Name of the new LU (the NBD export name)
         name: String,
+        /// Size of the new LU, e.g. 20G
         #[arg(long, value_parser = size_arg)]
         size: u64,
     },
     /// List LUs (name, size, unused space, UDID)
+    #[command(visible_alias = "ls")]
     List,
     /// Change an LU's size. Shrinking discards the tail: it needs --allow-shrink, and is
     /// refused while clients are attached unless --force
     Resize {
+        /// The LU to resize
         name: String,
+        /// The LU's new size, e.g. 40G
         #[arg(long, value_parser = size_arg)]
         size: u64,
         /// Allow a size smaller than the LU's (its tail is discarded)
@@ -181,32 +223,49 @@ pub enum LuCmd {
         force: bool,
     },
     /// Remove an LU and return its space (refused while clients are attached, unless --force)
+    #[command(visible_alias = "rm")]
     Remove {
+        /// The LU to remove
         name: String,
+        /// Remove it even with clients attached: they are disconnected first
         #[arg(long)]
         force: bool,
     },
     /// Restrict an LU to a client (IP or CIDR, uid:N for unix sockets, tls:NAME); repeatable
+    #[command(after_help = LU_EXAMPLES)]
     Map {
+        /// The LU to restrict
         name: String,
+        /// Client allowed to open it: an IP address, a CIDR (10.0.0.0/24), uid:N (a unix-socket
+        /// peer's user id) or tls:NAME (a verified TLS client certificate's CN or DNS name)
         #[arg(long)]
         client: String,
     },
     /// Remove a client restriction (an LU without maps is served to every client)
     Unmap {
+        /// The LU
         name: String,
+        /// The restriction to remove, as given to `lu map --client`
         #[arg(long)]
         client: String,
     },
     /// Copy a file into an LU (all-zero blocks stay unallocated)
     Import {
+        /// The LU to write into (it must be large enough)
         name: String,
+        /// The file to copy from (raw image)
         file: PathBuf,
+        /// Byte offset in the LU where the file's first byte goes
         #[arg(long, value_parser = size_arg, default_value = "0")]
         offset: u64,
     },
     /// Copy an LU's contents to a file
-    Export { name: String, file: PathBuf },
+    Export {
+        /// The LU to read
+        name: String,
+        /// The file to write (created or overwritten; sparse where the LU is unallocated)
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -378,6 +437,16 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Debug(DebugCmd::Seal { to }) => {
             debug::seal(&pool_dir(cli)?, *to, cli.json, out)?;
         }
+        Command::GenerateDocs { dir } => {
+            let g = docs::generate(<Cli as clap::CommandFactory>::command(), dir)?;
+            writeln!(
+                out,
+                "wrote {} man pages and {} completion files to {}",
+                g.man_pages.len(),
+                g.completions.len(),
+                dir.display()
+            )?;
+        }
         Command::Gc(a) => {
             if let AdminReply::Gc(st) = admin(
                 cli,
@@ -525,7 +594,9 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
             let mut buf = vec![0u8; 1 << 20];
             let mut pos = *offset;
             let mut written = 0u64;
+            let mut bar = progress::Progress::new("import", cli.json, 1);
             loop {
+                bar.tick(out, pos - offset, len);
                 let n = read_full(&mut f, &mut buf)?;
                 if n == 0 {
                     break;
@@ -542,6 +613,7 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
                 }
                 pos += n as u64;
             }
+            drop(bar);
             p.flush()?;
             writeln!(
                 out,
@@ -559,12 +631,16 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
             f.set_len(size)?;
             let mut buf = vec![0u8; 1 << 20];
             let mut data = 0u64;
-            for (start, len, mapped) in p.extents(id, 0, size)? {
+            let extents = p.extents(id, 0, size)?;
+            let total: u64 = extents.iter().filter(|e| e.2).map(|e| e.1).sum();
+            let mut bar = progress::Progress::new("export", cli.json, 1);
+            for (start, len, mapped) in extents {
                 if !mapped {
                     continue;
                 }
                 let mut pos = start;
                 while pos < start + len {
+                    bar.tick(out, data + (pos - start), total);
                     let n = (start + len - pos).min(buf.len() as u64) as usize;
                     p.read(id, pos, &mut buf[..n])?;
                     std::os::unix::fs::FileExt::write_all_at(&f, &buf[..n], pos)?;
@@ -572,6 +648,7 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
                 }
                 data += len;
             }
+            drop(bar);
             f.sync_all()?;
             writeln!(
                 out,

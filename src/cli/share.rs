@@ -1,6 +1,7 @@
 //! `sspctl` verbs for sharing: snapshots, client images, linked clones, `file stat`,
 //! `file layout` and `diff`.
 
+use super::progress::Progress;
 use super::{admin, admin_with_progress, print_lus, Cli};
 use crate::admin::{AdminReply, AdminRequest};
 use crate::pool::activation::Activation;
@@ -12,23 +13,35 @@ use std::io::Write;
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {
     /// Snapshot one or more LUs or images in one consistent step: LU@SNAP [LU2@SNAP ...]
+    #[command(after_help = SNAPSHOT_EXAMPLES)]
     Create {
-        #[arg(required = true)]
+        /// Snapshots to take, each LU@SNAP or IMAGE@SNAP; all are taken at the same instant
+        #[arg(required = true, value_name = "LU@SNAP")]
         names: Vec<String>,
     },
     /// List snapshots (of one LU or image, or all)
-    List { base: Option<String> },
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only the snapshots of this LU or image
+        base: Option<String>,
+    },
     /// Roll an LU back to any of its snapshots (an undo snapshot is taken first); refused
     /// while clients are attached to the LU, unless --force
     Rollback {
+        /// The snapshot to go back to, LU@SNAP
+        #[arg(value_name = "LU@SNAP")]
         name: String,
         /// Disconnect the LU's clients first (their requests in flight finish)
         #[arg(long)]
         force: bool,
     },
     /// Remove a snapshot; clones made from it keep working
+    #[command(visible_alias = "rm")]
     Remove {
+        /// The snapshot, LU@SNAP or IMAGE@SNAP
+        #[arg(value_name = "LU@SNAP")]
         name: String,
+        /// Remove it even while clients have it open: they are disconnected first
         #[arg(long)]
         force: bool,
     },
@@ -37,8 +50,11 @@ pub enum SnapshotCmd {
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
     /// Copy an LU (or LU@SNAP) into a new client image
+    #[command(after_help = IMAGE_EXAMPLES)]
     Capture {
+        /// The LU or snapshot (LU@SNAP) to copy; a snapshot gives a consistent image
         src: String,
+        /// Name of the new client image
         image: String,
         /// Rate limit in bytes copied per second, e.g. 200M (default: unlimited)
         #[arg(long, value_parser = super::size_arg)]
@@ -48,10 +64,14 @@ pub enum ImageCmd {
     /// cancelled capture leaves nothing behind
     CaptureCancel,
     /// List client images
+    #[command(visible_alias = "ls")]
     List,
     /// Remove a client image (its snapshots first)
+    #[command(visible_alias = "rm")]
     Remove {
+        /// The client image to remove
         name: String,
+        /// Remove it even while clients have it open: they are disconnected first
         #[arg(long)]
         force: bool,
     },
@@ -60,10 +80,29 @@ pub enum ImageCmd {
 #[derive(Subcommand, Debug)]
 pub enum FileCmd {
     /// Size, blocks, owned and shared blocks and block debt of an LU, clone, snapshot or image
-    Stat { name: String },
+    Stat {
+        /// LU, clone, LU@SNAP or image
+        name: String,
+    },
     /// Per 1 MiB extent: owned or shared, and where its blocks live
-    Layout { name: String },
+    Layout {
+        /// LU, clone, LU@SNAP or image
+        name: String,
+    },
 }
+
+pub(super) const SNAPSHOT_EXAMPLES: &str = "Examples:
+  sspctl snapshot create vm1@before-upgrade
+  sspctl snapshot create db@nightly logs@nightly
+  sspctl snapshot ls vm1
+  sspctl snapshot rollback vm1@before-upgrade
+  sspctl snapshot rm vm1@before-upgrade";
+
+pub(super) const IMAGE_EXAMPLES: &str = "Examples:
+  sspctl snapshot create golden@v1
+  sspctl image capture golden@v1 golden-v1 --rate 200M
+  sspctl image ls
+  sspctl clone golden-v1 web1";
 
 fn json_line(out: &mut dyn Write, v: &impl serde::Serialize) -> Result<()> {
     writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
@@ -192,33 +231,11 @@ pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
                 name: image.clone(),
                 rate: *rate,
             };
-            let bar = indicatif::ProgressBar::new(0);
-            if cli.json {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "capturing {msg} [{bar:40}] {percent}% ({pos}/{len} blocks, {eta} left)",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.set_message(format!("{src} into {image}"));
-            let mut report = |done: u64, total: u64| {
-                if cli.json {
-                    // One line per step: scripts follow the copy as it goes.
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({ "progress": { "done_blocks": done, "total_blocks": total } })
-                    );
-                } else {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                }
-            };
-            let reply = admin_with_progress(cli, req, &mut report)?;
-            bar.finish_and_clear();
+            // The pool counts the capture in data blocks.
+            let mut bar = Progress::new("capture", cli.json, crate::format::BLOCK_U64);
+            let reply =
+                admin_with_progress(cli, req, &mut |done, total| bar.tick(out, done, total))?;
+            drop(bar);
             match reply {
                 AdminReply::Lus { lus, .. } => {
                     if cli.json {

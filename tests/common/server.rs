@@ -181,12 +181,21 @@ pub fn sspctl_fails(pool: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `sspctl ... --json`, parsed.
+/// `sspctl ... --json`, parsed: its result (after the progress lines of a verb that waits).
 pub fn sspctl_json(pool: &Path, args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();
     a.push("--json");
     let out = sspctl(pool, &a);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    json_result(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+/// The last JSON document of `sspctl --json` output: the result, after any progress lines.
+pub fn json_result(out: &str) -> serde_json::Result<serde_json::Value> {
+    let mut last = None;
+    for v in serde_json::Deserializer::from_str(out).into_iter::<serde_json::Value>() {
+        last = Some(v?);
+    }
+    last.ok_or_else(|| serde::de::Error::custom("no JSON document"))
 }
 
 /// `sspctl check` (through sspd when it runs) finds no error.
