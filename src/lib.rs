@@ -17,6 +17,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod metrics;
 pub mod nbd;
+pub mod origins;
 pub mod pool;
 pub mod server;
 pub mod sync;

@@ -36,6 +36,14 @@ fn mark(e: std::io::Error) -> std::io::Error {
     }
 }
 
+/// `--json` among the arguments (before a `--`), for errors found before they are parsed.
+fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
 fn main() {
     let cli = match ssp::cli::Cli::try_parse() {
         Ok(c) => c,
@@ -52,13 +60,16 @@ fn main() {
         Err(e) => {
             // Usage errors: one clear line (clap's first), exit code 2.
             let msg = e.to_string();
-            eprintln!(
-                "sspctl: {}",
-                msg.lines()
-                    .next()
-                    .unwrap_or("invalid arguments")
-                    .trim_start_matches("error: ")
-            );
+            let line = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            if json_requested() {
+                println!("{}", ssp::cli::output::json_error(line));
+            } else {
+                eprintln!("sspctl: {line}");
+            }
             std::process::exit(2);
         }
     };
@@ -76,7 +87,12 @@ fn main() {
         }) {
             std::process::exit(0);
         }
-        eprintln!("sspctl: error: {e:#}");
+        if cli.json {
+            // Scripts read one JSON document from stdout, success or not.
+            let _ = writeln!(out, "{}", ssp::cli::output::json_error(&format!("{e:#}")));
+        } else {
+            eprintln!("sspctl: error: {e:#}");
+        }
         std::process::exit(1);
     }
 }
