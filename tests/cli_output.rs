@@ -105,7 +105,7 @@ fn check_listings(pool: &Path, how: &str) {
     assert_eq!(vm1["used_bytes"], 64u64 << 10);
     assert_eq!(vm1["unused_bytes"], (4u64 << 20) - (64 << 10));
     assert_eq!(vm1["mapped_blocks"], 16);
-    assert_eq!(vm1["maps"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(vm1["maps"], serde_json::json!(["127.0.0.1/32"]));
     let sel = json(pool, &["lu", "list", "-o", "name,parent"]);
     assert_eq!(
         sel,
@@ -125,7 +125,7 @@ fn check_listings(pool: &Path, how: &str) {
             ["8388608", LONG, "lu", "-", "-"],
             ["4194304", "c1", "clone", "vm1@s1", "-"],
             ["4194304", "c2", "clone", "golden@v1", "-"],
-            ["4194304", "vm1", "lu", "-", "127.0.0.1"],
+            ["4194304", "vm1", "lu", "-", "127.0.0.1/32"],
         ],
         "{how}"
     );
@@ -167,14 +167,14 @@ fn check_listings(pool: &Path, how: &str) {
     assert_eq!(
         s["snapshots"],
         serde_json::json!([
-            { "name": "golden@v1", "parent": "golden", "size": 4u64 << 20 },
             { "name": "vm1@s1", "parent": "vm1", "size": 4u64 << 20 },
+            { "name": "golden@v1", "parent": "golden", "size": 4u64 << 20 },
         ]),
         "{how}"
     );
     assert_eq!(s["images"][0]["name"], "golden");
     let rows = scripted(pool, &["snapshot", "list"], "name,used_bytes");
-    assert_eq!(rows, [["golden@v1", "65536"], ["vm1@s1", "0"]], "{how}");
+    assert_eq!(rows, [["vm1@s1", "0"], ["golden@v1", "65536"]], "{how}");
     let text = ok(pool, &["snapshot", "list"]);
     assert!(
         text.contains("Lu(Snapshot)Name") && text.contains("Lu(Client Image)Name"),
@@ -275,6 +275,13 @@ fn check_listings(pool: &Path, how: &str) {
         [["0", "65536"]]
     );
 
+    // scrub status: a report.
+    assert_eq!(
+        scripted(pool, &["scrub", "status"], "state,bytes_done"),
+        [["none", "0"]],
+        "{how}"
+    );
+
     // An unknown field: a clear error naming the valid ones; under --json, a JSON error.
     let o = run(pool, &["lu", "list", "-o", "name,bogus"]);
     assert_eq!(o.status.code(), Some(1));
@@ -342,7 +349,7 @@ fn clone_keeps_its_origin() {
         rows.contains(&vec!["c3".to_string(), "-".to_string()]),
         "{rows:?}"
     );
-    s.stop();
+    let (_, _dir) = s.stop_keep();
     // Offline too.
     let rows = scripted(&pool, &["lu", "list"], "name,kind,parent");
     assert_eq!(&rows[1..3], &want[..2]);
