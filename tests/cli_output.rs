@@ -3,7 +3,6 @@
 //! tables that keep their columns with long names, errors as JSON, clone origins that outlive
 //! their snapshot or image, and exact size parsing.
 
-#[allow(dead_code)]
 mod common;
 
 use common::server::{make_pool, random_file, Server};
