@@ -342,7 +342,15 @@ fn exclusive<'a>(
     Ok(fence)
 }
 
-/// Execute a request on an open pool.
+/// A new clone, its origin recorded (a failure is only logged: removing the origin records
+/// it again).
+fn recorded(origins: &crate::origins::Origins, clone: LuInfo) -> LuInfo {
+    if let Err(e) = origins.record([(clone.udid.as_str(), clone.parent.as_str())]) {
+        tracing::warn!("clone origins: {e}");
+    }
+    clone
+}
+
 /// What a request runs against: the pool, who is attached, and the LU maps.
 pub struct AdminCtx<'a> {
     pub pool: &'a Pool,
@@ -376,7 +384,9 @@ fn dispatch(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AdminReply, PoolError> {
     let (pool, att) = (ctx.pool, ctx.attach);
+    let origins = crate::origins::Origins::new(ctx.maps.dir());
     let lus = |mut v: Vec<LuInfo>| {
+        origins.fill(&mut v);
         for l in &mut v {
             l.maps = ctx.maps.of(&l.name);
         }
@@ -426,7 +436,7 @@ fn dispatch(
             lus(vec![info])
         }
         AdminRequest::LuRemove { name, force } => {
-            pool.lu_get(name)?;
+            let udid = pool.lu_get(name)?.udid;
             let _fence = exclusive(att, name, &format!("removing LU {name}"), *force)?;
             // A clone's activation config disk goes with it.
             let config = pool.activation_disk_of(name);
@@ -441,6 +451,9 @@ fn dispatch(
             };
             pool.lu_remove(name)?;
             ctx.maps.forget(name).map_err(PoolError::Config)?;
+            if let Err(e) = origins.forget(&udid) {
+                tracing::warn!("clone origins: {e}");
+            }
             let mut also_removed = Vec::new();
             if let Some(c) = config {
                 match pool.image_remove(&c) {
@@ -481,6 +494,9 @@ fn dispatch(
         AdminRequest::SnapshotRemove { name, force } => {
             crate::pool::split_snapshot(name)?;
             let _fence = exclusive(att, name, &format!("removing snapshot {name}"), *force)?;
+            origins
+                .keep_for(pool, name)
+                .map_err(|e| PoolError::Config(e.to_string()))?;
             AdminReply::Freed {
                 name: name.clone(),
                 freed_blocks: pool.snapshot_remove(name)?,
@@ -490,14 +506,14 @@ fn dispatch(
             src,
             name,
             activation: None,
-        } => lus(vec![pool.clone_create(src, name)?]),
+        } => lus(vec![recorded(&origins, pool.clone_create(src, name)?)]),
         AdminRequest::Clone {
             src,
             name,
             activation: Some(a),
         } => {
             let (clone, disk) = pool.clone_with_activation(src, name, a)?;
-            lus(vec![clone, disk])
+            lus(vec![recorded(&origins, clone), disk])
         }
         AdminRequest::ImageCapture { src, name, rate } => lus(vec![pool.image_capture_at(
             src,
@@ -508,12 +524,19 @@ fn dispatch(
         AdminRequest::ImageList => lus(pool.image_list()),
         AdminRequest::ImageRemove { name, force } => {
             let _fence = exclusive(att, name, &format!("removing client image {name}"), *force)?;
+            origins
+                .keep_for(pool, name)
+                .map_err(|e| PoolError::Config(e.to_string()))?;
             AdminReply::Freed {
                 name: name.clone(),
                 freed_blocks: pool.image_remove(name)?,
             }
         }
-        AdminRequest::FileStat { name } => AdminReply::Stat(pool.file_stat(name)?),
+        AdminRequest::FileStat { name } => {
+            let mut st = pool.file_stat(name)?;
+            origins.fill_stat(&mut st);
+            AdminReply::Stat(st)
+        }
         AdminRequest::FileLayout { name } => AdminReply::Layout {
             name: name.clone(),
             extents: pool.file_layout(name)?,

@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod monitoring;
 pub mod nbd;
+pub mod origins;
 pub mod pool;
 pub mod server;
 pub mod sync;

@@ -60,7 +60,7 @@ fn lu_lifecycle_and_listing() {
     ok(&sspctl(&pool, &["lu", "create", "vm2", "--size", "512M"]));
     let list = ok(&sspctl(&pool, &["lu", "list"]));
     assert!(
-        list.contains("POOL_NAME: demo") && list.contains("vm1") && list.contains("10240"),
+        list.contains("POOL_NAME: demo") && list.contains("vm1") && list.contains("10GiB"),
         "{list}"
     );
     let json: serde_json::Value =
@@ -68,8 +68,8 @@ fn lu_lifecycle_and_listing() {
     let lus = json.as_array().unwrap();
     assert_eq!(lus.len(), 2);
     assert_eq!(lus[0]["name"], "vm1");
-    assert_eq!(lus[0]["size_mb"], 10240);
-    assert_eq!(lus[0]["unused_mb"], 10240);
+    assert_eq!(lus[0]["size"], 10u64 << 30);
+    assert_eq!(lus[0]["unused_bytes"], 10u64 << 30);
     assert_eq!(lus[0]["udid"].as_str().unwrap().len(), 32);
 
     // Import data, see the space used, export it back identical.

@@ -33,7 +33,10 @@ fn new_pool(opts: Options) -> (Pool, FaultControl) {
 fn wait_held(ctl: &FaultControl) {
     let t = Instant::now();
     while ctl.held() == 0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "nothing reached the device");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "nothing reached the device"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -44,7 +47,11 @@ fn after_power_cut(ctl: &FaultControl) -> Pool {
     let devs: Vec<Arc<dyn BlockDev>> = vec![Arc::new(dev)];
     let pool = Pool::open(devs, Options::default()).unwrap();
     let rep = pool.check().unwrap();
-    assert!(rep.errors.is_empty(), "check after the power cut: {:?}", rep.errors);
+    assert!(
+        rep.errors.is_empty(),
+        "check after the power cut: {:?}",
+        rep.errors
+    );
     pool
 }
 
@@ -88,7 +95,10 @@ fn a_full_data_run_is_written_without_the_pool_lock() {
         Ok(true),
         "a write and a read waited for another writer's device write"
     );
-    assert!(still_held, "the stalled run was written before the others finished");
+    assert!(
+        still_held,
+        "the stalled run was written before the others finished"
+    );
     writer.join().unwrap().unwrap();
     pool.flush().unwrap();
     drop(pool);
@@ -141,7 +151,10 @@ fn a_background_checkpoint_syncs_without_stopping_writers() {
         Ok(true),
         "writers waited for a background checkpoint's sync"
     );
-    assert!(still_held, "the checkpoint's sync ended before the writers did");
+    assert!(
+        still_held,
+        "the checkpoint's sync ended before the writers did"
+    );
     pool.flush().unwrap();
     let st = pool.status();
     assert!(

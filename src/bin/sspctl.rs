@@ -35,10 +35,32 @@ fn mark(e: std::io::Error) -> std::io::Error {
     }
 }
 
+/// `--json` among the arguments (before a `--`), for errors found before they are parsed.
+fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
 fn main() {
-    // Usage errors keep clap's own report (the error, a "tip" for a near miss, the usage line)
-    // and its exit code 2; --help and --version exit 0.
-    let cli = ssp::cli::Cli::try_parse().unwrap_or_else(|e| e.exit());
+    let cli = match ssp::cli::Cli::try_parse() {
+        Ok(c) => c,
+        // Under --json a usage error is one JSON document on stdout (exit code 2);
+        // otherwise clap's own report (the error, a "tip" for a near miss, the usage line)
+        // with its exit code 2, and --help / --version exit 0.
+        Err(e) if json_requested() && e.exit_code() == 2 => {
+            let msg = e.to_string();
+            let line = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            println!("{}", ssp::cli::output::json_error(line));
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    };
     ssp::logging::init(cli.log_format, "error");
     let mut out = Stdout(std::io::stdout().lock());
     if let Err(e) = ssp::cli::run(&cli, &mut out) {
@@ -50,7 +72,12 @@ fn main() {
         }) {
             std::process::exit(0);
         }
-        eprintln!("sspctl: error: {e:#}");
+        if cli.json {
+            // Scripts read one JSON document from stdout, success or not.
+            let _ = writeln!(out, "{}", ssp::cli::output::json_error(&format!("{e:#}")));
+        } else {
+            eprintln!("sspctl: error: {e:#}");
+        }
         std::process::exit(1);
     }
 }

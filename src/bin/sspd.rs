@@ -97,7 +97,7 @@ struct Args {
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
-    ssp::pool::dir::parse_size(s).map_err(|e| e.to_string())
+    ssp::cli::size::bytes_arg(s)
 }
 
 /// `N` (seconds), `Ns`, `Nms` or `Nm`.

@@ -1,7 +1,8 @@
 //! `sspctl` verbs for failure groups, PVs, resync and scrub.
 
+use super::output::{self, OutputOpts};
 use super::progress::Progress;
-use super::{admin, admin_with_progress, Cli};
+use super::{admin, admin_with_progress, output_opts, Cli};
 use crate::admin::{AdminReply, AdminRequest};
 use crate::format::{BLOCK_U64, SEG_BLOCKS};
 use crate::pool::dir::PvSpec;
@@ -21,7 +22,7 @@ pub enum FailgrpCmd {
         /// Name of the new failure group
         name: String,
         /// PV as PATH (existing) or PATH:SIZE (new sparse file), repeatable
-        #[arg(long = "pv", required = true)]
+        #[arg(long = "pv", required = true, value_parser = super::size::pv_spec_arg)]
         pvs: Vec<PvSpec>,
         /// Overwrite PVs that hold a superblock of another pool (that pool is destroyed)
         #[arg(long)]
@@ -61,7 +62,7 @@ pub enum PvCmd {
         #[arg(long = "fg")]
         fg: String,
         /// PATH (existing) or PATH:SIZE (new sparse file), repeatable
-        #[arg(required = true)]
+        #[arg(required = true, value_parser = super::size::pv_spec_arg)]
         pvs: Vec<PvSpec>,
         /// Overwrite PVs that hold a superblock of another pool (that pool is destroyed)
         #[arg(long)]
@@ -73,6 +74,7 @@ pub enum PvCmd {
         /// The PV to replace, by its path as `pv list` shows it
         old: String,
         /// The new PV: PATH (existing file or block device) or PATH:SIZE (new sparse file)
+        #[arg(value_parser = super::size::pv_spec_arg)]
         new: PvSpec,
         /// Overwrite a new PV that holds a superblock of another pool (that pool is destroyed)
         #[arg(long)]
@@ -160,6 +162,8 @@ pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
             mirror_state,
             resync_bytes_left,
         } => {
+            let opts = output_opts(cli);
+            let l = output::listing_of("failgrp list", output::FAILGRP_FIELDS, &groups);
             if json {
                 writeln!(
                     out,
@@ -167,25 +171,14 @@ pub fn failgrp(cli: &Cli, cmd: &FailgrpCmd, out: &mut dyn Write) -> Result<()> {
                     serde_json::to_string_pretty(&serde_json::json!({
                         "mirror_state": mirror_state,
                         "resync_bytes_left": resync_bytes_left,
-                        "failure_groups": groups,
+                        "failure_groups": l.json_rows(&opts)?,
                     }))?
                 )?;
                 return Ok(());
             }
-            writeln!(
-                out,
-                "{:<16} {:>10} {:<8}  PVS",
-                "FAILGRP", "SIZE(MB)", "STATE"
-            )?;
-            for g in &groups {
-                writeln!(
-                    out,
-                    "{:<16} {:>10} {:<8}  {}",
-                    g.name,
-                    g.size_bytes >> 20,
-                    g.state,
-                    g.pvs.join(",")
-                )?;
+            l.print_table(&opts, out)?;
+            if opts.scripted() {
+                return Ok(());
             }
             writeln!(out, "Mirror State: {mirror_state}")?;
             if resync_bytes_left > 0 {
@@ -245,26 +238,31 @@ pub fn pv(cli: &Cli, cmd: &PvCmd, out: &mut dyn Write) -> Result<()> {
     })?;
     drop(bar);
     match reply {
-        AdminReply::Pvs { pvs } => {
-            if cli.json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&pvs)?)?;
-                return Ok(());
-            }
-            writeln!(
-                out,
-                "{:<12} {:<12} {:<40} {:>10} {:<8} UDID",
-                "POOL", "FAILGRP", "PV_NAME", "SIZE(MB)", "STATE"
-            )?;
-            for p in &pvs {
-                writeln!(
-                    out,
-                    "{:<12} {:<12} {:<40} {:>10} {:<8} {}",
-                    p.pool, p.failure_group, p.name, p.size_mb, p.state, p.udid
-                )?;
-            }
-        }
+        AdminReply::Pvs { pvs } => print_pvs(cli, &pvs, out)?,
         other => bail!("unexpected reply {other:?}"),
     }
+    Ok(())
+}
+
+/// `pv list` (and what `pv add`/`pv replace` leave): sizes in bytes, exact from the pool's
+/// status where it knows the PV.
+fn print_pvs(cli: &Cli, pvs: &[crate::pool::PvListEntry], out: &mut dyn Write) -> Result<()> {
+    let exact: Vec<crate::pool::PvInfo> = match admin(cli, AdminRequest::PoolStatus) {
+        Ok(AdminReply::Status(st)) => st.pvs,
+        _ => Vec::new(),
+    };
+    let mut l = output::Listing::new("pv list", output::PV_FIELDS);
+    for p in pvs {
+        let size = exact
+            .iter()
+            .find(|e| e.name == p.name)
+            .map_or(p.size_mb << 20, |e| e.size);
+        let mut row = output::row_of(p);
+        row.remove("size_mb");
+        row.insert("size".into(), size.into());
+        l.push(row);
+    }
+    l.print(&output_opts(cli), out)?;
     Ok(())
 }
 
@@ -279,7 +277,7 @@ pub struct ScrubArgs {
     pub wait: bool,
     /// Rate limit in bytes per second, e.g. 200M (0: unlimited); default sspd's --scrub-rate
     /// (64M unless set)
-    #[arg(long, value_parser = super::size_arg)]
+    #[arg(long, value_parser = super::size::bytes_arg)]
     pub rate: Option<u64>,
 }
 
@@ -323,6 +321,10 @@ pub fn scrub(cli: &Cli, a: &ScrubArgs, out: &mut dyn Write) -> Result<()> {
             }
         }
         AdminReply::ScrubState(st) => {
+            let opts: OutputOpts = output_opts(cli);
+            if a.cmd.is_some() && output::report("scrub status", &st, &opts, out)?.is_some() {
+                return Ok(());
+            }
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&st)?)?;
             } else if a.cmd.is_none() {

@@ -4,11 +4,13 @@
 pub mod debug;
 pub mod docs;
 mod mirror;
+pub mod output;
 pub mod progress;
 mod share;
+pub mod size;
 
 use crate::admin::{AdminReply, AdminRequest};
-use crate::pool::dir::{parse_size, PoolDir, PvSpec};
+use crate::pool::dir::{PoolDir, PvSpec};
 use crate::pool::{CreateOptions, LuInfo, Options, PoolStatus};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -28,12 +30,25 @@ pub struct Cli {
     /// Pool directory (holds the pool's configuration and lock; PVs may live anywhere)
     #[arg(long, global = true, env = "SSP_POOL")]
     pub pool: Option<PathBuf>,
-    /// Print machine-readable JSON instead of tables
+    /// Print machine-readable JSON instead of tables (errors too: {"error": "..."} on stdout)
     #[arg(long, global = true)]
     pub json: bool,
     /// Log line format on stderr (the filter comes from SSP_LOG, else RUST_LOG; default error)
     #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
     pub log_format: crate::logging::LogFormat,
+    /// Listings: print only these fields, in this order (the JSON field names, comma-separated,
+    /// e.g. -o name,size); with --json, only these keys
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_delimiter = ',',
+        value_name = "FIELD,..."
+    )]
+    pub output: Option<Vec<String>>,
+    /// Listings: no header line; fields separated by a tab, sizes in exact bytes (for scripts)
+    #[arg(short = 'H', long = "no-headers", global = true)]
+    pub no_headers: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -143,10 +158,10 @@ pub enum DebugCmd {
         #[arg(long)]
         dir: PathBuf,
         /// Size of each PV file (sparse)
-        #[arg(long, value_parser = size_arg, default_value = "4G")]
+        #[arg(long, value_parser = size::bytes_arg, default_value = "4G")]
         pv_size: u64,
         /// LU size, written in full before the second failure group is added
-        #[arg(long, value_parser = size_arg, default_value = "3G")]
+        #[arg(long, value_parser = size::bytes_arg, default_value = "3G")]
         fill: u64,
         /// Data changed while degraded, in percent of the PV size
         #[arg(long, default_value_t = 1.0)]
@@ -179,7 +194,7 @@ pub enum PoolCmd {
 #[derive(Args, Debug)]
 pub struct PoolCreate {
     /// PV as PATH (existing file or block device) or PATH:SIZE (new sparse file), repeatable
-    #[arg(long = "pv", required = true)]
+    #[arg(long = "pv", required = true, value_parser = size::pv_spec_arg)]
     pub pvs: Vec<PvSpec>,
     /// Pool name
     #[arg(long, default_value = "ssp")]
@@ -199,8 +214,9 @@ pub enum LuCmd {
     Create {
         /// Name of the new LU (the NBD export name)
         name: String,
-        /// Size of the new LU, e.g. 20G
-        #[arg(long, value_parser = size_arg)]
+        /// Size: 10G or 10GiB (binary: 1024^3 bytes), 10GB (decimal: 1000^3), K/M/G/T/P alike;
+        /// a bare number is bytes. A multiple of 512 bytes; fractions like 1.5G are exact
+        #[arg(long, value_parser = size::volume_size_arg)]
         size: u64,
     },
     /// List LUs (name, size, unused space, UDID)
@@ -211,8 +227,9 @@ pub enum LuCmd {
     Resize {
         /// The LU to resize
         name: String,
-        /// The LU's new size, e.g. 40G
-        #[arg(long, value_parser = size_arg)]
+        /// New size: 20G or 20GiB (binary), 20GB (decimal), bytes without a unit; a multiple
+        /// of 512 bytes
+        #[arg(long, value_parser = size::volume_size_arg)]
         size: u64,
         /// Allow a size smaller than the LU's (its tail is discarded)
         #[arg(long)]
@@ -256,7 +273,7 @@ pub enum LuCmd {
         /// The file to copy from (raw image)
         file: PathBuf,
         /// Byte offset in the LU where the file's first byte goes
-        #[arg(long, value_parser = size_arg, default_value = "0")]
+        #[arg(long, value_parser = size::bytes_arg, default_value = "0")]
         offset: u64,
     },
     /// Copy an LU's contents to a file
@@ -275,8 +292,18 @@ pub struct GcArgs {
     pub max_segments: usize,
 }
 
-fn size_arg(s: &str) -> std::result::Result<u64, String> {
-    parse_size(s).map_err(|e| e.to_string())
+/// The output options of listings, from the global flags.
+fn output_opts(cli: &Cli) -> output::OutputOpts {
+    output::OutputOpts {
+        json: cli.json,
+        fields: cli.output.as_ref().map(|v| {
+            v.iter()
+                .map(|f| f.trim().to_ascii_lowercase())
+                .filter(|f| !f.is_empty())
+                .collect()
+        }),
+        no_headers: cli.no_headers,
+    }
 }
 
 fn pool_dir(cli: &Cli) -> Result<PathBuf> {
@@ -353,7 +380,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Pool(PoolCmd::Status) => {
             if let AdminReply::Status(st) = admin(cli, AdminRequest::PoolStatus)? {
-                print_status(cli.json, &st, out)?;
+                print_status(&output_opts(cli), &st, out)?;
             }
         }
         Command::Lu(cmd) => lu(cli, cmd, out)?,
@@ -543,7 +570,9 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
     };
     if let Some(req) = req {
         match admin(cli, req)? {
-            AdminReply::Lus { pool, lus } => print_lus(cli.json, &pool, &lus, out)?,
+            AdminReply::Lus { pool, lus } => {
+                print_lus(&output_opts(cli), "lu list", &pool, &lus, out)?
+            }
             AdminReply::Removed { name, also_removed } => {
                 if cli.json {
                     let mut v = serde_json::json!({ "removed": name });
@@ -682,42 +711,25 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize> {
     Ok(n)
 }
 
+/// Volumes as a table (SSP's `lu -list` heading, then one row each) or JSON (an array).
 pub(crate) fn print_lus(
-    json: bool,
+    opts: &output::OutputOpts,
+    what: &'static str,
     pool_name: &str,
     lus: &[LuInfo],
     out: &mut dyn Write,
 ) -> Result<()> {
-    if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(lus)?)?;
-        return Ok(());
+    let l = output::volumes(what, output::LU_FIELDS, lus);
+    if !opts.json && !opts.scripted() {
+        writeln!(out, "POOL_NAME: {pool_name}")?;
+        writeln!(out, "TIER_NAME: SYSTEM")?;
     }
-    writeln!(out, "POOL_NAME: {pool_name}")?;
-    writeln!(out, "TIER_NAME: SYSTEM")?;
-    writeln!(
-        out,
-        "{:<32} {:>12} {:>12}  {:<32}  {:<16} MAPPED_TO",
-        "LU_NAME", "SIZE(MB)", "UNUSED(MB)", "UDID", "CLONE_OF"
-    )?;
-    for l in lus {
-        let maps = if l.maps.is_empty() {
-            "-".to_string()
-        } else {
-            l.maps.join(",")
-        };
-        let parent = if l.kind == "clone" { &l.parent } else { "-" };
-        writeln!(
-            out,
-            "{:<32} {:>12} {:>12}  {:<32}  {parent:<16} {maps}",
-            l.name, l.size_mb, l.unused_mb, l.udid
-        )?;
-    }
+    l.print(opts, out)?;
     Ok(())
 }
 
-fn print_status(json: bool, st: &PoolStatus, out: &mut dyn Write) -> Result<()> {
-    if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(st)?)?;
+fn print_status(opts: &output::OutputOpts, st: &PoolStatus, out: &mut dyn Write) -> Result<()> {
+    if output::report("pool status", st, opts, out)?.is_some() {
         return Ok(());
     }
     let mb = |b: u64| b >> 20;
@@ -790,21 +802,7 @@ fn print_status(json: bool, st: &PoolStatus, out: &mut dyn Write) -> Result<()> 
         writeln!(out, "Journal Ends At:   {}", s.seal)?;
     }
     writeln!(out)?;
-    writeln!(
-        out,
-        "{:<6} {:<12} {:<40} {:>10}  UDID",
-        "PV", "FAILGRP", "PATH", "SIZE(MB)"
-    )?;
-    for p in &st.pvs {
-        writeln!(
-            out,
-            "{:<6} {:<12} {:<40} {:>10}  {}",
-            p.index,
-            p.failure_group,
-            p.name,
-            mb(p.size),
-            p.udid
-        )?;
-    }
+    output::listing_of("pool status", output::STATUS_PV_FIELDS, &st.pvs)
+        .print_table(&output::OutputOpts::default(), out)?;
     Ok(())
 }

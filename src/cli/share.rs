@@ -1,8 +1,9 @@
 //! `sspctl` verbs for sharing: snapshots, client images, linked clones, `file stat`,
 //! `file layout` and `diff`.
 
+use super::output::{self, Field, OutputOpts};
 use super::progress::Progress;
-use super::{admin, admin_with_progress, print_lus, Cli};
+use super::{admin, admin_with_progress, output_opts, print_lus, Cli};
 use crate::admin::{AdminReply, AdminRequest};
 use crate::pool::activation::Activation;
 use crate::pool::{FileStat, LayoutExtent, LuInfo};
@@ -57,7 +58,7 @@ pub enum ImageCmd {
         /// Name of the new client image
         image: String,
         /// Rate limit in bytes copied per second, e.g. 200M (default: unlimited)
-        #[arg(long, value_parser = super::size_arg)]
+        #[arg(long, value_parser = super::size::bytes_arg)]
         rate: Option<u64>,
     },
     /// Stop running captures (and any single-copy `pv replace`) at a slice boundary; a
@@ -131,9 +132,9 @@ pub fn snapshot(cli: &Cli, cmd: &SnapshotCmd, out: &mut dyn Write) -> Result<()>
                     AdminReply::Lus { lus, .. } => lus,
                     other => bail!("unexpected reply {other:?}"),
                 };
-                print_snapshots(cli.json, &pool, &snapshots, &images, out)?;
+                print_snapshots(&output_opts(cli), &pool, &snapshots, &images, out)?;
             } else if cli.json {
-                json_line(out, &snapshots)?;
+                json_line(out, &output::volumes_json(&snapshots))?;
             } else {
                 for s in &snapshots {
                     writeln!(out, "created snapshot {}", s.name)?;
@@ -173,53 +174,47 @@ fn freed(json: bool, name: &str, blocks: u64, out: &mut dyn Write) -> Result<()>
     }
 }
 
-/// The SSP `snapshot -list` columns, then the client-image section.
+/// The SSP `snapshot -list` layout: the snapshots, then the client-image section. With `-o`
+/// or `-H`, the snapshots alone; JSON has both (`snapshots`, `images`).
 fn print_snapshots(
-    json: bool,
+    opts: &OutputOpts,
     pool: &str,
     snaps: &[LuInfo],
     images: &[LuInfo],
     out: &mut dyn Write,
 ) -> Result<()> {
-    if json {
+    let titled = |title: &'static str| -> Vec<Field> {
+        output::SNAPSHOT_FIELDS
+            .iter()
+            .map(|f| {
+                if f.name == "name" {
+                    Field::new("name", title, true)
+                } else {
+                    f.clone()
+                }
+            })
+            .collect()
+    };
+    let snaps = output::volumes("snapshot list", &titled("Lu(Snapshot)Name"), snaps);
+    let images = output::volumes("snapshot list", &titled("Lu(Client Image)Name"), images);
+    if opts.json {
         return json_line(
             out,
-            &serde_json::json!({ "pool": pool, "snapshots": snaps, "images": images }),
+            &serde_json::json!({
+                "pool": pool,
+                "snapshots": snaps.json_rows(opts)?,
+                "images": images.json_rows(opts)?,
+            }),
         );
     }
-    let pct = |l: &LuInfo| {
-        if l.size == 0 {
-            0
-        } else {
-            (l.mapped_blocks * 4096 * 100).div_ceil(l.size)
-        }
-    };
-    writeln!(out, "POOL_NAME: {pool}")?;
-    for (title, rows) in [
-        ("Lu(Snapshot)Name", snaps),
-        ("Lu(Client Image)Name", images),
-    ] {
-        if title != "Lu(Snapshot)Name" {
-            writeln!(out)?;
-        }
-        writeln!(
-            out,
-            "{:<40} {:>10} {:<14} {:>6} {:>11}  Lu Udid",
-            title, "Size(mb)", "ProvisionType", "%Used", "Unused(mb)"
-        )?;
-        for s in rows {
-            writeln!(
-                out,
-                "{:<40} {:>10} {:<14} {:>5}% {:>11}  {}",
-                s.name,
-                s.size_mb,
-                "THIN",
-                pct(s),
-                s.unused_mb,
-                s.udid
-            )?;
-        }
+    if opts.scripted() {
+        snaps.print_table(opts, out)?;
+        return Ok(());
     }
+    writeln!(out, "POOL_NAME: {pool}")?;
+    snaps.print_table(opts, out)?;
+    writeln!(out)?;
+    images.print_table(opts, out)?;
     Ok(())
 }
 
@@ -239,13 +234,19 @@ pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
             match reply {
                 AdminReply::Lus { lus, .. } => {
                     if cli.json {
-                        writeln!(out, "{}", serde_json::json!({ "captured": lus }))?;
+                        writeln!(
+                            out,
+                            "{}",
+                            serde_json::json!({ "captured": output::volumes_json(&lus) })
+                        )?;
                     } else {
                         for l in &lus {
                             writeln!(
                                 out,
-                                "captured {src} into client image {} ({} MiB, {} blocks of data)",
-                                l.name, l.size_mb, l.mapped_blocks
+                                "captured {src} into client image {} ({}, {} blocks of data)",
+                                l.name,
+                                super::size::human_bytes(l.size),
+                                l.mapped_blocks
                             )?;
                         }
                     }
@@ -255,7 +256,9 @@ pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
         }
         ImageCmd::CaptureCancel => super::mirror::copy_cancel(cli, out)?,
         ImageCmd::List => match admin(cli, AdminRequest::ImageList)? {
-            AdminReply::Lus { pool, lus } => print_lus(cli.json, &pool, &lus, out)?,
+            AdminReply::Lus { pool, lus } => {
+                print_lus(&output_opts(cli), "image list", &pool, &lus, out)?
+            }
             other => bail!("unexpected reply {other:?}"),
         },
         ImageCmd::Remove { name, force } => match admin(
@@ -294,7 +297,7 @@ pub fn clone(
                 );
             }
             if cli.json {
-                json_line(out, &lus)?;
+                json_line(out, &output::volumes_json(&lus))?;
             } else {
                 for l in &lus {
                     if l.kind == "image" {
@@ -314,8 +317,10 @@ pub fn clone(
                     } else {
                         writeln!(
                             out,
-                            "created linked clone {} of {src} ({} MiB, sharing all {} blocks of data)",
-                            l.name, l.size_mb, l.mapped_blocks
+                            "created linked clone {} of {src} ({}, sharing all {} blocks of data)",
+                            l.name,
+                            super::size::human_bytes(l.size),
+                            l.mapped_blocks
                         )?;
                     }
                 }
@@ -330,14 +335,14 @@ pub fn file(cli: &Cli, cmd: &FileCmd, out: &mut dyn Write) -> Result<()> {
     match cmd {
         FileCmd::Stat { name } => {
             match admin(cli, AdminRequest::FileStat { name: name.clone() })? {
-                AdminReply::Stat(st) => print_stat(cli.json, &st, out),
+                AdminReply::Stat(st) => print_stat(&output_opts(cli), &st, out),
                 other => bail!("unexpected reply {other:?}"),
             }
         }
         FileCmd::Layout { name } => {
             match admin(cli, AdminRequest::FileLayout { name: name.clone() })? {
                 AdminReply::Layout { name, extents } => {
-                    print_layout(cli.json, &name, &extents, out)
+                    print_layout(&output_opts(cli), &name, &extents, out)
                 }
                 other => bail!("unexpected reply {other:?}"),
             }
@@ -345,9 +350,9 @@ pub fn file(cli: &Cli, cmd: &FileCmd, out: &mut dyn Write) -> Result<()> {
     }
 }
 
-fn print_stat(json: bool, st: &FileStat, out: &mut dyn Write) -> Result<()> {
-    if json {
-        return json_line(out, st);
+fn print_stat(opts: &OutputOpts, st: &FileStat, out: &mut dyn Write) -> Result<()> {
+    if output::report("file stat", st, opts, out)?.is_some() {
+        return Ok(());
     }
     writeln!(out, "Name:           {} ({})", st.name, st.kind)?;
     if !st.parent.is_empty() {
@@ -366,9 +371,22 @@ fn print_stat(json: bool, st: &FileStat, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-fn print_layout(json: bool, name: &str, ext: &[LayoutExtent], out: &mut dyn Write) -> Result<()> {
-    if json {
-        return json_line(out, &serde_json::json!({ "name": name, "extents": ext }));
+fn print_layout(
+    opts: &OutputOpts,
+    name: &str,
+    ext: &[LayoutExtent],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let l = output::listing_of("file layout", output::LAYOUT_FIELDS, ext);
+    if opts.json {
+        return json_line(
+            out,
+            &serde_json::json!({ "name": name, "extents": l.json_rows(opts)? }),
+        );
+    }
+    if opts.scripted() {
+        l.print_table(opts, out)?;
+        return Ok(());
     }
     for e in ext {
         writeln!(
@@ -394,11 +412,17 @@ pub fn diff(cli: &Cli, from: &str, to: &str, out: &mut dyn Write) -> Result<()> 
     };
     match admin(cli, req)? {
         AdminReply::Diff { from, to, extents } => {
-            if cli.json {
+            let opts = output_opts(cli);
+            let l = output::listing_of("diff", output::DIFF_FIELDS, &extents);
+            if opts.json {
                 return json_line(
                     out,
-                    &serde_json::json!({ "from": from, "to": to, "extents": extents }),
+                    &serde_json::json!({ "from": from, "to": to, "extents": l.json_rows(&opts)? }),
                 );
+            }
+            if opts.scripted() {
+                l.print_table(&opts, out)?;
+                return Ok(());
             }
             let total: u64 = extents.iter().map(|e| e.length).sum();
             for e in &extents {

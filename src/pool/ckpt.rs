@@ -7,9 +7,9 @@
     deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
 )]
 
+use super::commit::SyncTarget;
 use super::error::{PoolError, Result};
 use super::inner::{Inner, StreamId};
-use super::commit::SyncTarget;
 use super::outbound::Outbound;
 use super::pvs::{seg_start, split};
 use crate::format::checkpoint::{Checkpoint, CKPT_OFFSETS};
@@ -467,7 +467,8 @@ impl DurableJob {
                     out.syncs.push((pv, Ok(())));
                 }
                 Err(e) => {
-                    out.syncs.push((pv, Err(std::io::Error::new(e.kind(), e.to_string()))));
+                    out.syncs
+                        .push((pv, Err(std::io::Error::new(e.kind(), e.to_string()))));
                     out.failed.push((pv, e));
                 }
             }
@@ -490,7 +491,8 @@ impl DurableJob {
                     out.syncs.push((pv, Ok(())));
                 }
                 Err(e) => {
-                    out.syncs.push((pv, Err(std::io::Error::new(e.kind(), e.to_string()))));
+                    out.syncs
+                        .push((pv, Err(std::io::Error::new(e.kind(), e.to_string()))));
                     out.failed.push((pv, e));
                 }
             }

@@ -184,7 +184,10 @@ pub struct Inner {
     pub carried_free: Vec<u64>,
     /// A checkpoint the background checkpointer captured and is making durable without the
     /// lock; committed in memory by [`Inner::finish_background_checkpoint`].
-    pub bg_ckpt: Option<(super::ckpt::Captured, std::sync::Arc<super::checkpointer::Running>)>,
+    pub bg_ckpt: Option<(
+        super::ckpt::Captured,
+        std::sync::Arc<super::checkpointer::Running>,
+    )>,
 }
 
 impl NodeIo for Inner {

@@ -264,10 +264,7 @@ impl Pool {
         }
         let verified = items.len() as u64 * BLOCK_U64;
         // Blocks still in an append buffer go to disk first: the scrub verifies the disk.
-        if items
-            .iter()
-            .any(|(_, p)| g.in_memory(p.pba, 1))
-        {
+        if items.iter().any(|(_, p)| g.in_memory(p.pba, 1)) {
             g.write_out_all()?;
         }
         // (VBA, entry, copies as (PV, byte offset)).
