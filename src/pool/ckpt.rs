@@ -273,7 +273,6 @@ impl Inner {
                 .unwrap_or(0),
         };
         let [even, odd] = CKPT_OFFSETS;
-        let mut to_free = to_free;
         to_free.append(&mut self.carried_free);
         let job = DurableJob {
             meta,
