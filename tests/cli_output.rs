@@ -383,9 +383,10 @@ fn sizes_parse_exactly() {
     ] {
         let o = run(&pool, &["lu", "create", "x", "--size", bad]);
         assert_eq!(o.status.code(), Some(2), "{bad}");
+        // clap's own report: the error first (then its usage hint).
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
-            err.contains(says) && err.lines().count() == 1,
+            err.contains(says) && err.starts_with("error: "),
             "{bad}: {err}"
         );
         // Under --json, the same refusal as a JSON object on stdout.
