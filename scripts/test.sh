@@ -18,7 +18,7 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked --workspace 2>&1 | tee "$log"
+cargo test --locked --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The schedule explorer's tests (tests/schedules.rs) need the pool's sync primitives mapped to
 # shuttle's, a build of its own that runs only them.
