@@ -323,25 +323,11 @@ fn open_mode(cli: &Cli, read_only: bool) -> Result<PoolDir> {
     Ok(PoolDir::open(&dir, opts)?)
 }
 
-/// Requests that only look: run offline on a read-only pool, so listing and monitoring never
-/// write to the PVs.
+/// Requests run offline on a read-only pool, so listing and monitoring never write to the PVs:
+/// those that only look ([`crate::audit::looks_only`]), and cancels (offline, nothing runs).
 fn read_only_request(req: &AdminRequest) -> bool {
-    matches!(
-        req,
-        AdminRequest::PoolStatus
-            | AdminRequest::LuList
-            | AdminRequest::Check
-            | AdminRequest::SnapshotList { .. }
-            | AdminRequest::ImageList
-            | AdminRequest::FileStat { .. }
-            | AdminRequest::FileLayout { .. }
-            | AdminRequest::Diff { .. }
-            | AdminRequest::FailgrpList
-            | AdminRequest::PvList
-            | AdminRequest::ScrubStatus
-            | AdminRequest::ScrubCancel
-            | AdminRequest::CopyCancel
-    )
+    crate::audit::looks_only(req)
+        || matches!(req, AdminRequest::ScrubCancel | AdminRequest::CopyCancel)
 }
 
 /// Run one command, writing its output to `out`.

@@ -18,8 +18,8 @@
 )]
 
 use super::ckpt::{DurableJob, Outcome};
-use super::error::{PoolError, Result};
-use super::inner::{Inner, StreamId};
+use super::error::Result;
+use super::inner::Inner;
 use super::Pool;
 use crate::sync::{Condvar, Mutex};
 use std::sync::Arc;
@@ -57,43 +57,42 @@ impl Checkpointer {
 /// wait here (without the pool lock) for its outcome.
 #[derive(Default)]
 pub struct Running {
-    outcome: Mutex<Option<Outcome>>,
-    taken: Mutex<bool>,
+    /// `None` while the job runs; then its outcome, until committed in memory (taken).
+    state: Mutex<Option<Option<Outcome>>>,
     cv: Condvar,
 }
 
 impl Running {
+    fn lock(&self) -> crate::sync::MutexGuard<'_, Option<Option<Outcome>>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn set(&self, o: Outcome) {
-        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(o);
+        *self.lock() = Some(Some(o));
         self.cv.notify_all();
     }
 
     /// Whether its durable part has ended.
     pub fn finished(&self) -> bool {
-        self.outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-            || *self.taken.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock().is_some()
     }
 
     /// Wait until its durable part has ended.
     pub fn wait_finished(&self) {
-        let mut o = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
-        while o.is_none() && !*self.taken.lock().unwrap_or_else(|p| p.into_inner()) {
-            o = self.cv.wait(o).unwrap_or_else(|p| p.into_inner());
+        let mut s = self.lock();
+        while s.is_none() {
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
 
     /// Wait for the outcome and take it (once).
     fn take(&self) -> Outcome {
-        let mut o = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.lock();
         loop {
-            if let Some(out) = o.take() {
-                *self.taken.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                return out;
+            if let Some(o) = s.as_mut() {
+                return o.take().unwrap_or_default();
             }
-            o = self.cv.wait(o).unwrap_or_else(|p| p.into_inner());
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -108,34 +107,13 @@ impl Inner {
         };
         let out = running.take();
         let r = self.absorb(cap, out);
-        if let Err(e) = &r {
-            tracing::error!("background checkpoint failed, pool poisoned: {e}");
-            self.poisoned
-                .get_or_insert_with(|| format!("checkpoint failed: {e}"));
-        }
-        r
+        self.poison_checkpoint(r)
     }
 
     /// Capture a checkpoint for the background checkpointer (steps 1-6 under the lock); the
     /// caller runs the returned job without the lock.
     fn capture_background(&mut self, running: &Arc<Running>) -> Result<DurableJob> {
-        self.finish_background_checkpoint()?;
-        self.check_writable()?;
-        for w in [StreamId::Data, StreamId::Gc] {
-            match self.write_out(w) {
-                Err(e @ PoolError::NoSpace(_)) => return Err(e),
-                r => self.poison(r)?,
-            }
-        }
-        let r = self.capture();
-        let (cap, job) = match r {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("checkpoint failed, pool poisoned: {e}");
-                self.poisoned = Some(format!("checkpoint failed: {e}"));
-                return Err(e);
-            }
-        };
+        let (cap, job) = self.begin_checkpoint()?;
         self.bg_ckpt = Some((cap, running.clone()));
         Ok(job)
     }

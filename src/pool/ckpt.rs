@@ -54,28 +54,40 @@ impl Inner {
     /// progress is finished first). The background checkpointer runs the same steps with the
     /// writes and syncs outside the lock (`checkpointer.rs`).
     pub fn checkpoint(&mut self) -> Result<()> {
+        let (cap, job) = self.begin_checkpoint()?;
+        let out = job.run(&self.outbound);
+        let r = self.absorb(cap, out);
+        self.poison_checkpoint(r)?;
+        self.top_up_backing();
+        Ok(())
+    }
+
+    /// Everything before a checkpoint's unlocked part, for the inline and the background
+    /// checkpointer alike: commit a background one still pending, write out buffered data
+    /// (if the host file system is full this fails before anything changed, and the
+    /// checkpoint can be tried again once there is room), then capture.
+    pub fn begin_checkpoint(&mut self) -> Result<(Captured, DurableJob)> {
         self.check_writable()?;
         self.finish_background_checkpoint()?;
         self.check_writable()?;
-        // Buffered data goes out first: if the host file system is full this fails before
-        // anything changed, and the checkpoint can be tried again once there is room.
         for w in [StreamId::Data, StreamId::Gc] {
             match self.write_out(w) {
                 Err(e @ PoolError::NoSpace(_)) => return Err(e),
                 r => self.poison(r)?,
             }
         }
-        let r = self.capture().and_then(|(cap, job)| {
-            let out = job.run(&self.outbound);
-            self.absorb(cap, out)
-        });
+        let r = self.capture();
+        self.poison_checkpoint(r)
+    }
+
+    /// A checkpoint that failed leaves memory ahead of disk: the pool is poisoned.
+    pub fn poison_checkpoint<T>(&mut self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
             tracing::error!("checkpoint failed, pool poisoned: {e}");
-            self.poisoned = Some(format!("checkpoint failed: {e}"));
+            self.poisoned
+                .get_or_insert_with(|| format!("checkpoint failed: {e}"));
         }
-        r?;
-        self.top_up_backing();
-        Ok(())
+        r
     }
 
     /// Steps 1-6 of a checkpoint (FORMAT.md §8), under the pool lock: every dirty node is
@@ -297,7 +309,7 @@ impl Inner {
     /// Not committed (a sync before the record failed): the segments it freed are carried
     /// over, and the checkpoint is taken again with the failed PVs left out.
     pub fn absorb(&mut self, cap: Captured, out: Outcome) -> Result<()> {
-        self.note_syncs(&out.syncs);
+        self.note_syncs(out.syncs);
         if out.meta_failed {
             // Written again under the lock, as a write-out there would be (a failed PV of a
             // mirrored pool goes degraded); then the checkpoint is taken again.
@@ -440,8 +452,8 @@ pub struct DurableJob {
 /// How a [`DurableJob`] went.
 #[derive(Default)]
 pub struct Outcome {
-    /// Every sync issued (counters).
-    syncs: Vec<(u16, std::io::Result<()>)>,
+    /// Syncs issued (counters).
+    syncs: usize,
     /// PVs whose sync or record write failed.
     failed: Vec<(u16, std::io::Error)>,
     /// A metadata run could not be written.
@@ -457,19 +469,10 @@ impl DurableJob {
             out.meta_failed = true;
             return out;
         }
-        let synced = super::commit::sync_parallel(&self.targets);
-        let mut ok = Vec::new();
-        for (pv, r) in synced {
-            match r {
-                Ok(()) => {
-                    ok.push(pv);
-                    out.syncs.push((pv, Ok(())));
-                }
-                Err(e) => {
-                    out.syncs
-                        .push((pv, Err(std::io::Error::new(e.kind(), e.to_string()))));
-                    out.failed.push((pv, e));
-                }
+        for (pv, r) in super::commit::sync_parallel(&self.targets) {
+            out.syncs += 1;
+            if let Err(e) = r {
+                out.failed.push((pv, e));
             }
         }
         if !out.failed.is_empty() {
@@ -484,16 +487,10 @@ impl DurableJob {
             }
         }
         for (pv, r) in super::commit::sync_parallel(&written) {
+            out.syncs += 1;
             match r {
-                Ok(()) => {
-                    out.committed = true;
-                    out.syncs.push((pv, Ok(())));
-                }
-                Err(e) => {
-                    out.syncs
-                        .push((pv, Err(std::io::Error::new(e.kind(), e.to_string()))));
-                    out.failed.push((pv, e));
-                }
+                Ok(()) => out.committed = true,
+                Err(e) => out.failed.push((pv, e)),
             }
         }
         out

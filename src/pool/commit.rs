@@ -210,7 +210,7 @@ impl Inner {
     ) -> Result<()> {
         self.counters.sync_rounds += 1;
         metrics::counter!(crate::metrics::SYNC_ROUNDS).increment(1);
-        self.note_syncs(&results);
+        self.note_syncs(results.len());
         for (i, r) in results {
             if let Err(e) = r {
                 let err = PoolError::Io {
@@ -232,8 +232,8 @@ impl Inner {
     }
 
     /// Count syncs issued (metrics and `pool status`).
-    pub fn note_syncs(&mut self, results: &[(u16, std::io::Result<()>)]) {
-        let n = results.len() as u64;
+    pub fn note_syncs(&mut self, n: usize) {
+        let n = n as u64;
         self.counters.pv_syncs += n;
         metrics::counter!(crate::metrics::PV_SYNCS).increment(n);
     }

@@ -296,7 +296,7 @@ impl Inner {
     /// an error.
     pub fn sync_pvs(&mut self) -> Result<()> {
         let results = super::commit::sync_parallel(&self.sync_targets());
-        self.note_syncs(&results);
+        self.note_syncs(results.len());
         for (i, r) in results {
             if let Err(e) = r {
                 let err = PoolError::Io {

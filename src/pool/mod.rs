@@ -618,13 +618,7 @@ impl Pool {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut failed = false;
-        for c in self.outbound.claim(seqs) {
-            let ok = outbound::write_claimed(&c).is_ok();
-            self.outbound.finish(c.seq, ok);
-            failed |= !ok;
-        }
-        if failed {
+        if !self.outbound.write_queued(seqs) {
             self.lock_for_write().settle_flights()?;
         }
         Ok(())

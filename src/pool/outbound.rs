@@ -180,15 +180,22 @@ impl Outbound {
 }
 
 impl Outbound {
+    /// Claim and write those of flights `seqs` still queued (a settle may have taken others);
+    /// whether every write succeeded. A failed flight is left for a settle.
+    pub fn write_queued(&self, seqs: &[u64]) -> bool {
+        let mut ok = true;
+        for c in self.claim(seqs) {
+            let done = write_claimed(&c).is_ok();
+            self.finish(c.seq, done);
+            ok &= done;
+        }
+        ok
+    }
+
     /// Write flights `seqs` (claiming those still queued; waiting for any a settle is
     /// writing). An error if any of them failed: a settle under the pool lock handles it.
     pub fn write_own(&self, seqs: &[u64]) -> Result<()> {
-        let mut failed = false;
-        for c in self.claim(seqs) {
-            let ok = write_claimed(&c).is_ok();
-            self.finish(c.seq, ok);
-            failed |= !ok;
-        }
+        let failed = !self.write_queued(seqs);
         let mut s = self.state();
         loop {
             let mine = s.list.iter().filter(|f| seqs.contains(&f.seq));
