@@ -173,3 +173,47 @@ fn a_background_checkpoint_syncs_without_stopping_writers() {
         assert_eq!(read_block(&pool, b, i), block(500 + i), "block {i} of b");
     }
 }
+
+#[test]
+fn online_check_reads_metadata_without_stopping_readers() {
+    // A pool whose map of `a` is on disk only (reopened: nothing cached).
+    let (pool, ctl) = new_pool(Options::default());
+    let a = pool.lu_create("a", 16 << 20).unwrap().id;
+    let b = pool.lu_create("b", 16 << 20).unwrap().id;
+    for i in 0..200 {
+        pool.write(a, i * B as u64, &block(i), false).unwrap();
+    }
+    pool.flush().unwrap();
+    drop(pool);
+    let (dev, ctl2) = FaultDev::from_image("pv0", ctl.crash_image(CrashMode::DropAll, 1));
+    let devs: Vec<Arc<dyn BlockDev>> = vec![Arc::new(dev)];
+    let pool = Arc::new(Pool::open(devs, Options::default()).unwrap());
+    // `b` is written now: its map and data are in memory, a read of it needs no device.
+    pool.write(b, 0, &block(7), false).unwrap();
+    assert_eq!(read_block(&pool, b, 0), block(7));
+    // Check's first stage stalls on the device, reading metadata.
+    ctl2.hold_reads(true);
+    let checker = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.check())
+    };
+    wait_held(&ctl2);
+    let (tx, rx) = mpsc::channel();
+    {
+        let pool = pool.clone();
+        std::thread::spawn(move || tx.send(read_block(&pool, b, 0)).unwrap());
+    }
+    let served = rx.recv_timeout(Duration::from_secs(10));
+    let still_held = ctl2.held() > 0;
+    ctl2.hold_reads(false);
+    assert_eq!(
+        served.as_deref(),
+        Ok(&block(7)[..]),
+        "a read waited for check's metadata walk"
+    );
+    assert!(still_held, "check's read ended before the reader finished");
+    let rep = checker.join().unwrap().unwrap();
+    assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+    assert_eq!(rep.volumes, 2);
+    assert!(rep.data_blocks >= 201, "{rep:?}");
+}

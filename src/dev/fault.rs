@@ -155,18 +155,7 @@ impl FaultDev {
 
 impl BlockDev for FaultDev {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        {
-            let h = self
-                .held
-                .reads
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let _ = self
-                .held
-                .cv
-                .wait_timeout_while(h, HOLD_MAX, |held| *held)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.held.wait(&self.held.reads);
         let mut st = lock(&self.state);
         if st.reads_left == Some(0) {
             return Err(self.injected("read", offset));
@@ -258,12 +247,7 @@ impl FaultControl {
 
     /// While set, reads stall (for at most 30 s each): a device that hangs.
     pub fn hold_reads(&self, hold: bool) {
-        *self
-            .held
-            .reads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = hold;
-        self.held.cv.notify_all();
+        self.held.set(&self.held.reads, hold);
     }
 
     /// While set, writes stall (for at most 30 s each).
@@ -276,7 +260,7 @@ impl FaultControl {
         self.held.set(&self.held.syncs, hold);
     }
 
-    /// Writes and syncs stalled now by [`FaultControl::hold_writes`] / [`FaultControl::hold_syncs`].
+    /// Reads, writes and syncs stalled now by the `hold_*` switches.
     pub fn held(&self) -> usize {
         self.held.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }

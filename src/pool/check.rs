@@ -9,7 +9,9 @@
 use super::error::{PoolError, Result};
 use super::inner::Inner;
 use super::pvs::split;
+use super::resident::{MapSource, Uncached};
 use super::scrub::SLICE_BLOCKS;
+use super::share::recount_owned_in;
 use super::Pool;
 use crate::format::node::{decode_node, NodeKind, Ptr, MAP_ZERO, SEG_FREE};
 use crate::format::superblock::{Superblock, SB_OFFSETS};
@@ -109,16 +111,17 @@ pub(super) fn check_node_bytes(
 }
 
 impl Pool {
-    /// Full consistency check of the pool as it is now. The first stage runs under the pool
-    /// lock on what memory holds (map walk, reference counts, owned/shared and live counts,
-    /// summaries) and lists the blocks to read. The second reads them in slices of at most
+    /// Full consistency check of the pool as it is now. The first stage (map walk, reference
+    /// counts, owned/shared and live counts, summaries) runs under the pool lock's shared side,
+    /// so it sees one state while readers go on; metadata not in memory is read without being
+    /// cached. It lists the blocks to read. The second reads them in slices of at most
     /// [`SLICE_BLOCKS`] blocks: the lock is taken to plan a slice, and the data checksums,
     /// metadata nodes and, in a mirrored pool, copy comparisons are checked outside it, with
     /// the `reuse` pin held so no segment read is reused meanwhile. A block whose segment was
     /// freed and reused since the first stage is skipped: it is no longer part of the pool.
     pub fn check(&self) -> Result<CheckReport> {
         let t = std::time::Instant::now();
-        let (mut rep, work) = self.lock().check_meta()?;
+        let (mut rep, work) = self.shared().check_meta()?;
         tracing::debug!(
             "check: first stage {:?}, {} blocks to read",
             t.elapsed(),
@@ -328,7 +331,10 @@ fn report_unreadable(item: &ReadCheck, vol: &str, e: &str, rep: &mut CheckReport
 
 impl Inner {
     /// The first stage of [`Pool::check`]: everything but reading data blocks, which it lists.
-    fn check_meta(&mut self) -> Result<(CheckReport, Vec<ReadCheck>)> {
+    ///
+    /// It runs under the pool lock's shared side and changes nothing: metadata that is not
+    /// resident is read from disk without caching it, so readers go on meanwhile.
+    fn check_meta(&self) -> Result<(CheckReport, Vec<ReadCheck>)> {
         let mut work: Vec<ReadCheck> = Vec::new();
         let mut rep = CheckReport {
             segments: self.segs.len() as u64 - 1,
@@ -364,6 +370,16 @@ impl Inner {
             }
         }
 
+        // The VBA table, read once: the map walk looks nodes up in it.
+        let mut entries: Vec<(u64, Ptr)> = Vec::new();
+        self.vba
+            .for_each_shared(self, &mut |i, p| entries.push((i, *p)))?;
+        let table: HashMap<u64, Ptr> = entries.iter().copied().collect();
+        let mut src = Uncached {
+            inner: self,
+            table: &table,
+        };
+
         // Walk every volume's map: count references, remember one user of each data block.
         let mut refs: HashMap<u64, u32> = HashMap::default();
         let mut node_level: HashMap<u64, u8> = HashMap::default();
@@ -383,8 +399,9 @@ impl Inner {
                         rep.map_nodes += 1;
                     }
                     node_level.insert(vba, level);
-                    let entries = match self.map_node(vba, level) {
-                        Ok(n) => n.entries.clone(),
+                    let entries = match src.with_node(vba, level, |n| n.entries.clone()) {
+                        Ok(Some(n)) => n,
+                        Ok(None) => continue, // an uncached walk always finds the node
                         Err(e) => {
                             err(
                                 &mut rep,
@@ -464,7 +481,7 @@ impl Inner {
         }
 
         // Owned blocks: recount which data blocks each volume alone references.
-        match self.recount_owned() {
+        match recount_owned_in(&mut src, &self.vol_roots()) {
             Ok(counts) => {
                 for (id, mapped, owned) in counts {
                     let Some(v) = self.vols.get(&id) else {
@@ -499,11 +516,7 @@ impl Inner {
 
         // The VBA table: reference counts, data checksums, summaries, live counts.
         let mut live: HashMap<u64, u32> = HashMap::default();
-        let mut entries: Vec<(u64, Ptr)> = Vec::new();
-        let mut vt = std::mem::take(&mut self.vba);
-        let r = vt.for_each(self, &mut |i, p| entries.push((i, *p)));
-        self.vba = vt;
-        r?;
+        let mut summaries: HashMap<u64, Option<Vec<u64>>> = HashMap::default();
         let mirrored = self.pvs.mirrored();
         for (vba, p) in entries {
             let counted = refs.remove(&vba).unwrap_or(0);
@@ -547,12 +560,11 @@ impl Inner {
                     compare,
                 });
                 let (seg, slot) = split(p.pba);
-                if self.load_summary(seg).is_ok() {
-                    let tag = self
-                        .summaries
-                        .get(&seg)
-                        .and_then(|s| s.tags.get(slot as usize).copied())
-                        .unwrap_or(0);
+                let tags = summaries
+                    .entry(seg)
+                    .or_insert_with(|| self.summary_tags(seg).ok());
+                if let Some(tags) = tags {
+                    let tag = tags.get(slot as usize).copied().unwrap_or(0);
                     if tag != vba {
                         err(
                             &mut rep,
@@ -575,10 +587,8 @@ impl Inner {
         let mut pages: Vec<(NodeKind, u8, u64, Ptr)> = Vec::new();
         macro_rules! pages_of {
             ($f:ident, $k:expr) => {{
-                let mut t = std::mem::take(&mut self.$f);
-                let r = t.for_each_page(self, &mut |l, i, p| pages.push(($k, l, i, p)));
-                self.$f = t;
-                r?;
+                self.$f
+                    .for_each_page_shared(self, &mut |l, i, p| pages.push(($k, l, i, p)))?;
             }};
         }
         pages_of!(vba, NodeKind::Vba);
@@ -615,7 +625,14 @@ impl Inner {
             });
         }
 
-        // Live counts and free space.
+        // Live counts and free space. Segments a checkpoint recorded free join the free list
+        // when it is committed: until then they count as free.
+        let pending_free: std::collections::BTreeSet<u64> = self
+            .carried_free
+            .iter()
+            .chain(self.bg_ckpt.iter().flat_map(|(c, _)| c.to_free()))
+            .copied()
+            .collect();
         for seg in 1..self.segs.len() as u64 {
             let e = self.seg(seg);
             let counted = live.remove(&seg).unwrap_or(0);
@@ -634,7 +651,8 @@ impl Inner {
                     format!("segment {seg} is marked free but holds {counted} live blocks"),
                 );
             }
-            if (e.state == SEG_FREE) != self.free.contains(&seg) {
+            let listed = self.free.contains(&seg) || pending_free.contains(&seg);
+            if (e.state == SEG_FREE) != listed {
                 err(
                     &mut rep,
                     format!("segment {seg}: free list and segment table disagree"),

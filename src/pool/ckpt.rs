@@ -440,6 +440,13 @@ pub struct Captured {
     writes: u64,
 }
 
+impl Captured {
+    /// Segments it records free (they join the free list when it is committed).
+    pub fn to_free(&self) -> &[u64] {
+        &self.to_free
+    }
+}
+
 /// The part of a checkpoint that needs no pool lock: write its metadata runs, sync every PV
 /// that is up, then write the checkpoint record on each and sync again (FORMAT.md §8).
 pub struct DurableJob {

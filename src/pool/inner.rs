@@ -751,8 +751,23 @@ impl Inner {
         if self.summaries.contains_key(&seg) {
             return Ok(());
         }
+        let tags = self.read_summary(seg)?;
+        self.summaries.insert(seg, Summary { tags, dirty: false });
+        Ok(())
+    }
+
+    /// The VBA tags of data segment `seg`: the cached summary, or read without caching it.
+    pub fn summary_tags(&self, seg: u64) -> Result<Vec<u64>> {
+        match self.summaries.get(&seg) {
+            Some(s) => Ok(s.tags.clone()),
+            None => self.read_summary(seg),
+        }
+    }
+
+    /// Read segment `seg`'s summary from disk (all zeroes if it has none yet).
+    fn read_summary(&self, seg: u64) -> Result<Vec<u64>> {
         let e = self.segs.get(seg as usize).copied().unwrap_or_default();
-        let tags = if e.summary == 0 {
+        Ok(if e.summary == 0 {
             vec![0; SEG_BLOCKS as usize]
         } else {
             let ptr = Ptr {
@@ -774,9 +789,7 @@ impl Inner {
                     source: e2,
                 }
             })?
-        };
-        self.summaries.insert(seg, Summary { tags, dirty: false });
-        Ok(())
+        })
     }
 
     /// Whether a segment is one of the open append heads.

@@ -102,40 +102,42 @@ impl Inner {
         r
     }
 
+    /// Read map node `vba` (at `level`) from its block `ptr`, without caching it.
+    pub fn read_map_node(&self, vba: u64, level: u8, ptr: Ptr) -> Result<MapNode> {
+        if ptr.pba == 0 {
+            return Err(PoolError::Invalid(format!(
+                "map node VBA {vba} has no block"
+            )));
+        }
+        let corrupt = |source| {
+            let (dev, offset) = self.describe(ptr.pba);
+            PoolError::Corrupt {
+                dev,
+                offset,
+                source,
+            }
+        };
+        let buf = self.read_node(ptr, NodeKind::Map, level, vba)?;
+        let (h, payload) = decode_node(&buf, &self.pool_id).map_err(corrupt)?;
+        let entries = decode_u64s(payload, MAP_FANOUT).map_err(corrupt)?;
+        let count = entries.iter().filter(|&&e| e != 0).count() as u32;
+        Ok(MapNode {
+            level,
+            entries,
+            count,
+            dirty: false,
+            tick: AtomicU64::new(0),
+            owner: h.owner,
+        })
+    }
+
     /// Make map node `vba` resident and return it.
     pub fn map_node(&mut self, vba: u64, level: u8) -> Result<&mut MapNode> {
         *self.map_tick.get_mut() += 1;
         if !self.maps.contains_key(&vba) {
             let ptr = self.vba_get(vba)?;
-            if ptr.pba == 0 {
-                return Err(PoolError::Invalid(format!(
-                    "map node VBA {vba} has no block"
-                )));
-            }
-            let buf = self.read_node(ptr, NodeKind::Map, level, vba)?;
-            let (h, payload) =
-                decode_node(&buf, &self.pool_id).map_err(|e| PoolError::Corrupt {
-                    dev: self.describe(ptr.pba).0,
-                    offset: self.describe(ptr.pba).1,
-                    source: e,
-                })?;
-            let entries = decode_u64s(payload, MAP_FANOUT).map_err(|e| PoolError::Corrupt {
-                dev: self.describe(ptr.pba).0,
-                offset: self.describe(ptr.pba).1,
-                source: e,
-            })?;
-            let count = entries.iter().filter(|&&e| e != 0).count() as u32;
-            self.maps.insert(
-                vba,
-                MapNode {
-                    level,
-                    entries,
-                    count,
-                    dirty: false,
-                    tick: AtomicU64::new(0),
-                    owner: h.owner,
-                },
-            );
+            let node = self.read_map_node(vba, level, ptr)?;
+            self.maps.insert(vba, node);
         }
         let tick = *self.map_tick.get_mut();
         let n = self.maps.get_mut(&vba).ok_or_else(|| {

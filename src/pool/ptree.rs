@@ -153,19 +153,7 @@ impl<E: Entry> PhysTree<E> {
             }
             Self::empty_page(level)
         } else {
-            let buf = io.read_node(ptr, E::KIND, level, idx)?;
-            let (_, payload) = decode_node(&buf, io.pool_id()).map_err(|e| {
-                super::error::PoolError::Invalid(format!("page {level}/{idx}: {e}"))
-            })?;
-            if level == 0 {
-                Page::Leaf(E::decode_page(payload).map_err(|e| {
-                    super::error::PoolError::Invalid(format!("page {level}/{idx}: {e}"))
-                })?)
-            } else {
-                Page::Interior(decode_ptrs(payload, PTR_FANOUT).map_err(|e| {
-                    super::error::PoolError::Invalid(format!("page {level}/{idx}: {e}"))
-                })?)
-            }
+            self.read_page(io, level, idx, ptr)?
         };
         let tick = AtomicU64::new(*self.tick.get_mut());
         self.pages.insert(
@@ -525,29 +513,140 @@ impl<E: Entry> PhysTree<E> {
         }
         Ok(())
     }
+}
 
-    /// Visit every page that is on disk: (level, idx, ptr). Used by `check` and the cleaner.
-    pub fn for_each_page(
-        &mut self,
+/// A page as a shared walk sees it: the cached copy, or one read from disk and not kept.
+enum View<'a, E> {
+    Cached(&'a Page<E>),
+    Read(Page<E>),
+}
+
+impl<E> View<'_, E> {
+    fn page(&self) -> &Page<E> {
+        match self {
+            View::Cached(p) => p,
+            View::Read(p) => p,
+        }
+    }
+}
+
+/// Walks through a shared reference: what is cached is used, what is not is read from disk and
+/// dropped after use, so nothing changes and holders of the pool's shared side (readers) run
+/// alongside. For `check`, which must see one consistent state without stopping readers.
+impl<E: Entry> PhysTree<E> {
+    /// The pointer to the root page, as [`PhysTree::ptr_to`] gives it.
+    fn root_ptr(&self) -> Ptr {
+        if self.depth > 0 && self.root.depth == self.depth {
+            Ptr {
+                pba: self.root.pba,
+                crc: self.root.crc,
+                aux: 0,
+            }
+        } else {
+            Ptr::default()
+        }
+    }
+
+    /// Decode page (level, idx) from disk at `ptr`.
+    fn read_page(&self, io: &dyn NodeIo, level: u8, idx: u64, ptr: Ptr) -> Result<Page<E>> {
+        let bad =
+            |e: FormatError| super::error::PoolError::Invalid(format!("page {level}/{idx}: {e}"));
+        let buf = io.read_node(ptr, E::KIND, level, idx)?;
+        let (_, payload) = decode_node(&buf, io.pool_id()).map_err(bad)?;
+        Ok(if level == 0 {
+            Page::Leaf(E::decode_page(payload).map_err(bad)?)
+        } else {
+            Page::Interior(decode_ptrs(payload, PTR_FANOUT).map_err(bad)?)
+        })
+    }
+
+    /// Page (level, idx), whose parent points at `ptr`: cached, read, or `None` (absent).
+    fn view(&self, io: &dyn NodeIo, level: u8, idx: u64, ptr: Ptr) -> Result<Option<View<'_, E>>> {
+        if let Some(c) = self.pages.get(&(level, idx)) {
+            return Ok(Some(View::Cached(&c.page)));
+        }
+        if ptr.is_none() {
+            return Ok(None);
+        }
+        self.read_page(io, level, idx, ptr)
+            .map(|p| Some(View::Read(p)))
+    }
+
+    /// [`PhysTree::for_each`] through a shared reference (nothing is cached).
+    pub fn for_each_shared(&self, io: &dyn NodeIo, f: &mut dyn FnMut(u64, &E)) -> Result<()> {
+        if self.depth == 0 {
+            return Ok(());
+        }
+        self.walk_shared(io, self.depth - 1, 0, self.root_ptr(), f)
+    }
+
+    fn walk_shared(
+        &self,
+        io: &dyn NodeIo,
+        level: u8,
+        idx: u64,
+        ptr: Ptr,
+        f: &mut dyn FnMut(u64, &E),
+    ) -> Result<()> {
+        let Some(view) = self.view(io, level, idx, ptr)? else {
+            return Ok(());
+        };
+        let children: Vec<(u64, Ptr)> = match view.page() {
+            Page::Leaf(v) => {
+                let base = idx * E::PER_PAGE as u64;
+                for (i, e) in v.iter().enumerate() {
+                    if !e.is_empty() {
+                        f(base + i as u64, e);
+                    }
+                }
+                return Ok(());
+            }
+            Page::Interior(p) => p
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| !x.is_none())
+                .map(|(i, x)| (idx * PTR_FANOUT as u64 + i as u64, *x))
+                .collect(),
+        };
+        drop(view);
+        // Also cached children not yet written (their pointer is still empty).
+        let mut all = children;
+        for &(l, i) in self.pages.keys() {
+            if l + 1 == level && i / PTR_FANOUT as u64 == idx && !all.iter().any(|c| c.0 == i) {
+                all.push((i, Ptr::default()));
+            }
+        }
+        for (c, p) in all {
+            self.walk_shared(io, level - 1, c, p, f)?;
+        }
+        Ok(())
+    }
+
+    /// Visit every page that is on disk: (level, idx, ptr), through a shared reference (nothing
+    /// is cached). Used by `check`.
+    pub fn for_each_page_shared(
+        &self,
         io: &dyn NodeIo,
         f: &mut dyn FnMut(u8, u64, Ptr),
     ) -> Result<()> {
         if self.depth == 0 {
             return Ok(());
         }
-        let mut stack = vec![(self.depth - 1, 0u64)];
-        while let Some((level, idx)) = stack.pop() {
-            let ptr = self.ptr_to(io, level, idx)?;
+        let mut stack = vec![(self.depth - 1, 0u64, self.root_ptr())];
+        while let Some((level, idx, ptr)) = stack.pop() {
             if !ptr.is_none() {
                 f(level, idx, ptr);
             }
-            if level == 0 || !self.load(io, level, idx, false)? {
+            if level == 0 {
                 continue;
             }
-            if let Some(Page::Interior(p)) = self.pages.get(&(level, idx)).map(|c| &c.page) {
+            let Some(view) = self.view(io, level, idx, ptr)? else {
+                continue;
+            };
+            if let Page::Interior(p) = view.page() {
                 for (i, x) in p.iter().enumerate() {
                     if !x.is_none() {
-                        stack.push((level - 1, idx * PTR_FANOUT as u64 + i as u64));
+                        stack.push((level - 1, idx * PTR_FANOUT as u64 + i as u64, *x));
                     }
                 }
             }

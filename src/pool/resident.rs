@@ -71,6 +71,34 @@ impl MapSource for Resident<'_> {
     }
 }
 
+/// The whole of the pool's metadata through a shared reference, for walks that must see
+/// everything without changing anything (`check`): resident nodes are used, others are read
+/// from disk and dropped; VBA entries come from a table the caller collected.
+pub struct Uncached<'a> {
+    pub inner: &'a Inner,
+    pub table: &'a rustc_hash::FxHashMap<u64, Ptr>,
+}
+
+impl MapSource for Uncached<'_> {
+    fn with_node<R>(
+        &mut self,
+        vba: u64,
+        level: u8,
+        f: impl FnOnce(&MapNode) -> R,
+    ) -> Result<Option<R>> {
+        if let Some(n) = self.inner.maps.get(&vba) {
+            return Ok(Some(f(n)));
+        }
+        let ptr = self.table.get(&vba).copied().unwrap_or_default();
+        let n = self.inner.read_map_node(vba, level, ptr)?;
+        Ok(Some(f(&n)))
+    }
+
+    fn vba_entry(&mut self, vba: u64) -> Result<Option<Ptr>> {
+        Ok(Some(self.table.get(&vba).copied().unwrap_or_default()))
+    }
+}
+
 /// Runs of the map tree at `root` (of `depth` levels) in `[lba, lba+count)` in order, as (first
 /// lba, blocks, kind); holes are reported too, so the runs cover the range. Zero spans of
 /// interior nodes are one run each. `None` if `src` lacks a node on the way.

@@ -360,33 +360,43 @@ impl Inner {
         Ok(out)
     }
 
-    /// Brute-force recount of every volume's mapped and owned blocks (for `check`):
-    /// (volume id, mapped, owned).
-    pub fn recount_owned(&mut self) -> Result<Vec<(u64, u64, u64)>> {
-        let ids: Vec<(u64, u64)> = self
-            .vols
+    /// Every volume's id, map root, map depth and size in blocks.
+    pub fn vol_roots(&self) -> Vec<(u64, u64, u8, u64)> {
+        self.vols
             .values()
-            .map(|v| (v.id, v.size.div_ceil(BLOCK_U64)))
-            .collect();
-        let mut holders: rustc_hash::FxHashMap<u64, u32> = Default::default();
-        let mut per_vol: Vec<(u64, Vec<u64>)> = Vec::new();
-        for (id, blocks) in ids {
-            let vbas: Vec<u64> = self
-                .map_range(id, 0, blocks)?
-                .into_iter()
-                .map(|(_, v)| v)
-                .collect();
-            for &v in &vbas {
-                *holders.entry(v).or_insert(0) += 1;
-            }
-            per_vol.push((id, vbas));
-        }
-        Ok(per_vol
-            .into_iter()
-            .map(|(id, vbas)| {
-                let owned = vbas.iter().filter(|v| holders.get(v) == Some(&1)).count() as u64;
-                (id, vbas.len() as u64, owned)
-            })
-            .collect())
+            .map(|v| (v.id, v.map_root, v.map_depth, v.size.div_ceil(BLOCK_U64)))
+            .collect()
     }
+}
+
+/// Brute-force recount of every volume's mapped and owned blocks (for `check`), over the maps
+/// `src` gives: (id, mapped blocks, owned blocks) for each of `vols` ([`Inner::vol_roots`]).
+pub fn recount_owned_in(
+    src: &mut impl super::resident::MapSource,
+    vols: &[(u64, u64, u8, u64)],
+) -> Result<Vec<(u64, u64, u64)>> {
+    let mut holders: rustc_hash::FxHashMap<u64, u32> = Default::default();
+    let mut per_vol: Vec<(u64, Vec<u64>)> = Vec::new();
+    for &(id, root, depth, blocks) in vols {
+        let vbas: Vec<u64> = super::resident::map_range_in(src, root, depth, 0, blocks)?
+            .ok_or_else(|| {
+                PoolError::Internal(format!(
+                    "map walk of volume {id} found a node it cannot load"
+                ))
+            })?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        for &v in &vbas {
+            *holders.entry(v).or_insert(0) += 1;
+        }
+        per_vol.push((id, vbas));
+    }
+    Ok(per_vol
+        .into_iter()
+        .map(|(id, vbas)| {
+            let owned = vbas.iter().filter(|v| holders.get(v) == Some(&1)).count() as u64;
+            (id, vbas.len() as u64, owned)
+        })
+        .collect())
 }
