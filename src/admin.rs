@@ -10,6 +10,7 @@
 use crate::access::{ClientSpec, MapStore};
 use crate::pool::activation::Activation;
 use crate::pool::scrub::ScrubStatus;
+use crate::pool::Provision;
 use crate::pool::{
     CheckReport, DiffExtent, FailGroupInfo, FileStat, GcStats, LayoutExtent, LuInfo, Pool,
     PoolError, PoolStatus, PvListEntry, ScrubReport,
@@ -39,6 +40,14 @@ pub enum AdminRequest {
     LuCreate {
         name: String,
         size: u64,
+        /// Reserve the LU's full size (a thick LU).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        thick: bool,
+    },
+    /// Make an LU thick (its full size reserved) or thin.
+    LuModify {
+        name: String,
+        thick: bool,
     },
     LuList,
     LuResize {
@@ -398,7 +407,22 @@ fn dispatch(
     let spec = |c: &str| c.parse::<ClientSpec>().map_err(PoolError::Invalid);
     Ok(match req {
         AdminRequest::PoolStatus => AdminReply::Status(Box::new(pool.status())),
-        AdminRequest::LuCreate { name, size } => lus(vec![pool.lu_create(name, *size)?]),
+        AdminRequest::LuCreate { name, size, thick } => {
+            let p = if *thick {
+                Provision::Thick
+            } else {
+                Provision::Thin
+            };
+            lus(vec![pool.lu_create_provisioned(name, *size, p)?])
+        }
+        AdminRequest::LuModify { name, thick } => {
+            let p = if *thick {
+                Provision::Thick
+            } else {
+                Provision::Thin
+            };
+            lus(vec![pool.lu_set_provision(name, p)?])
+        }
         AdminRequest::LuList => lus(pool.lu_list()),
         AdminRequest::LuResize {
             name,

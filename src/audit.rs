@@ -166,6 +166,7 @@ mod tests {
         let (op, args) = describe(&AdminRequest::LuCreate {
             name: "vol".into(),
             size: 1 << 20,
+            thick: false,
         });
         assert_eq!(op, "lu_create");
         let v: serde_json::Value = serde_json::from_str(&args).unwrap();

@@ -123,7 +123,7 @@ fn describe() {
     describe_gauge!(
         RESERVED,
         Unit::Bytes,
-        "Space reserved for thick LUs; always 0: every LU is thin (thick LUs do not exist yet)"
+        "Space reserved for thick LUs and not yet written by them"
     );
     describe_gauge!(
         VOLUMES,
@@ -295,7 +295,7 @@ pub fn refresh(pool: &Pool, dir: &Path) {
     crate::metrics::pool_space(st.total_bytes, st.free_bytes, st.used_bytes);
     gauge!(PROVISIONED).set(st.provisioned_bytes as f64);
     gauge!(OVERCOMMIT).set(st.overcommit_bytes as f64);
-    gauge!(RESERVED).set(0.0);
+    gauge!(RESERVED).set(st.reserved_bytes as f64);
     gauge!(VOLUMES, "kind" => "lu").set(st.lus as f64);
     gauge!(VOLUMES, "kind" => "snapshot").set(st.snapshots as f64);
     gauge!(VOLUMES, "kind" => "image").set(st.images as f64);

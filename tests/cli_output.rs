@@ -60,7 +60,7 @@ fn keys(v: &Value) -> Vec<&str> {
     k
 }
 
-const VOLUME_KEYS: [&str; 11] = [
+const VOLUME_KEYS: [&str; 13] = [
     "id",
     "kind",
     "mapped_blocks",
@@ -68,6 +68,8 @@ const VOLUME_KEYS: [&str; 11] = [
     "name",
     "owned_blocks",
     "parent",
+    "provision",
+    "reserved_bytes",
     "size",
     "udid",
     "unused_bytes",

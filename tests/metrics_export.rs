@@ -296,7 +296,7 @@ fn scrape_has_histograms_lu_labels_pool_and_process_gauges() {
     assert_eq!(m.value("ssp_pool_reserved_bytes", &[]), 0.0);
     let help = &m.help["ssp_pool_reserved_bytes"];
     assert!(
-        help.contains("always 0") && help.contains("thick"),
+        help.contains("reserved") && help.contains("thick"),
         "{help}"
     );
     assert!(m.help["ssp_nbd_request_seconds"].contains("histogram"));

@@ -125,6 +125,8 @@ const POOL_EXAMPLES: &str = "Examples:
 
 const LU_EXAMPLES: &str = "Examples:
   sspctl lu create vm1 --size 20G
+  sspctl lu create db1 --size 100G --thick
+  sspctl lu modify vm1 --thick
   sspctl lu ls
   sspctl lu resize vm1 --size 40G
   sspctl lu map vm1 --client 192.168.10.0/24
@@ -209,7 +211,8 @@ pub struct PoolCreate {
 
 #[derive(Subcommand, Debug)]
 pub enum LuCmd {
-    /// Create a thin LU
+    /// Create an LU: thin (space is used when written) or, with --thick, with its full size
+    /// reserved
     #[command(after_help = LU_EXAMPLES)]
     Create {
         /// Name of the new LU (the NBD export name)
@@ -218,6 +221,23 @@ pub enum LuCmd {
         /// a bare number is bytes. A multiple of 512 bytes; fractions like 1.5G are exact
         #[arg(long, value_parser = size::volume_size_arg)]
         size: u64,
+        /// Reserve the LU's full size now, so its writes never fail for want of space however
+        /// full thin LUs make the pool (refused, with the numbers, if the pool cannot reserve it)
+        #[arg(long)]
+        thick: bool,
+    },
+    /// Change how an LU is provisioned: --thick reserves its full size (less what it already
+    /// owns), --thin gives the reservation back
+    #[command(after_help = LU_EXAMPLES)]
+    Modify {
+        /// The LU (or clone) to change
+        name: String,
+        /// Reserve the LU's full size
+        #[arg(long, conflicts_with = "thin", required_unless_present = "thin")]
+        thick: bool,
+        /// Give the reservation back: space is used when written
+        #[arg(long)]
+        thin: bool,
     },
     /// List LUs (name, size, unused space, UDID)
     #[command(visible_alias = "ls")]
@@ -524,9 +544,14 @@ fn admin_with_progress(
 
 fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
     let req = match cmd {
-        LuCmd::Create { name, size } => Some(AdminRequest::LuCreate {
+        LuCmd::Create { name, size, thick } => Some(AdminRequest::LuCreate {
             name: name.clone(),
             size: *size,
+            thick: *thick,
+        }),
+        LuCmd::Modify { name, thick, .. } => Some(AdminRequest::LuModify {
+            name: name.clone(),
+            thick: *thick,
         }),
         LuCmd::List => Some(AdminRequest::LuList),
         LuCmd::Resize {
@@ -676,7 +701,8 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
         | LuCmd::Resize { .. }
         | LuCmd::Remove { .. }
         | LuCmd::Map { .. }
-        | LuCmd::Unmap { .. } => {
+        | LuCmd::Unmap { .. }
+        | LuCmd::Modify { .. } => {
             unreachable!("admin verbs are handled above")
         }
     }
@@ -762,6 +788,7 @@ fn print_status(opts: &output::OutputOpts, st: &PoolStatus, out: &mut dyn Write)
     writeln!(out, "Used(MB):          {}", mb(st.used_bytes))?;
     writeln!(out, "Provisioned(MB):   {}", mb(st.provisioned_bytes))?;
     writeln!(out, "Overcommit(MB):    {}", mb(st.overcommit_bytes))?;
+    writeln!(out, "Reserved(MB):      {}", mb(st.reserved_bytes))?;
     writeln!(out, "LUs:               {}", st.lus)?;
     writeln!(out, "Snapshots:         {}", st.snapshots)?;
     writeln!(out, "Client Images:     {}", st.images)?;

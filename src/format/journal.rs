@@ -86,6 +86,9 @@ pub enum Record {
     /// spans at interior levels, so applying it costs metadata proportional to the tree depth,
     /// not to `count`. Needs `INCOMPAT_ZERO`.
     Zero { vol: u64, lba: u64, count: u64 },
+    /// Volume `id` became thick (`thick` 1: its full size is reserved, see
+    /// [`super::node::VOL_FLAG_THICK`]) or thin (0). Needs `INCOMPAT_THICK`.
+    VolProvision { id: u64, thick: u8 },
 }
 
 const T_WRITE: u8 = 1;
@@ -100,6 +103,7 @@ const T_VOL_RENAME: u8 = 9;
 const T_SEG_STALE: u8 = 10;
 const T_PV_STATE: u8 = 11;
 const T_ZERO: u8 = 12;
+const T_VOL_PROVISION: u8 = 13;
 
 impl Record {
     /// Encoded size: type (1) + payload length (2) + payload.
@@ -109,6 +113,7 @@ impl Record {
             Record::Unmap { .. } | Record::Zero { .. } => 24,
             Record::VolCreate { name, .. } => 8 + 1 + 8 + 16 + 1 + name.len().min(MAX_NAME),
             Record::VolResize { .. } => 16,
+            Record::VolProvision { .. } => 9,
             Record::VolRemove { .. } => 8,
             Record::GcMove { .. } => 28,
             Record::VolShare { name, .. } => 8 + 8 + 1 + 16 + 1 + name.len().min(MAX_NAME),
@@ -214,6 +219,10 @@ impl Record {
                 w.u64(*vol).u64(*lba).u64(*count);
                 T_ZERO
             }
+            Record::VolProvision { id, thick } => {
+                w.u64(*id).u8(*thick);
+                T_VOL_PROVISION
+            }
         };
         let len = (w.buf.len() - start - 3) as u16;
         let [lo, hi] = len.to_le_bytes();
@@ -317,6 +326,10 @@ impl Record {
                 vol: b.u64()?,
                 lba: b.u64()?,
                 count: b.u64()?,
+            },
+            T_VOL_PROVISION => Record::VolProvision {
+                id: b.u64()?,
+                thick: b.u8()?,
             },
             other => {
                 return Err(FormatError::Invalid {
@@ -543,6 +556,32 @@ pub(crate) mod tests {
             ],
             ..sample()
         }
+    }
+
+    /// The provisioning records (pools with `INCOMPAT_THICK`).
+    pub(crate) fn sample_thick() -> JournalBlock {
+        JournalBlock {
+            seq: 46,
+            records: vec![
+                Record::VolProvision { id: 4, thick: 1 },
+                Record::VolProvision { id: 9, thick: 0 },
+            ],
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn golden_thick_vector_round_trip() {
+        let golden = include_bytes!("../../ondisk-format/vectors/journal-thick.bin");
+        let pool = *b"pool-id-0123456\0";
+        let j = JournalBlock::decode(golden, &pool).expect("golden journal block decodes");
+        assert_eq!(j, sample_thick());
+        assert_eq!(j.encode(&pool).as_slice(), &golden[..]);
+        // Record type 13 (VolProvision), payload length 9, then id and the thick flag.
+        assert_eq!(golden[64], 13);
+        assert_eq!(u16::from_le_bytes([golden[65], golden[66]]), 9);
+        assert_eq!(u64::from_le_bytes(golden[67..75].try_into().unwrap()), 4);
+        assert_eq!(golden[75], 1);
     }
 
     #[test]

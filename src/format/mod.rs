@@ -35,8 +35,13 @@ pub const INCOMPAT_MIRROR: u64 = 2;
 /// creates, and on an older pool the first time it stores a zero entry. A reader without it
 /// would take the sentinel for a VBA.
 pub const INCOMPAT_ZERO: u64 = 4;
+/// Incompatible feature: volumes may be thick (`VolRecord.flags` bit 1, journal record
+/// `VolProvision`): the pool reserves their space. Set the first time a volume becomes thick. A
+/// reader without it would stop replay at the record, or write into the reserved space.
+pub const INCOMPAT_THICK: u64 = 8;
 /// Incompatible feature bits this code understands: an unknown one refuses to open.
-pub const INCOMPAT_SUPPORTED: u64 = INCOMPAT_SHARING | INCOMPAT_MIRROR | INCOMPAT_ZERO;
+pub const INCOMPAT_SUPPORTED: u64 =
+    INCOMPAT_SHARING | INCOMPAT_MIRROR | INCOMPAT_ZERO | INCOMPAT_THICK;
 /// Read-only-compatible feature: every checkpoint records the seal its writer opened at
 /// ([`Seal`], FORMAT.md §3.2), the fencing epoch goes up at every writable open, and replay takes
 /// only blocks stamped by the checkpoint's writer (§7.3). An older writer would neither keep the

@@ -297,6 +297,9 @@ pub const VOL_IMAGE: u8 = 3;
 /// Volume flag: some of this volume's map nodes may be shared with another volume (it has a
 /// snapshot, or is a snapshot or clone), so writes must check node reference counts.
 pub const VOL_FLAG_SHARES_NODES: u8 = 1;
+/// `VolRecord.flags`: a thick volume. The pool keeps space reserved for every block of it that it
+/// does not own alone, so its writes never fail for want of space (needs `INCOMPAT_THICK`).
+pub const VOL_FLAG_THICK: u8 = 2;
 
 /// A volume (LU, snapshot, client image or clone) in the volume directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

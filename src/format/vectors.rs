@@ -32,6 +32,10 @@ mod tests {
             "journal-zero.bin",
             journal::tests::sample_zero().encode(&pool),
         );
+        put(
+            "journal-thick.bin",
+            journal::tests::sample_thick().encode(&pool),
+        );
         let (h, e) = nt::sample_map_zero();
         put(
             "node-map-zero.bin",

@@ -10,7 +10,7 @@ use super::inner::{Inner, StreamId};
 use super::pvs::split;
 use super::resident::{locate, Resident};
 use crate::format::journal::Record;
-use crate::format::{data_crc, BLOCK, BLOCK_U64, INCOMPAT_ZERO};
+use crate::format::{data_crc, BLOCK, BLOCK_U64, INCOMPAT_ZERO, SEG_BLOCKS};
 
 /// Blocks per `Unmap`/`Zero` record (4 GiB, aligned): bounds the data one record can drop
 /// before the next checkpoint check.
@@ -384,7 +384,7 @@ impl Inner {
     /// Write one whole block.
     fn write_block(&mut self, vol: u64, lba: u64, block: &[u8], crc: u32) -> Result<()> {
         let (old, exclusive) = self.map_lookup(vol, lba)?;
-        self.ensure_data_space()?;
+        self.ensure_data_space(vol)?;
         let pba = self.append(StreamId::Data, block)?;
         // A block only this volume holds keeps its VBA; a shared or new one gets a fresh VBA.
         let vba = if old != 0 && exclusive {
@@ -449,9 +449,16 @@ impl Inner {
         Ok(true)
     }
 
-    /// Make sure the data stream can take one more block, cleaning if the pool is short.
-    fn ensure_data_space(&mut self) -> Result<()> {
-        if !self.needs_segment(StreamId::Data) || self.free_for(StreamId::Data) > 0 {
+    /// Make sure the data stream can take one more block of volume `vol`, cleaning if the pool
+    /// is short. A thin volume's writes leave the segments that cover thick volumes'
+    /// reservations (see `provision.rs`).
+    fn ensure_data_space(&mut self, vol: u64) -> Result<()> {
+        let floor = if self.is_thick(vol) {
+            0
+        } else {
+            self.thin_floor()
+        };
+        if !self.needs_segment(StreamId::Data) || self.free_for(StreamId::Data) > floor {
             return Ok(());
         }
         for _ in 0..8 {
@@ -460,7 +467,7 @@ impl Inner {
             let cleaned = self.gc_run(batch)?;
             self.checkpoint()?;
             self.counters.writer_checkpoints += 1;
-            if self.free_for(StreamId::Data) > 0 {
+            if self.free_for(StreamId::Data) > floor {
                 return Ok(());
             }
             if cleaned.segments_cleaned == 0 {
@@ -468,8 +475,16 @@ impl Inner {
             }
         }
         let (total, _, live) = self.space();
+        let reserved = if floor > 0 {
+            format!(
+                "; {} MiB are held back for thick LUs",
+                (floor * SEG_BLOCKS * BLOCK_U64) >> 20
+            )
+        } else {
+            String::new()
+        };
         Err(PoolError::NoSpace(format!(
-            "{} of {} MiB hold live data and nothing more can be reclaimed",
+            "{} of {} MiB hold live data and nothing more can be reclaimed{reserved}",
             (live * BLOCK_U64) >> 20,
             (total * BLOCK_U64) >> 20
         )))

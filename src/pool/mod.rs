@@ -31,6 +31,7 @@ mod mirror;
 mod open;
 mod ops;
 pub mod outbound;
+mod provision;
 mod ptree;
 mod pvcopy;
 pub mod pvs;
@@ -51,6 +52,7 @@ pub use inner::Counters;
 pub use io::is_zero_block;
 pub use maps::MapKind;
 pub use open::{describe_pv, local_host_id, read_superblock, CreateOptions};
+pub use provision::Provision;
 pub use snapshots::{
     kind_name, split_snapshot, DiffExtent, FileStat, LayoutExtent, Placement, CAPTURE_PREFIX,
 };
@@ -118,6 +120,12 @@ pub struct LuInfo {
     /// A clone's snapshot or image, a snapshot's LU or image; empty if none.
     #[serde(default)]
     pub parent: String,
+    /// "THIN" or "THICK" (SSP's PROVISION_TYPE).
+    #[serde(default)]
+    pub provision: String,
+    /// Bytes the pool keeps reserved for this LU (thick: its size less what it owns alone).
+    #[serde(default)]
+    pub reserved_bytes: u64,
 }
 
 /// One PV as shown by `pool status`.
@@ -144,6 +152,9 @@ pub struct PoolStatus {
     pub used_bytes: u64,
     pub provisioned_bytes: u64,
     pub overcommit_bytes: u64,
+    /// Space reserved for thick LUs and not yet written by them.
+    #[serde(default)]
+    pub reserved_bytes: u64,
     pub lus: u64,
     #[serde(default)]
     pub snapshots: u64,
@@ -400,6 +411,8 @@ impl Pool {
             udid: hex(&v.udid),
             mapped_blocks: v.mapped_blocks,
             owned_blocks: v.owned_blocks,
+            provision: provision::Provision::of(v).name().into(),
+            reserved_bytes: provision::reserved_blocks(v) * BLOCK_U64,
             maps: Vec::new(),
             kind: kind_name(v).into(),
             parent: String::new(),
@@ -498,6 +511,7 @@ impl Pool {
             .get(name)
             .ok_or_else(|| PoolError::NotFound(name.into()))?;
         g.check_vol_writable(id)?;
+        g.ensure_resize_reservable(id, size, name)?;
         g.log_and_apply(Record::VolResize { id, size })?;
         g.flush()?;
         Ok(Self::lu_info(vol_rec(&g, id, name)?))
@@ -856,6 +870,7 @@ impl Pool {
             used_bytes: live * BLOCK_U64,
             provisioned_bytes: provisioned,
             overcommit_bytes: provisioned.saturating_sub(total_bytes),
+            reserved_bytes: g.thick_reserved() * BLOCK_U64,
             lus: g
                 .vols
                 .values()

@@ -102,6 +102,7 @@ impl Inner {
                 self.vols_dirty.insert(*id);
                 Ok(true)
             }
+            Record::VolProvision { id, thick } => Ok(self.apply_provision(*id, *thick)),
             Record::VolResize { id, size } => {
                 let Some(v) = self.vols.get(id) else {
                     return Ok(false);

@@ -161,6 +161,7 @@ impl Pool {
             }
             plan.push((b.id, name));
         }
+        g.ensure_snapshot_reservable(&plan.iter().map(|p| p.0).collect::<Vec<_>>())?;
         let mut out = Vec::new();
         for (src, name) in plan {
             let id = g.next_volume_id;
@@ -210,6 +211,7 @@ impl Pool {
         if lu.kind != VOL_LU {
             return Err(PoolError::VolumeReadOnly(format!("client image {base}")));
         }
+        g.ensure_rollback_reservable(lu.id, s.id)?;
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

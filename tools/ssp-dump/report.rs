@@ -207,6 +207,9 @@ fn record_json(r: &Record) -> Value {
             "vol_kind": vol_kind(*kind), "size": size, "udid": hex(udid), "name": name}),
         Record::VolResize { id, size } => json!({"kind": "vol_resize", "id": id, "size": size}),
         Record::VolRemove { id } => json!({"kind": "vol_remove", "id": id}),
+        Record::VolProvision { id, thick } => {
+            json!({"kind": "vol_provision", "id": id, "thick": thick != &0})
+        }
         Record::GcMove {
             vba,
             old_pba,
