@@ -891,12 +891,14 @@ impl Handshake {
                 let Some(ns) = namespace(q) else {
                     continue; // not namespace:leaf: ignored like an unknown namespace.
                 };
-                let wildcard = q.len() == ns.len() + 1; // "ns:" with an empty leaf-name.
+                // "ns:" with an empty leaf-name, or a prefix ending in ':' such as
+                // "qemu:dirty-bitmap:" (docs/interop/nbd.txt): every context it starts.
+                let wildcard = q.ends_with(':');
                 for c in &all {
                     let hit = if wildcard {
                         // Wildcard for LIST only; SET MUST ignore "base:" (and we treat
                         // every empty leaf the same way).
-                        !set && namespace(c) == Some(ns)
+                        !set && namespace(c) == Some(ns) && c.starts_with(*q)
                     } else {
                         c == q
                     };

@@ -19,6 +19,7 @@ pub mod checkpointer;
 pub mod ckpt;
 mod clean;
 pub mod commit;
+mod depth;
 pub mod dir;
 pub mod error;
 mod failgrp;
