@@ -42,6 +42,7 @@ pub mod scrub;
 pub mod seal;
 mod share;
 mod snapshots;
+mod snaptimes;
 pub mod throttle;
 
 pub use check::CheckReport;
