@@ -250,6 +250,9 @@ pub enum AdminReply {
     Freed {
         name: String,
         freed_blocks: u64,
+        /// Clones made from it (they keep working; named so that the removal says so).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        clones: Vec<String>,
     },
     Stat(FileStat),
     Layout {
@@ -614,6 +617,7 @@ fn dispatch(
                 .map_err(|e| PoolError::Config(e.to_string()))?;
             AdminReply::Freed {
                 name: name.clone(),
+                clones: clones_of(pool, name),
                 freed_blocks: pool.snapshot_remove(name)?,
             }
         }
@@ -644,6 +648,7 @@ fn dispatch(
                 .map_err(|e| PoolError::Config(e.to_string()))?;
             AdminReply::Freed {
                 name: name.clone(),
+                clones: clones_of(pool, name),
                 freed_blocks: pool.image_remove(name)?,
             }
         }
@@ -747,6 +752,15 @@ fn dispatch(
             extents: pool.diff(from, to)?,
         },
     })
+}
+
+/// The clones made from snapshot or image `name`.
+fn clones_of(pool: &Pool, name: &str) -> Vec<String> {
+    pool.export_list()
+        .into_iter()
+        .filter(|v| v.kind == "clone" && v.parent == name)
+        .map(|v| v.name)
+        .collect()
 }
 
 fn failgroups(pool: &Pool) -> AdminReply {

@@ -152,6 +152,40 @@ fn prune_keeps_newest_young_cloned_and_held_snapshots() {
     assert!(json_error(p, &["snapshot", "prune", "nope", "--keep", "1"]).contains("nope"));
     assert!(json_error(p, &["snapshot", "prune", "vm@s5", "--keep", "1"]).contains("snapshot"));
     assert_eq!(snaps(p), ["vm@s1", "vm@s5"]);
+
+    // A snapshot a client has open is kept, with who has it.
+    sspctl(p, &["snapshot", "create", "vm@s6"]);
+    let mut client = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import nbd, sys, time\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nprint('up', flush=True)\ntime.sleep(60)",
+            &s.uri("vm@s6"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "up");
+    let v = sspctl_json(p, &["snapshot", "prune", "vm", "--keep", "0"]);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let r = rows(&v);
+    assert_eq!(r[0], row("vm@s1", "keep", "clone c1 was made from it"));
+    assert_eq!(r[1], row("vm@s5", "removed", ""));
+    assert_eq!(r[2].1, "keep");
+    assert!(
+        r[2].2.starts_with("open by 1 client(s): 127.0.0.1:"),
+        "{r:?}"
+    );
+    // Removing a clone's origin by hand says that the clone keeps working.
+    let out = sspctl(p, &["snapshot", "rm", "vm@s1"]);
+    assert!(out.contains("vm@s1 was the origin of clone(s) c1"), "{out}");
+    run("qemu-io", &["-f", "raw", "-c", "read 0 4k", &s.uri("c1")]);
     s.stop();
 }
 

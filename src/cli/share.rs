@@ -312,7 +312,11 @@ pub fn snapshot(cli: &Cli, cmd: &SnapshotCmd, out: &mut dyn Write) -> Result<()>
                 )?;
             }
         }
-        AdminReply::Freed { name, freed_blocks } => freed(cli.json, &name, freed_blocks, out)?,
+        AdminReply::Freed {
+            name,
+            freed_blocks,
+            clones,
+        } => freed(cli.json, &name, freed_blocks, &clones, out)?,
         other => bail!("unexpected reply {other:?}"),
     }
     Ok(())
@@ -334,13 +338,27 @@ const HOLD_FIELDS: &[Field] = &[
     Field::new("since", "SINCE", true),
 ];
 
-fn freed(json: bool, name: &str, blocks: u64, out: &mut dyn Write) -> Result<()> {
+fn freed(
+    json: bool,
+    name: &str,
+    blocks: u64,
+    clones: &[String],
+    out: &mut dyn Write,
+) -> Result<()> {
     if json {
-        json_line(
-            out,
-            &serde_json::json!({ "removed": name, "freed_blocks": blocks, "freed_bytes": blocks * 4096 }),
-        )
+        let mut v = serde_json::json!({ "removed": name, "freed_blocks": blocks, "freed_bytes": blocks * 4096 });
+        if !clones.is_empty() {
+            v["clones"] = serde_json::json!(clones);
+        }
+        json_line(out, &v)
     } else {
+        if !clones.is_empty() {
+            writeln!(
+                out,
+                "{name} was the origin of clone(s) {}: they keep their blocks and keep working",
+                clones.join(", ")
+            )?;
+        }
         writeln!(
             out,
             "removed {name}: {blocks} blocks ({} KiB) returned to the pool",
@@ -444,7 +462,11 @@ pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
                 force: *force,
             },
         )? {
-            AdminReply::Freed { name, freed_blocks } => freed(cli.json, &name, freed_blocks, out)?,
+            AdminReply::Freed {
+                name,
+                freed_blocks,
+                clones,
+            } => freed(cli.json, &name, freed_blocks, &clones, out)?,
             other => bail!("unexpected reply {other:?}"),
         },
     }
