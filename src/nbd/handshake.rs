@@ -1597,7 +1597,7 @@ mod tests {
                 got.push(Vec::new());
             } else {
                 assert_eq!(r.typ, REP_META_CONTEXT);
-                let id = u32::from_be_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]);
+                let id = u32::from_le_bytes([r.data[3], r.data[2], r.data[1], r.data[0]]);
                 let name = String::from_utf8(r.data[4..].to_vec()).unwrap();
                 got.last_mut().unwrap().push(format!("{id}:{name}"));
             }
