@@ -87,6 +87,41 @@ pub enum AdminRequest {
         /// Roll back even with clients attached to the LU: their sessions are ended first.
         #[serde(default)]
         force: bool,
+        /// Remove the undo snapshot right after the rollback.
+        #[serde(default)]
+        no_undo: bool,
+        /// Undo snapshots of the LU to keep (absent: the pool directory's setting).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_undo: Option<u32>,
+    },
+    /// Remove the oldest snapshots of `lu` beyond the `keep` newest (and, with `older_than`
+    /// seconds, only those that old), never one with clones, holds or clients.
+    SnapshotPrune {
+        lu: String,
+        keep: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        older_than: Option<u64>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Place hold `tag` on a snapshot ([`crate::holds`]).
+    SnapshotHold {
+        name: String,
+        tag: String,
+    },
+    /// Release hold `tag` of a snapshot.
+    SnapshotRelease {
+        name: String,
+        tag: String,
+    },
+    /// A snapshot's holds.
+    SnapshotHolds {
+        name: String,
+    },
+    /// Show (`keep` absent) or set how many undo snapshots each LU keeps after a rollback.
+    SnapshotKeepUndo {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep: Option<u32>,
     },
     SnapshotRemove {
         name: String,
@@ -202,12 +237,31 @@ pub enum AdminReply {
     },
     RolledBack {
         lu: LuInfo,
+        /// The undo snapshot taken (empty when removed: `no_undo` or a limit of 0).
         undo: String,
+        /// Older undo snapshots removed by the undo limit.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pruned: Vec<String>,
+    },
+    Pruned {
+        lu: String,
+        dry_run: bool,
+        snapshots: Vec<crate::retention::PruneEntry>,
+    },
+    Holds {
+        name: String,
+        holds: Vec<crate::holds::Hold>,
+    },
+    KeepUndo {
+        keep_undo: u32,
     },
     /// A snapshot or image was removed; `freed_blocks` were referenced by nothing else.
     Freed {
         name: String,
         freed_blocks: u64,
+        /// Clones made from it (they keep working; named so that the removal says so).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        clones: Vec<String>,
     },
     Stat(FileStat),
     Layout {
@@ -507,22 +561,87 @@ fn dispatch(
             pool: pool.name(),
             snapshots: pool.snapshot_list(base.as_deref())?,
         },
-        AdminRequest::SnapshotRollback { name, force } => {
+        AdminRequest::SnapshotRollback {
+            name,
+            force,
+            no_undo,
+            keep_undo,
+        } => {
             let (base, _) = crate::pool::split_snapshot(name)?;
             pool.lu_get(name)?;
             let what = format!("rolling back to {name}");
-            let _fence = exclusive(att, base, &what, *force)?;
+            let fence = exclusive(att, base, &what, *force)?;
             let (lu, undo) = pool.snapshot_rollback(name)?;
-            AdminReply::RolledBack { lu, undo }
+            drop(fence);
+            let (undo, pruned) = crate::retention::after_rollback(
+                ctx.maps.dir(),
+                pool,
+                att,
+                base,
+                &undo,
+                *no_undo,
+                *keep_undo,
+            );
+            AdminReply::RolledBack { lu, undo, pruned }
+        }
+        AdminRequest::SnapshotPrune {
+            lu,
+            keep,
+            older_than,
+            dry_run,
+        } => AdminReply::Pruned {
+            lu: lu.clone(),
+            dry_run: *dry_run,
+            snapshots: crate::retention::prune(
+                ctx.maps.dir(),
+                pool,
+                att,
+                lu,
+                *keep,
+                *older_than,
+                *dry_run,
+            )?,
+        },
+        AdminRequest::SnapshotHold { name, tag } => {
+            crate::holds::add(ctx.maps.dir(), pool, name, tag)?;
+            AdminReply::Holds {
+                name: name.clone(),
+                holds: crate::holds::list(ctx.maps.dir(), pool, name)?,
+            }
+        }
+        AdminRequest::SnapshotRelease { name, tag } => {
+            crate::holds::remove(ctx.maps.dir(), pool, name, tag)?;
+            AdminReply::Holds {
+                name: name.clone(),
+                holds: crate::holds::list(ctx.maps.dir(), pool, name)?,
+            }
+        }
+        AdminRequest::SnapshotHolds { name } => AdminReply::Holds {
+            name: name.clone(),
+            holds: crate::holds::list(ctx.maps.dir(), pool, name)?,
+        },
+        AdminRequest::SnapshotKeepUndo { keep } => {
+            if let Some(k) = keep {
+                crate::retention::set_keep_undo(ctx.maps.dir(), *k)?;
+            }
+            AdminReply::KeepUndo {
+                keep_undo: crate::retention::keep_undo(ctx.maps.dir())?,
+            }
         }
         AdminRequest::SnapshotRemove { name, force } => {
             crate::pool::split_snapshot(name)?;
+            let udid = pool.lu_get(name)?.udid;
+            // Refused before any client is disconnected, and checked again under the lock.
+            crate::holds::refuse_if_held(ctx.maps.dir(), name, &udid)?;
             let _fence = exclusive(att, name, &format!("removing snapshot {name}"), *force)?;
+            let _held = crate::holds::guard();
+            crate::holds::refuse_if_held(ctx.maps.dir(), name, &udid)?;
             origins
                 .keep_for(pool, name)
                 .map_err(|e| PoolError::Config(e.to_string()))?;
             AdminReply::Freed {
                 name: name.clone(),
+                clones: clones_of(pool, name),
                 freed_blocks: pool.snapshot_remove(name)?,
             }
         }
@@ -553,6 +672,7 @@ fn dispatch(
                 .map_err(|e| PoolError::Config(e.to_string()))?;
             AdminReply::Freed {
                 name: name.clone(),
+                clones: clones_of(pool, name),
                 freed_blocks: pool.image_remove(name)?,
             }
         }
@@ -656,6 +776,15 @@ fn dispatch(
             extents: pool.diff(from, to)?,
         },
     })
+}
+
+/// The clones made from snapshot or image `name`.
+fn clones_of(pool: &Pool, name: &str) -> Vec<String> {
+    pool.export_list()
+        .into_iter()
+        .filter(|v| v.kind == "clone" && v.parent == name)
+        .map(|v| v.name)
+        .collect()
 }
 
 fn failgroups(pool: &Pool) -> AdminReply {

@@ -99,6 +99,9 @@ pub fn looks_only(req: &AdminRequest) -> bool {
             | AdminRequest::FailgrpList
             | AdminRequest::PvList
             | AdminRequest::ScrubStatus
+            | AdminRequest::SnapshotHolds { .. }
+            | AdminRequest::SnapshotPrune { dry_run: true, .. }
+            | AdminRequest::SnapshotKeepUndo { keep: None }
     )
 }
 

@@ -17,12 +17,14 @@ pub mod dev;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod holds;
 pub mod logging;
 pub mod metrics;
 pub mod monitoring;
 pub mod nbd;
 pub mod origins;
 pub mod pool;
+pub mod retention;
 pub mod server;
 pub mod sync;
 pub mod systemd;

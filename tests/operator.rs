@@ -752,6 +752,8 @@ fn requests_of_older_clients_still_decode() {
         AdminRequest::SnapshotRollback {
             name: "vm1@s".into(),
             force: false,
+            no_undo: false,
+            keep_undo: None,
         }
     );
 }

@@ -35,6 +35,59 @@ pub enum SnapshotCmd {
         /// Disconnect the LU's clients first (their requests in flight finish)
         #[arg(long)]
         force: bool,
+        /// Keep no undo snapshot: the LU's state before the rollback is gone
+        #[arg(long)]
+        no_undo: bool,
+        /// Keep only this many LU@undo-* snapshots of the LU, the newest (default: the pool's
+        /// `snapshot keep-undo` setting, 3 unless set)
+        #[arg(long, value_name = "K")]
+        keep_undo: Option<u32>,
+    },
+    /// Remove the oldest snapshots of an LU beyond the N newest; snapshots clones were made
+    /// from, held ones and ones clients have open are kept, with the reason
+    #[command(after_help = PRUNE_EXAMPLES)]
+    Prune {
+        /// The LU (or client image) whose snapshots to prune
+        lu: String,
+        /// How many of the newest snapshots to keep whatever their age
+        #[arg(long, value_name = "N")]
+        keep: u32,
+        /// Remove only snapshots at least this old, e.g. 7d, 12h, 30m
+        #[arg(long, value_name = "DURATION", value_parser = duration_secs)]
+        older_than: Option<u64>,
+        /// Show what would be removed; remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Place a hold TAG on a snapshot: it cannot be removed (remove, prune, undo limit) until
+    /// every hold is released
+    #[command(after_help = HOLD_EXAMPLES)]
+    Hold {
+        /// The snapshot, LU@SNAP or IMAGE@SNAP
+        #[arg(value_name = "LU@SNAP")]
+        name: String,
+        /// The hold's name (letters, digits, '.', '_', '-', ':'; at most 64)
+        tag: String,
+    },
+    /// Release hold TAG of a snapshot
+    Release {
+        /// The snapshot, LU@SNAP or IMAGE@SNAP
+        #[arg(value_name = "LU@SNAP")]
+        name: String,
+        /// The hold to release
+        tag: String,
+    },
+    /// List a snapshot's holds
+    Holds {
+        /// The snapshot, LU@SNAP or IMAGE@SNAP
+        #[arg(value_name = "LU@SNAP")]
+        name: String,
+    },
+    /// Show, or set, how many automatic LU@undo-* snapshots each LU keeps after a rollback
+    KeepUndo {
+        /// The new limit (0: none kept); without it, print the current one
+        #[arg(value_name = "K")]
+        keep: Option<u32>,
     },
     /// Remove a snapshot; clones made from it keep working
     #[command(visible_alias = "rm")]
@@ -99,6 +152,23 @@ pub(super) const SNAPSHOT_EXAMPLES: &str = "Examples:
   sspctl snapshot rollback vm1@before-upgrade
   sspctl snapshot rm vm1@before-upgrade";
 
+pub(super) const PRUNE_EXAMPLES: &str = "Examples:
+  sspctl snapshot prune vm1 --keep 7 --dry-run
+  sspctl snapshot prune vm1 --keep 3 --older-than 14d
+  sspctl snapshot prune db --keep 24 --older-than 2d --json";
+
+pub(super) const HOLD_EXAMPLES: &str = "Examples:
+  sspctl snapshot hold vm1@monday backup
+  sspctl snapshot holds vm1@monday
+  sspctl snapshot release vm1@monday backup";
+
+/// A duration such as `7d`, `12h` or `1h 30m` (humantime), in whole seconds.
+fn duration_secs(s: &str) -> Result<u64, String> {
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("bad duration {s:?} ({e}): expected e.g. 7d, 12h, 30m"))
+}
+
 pub(super) const IMAGE_EXAMPLES: &str = "Examples:
   sspctl snapshot create golden@v1
   sspctl image capture golden@v1 golden-v1 --rate 200M
@@ -116,10 +186,38 @@ pub fn snapshot(cli: &Cli, cmd: &SnapshotCmd, out: &mut dyn Write) -> Result<()>
             names: names.clone(),
         },
         SnapshotCmd::List { base } => AdminRequest::SnapshotList { base: base.clone() },
-        SnapshotCmd::Rollback { name, force } => AdminRequest::SnapshotRollback {
+        SnapshotCmd::Rollback {
+            name,
+            force,
+            no_undo,
+            keep_undo,
+        } => AdminRequest::SnapshotRollback {
             name: name.clone(),
             force: *force,
+            no_undo: *no_undo,
+            keep_undo: *keep_undo,
         },
+        SnapshotCmd::Prune {
+            lu,
+            keep,
+            older_than,
+            dry_run,
+        } => AdminRequest::SnapshotPrune {
+            lu: lu.clone(),
+            keep: *keep,
+            older_than: *older_than,
+            dry_run: *dry_run,
+        },
+        SnapshotCmd::Hold { name, tag } => AdminRequest::SnapshotHold {
+            name: name.clone(),
+            tag: tag.clone(),
+        },
+        SnapshotCmd::Release { name, tag } => AdminRequest::SnapshotRelease {
+            name: name.clone(),
+            tag: tag.clone(),
+        },
+        SnapshotCmd::Holds { name } => AdminRequest::SnapshotHolds { name: name.clone() },
+        SnapshotCmd::KeepUndo { keep } => AdminRequest::SnapshotKeepUndo { keep: *keep },
         SnapshotCmd::Remove { name, force } => AdminRequest::SnapshotRemove {
             name: name.clone(),
             force: *force,
@@ -141,30 +239,126 @@ pub fn snapshot(cli: &Cli, cmd: &SnapshotCmd, out: &mut dyn Write) -> Result<()>
                 }
             }
         }
-        AdminReply::RolledBack { lu, undo } => {
+        AdminReply::RolledBack { lu, undo, pruned } => {
             if cli.json {
-                json_line(out, &serde_json::json!({ "lu": lu, "undo_snapshot": undo }))?;
+                json_line(
+                    out,
+                    &serde_json::json!({ "lu": lu, "undo_snapshot": undo, "pruned": pruned }),
+                )?;
+            } else {
+                if undo.is_empty() {
+                    writeln!(out, "rolled {} back; no undo snapshot kept", lu.name)?;
+                } else {
+                    writeln!(
+                        out,
+                        "rolled {} back; its previous state is kept as snapshot {undo}",
+                        lu.name
+                    )?;
+                }
+                if !pruned.is_empty() {
+                    writeln!(out, "removed older undo snapshots: {}", pruned.join(", "))?;
+                }
+            }
+        }
+        AdminReply::Pruned {
+            lu,
+            dry_run,
+            snapshots,
+        } => {
+            let opts = output_opts(cli);
+            let l = output::listing_of("snapshot prune", PRUNE_FIELDS, &snapshots);
+            if opts.json {
+                return json_line(
+                    out,
+                    &serde_json::json!({ "lu": lu, "dry_run": dry_run, "snapshots": l.json_rows(&opts)? }),
+                );
+            }
+            l.print_table(&opts, out)?;
+            if !opts.scripted() {
+                let gone = snapshots.iter().filter(|e| e.action != "keep").count();
+                let kept = snapshots.len() - gone;
+                if dry_run {
+                    writeln!(
+                        out,
+                        "{gone} snapshot(s) of {lu} would be removed, {kept} kept (dry run)"
+                    )?;
+                } else {
+                    writeln!(out, "{gone} snapshot(s) of {lu} removed, {kept} kept")?;
+                }
+            }
+        }
+        AdminReply::Holds { name, holds } => {
+            let opts = output_opts(cli);
+            let l = output::listing_of("snapshot holds", HOLD_FIELDS, &holds);
+            if opts.json {
+                return json_line(
+                    out,
+                    &serde_json::json!({ "name": name, "holds": l.json_rows(&opts)? }),
+                );
+            }
+            if holds.is_empty() && !opts.scripted() {
+                writeln!(out, "{name} has no holds")?;
+            } else {
+                l.print_table(&opts, out)?;
+            }
+        }
+        AdminReply::KeepUndo { keep_undo } => {
+            if cli.json {
+                json_line(out, &serde_json::json!({ "keep_undo": keep_undo }))?;
             } else {
                 writeln!(
                     out,
-                    "rolled {} back; its previous state is kept as snapshot {undo}",
-                    lu.name
+                    "rollback keeps the {keep_undo} newest undo snapshot(s) of each LU"
                 )?;
             }
         }
-        AdminReply::Freed { name, freed_blocks } => freed(cli.json, &name, freed_blocks, out)?,
+        AdminReply::Freed {
+            name,
+            freed_blocks,
+            clones,
+        } => freed(cli.json, &name, freed_blocks, &clones, out)?,
         other => bail!("unexpected reply {other:?}"),
     }
     Ok(())
 }
 
-fn freed(json: bool, name: &str, blocks: u64, out: &mut dyn Write) -> Result<()> {
+/// `snapshot prune` rows.
+const PRUNE_FIELDS: &[Field] = &[
+    Field::new("name", "NAME", true),
+    Field::new("created", "CREATED", true),
+    Field::new("action", "ACTION", true),
+    Field::new("reason", "REASON", true),
+    Field::new("freed_blocks", "FREED_BLOCKS", false),
+];
+
+/// `snapshot holds` rows.
+const HOLD_FIELDS: &[Field] = &[
+    Field::new("name", "NAME", true),
+    Field::new("tag", "TAG", true),
+    Field::new("since", "SINCE", true),
+];
+
+fn freed(
+    json: bool,
+    name: &str,
+    blocks: u64,
+    clones: &[String],
+    out: &mut dyn Write,
+) -> Result<()> {
     if json {
-        json_line(
-            out,
-            &serde_json::json!({ "removed": name, "freed_blocks": blocks, "freed_bytes": blocks * 4096 }),
-        )
+        let mut v = serde_json::json!({ "removed": name, "freed_blocks": blocks, "freed_bytes": blocks * 4096 });
+        if !clones.is_empty() {
+            v["clones"] = serde_json::json!(clones);
+        }
+        json_line(out, &v)
     } else {
+        if !clones.is_empty() {
+            writeln!(
+                out,
+                "{name} was the origin of clone(s) {}: they keep their blocks and keep working",
+                clones.join(", ")
+            )?;
+        }
         writeln!(
             out,
             "removed {name}: {blocks} blocks ({} KiB) returned to the pool",
@@ -268,7 +462,11 @@ pub fn image(cli: &Cli, cmd: &ImageCmd, out: &mut dyn Write) -> Result<()> {
                 force: *force,
             },
         )? {
-            AdminReply::Freed { name, freed_blocks } => freed(cli.json, &name, freed_blocks, out)?,
+            AdminReply::Freed {
+                name,
+                freed_blocks,
+                clones,
+            } => freed(cli.json, &name, freed_blocks, &clones, out)?,
             other => bail!("unexpected reply {other:?}"),
         },
     }

@@ -891,12 +891,14 @@ impl Handshake {
                 let Some(ns) = namespace(q) else {
                     continue; // not namespace:leaf: ignored like an unknown namespace.
                 };
-                let wildcard = q.len() == ns.len() + 1; // "ns:" with an empty leaf-name.
+                // "ns:" with an empty leaf-name, or a prefix ending in ':' such as
+                // "qemu:dirty-bitmap:" (docs/interop/nbd.txt): every context it starts.
+                let wildcard = q.ends_with(':');
                 for c in &all {
                     let hit = if wildcard {
                         // Wildcard for LIST only; SET MUST ignore "base:" (and we treat
                         // every empty leaf the same way).
-                        !set && namespace(c) == Some(ns)
+                        !set && namespace(c) == Some(ns) && c.starts_with(*q)
                     } else {
                         c == q
                     };
@@ -1547,6 +1549,73 @@ mod tests {
         assert_eq!(
             types(&reps[9..]),
             [REP_ACK, REP_ERR_UNKNOWN, REP_ERR_INVALID]
+        );
+    }
+
+    #[test]
+    fn list_meta_context_prefix_queries() {
+        // qemu's docs/interop/nbd.txt: "qemu:" lists the namespace, "qemu:dirty-bitmap:" every
+        // bitmap; SET ignores such prefixes and names not offered.
+        let cat = Catalog {
+            extra: vec![
+                "qemu:allocation-depth".into(),
+                "qemu:dirty-bitmap:lu0@a".into(),
+                "qemu:dirty-bitmap:lu0@b".into(),
+            ],
+            ..catalog()
+        };
+        let mut script = flags(BOTH);
+        script.extend(opt(OPT_STRUCTURED_REPLY, &[]));
+        for q in [
+            &["qemu:dirty-bitmap:"][..],
+            &["qemu:"],
+            &["qemu:dirty-bitmap:lu0@"],
+            &["qemu:allocation-depth", "qemu:nope"],
+        ] {
+            script.extend(opt(OPT_LIST_META_CONTEXT, &meta_data("lu0", q)));
+        }
+        script.extend(opt(
+            OPT_SET_META_CONTEXT,
+            &meta_data(
+                "lu0",
+                &[
+                    "qemu:dirty-bitmap:",
+                    "qemu:",
+                    "qemu:nope",
+                    "qemu:dirty-bitmap:lu0@b",
+                ],
+            ),
+        ));
+        let out = Handshake::new(ServerConfig::default())
+            .input(&script, &cat)
+            .unwrap()
+            .output;
+        let reps = parse_reps(&out);
+        let mut got: Vec<Vec<String>> = vec![Vec::new()];
+        for r in reps.iter().skip(1) {
+            if r.typ == REP_ACK {
+                got.push(Vec::new());
+            } else {
+                assert_eq!(r.typ, REP_META_CONTEXT);
+                let id = u32::from_le_bytes([r.data[3], r.data[2], r.data[1], r.data[0]]);
+                let name = String::from_utf8(r.data[4..].to_vec()).unwrap();
+                got.last_mut().unwrap().push(format!("{id}:{name}"));
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                vec!["0:qemu:dirty-bitmap:lu0@a", "0:qemu:dirty-bitmap:lu0@b"],
+                vec![
+                    "0:qemu:allocation-depth",
+                    "0:qemu:dirty-bitmap:lu0@a",
+                    "0:qemu:dirty-bitmap:lu0@b"
+                ],
+                vec![],
+                vec!["0:qemu:allocation-depth"],
+                vec!["1:qemu:dirty-bitmap:lu0@b"],
+                vec![],
+            ]
         );
     }
 

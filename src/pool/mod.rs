@@ -19,6 +19,7 @@ pub mod checkpointer;
 pub mod ckpt;
 mod clean;
 pub mod commit;
+mod depth;
 pub mod dir;
 pub mod error;
 mod failgrp;
@@ -42,6 +43,7 @@ pub mod scrub;
 pub mod seal;
 mod share;
 mod snapshots;
+mod snaptimes;
 pub mod throttle;
 
 pub use check::CheckReport;

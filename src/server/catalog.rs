@@ -27,6 +27,12 @@ pub const CONTEXT_SHARING: &str = "ssp:sharing";
 /// Prefix of the contexts reporting blocks changed (bit 0 set) since another volume of the
 /// export's family: `ssp:changed:LU@SNAP`.
 pub const CONTEXT_CHANGED: &str = "ssp:changed:";
+/// qemu's name for the same view (`qemu:dirty-bitmap:LU@SNAP`, docs/interop/nbd.txt): bit 0
+/// set where the block is dirty, i.e. differs from volume NAME.
+pub const CONTEXT_QEMU_BITMAP: &str = "qemu:dirty-bitmap:";
+/// Allocation depth as `qemu-nbd -A` reports it: 0 a hole in the whole clone chain, 1 the
+/// volume's own block, 2 and more inherited ([`Pool::allocation_depth`]).
+pub const CONTEXT_QEMU_DEPTH: &str = "qemu:allocation-depth";
 
 fn describe(l: &crate::pool::LuInfo) -> String {
     match l.kind.as_str() {
@@ -75,12 +81,10 @@ impl ExportCatalog for PoolCatalog {
 
     fn meta_contexts(&self, export: &str) -> Vec<String> {
         let mut v = vec![CONTEXT_SHARING.to_owned()];
-        v.extend(
-            self.pool
-                .family_names(export)
-                .into_iter()
-                .map(|n| format!("{CONTEXT_CHANGED}{n}")),
-        );
+        let family = self.pool.family_names(export);
+        v.extend(family.iter().map(|n| format!("{CONTEXT_CHANGED}{n}")));
+        v.push(CONTEXT_QEMU_DEPTH.to_owned());
+        v.extend(family.iter().map(|n| format!("{CONTEXT_QEMU_BITMAP}{n}")));
         v
     }
 }

@@ -504,8 +504,11 @@ enum MetaKind {
     Allocation,
     /// `ssp:sharing`: bit 0 set where the block is shared with another volume.
     Sharing,
-    /// `ssp:changed:NAME`: bit 0 set where the block differs from volume NAME (by id).
+    /// `ssp:changed:NAME` and `qemu:dirty-bitmap:NAME`: bit 0 set where the block differs
+    /// from volume NAME (by id).
     Changed(u64),
+    /// `qemu:allocation-depth`: the layer of the clone chain the block comes from.
+    Depth,
 }
 
 /// What ends a session other than its client: the server stopping, the operator ending it
@@ -553,8 +556,12 @@ where
                 MetaKind::Allocation
             } else if n == super::catalog::CONTEXT_SHARING {
                 MetaKind::Sharing
+            } else if n == super::catalog::CONTEXT_QEMU_DEPTH {
+                MetaKind::Depth
             } else {
-                let base = n.strip_prefix(super::catalog::CONTEXT_CHANGED)?;
+                let base = n
+                    .strip_prefix(super::catalog::CONTEXT_CHANGED)
+                    .or_else(|| n.strip_prefix(super::catalog::CONTEXT_QEMU_BITMAP))?;
                 MetaKind::Changed(pool.lu_id(base).ok()?)
             };
             Some((*id, kind))
@@ -1142,6 +1149,7 @@ fn block_status(
                     MetaKind::Changed(base) => {
                         flag_runs(pool.changed_extents(vol, base, off, len)?)
                     }
+                    MetaKind::Depth => pool.allocation_depth(vol, off, len)?,
                 },
             ))
         })
