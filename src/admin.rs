@@ -236,7 +236,7 @@ pub enum AdminReply {
         snapshots: Vec<LuInfo>,
     },
     RolledBack {
-        lu: LuInfo,
+        lu: Box<LuInfo>,
         /// The undo snapshot taken (empty when removed: `no_undo` or a limit of 0).
         undo: String,
         /// Older undo snapshots removed by the undo limit.
@@ -582,7 +582,11 @@ fn dispatch(
                 *no_undo,
                 *keep_undo,
             );
-            AdminReply::RolledBack { lu, undo, pruned }
+            AdminReply::RolledBack {
+                lu: Box::new(lu),
+                undo,
+                pruned,
+            }
         }
         AdminRequest::SnapshotPrune {
             lu,
