@@ -23,6 +23,8 @@ pub mod monitoring;
 pub mod nbd;
 pub mod origins;
 pub mod pool;
+pub mod replication;
 pub mod server;
+pub mod stream;
 pub mod sync;
 pub mod systemd;

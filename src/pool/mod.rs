@@ -34,6 +34,7 @@ pub mod outbound;
 mod ptree;
 mod pvcopy;
 pub mod pvs;
+pub mod receive;
 pub mod reclaim;
 mod resident;
 mod resync;
