@@ -171,7 +171,9 @@ pub enum AdminRequest {
     /// reply line when it is applied or refused, then the connection closes.
     Receive(crate::replication::ReceiveSpec),
     /// Discard a partial receive.
-    ReceiveAbort { name: String },
+    ReceiveAbort {
+        name: String,
+    },
 }
 
 fn yes() -> bool {
@@ -1009,7 +1011,9 @@ pub(crate) fn connect_with(dir: &Path, req: &AdminRequest) -> Result<UnixStream,
     };
     let mut line = encode_request_line(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(ClientError::Send)?;
+    stream
+        .write_all(line.as_bytes())
+        .map_err(ClientError::Send)?;
     Ok(stream)
 }
 

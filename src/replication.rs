@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 /// Volume bytes the sender examines per step (changed runs, then their allocation).
 const WINDOW: u64 = 64 << 20;
 /// Stream bytes a receiver applies between two durable progress points.
-const CHECKPOINT_BYTES: u64 = 32 << 20;
+const CHECKPOINT_BYTES: u64 = 8 << 20;
 /// Prefix of staging volumes (hidden: the name starts with '.').
 pub const STAGING_PREFIX: &str = ".recv-";
 /// Version of the receive state file (`POOL/receive/NAME.json`).
@@ -42,7 +42,7 @@ pub enum ReplError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     Stream(#[from] StreamError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Refused(String),
@@ -113,12 +113,15 @@ pub fn plan_send(pool: &Pool, spec: &SendSpec) -> Result<SendPlan, ReplError> {
     let (snap, base, offset) = if let Some(t) = &spec.token {
         let t = ResumeToken::from_text(t)?;
         let find = |udid: &[u8; 16], what: &str| {
-            pool.snapshots_by_udid(udid).into_iter().next().ok_or_else(|| {
-                refused(format!(
-                    "the {what} snapshot this resume token names (UDID {}) is not in this pool",
-                    hex(udid)
-                ))
-            })
+            pool.snapshots_by_udid(udid)
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    refused(format!(
+                        "the {what} snapshot this resume token names (UDID {}) is not in this pool",
+                        hex(udid)
+                    ))
+                })
         };
         let snap = find(&t.snap_udid, "sent")?;
         let base = if t.base_udid == [0; 16] {
@@ -337,15 +340,13 @@ impl<'a> StreamReader<'a> {
         let mut got = 0;
         while got < n {
             match self.input.read(dst.get_mut(got..).unwrap_or_default()) {
-                Ok(0) => {
-                    return Err(ReplError::Io(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "the stream ends early, inside {what} (after {} bytes): it is truncated",
-                            self.tally.bytes + (at + got) as u64
-                        ),
-                    )))
-                }
+                Ok(0) => return Err(ReplError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the stream ends early, inside {what} (after {} bytes): it is truncated",
+                        self.tally.bytes + (at + got) as u64
+                    ),
+                ))),
                 Ok(k) => got += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
@@ -425,10 +426,7 @@ impl<'a> StreamReader<'a> {
             kind,
             offset,
             length,
-            data: self
-                .buf
-                .get(extent::HEAD..covered)
-                .unwrap_or_default(),
+            data: self.buf.get(extent::HEAD..covered).unwrap_or_default(),
         })
     }
 
@@ -529,8 +527,8 @@ pub fn load_state(dir: &Path, name: &str) -> Result<Option<ReceiveState>, ReplEr
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let s: ReceiveState = serde_json::from_str(&text)
-        .map_err(|e| refused(format!("{}: {e}", p.display())))?;
+    let s: ReceiveState =
+        serde_json::from_str(&text).map_err(|e| refused(format!("{}: {e}", p.display())))?;
     if s.version != STATE_VERSION {
         return Err(refused(format!(
             "{}: receive state version {} (this ssp writes {STATE_VERSION})",
@@ -592,7 +590,11 @@ fn snap_part(name: &str) -> Result<&str, ReplError> {
     name.split_once('@')
         .map(|(_, s)| s)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| refused(format!("the stream's snapshot name {name:?} is not LU@SNAP")))
+        .ok_or_else(|| {
+            refused(format!(
+                "the stream's snapshot name {name:?} is not LU@SNAP"
+            ))
+        })
 }
 
 /// Set up a fresh receive: check the target and the base, make the staging volume, save the
@@ -628,7 +630,10 @@ fn begin(pool: &Pool, dir: &Path, name: &str, h: &Header) -> Result<ReceiveState
             .find(|s| s.name.starts_with(&format!("{name}@")));
         let Some(b) = by_id else {
             let found = match pool.vol_ident(&want) {
-                Ok(v) => format!("{want} exists but is a different snapshot (UDID {})", hex(&v.udid)),
+                Ok(v) => format!(
+                    "{want} exists but is a different snapshot (UDID {})",
+                    hex(&v.udid)
+                ),
                 Err(_) => format!("{want} does not exist"),
             };
             return Err(refused(format!(
@@ -923,6 +928,10 @@ pub fn serve_stream(
     if let Err(e) = &outcome {
         tracing::warn!("{e}");
     }
-    crate::audit::record(&ctx.who, req, outcome.as_ref().map(|_| ()).map_err(|e| e.as_str()));
+    crate::audit::record(
+        &ctx.who,
+        req,
+        outcome.as_ref().map(|_| ()).map_err(|e| e.as_str()),
+    );
     Ok(())
 }

@@ -110,7 +110,10 @@ pub fn send(cli: &Cli, a: &SendArgs, out: &mut dyn Write) -> Result<()> {
             let h = r.header()?;
             let total = h.volume_size - h.resume_offset;
             loop {
-                match r.next().context("the stream from sspd is incomplete (see sspd's log)")? {
+                match r
+                    .next()
+                    .context("the stream from sspd is incomplete (see sspd's log)")?
+                {
                     Item::End(e) => {
                         break replication::SendSummary {
                             snapshot: h.snap_name.clone(),
@@ -166,7 +169,9 @@ pub fn send(cli: &Cli, a: &SendArgs, out: &mut dyn Write) -> Result<()> {
             } else {
                 format!(" (changes since {})", summary.base)
             },
-            path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            path.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             summary.records,
             summary.data_bytes,
             summary.stream_bytes
@@ -180,7 +185,11 @@ pub fn receive(cli: &Cli, a: &ReceiveArgs, out: &mut dyn Write) -> Result<()> {
     if a.show_token {
         let token = replication::receive_token(&dir, &a.name)?;
         if cli.json {
-            writeln!(out, "{}", serde_json::json!({"name": a.name, "token": token}))?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"name": a.name, "token": token})
+            )?;
         } else {
             writeln!(out, "{token}")?;
         }
@@ -197,9 +206,16 @@ pub fn receive(cli: &Cli, a: &ReceiveArgs, out: &mut dyn Write) -> Result<()> {
             bail!("unexpected reply to receive --abort");
         };
         if cli.json {
-            writeln!(out, "{}", serde_json::json!({"aborted": name, "snapshot": snapshot}))?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"aborted": name, "snapshot": snapshot})
+            )?;
         } else {
-            writeln!(out, "discarded the partial receive of {snapshot} into {name}")?;
+            writeln!(
+                out,
+                "discarded the partial receive of {snapshot} into {name}"
+            )?;
         }
         return Ok(());
     }

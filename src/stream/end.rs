@@ -60,9 +60,17 @@ impl End {
 
     /// Whether the totals a receiver counted match these.
     pub fn check_totals(&self, seen: &End) -> Result<(), StreamError> {
-        if (self.records, self.data_bytes, self.zero_bytes, self.hole_bytes)
-            != (seen.records, seen.data_bytes, seen.zero_bytes, seen.hole_bytes)
-        {
+        if (
+            self.records,
+            self.data_bytes,
+            self.zero_bytes,
+            self.hole_bytes,
+        ) != (
+            seen.records,
+            seen.data_bytes,
+            seen.zero_bytes,
+            seen.hole_bytes,
+        ) {
             return Err(invalid(
                 "end record",
                 format!(

@@ -126,7 +126,10 @@ impl Header {
         }
         let block = r.u32()?;
         if block != STREAM_BLOCK {
-            return Err(invalid("header", format!("block size {block}, expected {STREAM_BLOCK}")));
+            return Err(invalid(
+                "header",
+                format!("block size {block}, expected {STREAM_BLOCK}"),
+            ));
         }
         r.u32()?;
         let volume_size = r.u64()?;
@@ -141,7 +144,10 @@ impl Header {
         let bl = usize::from(r.u8()?);
         r.bytes(6)?;
         if FIXED + sl + bl + 4 != total {
-            return Err(invalid("header", "name lengths do not add up to the header length"));
+            return Err(invalid(
+                "header",
+                "name lengths do not add up to the header length",
+            ));
         }
         let name = |b: &[u8]| {
             String::from_utf8(b.to_vec()).map_err(|_| invalid("header", "a name is not UTF-8"))
@@ -165,10 +171,16 @@ impl Header {
             return Err(invalid("header", "volume size 0"));
         }
         if h.incremental() == (h.base_udid == [0; 16]) {
-            return Err(invalid("header", "the incremental flag and the base identity disagree"));
+            return Err(invalid(
+                "header",
+                "the incremental flag and the base identity disagree",
+            ));
         }
         if h.resume_offset > h.volume_size || (!h.resumed() && h.resume_offset != 0) {
-            return Err(invalid("header", format!("resume offset {}", h.resume_offset)));
+            return Err(invalid(
+                "header",
+                format!("resume offset {}", h.resume_offset),
+            ));
         }
         Ok(h)
     }

@@ -36,7 +36,9 @@ pub const RECORD_PREFIX: usize = 8;
 pub enum StreamError {
     #[error("not an ssp send stream (bad magic)")]
     Magic,
-    #[error("stream format version {0} is not supported (this ssp reads version {STREAM_VERSION})")]
+    #[error(
+        "stream format version {0} is not supported (this ssp reads version {STREAM_VERSION})"
+    )]
     Version(u16),
     #[error("stream {what} is truncated: {need} bytes needed, {have} present")]
     Short {
@@ -109,7 +111,11 @@ impl<'a> Rd<'a> {
 }
 
 /// Check a stored crc32c against the bytes it covers.
-pub(crate) fn check_crc(what: &'static str, covered: &[u8], stored: u32) -> Result<(), StreamError> {
+pub(crate) fn check_crc(
+    what: &'static str,
+    covered: &[u8],
+    stored: u32,
+) -> Result<(), StreamError> {
     let computed = crc32c::crc32c(covered);
     if computed == stored {
         Ok(())

@@ -32,7 +32,10 @@ impl ResumeToken {
 
     pub fn decode(buf: &[u8]) -> Result<ResumeToken, StreamError> {
         if buf.len() != LEN {
-            return Err(invalid("resume token", format!("{} bytes, expected {LEN}", buf.len())));
+            return Err(invalid(
+                "resume token",
+                format!("{} bytes, expected {LEN}", buf.len()),
+            ));
         }
         let mut r = Rd::new(buf, "resume token");
         let covered = r.bytes(LEN - 4)?;
