@@ -835,17 +835,28 @@ pub fn receive(
             name: name.to_owned(),
         }
     };
-    let _fence = if st.onto_existing {
-        Some(crate::admin::exclusive(
-            att,
-            name,
-            &format!("receiving {} into {name}", st.snapshot),
-            spec.force,
-        )?)
-    } else {
-        None
-    };
-    pool.staging_publish(staging, &publish, &st.snapshot, h.snap_udid)?;
+    // Refused here (clients attached, NAME taken meanwhile), the staged result is kept whole
+    // for a later `--resume` with the token's (empty) rest of the stream.
+    let published = (|| {
+        let _fence = if st.onto_existing {
+            Some(crate::admin::exclusive(
+                att,
+                name,
+                &format!("receiving {} into {name}", st.snapshot),
+                spec.force,
+            )?)
+        } else {
+            None
+        };
+        pool.staging_publish(staging, &publish, &st.snapshot, h.snap_udid)
+    })();
+    if let Err(e) = published {
+        return Err(ReplError::Interrupted {
+            name: name.to_owned(),
+            cause: e.to_string(),
+            token: st.token()?.to_text(),
+        });
+    }
     remove_state(dir, name)?;
     Ok(ReceiveSummary {
         lu: name.to_owned(),
