@@ -340,13 +340,15 @@ impl<'a> StreamReader<'a> {
         let mut got = 0;
         while got < n {
             match self.input.read(dst.get_mut(got..).unwrap_or_default()) {
-                Ok(0) => return Err(ReplError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!(
+                Ok(0) => {
+                    return Err(ReplError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
                         "the stream ends early, inside {what} (after {} bytes): it is truncated",
                         self.tally.bytes + (at + got) as u64
                     ),
-                ))),
+                    )))
+                }
                 Ok(k) => got += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),

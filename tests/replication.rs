@@ -49,18 +49,6 @@ fn must_pipe(src: &Path, send: &[&str], dst: &Path, recv: &[&str]) -> String {
     out
 }
 
-fn receive_fails(dst: &Path, args: &[&str]) -> String {
-    let o = ctl()
-        .arg("--pool")
-        .arg(dst)
-        .arg("receive")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "receive {args:?} should fail");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn qemu_io(uri: &str, cmd: &str) {
     run("qemu-io", &["-f", "raw", "-c", cmd, uri]);
 }
