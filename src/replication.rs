@@ -28,8 +28,12 @@ use std::path::{Path, PathBuf};
 
 /// Volume bytes the sender examines per step (changed runs, then their allocation).
 const WINDOW: u64 = 64 << 20;
-/// Stream bytes a receiver applies between two durable progress points.
+/// A receiver makes its progress durable (a pool flush, then the state file) once at least
+/// this many stream bytes and [`CHECKPOINT_EVERY`] have passed since the last time, or
+/// [`CHECKPOINT_MAX_BYTES`] have: a flush per second at most, so syncs do not throttle it.
 const CHECKPOINT_BYTES: u64 = 8 << 20;
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const CHECKPOINT_MAX_BYTES: u64 = 1 << 30;
 /// Prefix of staging volumes (hidden: the name starts with '.').
 pub const STAGING_PREFIX: &str = ".recv-";
 /// Version of the receive state file (`POOL/receive/NAME.json`).
@@ -233,51 +237,25 @@ pub fn write_stream(
     out.write_all(&hb)?;
     let size = plan.snap.size;
     let start = h.resume_offset;
-    let mut buf = vec![0u8; MAX_DATA as usize];
-    let mut rec: Vec<u8> = Vec::with_capacity(MAX_DATA as usize + 64);
-    let mut emit = |t: &mut Tally, kind: ExtentKind, off: u64, len: u64, data: &[u8]| {
-        rec.clear();
-        Extent::encode_parts(kind, off, len, data, &mut rec);
-        t.add_bytes(&rec);
-        t.add_extent(kind, len);
-        out.write_all(&rec)
-    };
-    let mut pos = start;
-    while pos < size {
-        progress(pos - start, size - start);
-        let n = WINDOW.min(size - pos);
-        let runs: Vec<(u64, u64)> = match &plan.base {
-            Some(b) => pool
-                .changed_extents(plan.snap.id, b.id, pos, n)?
-                .into_iter()
-                .filter(|r| r.2)
-                .map(|r| (r.0, r.1))
-                .collect(),
-            None => vec![(pos, n)],
-        };
-        for (s, l) in runs {
-            for (a, len, kind) in pool.allocation(plan.snap.id, s, l)? {
-                match kind {
-                    MapKind::Data => {
-                        let mut o = a;
-                        while o < a + len {
-                            let k = (a + len - o).min(MAX_DATA);
-                            let b = buf.get_mut(..k as usize).unwrap_or_default();
-                            pool.read(plan.snap.id, o, b)?;
-                            emit(&mut t, ExtentKind::Data, o, k, b)?;
-                            o += k;
-                        }
-                    }
-                    MapKind::Zero => emit(&mut t, ExtentKind::Zero, a, len, &[])?,
-                    MapKind::Hole if plan.base.is_some() => {
-                        emit(&mut t, ExtentKind::Hole, a, len, &[])?
-                    }
-                    MapKind::Hole => {}
-                }
+    // A reader thread reads the snapshot and encodes records while this one writes them out,
+    // so pool reads overlap the stream's writes (a few MiB in flight).
+    std::thread::scope(|sc| -> Result<(), ReplError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Record, ReplError>>(4);
+        sc.spawn(move || {
+            let r = read_records(pool, plan, &tx);
+            if let Err(e) = r {
+                let _ = tx.send(Err(e));
             }
+        });
+        for rec in rx {
+            let rec = rec?;
+            t.add_bytes(&rec.bytes);
+            t.add_extent(rec.kind, rec.length);
+            out.write_all(&rec.bytes)?;
+            progress(rec.offset + rec.length - start, size - start);
         }
-        pos += n;
-    }
+        Ok(())
+    })?;
     progress(size - start, size - start);
     let mut e = t.end.clone();
     e.stream_crc = t.crc;
@@ -293,6 +271,75 @@ pub fn write_stream(
         hole_bytes: e.hole_bytes,
         stream_bytes: t.bytes + eb.len() as u64,
     })
+}
+
+/// An encoded extent record, on its way from the reader thread to the stream.
+struct Record {
+    kind: ExtentKind,
+    offset: u64,
+    length: u64,
+    bytes: Vec<u8>,
+}
+
+/// The sender's reader: every record of the plan, in offset order, into `tx` (stops early when
+/// the receiving side is gone).
+fn read_records(
+    pool: &Pool,
+    plan: &SendPlan,
+    tx: &std::sync::mpsc::SyncSender<Result<Record, ReplError>>,
+) -> Result<(), ReplError> {
+    let size = plan.snap.size;
+    let mut buf = vec![0u8; MAX_DATA as usize];
+    let emit = |kind: ExtentKind, offset: u64, length: u64, data: &[u8]| {
+        let mut bytes = Vec::with_capacity(extent::HEAD + data.len() + 4);
+        Extent::encode_parts(kind, offset, length, data, &mut bytes);
+        tx.send(Ok(Record {
+            kind,
+            offset,
+            length,
+            bytes,
+        }))
+        .is_ok()
+    };
+    let mut pos = plan.header.resume_offset;
+    while pos < size {
+        let n = WINDOW.min(size - pos);
+        let runs: Vec<(u64, u64)> = match &plan.base {
+            Some(b) => pool
+                .changed_extents(plan.snap.id, b.id, pos, n)?
+                .into_iter()
+                .filter(|r| r.2)
+                .map(|r| (r.0, r.1))
+                .collect(),
+            None => vec![(pos, n)],
+        };
+        for (s, l) in runs {
+            for (a, len, kind) in pool.allocation(plan.snap.id, s, l)? {
+                let sent = match kind {
+                    MapKind::Data => {
+                        let mut o = a;
+                        let mut ok = true;
+                        while ok && o < a + len {
+                            let k = (a + len - o).min(MAX_DATA);
+                            let b = buf.get_mut(..k as usize).unwrap_or_default();
+                            pool.read(plan.snap.id, o, b)?;
+                            ok = emit(ExtentKind::Data, o, k, b);
+                            o += k;
+                        }
+                        ok
+                    }
+                    MapKind::Zero => emit(ExtentKind::Zero, a, len, &[]),
+                    MapKind::Hole if plan.base.is_some() => emit(ExtentKind::Hole, a, len, &[]),
+                    MapKind::Hole => true,
+                };
+                if !sent {
+                    return Ok(());
+                }
+            }
+        }
+        pos += n;
+    }
+    Ok(())
 }
 
 /// One item read from a stream.
@@ -758,6 +805,7 @@ pub fn receive(
     let total = h.volume_size.saturating_sub(resumed_from);
     let mut applied_to = h.resume_offset;
     let mut since_ckpt = 0u64;
+    let mut last_ckpt = std::time::Instant::now();
     let outcome: Result<End, ReplError> = (|| loop {
         let before = r.bytes();
         match r.next()? {
@@ -778,8 +826,11 @@ pub fn receive(
             }
         }
         since_ckpt += r.bytes() - before;
-        if since_ckpt >= CHECKPOINT_BYTES {
+        if (since_ckpt >= CHECKPOINT_BYTES && last_ckpt.elapsed() >= CHECKPOINT_EVERY)
+            || since_ckpt >= CHECKPOINT_MAX_BYTES
+        {
             since_ckpt = 0;
+            last_ckpt = std::time::Instant::now();
             pool.flush()?;
             if applied_to > st.offset {
                 st.offset = applied_to;

@@ -459,14 +459,22 @@ fn resume_after_kill_9_of_the_sender_and_of_the_receiver() {
         .unwrap();
     let full = stream_of(&a, &["vm1@s1"]);
     let mut stdin = r.stdin.take().unwrap();
-    stdin.write_all(&full[..20 << 20]).unwrap();
     let state = c.join("receive/vm1.json");
-    wait_for(60, "a durable progress point", || {
+    let durable = || {
         std::fs::read_to_string(&state)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .is_some_and(|v| v["offset"].as_u64().unwrap_or(0) > 0)
-    });
+    };
+    // Fed slowly (the receiver makes progress durable about once a second), at most 28 MiB.
+    for chunk in full[..28 << 20].chunks(1 << 20) {
+        stdin.write_all(chunk).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        if durable() {
+            break;
+        }
+    }
+    assert!(durable(), "no durable progress point after 28 MiB");
     r.kill().unwrap();
     r.wait().unwrap();
     drop(stdin);
