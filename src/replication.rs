@@ -421,7 +421,7 @@ impl<'a> StreamReader<'a> {
     }
 
     /// The next record; after `Item::End` the stream is complete and verified.
-    pub fn next(&mut self) -> Result<Item<'_>, ReplError> {
+    pub fn next_item(&mut self) -> Result<Item<'_>, ReplError> {
         let Some(h) = self.header.clone() else {
             return Err(refused("stream read before its header"));
         };
@@ -808,7 +808,7 @@ pub fn receive(
     let mut last_ckpt = std::time::Instant::now();
     let outcome: Result<End, ReplError> = (|| loop {
         let before = r.bytes();
-        match r.next()? {
+        match r.next_item()? {
             Item::End(e) => return Ok(e),
             Item::Extent {
                 kind,

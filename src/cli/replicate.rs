@@ -111,7 +111,7 @@ pub fn send(cli: &Cli, a: &SendArgs, out: &mut dyn Write) -> Result<()> {
             let total = h.volume_size - h.resume_offset;
             loop {
                 match r
-                    .next()
+                    .next_item()
                     .context("the stream from sspd is incomplete (see sspd's log)")?
                 {
                     Item::End(e) => {
@@ -240,7 +240,7 @@ pub fn receive(cli: &Cli, a: &ReceiveArgs, out: &mut dyn Write) -> Result<()> {
                 let h = r.header()?;
                 let total = h.volume_size - h.resume_offset;
                 loop {
-                    match r.next()? {
+                    match r.next_item()? {
                         Item::End(_) => return Ok(()),
                         Item::Extent { offset, length, .. } => {
                             bar.tick(out, offset + length - h.resume_offset, total)

@@ -102,7 +102,7 @@ impl Header {
             return Err(StreamError::Version(v));
         }
         let len = usize::from(r.u16()?);
-        if len < FIXED + 4 || len > FIXED + 2 * MAX_NAME + 4 {
+        if !(FIXED + 4..=FIXED + 2 * MAX_NAME + 4).contains(&len) {
             return Err(invalid("header", format!("length {len}")));
         }
         Ok(len)
@@ -116,7 +116,7 @@ impl Header {
             have: buf.len(),
         })?;
         let (body, crc) = all.split_at(total - 4);
-        let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        let stored = Rd::new(crc, "header").u32()?;
         check_crc("header", body, stored)?;
         let mut r = Rd::new(body, "header");
         r.bytes(12)?;
