@@ -147,6 +147,15 @@ fn full_then_three_incrementals_between_two_sspd_and_onward_to_a_third_pool() {
             &["send", &snap, "--from", &prev, "-f", f.to_str().unwrap()],
         );
         let len = std::fs::metadata(&f).unwrap().len();
+        // The global -o names the stream's file too; --json reports what was sent.
+        let g = b.pool.parent().unwrap().join("inc-o.ssp");
+        let j = sspctl_json(
+            &b.pool,
+            &["send", &snap, "--from", &prev, "-o", g.to_str().unwrap()],
+        );
+        assert_eq!(j["base"], prev.as_str(), "{j}");
+        assert_eq!(j["stream_bytes"].as_u64(), Some(len), "{j}");
+        assert_eq!(std::fs::metadata(&g).unwrap().len(), len);
         assert!(len < 1 << 20, "incremental stream of {len} bytes");
         // B sends onward to C: the chain's bases are verified by identity.
         let out = ctl()

@@ -63,6 +63,15 @@ pub struct ReceiveArgs {
     pub force: bool,
 }
 
+/// Output options of `send`: its `-o` names the stream's file, not listing fields.
+fn file_opts(cli: &Cli) -> output::OutputOpts {
+    output::OutputOpts {
+        json: cli.json,
+        fields: None,
+        no_headers: cli.no_headers,
+    }
+}
+
 fn sending_to_stdout(cli: &Cli, a: &SendArgs) -> bool {
     a.file.is_none() && cli.output.is_none()
 }
@@ -159,7 +168,7 @@ pub fn send(cli: &Cli, a: &SendArgs, out: &mut dyn Write) -> Result<()> {
             "sent {what}: {} records, {} bytes of data, {} stream bytes",
             summary.records, summary.data_bytes, summary.stream_bytes
         );
-    } else if output::report("send", &summary, &super::output_opts(cli), out)?.is_none() {
+    } else if output::report("send", &summary, &file_opts(cli), out)?.is_none() {
         writeln!(
             out,
             "sent {}{} to {}: {} records, {} bytes of data, {} stream bytes",
