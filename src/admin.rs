@@ -208,6 +208,16 @@ pub enum AdminRequest {
     /// Cancel running captures and single-copy `pv replace` copies at a slice boundary.
     CopyCancel,
     Resync,
+    /// Send a snapshot as a stream (`sspctl send`): the reply line is followed by the stream's
+    /// bytes, then the connection closes.
+    Send(crate::replication::SendSpec),
+    /// Receive a stream (`sspctl receive`): the stream's bytes follow the request line; one
+    /// reply line when it is applied or refused, then the connection closes.
+    Receive(crate::replication::ReceiveSpec),
+    /// Discard a partial receive.
+    ReceiveAbort {
+        name: String,
+    },
 }
 
 fn yes() -> bool {
@@ -291,6 +301,18 @@ pub enum AdminReply {
         bytes_copied: u64,
         mirror_state: String,
     },
+    /// The stream's bytes follow this line.
+    Sending {
+        snapshot: String,
+        base: String,
+        volume_size: u64,
+        resume_offset: u64,
+    },
+    Received(crate::replication::ReceiveSummary),
+    ReceiveAborted {
+        name: String,
+        snapshot: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -356,7 +378,7 @@ pub const DETACH_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 pub const SESSION_END_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Keeps new sessions away from an export while an operation changes it under them.
-struct Fence<'a> {
+pub(crate) struct Fence<'a> {
     att: &'a dyn Attachments,
     export: String,
 }
@@ -371,7 +393,7 @@ impl Drop for Fence<'_> {
 /// its size or contents under its clients: refused while clients are attached unless `force`,
 /// which ends their sessions cleanly first. Sessions attaching meanwhile are ended while the
 /// returned fence lives.
-fn exclusive<'a>(
+pub(crate) fn exclusive<'a>(
     att: &'a dyn Attachments,
     export: &str,
     what: &str,
@@ -767,6 +789,16 @@ fn dispatch(
         AdminRequest::CopyCancel => AdminReply::CopiesCancelled {
             running: pool.copy_cancel(),
         },
+        AdminRequest::Send(_) | AdminRequest::Receive(_) => {
+            return Err(PoolError::Invalid(
+                "send and receive carry a byte stream: use sspctl send / sspctl receive".into(),
+            ))
+        }
+        AdminRequest::ReceiveAbort { name } => AdminReply::ReceiveAborted {
+            name: name.clone(),
+            snapshot: crate::replication::receive_abort(pool, ctx.maps.dir(), name)
+                .map_err(|e| PoolError::Invalid(e.to_string()))?,
+        },
         AdminRequest::Resync => {
             let bytes_copied = pool.resync_wait(&mut |done, left| progress(done, done + left))?;
             AdminReply::Resynced {
@@ -1061,6 +1093,11 @@ pub fn handle_connection(
                 crate::audit::record_refused(&ctx.who, &e);
                 Outcome::Error(e)
             }
+            Ok(req) if crate::replication::is_streaming(&req) => {
+                let pending = std::mem::take(&mut reader.pending);
+                let input = reader.stream.try_clone()?;
+                return crate::replication::serve_stream(ctx, &req, pending, input, w, timeout);
+            }
             Ok(req) => match execute_with_progress(ctx, &req, &mut |done, total| {
                 // Progress is best effort: a client that went away loses nothing.
                 if let Ok(mut l) = serde_json::to_string(&Envelope {
@@ -1082,6 +1119,59 @@ pub fn handle_connection(
         out.push('\n');
         w.write_all(out.as_bytes())?;
     }
+}
+
+/// One reply line as the server writes it (with its newline).
+pub(crate) fn reply_line(r: Result<AdminReply, String>) -> std::io::Result<String> {
+    let mut out = serde_json::to_string(&Envelope {
+        version: ADMIN_VERSION,
+        body: match r {
+            Ok(r) => Outcome::Ok(r),
+            Err(e) => Outcome::Error(e),
+        },
+    })?;
+    out.push('\n');
+    Ok(out)
+}
+
+/// Decode a final reply line (progress lines are not expected where this is used).
+pub(crate) fn decode_reply_line(line: &str) -> Result<AdminReply, ClientError> {
+    let env: Envelope<Outcome> =
+        serde_json::from_str(line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if env.version != ADMIN_VERSION {
+        return Err(ClientError::Remote(format!(
+            "admin protocol version mismatch: sspd answered {}, this sspctl speaks {ADMIN_VERSION}",
+            env.version
+        )));
+    }
+    match env.body {
+        Outcome::Ok(r) => Ok(r),
+        Outcome::Error(e) => Err(ClientError::Remote(e)),
+        Outcome::Progress { .. } => Err(ClientError::Protocol("unexpected progress line".into())),
+    }
+}
+
+/// Connect to the pool's sspd and send one request line; the socket carries what follows
+/// (a streaming request's bytes). `NotRunning` when nobody listens.
+pub(crate) fn connect_with(dir: &Path, req: &AdminRequest) -> Result<UnixStream, ClientError> {
+    let mut stream = match UnixStream::connect(socket_path(dir)) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ClientError::NotRunning)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut line = encode_request_line(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(ClientError::Send)?;
+    Ok(stream)
 }
 
 /// Errors of the client side.

@@ -6,6 +6,7 @@ pub mod docs;
 mod mirror;
 pub mod output;
 pub mod progress;
+mod replicate;
 mod share;
 pub mod size;
 
@@ -92,6 +93,15 @@ pub enum Command {
         /// The newer volume of the same family
         to: String,
     },
+    /// Write snapshot LU@SNAP as a stream (to stdout or -f FILE): all of it, or with --from
+    /// only its changes since an older snapshot; -t TOKEN resumes an interrupted stream
+    #[command(after_help = replicate::SEND_EXAMPLES)]
+    Send(replicate::SendArgs),
+    /// Apply a stream of `sspctl send` (from stdin or -i FILE): creates LU NAME and NAME@SNAP,
+    /// or brings NAME from NAME@BASE to NAME@SNAP; nothing shows until it is complete.
+    /// --resume, --token and --abort handle an interrupted receive
+    #[command(after_help = replicate::RECEIVE_EXAMPLES)]
+    Receive(replicate::ReceiveArgs),
     /// Failure groups: list, create (starts mirroring), modify, resync
     #[command(subcommand, after_help = mirror::FAILGRP_EXAMPLES)]
     Failgrp(mirror::FailgrpCmd),
@@ -399,6 +409,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         } => share::clone(cli, src, name, activation.as_ref(), out)?,
         Command::File(cmd) => share::file(cli, cmd, out)?,
         Command::Diff { from, to } => share::diff(cli, from, to, out)?,
+        Command::Send(a) => replicate::send(cli, a, out)?,
+        Command::Receive(a) => replicate::receive(cli, a, out)?,
         Command::Failgrp(cmd) => mirror::failgrp(cli, cmd, out)?,
         Command::Pv(cmd) => mirror::pv(cli, cmd, out)?,
         Command::Scrub(a) => mirror::scrub(cli, a, out)?,

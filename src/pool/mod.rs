@@ -36,6 +36,7 @@ mod provision;
 mod ptree;
 mod pvcopy;
 pub mod pvs;
+pub mod receive;
 pub mod reclaim;
 mod resident;
 mod resync;
