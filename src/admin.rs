@@ -164,6 +164,18 @@ pub enum AdminRequest {
     /// Cancel running captures and single-copy `pv replace` copies at a slice boundary.
     CopyCancel,
     Resync,
+    /// Set (add or replace) a capacity alert ([`crate::alerts`]).
+    AlertSet {
+        #[serde(flatten)]
+        alert: crate::alerts::Alert,
+    },
+    /// The capacity alerts with their current figures.
+    AlertList,
+    /// Remove the capacity alert of this type.
+    AlertUnset {
+        #[serde(rename = "type")]
+        kind: crate::alerts::AlertType,
+    },
 }
 
 fn yes() -> bool {
@@ -227,6 +239,10 @@ pub enum AdminReply {
     Resynced {
         bytes_copied: u64,
         mirror_state: String,
+    },
+    Alerts {
+        pool: String,
+        alerts: Vec<crate::alerts::AlertInfo>,
     },
 }
 
@@ -383,7 +399,7 @@ fn dispatch(
     req: &AdminRequest,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AdminReply, PoolError> {
-    let (pool, att) = (ctx.pool, ctx.attach);
+    let pool = ctx.pool;
     let origins = crate::origins::Origins::new(ctx.maps.dir());
     let lus = |mut v: Vec<LuInfo>| {
         origins.fill(&mut v);
@@ -396,9 +412,53 @@ fn dispatch(
         }
     };
     let spec = |c: &str| c.parse::<ClientSpec>().map_err(PoolError::Invalid);
+    let r = dispatch_inner(ctx, req, progress, &origins, &lus, &spec);
+    if r.is_ok() && !crate::audit::looks_only(req) {
+        crate::alerts::poke();
+    }
+    r
+}
+
+/// Refuse provisioning `extra` bytes past an enforced overcommit alert.
+fn provision(ctx: &AdminCtx, extra: u64, what: &str) -> Result<(), PoolError> {
+    crate::alerts::check_provision(ctx.maps.dir(), &ctx.pool.status(), extra, what)
+}
+
+fn alerts_reply(ctx: &AdminCtx) -> Result<AdminReply, PoolError> {
+    Ok(AdminReply::Alerts {
+        pool: ctx.pool.name(),
+        alerts: crate::alerts::list(ctx.maps.dir(), &ctx.pool.status())?,
+    })
+}
+
+fn dispatch_inner(
+    ctx: &AdminCtx,
+    req: &AdminRequest,
+    progress: &mut dyn FnMut(u64, u64),
+    origins: &crate::origins::Origins,
+    lus: &dyn Fn(Vec<LuInfo>) -> AdminReply,
+    spec: &dyn Fn(&str) -> Result<ClientSpec, PoolError>,
+) -> Result<AdminReply, PoolError> {
+    let (pool, att) = (ctx.pool, ctx.attach);
     Ok(match req {
+        AdminRequest::AlertSet { alert } => {
+            crate::alerts::set(ctx.maps.dir(), alert.clone())?;
+            alerts_reply(ctx)?
+        }
+        AdminRequest::AlertList => alerts_reply(ctx)?,
+        AdminRequest::AlertUnset { kind } => {
+            crate::alerts::unset(ctx.maps.dir(), *kind)?;
+            alerts_reply(ctx)?
+        }
         AdminRequest::PoolStatus => AdminReply::Status(Box::new(pool.status())),
-        AdminRequest::LuCreate { name, size } => lus(vec![pool.lu_create(name, *size)?]),
+        AdminRequest::LuCreate { name, size } => {
+            provision(
+                ctx,
+                *size,
+                &format!("creating LU {name} of {} MiB", size >> 20),
+            )?;
+            lus(vec![pool.lu_create(name, *size)?])
+        }
         AdminRequest::LuList => lus(pool.lu_list()),
         AdminRequest::LuResize {
             name,
@@ -408,6 +468,8 @@ fn dispatch(
         } => {
             let cur = pool.lu_get(name)?.size;
             if *size >= cur {
+                let what = format!("growing LU {name} by {} MiB", (size - cur) >> 20);
+                provision(ctx, size - cur, &what)?;
                 lus(vec![pool.lu_resize(name, *size)?])
             } else {
                 let what = format!("shrinking LU {name} from {cur} to {size} bytes");
@@ -505,15 +567,18 @@ fn dispatch(
         AdminRequest::Clone {
             src,
             name,
-            activation: None,
-        } => lus(vec![recorded(&origins, pool.clone_create(src, name)?)]),
-        AdminRequest::Clone {
-            src,
-            name,
-            activation: Some(a),
+            activation,
         } => {
-            let (clone, disk) = pool.clone_with_activation(src, name, a)?;
-            lus(vec![recorded(&origins, clone), disk])
+            let size = pool.lu_get(src)?.size;
+            let what = format!("cloning {src} ({} MiB) as {name}", size >> 20);
+            provision(ctx, size, &what)?;
+            match activation {
+                None => lus(vec![recorded(origins, pool.clone_create(src, name)?)]),
+                Some(a) => {
+                    let (clone, disk) = pool.clone_with_activation(src, name, a)?;
+                    lus(vec![recorded(origins, clone), disk])
+                }
+            }
         }
         AdminRequest::ImageCapture { src, name, rate } => lus(vec![pool.image_capture_at(
             src,

@@ -99,6 +99,7 @@ pub fn looks_only(req: &AdminRequest) -> bool {
             | AdminRequest::FailgrpList
             | AdminRequest::PvList
             | AdminRequest::ScrubStatus
+            | AdminRequest::AlertList
     )
 }
 

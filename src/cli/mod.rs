@@ -1,6 +1,7 @@
 //! `sspctl`: the admin CLI. Verbs run offline on a stopped pool (the pool directory's lock
 //! keeps them away from a running server).
 
+mod alert;
 pub mod debug;
 pub mod docs;
 mod mirror;
@@ -103,6 +104,9 @@ pub enum Command {
     /// `scrub status`, `scrub cancel`
     #[command(after_help = mirror::SCRUB_EXAMPLES)]
     Scrub(mirror::ScrubArgs),
+    /// Capacity alerts: set (threshold or overcommit percent, hook, hard limit), list, unset
+    #[command(subcommand, after_help = alert::ALERT_EXAMPLES)]
+    Alert(alert::AlertCmd),
     /// Full consistency check (every checksum, map entry and counter); waits for the report
     Check,
     /// Reclaim space from overwritten and trimmed blocks now
@@ -366,7 +370,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Pool(PoolCmd::Status) => {
             if let AdminReply::Status(st) = admin(cli, AdminRequest::PoolStatus)? {
-                print_status(&output_opts(cli), &st, out)?;
+                let active = alert::active(cli);
+                print_status(&output_opts(cli), &st, &active, out)?;
             }
         }
         Command::Lu(cmd) => lu(cli, cmd, out)?,
@@ -382,6 +387,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Failgrp(cmd) => mirror::failgrp(cli, cmd, out)?,
         Command::Pv(cmd) => mirror::pv(cli, cmd, out)?,
         Command::Scrub(a) => mirror::scrub(cli, a, out)?,
+        Command::Alert(cmd) => alert::alert(cli, cmd, out)?,
         Command::Check => {
             let AdminReply::Check(rep) = admin(cli, AdminRequest::Check)? else {
                 bail!("unexpected reply to check");
@@ -714,8 +720,25 @@ pub(crate) fn print_lus(
     Ok(())
 }
 
-fn print_status(opts: &output::OutputOpts, st: &PoolStatus, out: &mut dyn Write) -> Result<()> {
-    if output::report("pool status", st, opts, out)?.is_some() {
+/// `pool status`: the pool's status and its active capacity alerts.
+#[derive(serde::Serialize)]
+struct StatusReport<'a> {
+    #[serde(flatten)]
+    st: &'a PoolStatus,
+    alerts_active: &'a [crate::alerts::AlertInfo],
+}
+
+fn print_status(
+    opts: &output::OutputOpts,
+    st: &PoolStatus,
+    active: &[crate::alerts::AlertInfo],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let rep = StatusReport {
+        st,
+        alerts_active: active,
+    };
+    if output::report("pool status", &rep, opts, out)?.is_some() {
         return Ok(());
     }
     let mb = |b: u64| b >> 20;
@@ -762,6 +785,13 @@ fn print_status(opts: &output::OutputOpts, st: &PoolStatus, out: &mut dyn Write)
     writeln!(out, "Used(MB):          {}", mb(st.used_bytes))?;
     writeln!(out, "Provisioned(MB):   {}", mb(st.provisioned_bytes))?;
     writeln!(out, "Overcommit(MB):    {}", mb(st.overcommit_bytes))?;
+    for a in active {
+        writeln!(
+            out,
+            "Alert:             {} {:.2} % >= {} %",
+            a.kind, a.current, a.value
+        )?;
+    }
     writeln!(out, "LUs:               {}", st.lus)?;
     writeln!(out, "Snapshots:         {}", st.snapshots)?;
     writeln!(out, "Client Images:     {}", st.images)?;
