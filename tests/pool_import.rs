@@ -244,3 +244,27 @@ fn import_refuses_bad_and_foreign_pvs() {
     assert!(e.contains("pv0.img"), "{e}");
     s.stop();
 }
+
+#[test]
+fn a_damaged_copy_falls_back_to_the_previous_record() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = make_pool(dir.path(), &[("x", "4M")]);
+    // Record 1 (slot 1): the map; record 2 (slot 0): the export.
+    sspctl(&pool, &["lu", "map", "x", "--client", "uid:7"]);
+    sspctl(&pool, &["pool", "export"]);
+    // A 16 MiB journal puts the data area at 17 MiB: slot 0 at 17 MiB - 512 KiB.
+    let pv = dir.path().join("pv0.img");
+    let f = std::fs::OpenOptions::new().write(true).open(&pv).unwrap();
+    f.write_all_at(b"torn", (17 << 20) - (512 << 10) + 70)
+        .unwrap();
+    drop(f);
+    let new = dir.path().join("new");
+    let p = pv.to_str().unwrap();
+    // The export record no longer verifies: the previous one (not exported) is what is left.
+    let e = sspctl_fails(&new, &["pool", "import", "--pv", p]);
+    assert!(e.contains("was not exported"), "{e}");
+    sspctl(&new, &["pool", "import", "--pv", p, "--force"]);
+    assert!(lu_maps(&new, "x").contains("uid:7"));
+    assert_pool_check(&new);
+}
