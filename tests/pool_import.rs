@@ -230,6 +230,28 @@ fn import_refuses_bad_and_foreign_pvs() {
         ],
     );
     assert!(e.contains("given twice"), "{e}");
+    // Only some of a pool's PVs: refused when the pool opens, and nothing is left behind.
+    let two = dir.path().join("two");
+    let (t0, t1) = (dir.path().join("t0.img"), dir.path().join("t1.img"));
+    sspctl(
+        &two,
+        &[
+            "pool",
+            "create",
+            "--journal-mb",
+            "1",
+            "--pv",
+            &format!("{}:64M", t0.display()),
+            "--pv",
+            &format!("{}:64M", t1.display()),
+        ],
+    );
+    sspctl(&two, &["lu", "create", "z", "--size", "4M"]);
+    sspctl(&two, &["lu", "map", "z", "--client", "uid:5"]);
+    sspctl(&two, &["pool", "export"]);
+    let e = sspctl_fails(&new, &["pool", "import", "--pv", t1.to_str().unwrap()]);
+    assert!(e.contains("has 2 PVs but PV index 0 was not given"), "{e}");
+    assert!(!new.join("ssp-pool.json").exists() && !new.join("lu-maps.json").exists());
     assert!(!new.join("ssp-pool.json").exists());
     // Each pool still imports on its own.
     sspctl(&new, &["pool", "import", "--pv", pa.to_str().unwrap()]);

@@ -152,8 +152,12 @@ impl PoolDir {
             )?;
             restored
         };
+        // A pool that does not open (say, a PV was left out) leaves the directory as it was.
         let undo = |e: PoolError| {
             let _ = std::fs::remove_file(dir.join(CONFIG_FILE));
+            for f in &restored {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
             e
         };
         let pd = PoolDir::open(dir, opts).map_err(undo)?;
