@@ -215,6 +215,24 @@ pub mod tests {
     }
 
     #[test]
+    fn damaged_records_are_refused_without_panicking() {
+        let pool = *b"pool-id-0123456\0";
+        let golden = include_bytes!("../../ondisk-format/vectors/dircopy.bin");
+        for n in 0..golden.len() {
+            assert!(DirCopy::decode(&golden[..n], &pool).is_err(), "prefix {n}");
+        }
+        for i in 0..golden.len() {
+            let mut b = golden.to_vec();
+            b[i] ^= 0x80;
+            assert!(DirCopy::decode(&b, &pool).is_err(), "flip at {i}");
+        }
+        // A huge announced length is refused before anything is read or allocated.
+        let mut b = golden.to_vec();
+        b[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(DirCopy::payload_len(&b).is_err());
+    }
+
+    #[test]
     fn too_big_and_geometry() {
         let d = DirCopy {
             files: vec![("x".into(), vec![0; SLOT_BYTES as usize])],
