@@ -275,8 +275,25 @@ fn a_damaged_copy_falls_back_to_the_previous_record() {
     // Record 1 (slot 1): the map; record 2 (slot 0): the export.
     sspctl(&pool, &["lu", "map", "x", "--client", "uid:7"]);
     sspctl(&pool, &["pool", "export"]);
-    // A 16 MiB journal puts the data area at 17 MiB: slot 0 at 17 MiB - 512 KiB.
     let pv = dir.path().join("pv0.img");
+    // ssp-dump shows the copy, from the PV alone.
+    let d = run(
+        env!("CARGO_BIN_EXE_ssp-dump"),
+        &["--json", pv.to_str().unwrap()],
+    );
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    let c = &d["directory_copy"];
+    assert_eq!(
+        (c["generation"].as_u64(), c["exported"].as_bool()),
+        (Some(2), Some(true)),
+        "{c}"
+    );
+    assert_eq!(c["files"][0]["name"], "lu-maps.json", "{c}");
+    assert!(
+        c["files"][0]["text"].as_str().unwrap().contains("uid:7"),
+        "{c}"
+    );
+    // A 16 MiB journal puts the data area at 17 MiB: slot 0 at 17 MiB - 512 KiB.
     let f = std::fs::OpenOptions::new().write(true).open(&pv).unwrap();
     f.write_all_at(b"torn", (17 << 20) - (512 << 10) + 70)
         .unwrap();

@@ -5,7 +5,8 @@
 //!
 //! The slots are outside the log: a record is written whole to the slot of its generation on
 //! every PV that works, then synced; the older slot stays valid until the next record, so a
-//! torn write leaves the previous record (FORMAT.md §5.6). Writes run under the pool lock.
+//! torn write leaves the previous record (FORMAT.md §3.10). Writes run under the pool lock,
+//! their syncs after it is released.
 
 #![cfg_attr(
     not(test),
@@ -109,11 +110,22 @@ impl Pool {
             g.rewrite_superblocks(&|sb| sb.compat |= COMPAT_DIRCOPY)?;
         }
         let slot = (rec.generation % 2) as usize;
+        let mut devs = Vec::with_capacity(targets.len());
         for (pv, slots) in &targets {
             let off = slots.get(slot).copied().unwrap_or(0);
             g.pvs.write(*pv, off, &bytes)?;
+            devs.push(g.pvs.pv(*pv)?.dev.clone());
         }
-        g.pvs.sync_all()
+        // Synced without the pool lock: clients' I/O does not wait for these syncs.
+        drop(g);
+        for d in devs {
+            d.sync().map_err(|e| PoolError::Io {
+                dev: d.name().to_owned(),
+                offset: 0,
+                source: e,
+            })?;
+        }
+        Ok(())
     }
 }
 
