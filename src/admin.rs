@@ -218,6 +218,18 @@ pub enum AdminRequest {
     ReceiveAbort {
         name: String,
     },
+    /// Set (add or replace) a capacity alert ([`crate::alerts`]).
+    AlertSet {
+        #[serde(flatten)]
+        alert: crate::alerts::Alert,
+    },
+    /// The capacity alerts with their current figures.
+    AlertList,
+    /// Remove the capacity alert of this type.
+    AlertUnset {
+        #[serde(rename = "type")]
+        kind: crate::alerts::AlertType,
+    },
 }
 
 fn yes() -> bool {
@@ -312,6 +324,10 @@ pub enum AdminReply {
     ReceiveAborted {
         name: String,
         snapshot: String,
+    },
+    Alerts {
+        pool: String,
+        alerts: Vec<crate::alerts::AlertInfo>,
     },
 }
 
@@ -468,7 +484,7 @@ fn dispatch(
     req: &AdminRequest,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AdminReply, PoolError> {
-    let (pool, att) = (ctx.pool, ctx.attach);
+    let pool = ctx.pool;
     let origins = crate::origins::Origins::new(ctx.maps.dir());
     let lus = |mut v: Vec<LuInfo>| {
         origins.fill(&mut v);
@@ -481,9 +497,51 @@ fn dispatch(
         }
     };
     let spec = |c: &str| c.parse::<ClientSpec>().map_err(PoolError::Invalid);
+    let r = dispatch_inner(ctx, req, progress, &origins, &lus, &spec);
+    if r.is_ok() && !crate::audit::looks_only(req) {
+        crate::alerts::poke();
+    }
+    r
+}
+
+/// Refuse provisioning `extra` bytes past an enforced overcommit alert.
+fn provision(ctx: &AdminCtx, extra: u64, what: &str) -> Result<(), PoolError> {
+    crate::alerts::check_provision(ctx.maps.dir(), &ctx.pool.status(), extra, what)
+}
+
+fn alerts_reply(ctx: &AdminCtx) -> Result<AdminReply, PoolError> {
+    Ok(AdminReply::Alerts {
+        pool: ctx.pool.name(),
+        alerts: crate::alerts::list(ctx.maps.dir(), &ctx.pool.status())?,
+    })
+}
+
+fn dispatch_inner(
+    ctx: &AdminCtx,
+    req: &AdminRequest,
+    progress: &mut dyn FnMut(u64, u64),
+    origins: &crate::origins::Origins,
+    lus: &dyn Fn(Vec<LuInfo>) -> AdminReply,
+    spec: &dyn Fn(&str) -> Result<ClientSpec, PoolError>,
+) -> Result<AdminReply, PoolError> {
+    let (pool, att) = (ctx.pool, ctx.attach);
     Ok(match req {
+        AdminRequest::AlertSet { alert } => {
+            crate::alerts::set(ctx.maps.dir(), alert.clone())?;
+            alerts_reply(ctx)?
+        }
+        AdminRequest::AlertList => alerts_reply(ctx)?,
+        AdminRequest::AlertUnset { kind } => {
+            crate::alerts::unset(ctx.maps.dir(), *kind)?;
+            alerts_reply(ctx)?
+        }
         AdminRequest::PoolStatus => AdminReply::Status(Box::new(pool.status())),
         AdminRequest::LuCreate { name, size, thick } => {
+            provision(
+                ctx,
+                *size,
+                &format!("creating LU {name} of {} MiB", size >> 20),
+            )?;
             let p = if *thick {
                 Provision::Thick
             } else {
@@ -508,6 +566,8 @@ fn dispatch(
         } => {
             let cur = pool.lu_get(name)?.size;
             if *size >= cur {
+                let what = format!("growing LU {name} by {} MiB", (size - cur) >> 20);
+                provision(ctx, size - cur, &what)?;
                 lus(vec![pool.lu_resize(name, *size)?])
             } else {
                 let what = format!("shrinking LU {name} from {cur} to {size} bytes");
@@ -674,15 +734,18 @@ fn dispatch(
         AdminRequest::Clone {
             src,
             name,
-            activation: None,
-        } => lus(vec![recorded(&origins, pool.clone_create(src, name)?)]),
-        AdminRequest::Clone {
-            src,
-            name,
-            activation: Some(a),
+            activation,
         } => {
-            let (clone, disk) = pool.clone_with_activation(src, name, a)?;
-            lus(vec![recorded(&origins, clone), disk])
+            let size = pool.lu_get(src)?.size;
+            let what = format!("cloning {src} ({} MiB) as {name}", size >> 20);
+            provision(ctx, size, &what)?;
+            match activation {
+                None => lus(vec![recorded(origins, pool.clone_create(src, name)?)]),
+                Some(a) => {
+                    let (clone, disk) = pool.clone_with_activation(src, name, a)?;
+                    lus(vec![recorded(origins, clone), disk])
+                }
+            }
         }
         AdminRequest::ImageCapture { src, name, rate } => lus(vec![pool.image_capture_at(
             src,

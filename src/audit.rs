@@ -102,6 +102,7 @@ pub fn looks_only(req: &AdminRequest) -> bool {
             | AdminRequest::SnapshotHolds { .. }
             | AdminRequest::SnapshotPrune { dry_run: true, .. }
             | AdminRequest::SnapshotKeepUndo { keep: None }
+            | AdminRequest::AlertList
     )
 }
 

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod daemon;

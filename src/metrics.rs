@@ -23,6 +23,8 @@ pub const POOL_TOTAL: &str = "ssp_pool_total_bytes";
 pub const PV_SYNCS: &str = "ssp_pool_pv_syncs_total";
 pub const SYNC_ROUNDS: &str = "ssp_pool_sync_rounds_total";
 pub const JOURNAL_FOREIGN_BLOCKS: &str = "ssp_journal_foreign_blocks_total";
+pub const ALERT_ACTIVE: &str = "ssp_alert_active";
+pub const ALERT_FIRINGS: &str = "ssp_alert_firings_total";
 
 /// Register descriptions (once, at start-up).
 pub fn describe() {
@@ -52,6 +54,21 @@ pub fn describe() {
         JOURNAL_FOREIGN_BLOCKS,
         "Journal blocks replay refused because another writer (host, incarnation) stamped them"
     );
+    describe_gauge!(
+        ALERT_ACTIVE,
+        "1 while a capacity alert (type threshold or overcommit) is active, else 0"
+    );
+    describe_counter!(ALERT_FIRINGS, "Capacity alerts that became active, by type");
+}
+
+/// A capacity alert of `kind` became active (`true`) or cleared.
+pub fn alert_active(kind: &'static str, active: bool) {
+    gauge!(ALERT_ACTIVE, "type" => kind).set(if active { 1.0 } else { 0.0 });
+}
+
+/// A capacity alert of `kind` fired (crossed into the active state).
+pub fn alert_fired(kind: &'static str) {
+    counter!(ALERT_FIRINGS, "type" => kind).increment(1);
 }
 
 /// Account one completed request (looks the metrics up by name on every call; the data path

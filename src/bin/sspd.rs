@@ -261,6 +261,12 @@ async fn run(args: Args, inherited: Vec<Inherited>) -> anyhow::Result<()> {
     let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));
     // Runs `sspctl scrub` in the background; resumes a scrub this pool's last run left.
     let _scrubber = pool.spawn_scrubber(&args.pool);
+    // Capacity alerts (`sspctl alert`): evaluated every second and after admin verbs.
+    // Keeps the copy of the pool directory on the PVs up to date (`sspctl pool import`).
+    let _dircopy = ssp::pool::dircopy::spawn_sync(pool.clone(), args.pool.clone())
+        .context("cannot start the directory copy")?;
+    let _alerts = ssp::alerts::spawn_watcher(pool.clone(), args.pool.clone())
+        .context("cannot start the alert watcher")?;
     if let Some(addr) = args.metrics {
         ssp::monitoring::spawn_refresh(pool.clone(), args.pool.clone())?;
         announce(&format!("sspd: metrics on http://{addr}/metrics"));

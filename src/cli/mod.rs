@@ -1,6 +1,7 @@
 //! `sspctl`: the admin CLI. Verbs run offline on a stopped pool (the pool directory's lock
 //! keeps them away from a running server).
 
+mod alert;
 pub mod debug;
 pub mod docs;
 mod mirror;
@@ -113,6 +114,9 @@ pub enum Command {
     /// `scrub status`, `scrub cancel`
     #[command(after_help = mirror::SCRUB_EXAMPLES)]
     Scrub(mirror::ScrubArgs),
+    /// Capacity alerts: set (threshold or overcommit percent, hook, hard limit), list, unset
+    #[command(subcommand, after_help = alert::ALERT_EXAMPLES)]
+    Alert(alert::AlertCmd),
     /// Full consistency check (every checksum, map entry and counter); waits for the report
     Check,
     /// Reclaim space from overwritten and trimmed blocks now
@@ -199,9 +203,33 @@ pub enum PoolCmd {
     /// Create a new pool on one or more PVs
     #[command(after_help = POOL_EXAMPLES)]
     Create(PoolCreate),
-    /// Show size, free space, provisioning and PVs
+    /// Show size, free space, provisioning, active alerts and PVs
     Status,
+    /// Rebuild a lost or moved pool directory (--pool DIR, new) from the pool's PVs alone:
+    /// LUs, snapshots, images and clones are on the PVs, and LU maps, clone origins and alerts
+    /// come from the copy of the directory kept there. Refused if the pool was not exported
+    /// (it may be in use on another host) unless --force
+    #[command(after_help = POOL_IMPORT_EXAMPLES)]
+    Import {
+        /// Every PV of the pool (file or block device), in any order; repeatable
+        #[arg(long = "pv", required = true, value_name = "PATH")]
+        pvs: Vec<PathBuf>,
+        /// Import a pool that was not exported cleanly (its host crashed or is gone). Never
+        /// while another host still uses it
+        #[arg(long)]
+        force: bool,
+    },
+    /// Close a stopped pool cleanly for another host or directory to import: its directory's
+    /// configuration is copied to the PVs and marked exported, and the directory no longer
+    /// opens it (refused while sspd serves the pool: stop sspd first)
+    #[command(after_help = POOL_IMPORT_EXAMPLES)]
+    Export,
 }
+
+const POOL_IMPORT_EXAMPLES: &str = "Examples:
+  sspctl --pool /var/lib/ssp/tank pool export
+  sspctl --pool /var/lib/ssp/tank pool import --pv /dev/sdb --pv /dev/sdc
+  sspctl --pool /srv/ssp/tank pool import --pv /srv/pv0.img --force   # the old host is gone";
 
 #[derive(Args, Debug)]
 pub struct PoolCreate {
@@ -396,9 +424,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Pool(PoolCmd::Status) => {
             if let AdminReply::Status(st) = admin(cli, AdminRequest::PoolStatus)? {
-                print_status(&output_opts(cli), &st, out)?;
+                let active = alert::active(cli);
+                print_status(&output_opts(cli), &st, &active, out)?;
             }
         }
+        Command::Pool(PoolCmd::Import { pvs, force }) => pool_import(cli, pvs, *force, out)?,
+        Command::Pool(PoolCmd::Export) => pool_export(cli, out)?,
         Command::Lu(cmd) => lu(cli, cmd, out)?,
         Command::Snapshot(cmd) => share::snapshot(cli, cmd, out)?,
         Command::Image(cmd) => share::image(cli, cmd, out)?,
@@ -414,6 +445,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Command::Failgrp(cmd) => mirror::failgrp(cli, cmd, out)?,
         Command::Pv(cmd) => mirror::pv(cli, cmd, out)?,
         Command::Scrub(a) => mirror::scrub(cli, a, out)?,
+        Command::Alert(cmd) => alert::alert(cli, cmd, out)?,
         Command::Check => {
             let AdminReply::Check(rep) = admin(cli, AdminRequest::Check)? else {
                 bail!("unexpected reply to check");
@@ -514,6 +546,79 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// `pool import`: rebuild the directory from the PVs, then report what came back.
+fn pool_import(cli: &Cli, pvs: &[PathBuf], force: bool, out: &mut dyn Write) -> Result<()> {
+    let dir = pool_dir(cli)?;
+    let r = PoolDir::import(&dir, pvs, force, Options::default());
+    let err = r.as_ref().err().map(|e| e.to_string());
+    crate::audit::record_op(
+        &crate::audit::Requester::this_process(),
+        "pool_import",
+        &serde_json::json!({"dir": dir, "pvs": pvs, "force": force}),
+        err.as_deref().map_or(Ok(()), Err),
+    );
+    let (pd, rep) = r?;
+    let st = pd.pool.status();
+    pd.pool.close()?;
+    if cli.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rep)?)?;
+    } else {
+        writeln!(
+            out,
+            "imported pool {} ({} MiB on {} PVs, {} LUs, {} snapshots, {} client images) into {}{}",
+            rep.name,
+            st.total_bytes >> 20,
+            rep.pvs.len(),
+            st.lus,
+            st.snapshots,
+            st.images,
+            dir.display(),
+            if rep.exported {
+                ""
+            } else {
+                " (forced: it had not been exported)"
+            }
+        )?;
+        if !rep.restored_files.is_empty() {
+            writeln!(out, "restored {}", rep.restored_files.join(", "))?;
+        }
+    }
+    Ok(())
+}
+
+/// `pool export`: offline only (sspd must not serve the pool).
+fn pool_export(cli: &Cli, out: &mut dyn Write) -> Result<()> {
+    let dir = pool_dir(cli)?;
+    if crate::admin::call(&dir, &AdminRequest::PoolStatus).is_ok() {
+        bail!(
+            "sspd serves the pool in {}: stop it first (a pool is exported closed)",
+            dir.display()
+        );
+    }
+    let r = open_mode(cli, false).and_then(|pd| {
+        let name = pd.pool.name();
+        pd.export()?;
+        Ok(name)
+    });
+    let err = r.as_ref().err().map(|e| e.to_string());
+    crate::audit::record_op(
+        &crate::audit::Requester::this_process(),
+        "pool_export",
+        &serde_json::json!({"dir": dir}),
+        err.as_deref().map_or(Ok(()), Err),
+    );
+    let name = r?;
+    if cli.json {
+        writeln!(out, "{}", serde_json::json!({"exported": name, "dir": dir}))?;
+    } else {
+        writeln!(
+            out,
+            "exported pool {name}: import it with `sspctl --pool DIR pool import --pv PATH...`"
+        )?;
+    }
+    Ok(())
+}
+
 /// Run an admin request: through the running sspd if there is one, else on the pool directly.
 fn admin(cli: &Cli, req: AdminRequest) -> Result<AdminReply> {
     admin_with_progress(cli, req, &mut |_, _| {})
@@ -546,6 +651,10 @@ fn admin_with_progress(
             if !read_only_request(&req) {
                 // No background thread either: the space of removed volumes comes back here.
                 pd.pool.reclaim_all()?;
+                // ... and the PVs' copy of the directory is brought up to date here.
+                if let Err(e) = crate::pool::dircopy::sync_dir(&pd.pool, &dir, false) {
+                    tracing::warn!("cannot copy the pool directory to the PVs: {e}");
+                }
             }
             pd.pool.close()?;
             Ok(r)
@@ -752,8 +861,25 @@ pub(crate) fn print_lus(
     Ok(())
 }
 
-fn print_status(opts: &output::OutputOpts, st: &PoolStatus, out: &mut dyn Write) -> Result<()> {
-    if output::report("pool status", st, opts, out)?.is_some() {
+/// `pool status`: the pool's status and its active capacity alerts.
+#[derive(serde::Serialize)]
+struct StatusReport<'a> {
+    #[serde(flatten)]
+    st: &'a PoolStatus,
+    alerts_active: &'a [crate::alerts::AlertInfo],
+}
+
+fn print_status(
+    opts: &output::OutputOpts,
+    st: &PoolStatus,
+    active: &[crate::alerts::AlertInfo],
+    out: &mut dyn Write,
+) -> Result<()> {
+    let rep = StatusReport {
+        st,
+        alerts_active: active,
+    };
+    if output::report("pool status", &rep, opts, out)?.is_some() {
         return Ok(());
     }
     let mb = |b: u64| b >> 20;
@@ -801,6 +927,13 @@ fn print_status(opts: &output::OutputOpts, st: &PoolStatus, out: &mut dyn Write)
     writeln!(out, "Provisioned(MB):   {}", mb(st.provisioned_bytes))?;
     writeln!(out, "Overcommit(MB):    {}", mb(st.overcommit_bytes))?;
     writeln!(out, "Reserved(MB):      {}", mb(st.reserved_bytes))?;
+    for a in active {
+        writeln!(
+            out,
+            "Alert:             {} {:.2} % >= {} %",
+            a.kind, a.current, a.value
+        )?;
+    }
     writeln!(out, "LUs:               {}", st.lus)?;
     writeln!(out, "Snapshots:         {}", st.snapshots)?;
     writeln!(out, "Client Images:     {}", st.images)?;

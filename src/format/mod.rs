@@ -9,6 +9,7 @@
 )]
 
 pub mod checkpoint;
+pub mod dircopy;
 pub mod journal;
 pub mod node;
 pub mod superblock;
@@ -50,6 +51,10 @@ pub const INCOMPAT_SUPPORTED: u64 =
 pub const RO_COMPAT_SEAL: u64 = 1;
 /// Read-only-compatible feature bits this code understands: an unknown one opens read-only.
 pub const RO_COMPAT_SUPPORTED: u64 = RO_COMPAT_SEAL;
+/// Compatible feature: the PVs hold a copy of the pool directory's configuration files
+/// ([`dircopy`], FORMAT.md §3.10) between the journal ring and the data area. Set the first
+/// time a copy is written; a reader without it ignores those bytes, which nothing else uses.
+pub const COMPAT_DIRCOPY: u64 = 1;
 /// Blocks per segment (1 MiB segments): the unit of allocation, cleaning and mirroring.
 pub const SEG_BLOCKS: u64 = 256;
 /// Writer identity stamped on every node, journal block and checkpoint (multi-host fencing).

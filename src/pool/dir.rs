@@ -21,10 +21,10 @@ pub const CONFIG_FILE: &str = "ssp-pool.json";
 pub const LOCK_FILE: &str = "lock";
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Config {
-    format: u32,
-    name: String,
-    pvs: Vec<PathBuf>,
+pub(super) struct Config {
+    pub(super) format: u32,
+    pub(super) name: String,
+    pub(super) pvs: Vec<PathBuf>,
 }
 
 /// A PV named on the command line: a path and, for a new file, its size.
@@ -91,7 +91,7 @@ pub struct PoolDir {
     _lock: File,
 }
 
-fn lock(dir: &Path) -> Result<File> {
+pub(super) fn lock(dir: &Path) -> Result<File> {
     let p = dir.join(LOCK_FILE);
     let f = File::options()
         .create(true)
@@ -104,7 +104,7 @@ fn lock(dir: &Path) -> Result<File> {
     Ok(f)
 }
 
-fn open_dev(path: &Path) -> Result<Arc<dyn BlockDev>> {
+pub(super) fn open_dev(path: &Path) -> Result<Arc<dyn BlockDev>> {
     let d = FileDev::open(path).map_err(|e| dev_error(path, "open", e))?;
     Ok(Arc::new(d))
 }
@@ -383,7 +383,7 @@ pub fn config_remove_pvs(dir: &Path, paths: &[PathBuf]) -> Result<()> {
     write_config(dir, &cfg)
 }
 
-fn write_config(dir: &Path, cfg: &Config) -> Result<()> {
+pub(super) fn write_config(dir: &Path, cfg: &Config) -> Result<()> {
     let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
     let body = serde_json::to_string_pretty(cfg).map_err(|e| PoolError::Config(e.to_string()))?;
     std::fs::write(&tmp, body + "\n")

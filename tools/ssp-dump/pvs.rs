@@ -87,6 +87,41 @@ impl Pv {
         read_block(&self.file, offset)
     }
 
+    /// Both slots of the pool directory copy (FORMAT.md §3.10): what decoded, or why not
+    /// (none when the PV has no room for them).
+    pub fn directory_copies(&self) -> Vec<Slot<ssp::format::dircopy::DirCopy>> {
+        use ssp::format::dircopy::{slot_offsets, DirCopy, DIRCOPY_MAGIC, HEADER_BYTES};
+        let sb = &self.sb;
+        let Some(slots) = slot_offsets(sb.journal_offset, sb.journal_blocks, sb.data_offset) else {
+            return Vec::new();
+        };
+        slots
+            .iter()
+            .filter_map(|&offset| {
+                let mut head = vec![0u8; HEADER_BYTES];
+                // A slot never written (no magic) is not shown.
+                if self.file.read_exact_at(&mut head, offset).is_ok()
+                    && head.get(..8) != Some(&DIRCOPY_MAGIC.to_le_bytes()[..])
+                {
+                    return None;
+                }
+                let found = self
+                    .file
+                    .read_exact_at(&mut head, offset)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| DirCopy::payload_len(&head).map_err(|e| e.to_string()))
+                    .and_then(|len| {
+                        let mut buf = vec![0u8; HEADER_BYTES + len];
+                        self.file
+                            .read_exact_at(&mut buf, offset)
+                            .map_err(|e| e.to_string())?;
+                        DirCopy::decode(&buf, &sb.pool_id).map_err(|e| e.to_string())
+                    });
+                Some(Slot { offset, found })
+            })
+            .collect()
+    }
+
     /// Byte offset of pool segment `seg` slot `slot` on this PV, if the PV holds it.
     fn locate(&self, seg: u64, slot: u64) -> Option<u64> {
         let first = self.sb.first_pool_segment;

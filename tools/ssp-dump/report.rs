@@ -52,7 +52,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             "path": p.path.display().to_string(),
             "superblocks": p.superblocks.iter().map(|s| slot_json(s, sb_json)).collect::<Vec<_>>(),
             "checkpoint_slots": p.checkpoints.iter().map(|s| slot_json(s, ckpt_json)).collect::<Vec<_>>(),
+            "directory_copy_slots": p.directory_copies().iter().map(|s| slot_json(s, dircopy_json)).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "directory_copy": pvs.pvs.iter()
+            .flat_map(|p| p.directory_copies().into_iter().filter_map(|s| s.found.ok()))
+            .max_by_key(|d| d.generation)
+            .map(|d| dircopy_json(&d)),
         "checkpoint": ckpt_json(&pvs.ckpt),
         "journal": journal,
         "vba_table": {"allocated": vba_allocated},
@@ -74,6 +79,19 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
         text(&doc, out)?;
     }
     Ok(())
+}
+
+/// A pool directory copy: generation, the exported flag, and its files (text when UTF-8).
+fn dircopy_json(d: &ssp::format::dircopy::DirCopy) -> Value {
+    json!({
+        "generation": d.generation,
+        "exported": d.exported(),
+        "files": d.files.iter().map(|(name, bytes)| json!({
+            "name": name,
+            "bytes": bytes.len(),
+            "text": std::str::from_utf8(bytes).ok(),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn slot_json<T>(s: &Slot<T>, f: fn(&T) -> Value) -> Value {
@@ -329,6 +347,7 @@ fn text(d: &Value, out: &mut dyn Write) -> Result<()> {
         for (what, key) in [
             ("superblock", "superblocks"),
             ("checkpoint", "checkpoint_slots"),
+            ("directory copy", "directory_copy_slots"),
         ] {
             for s in pv[key].as_array().into_iter().flatten() {
                 if s["valid"] == true {
