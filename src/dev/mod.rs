@@ -18,6 +18,9 @@ pub mod iomode;
 mod mem;
 mod uring;
 
+#[cfg(test)]
+mod conformance;
+
 pub use fault::{CrashMode, FaultControl, FaultDev};
 pub use file::FileDev;
 pub use iomode::{Cache, CacheChoice, Engine, EngineChoice, IoConfig};
