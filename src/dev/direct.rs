@@ -75,9 +75,7 @@ impl Drop for AlignedBuf {
 
 /// Whether `O_DIRECT` can move these bytes as they are.
 pub fn is_aligned(addr: *const u8, len: usize, off: u64) -> bool {
-    (addr as usize).is_multiple_of(ALIGN)
-        && len.is_multiple_of(ALIGN)
-        && off.is_multiple_of(ALIGN_U64)
+    (addr as usize) % ALIGN == 0 && len % ALIGN == 0 && off % ALIGN_U64 == 0
 }
 
 /// The aligned span `[start, end)` covering `[off, off + len)`.
@@ -126,7 +124,7 @@ pub fn write(
         let _shared = rmw.read().unwrap_or_else(PoisonError::into_inner);
         return raw_write(buf, off);
     }
-    if off.is_multiple_of(ALIGN_U64) && buf.len().is_multiple_of(ALIGN) {
+    if off % ALIGN_U64 == 0 && buf.len() % ALIGN == 0 {
         // Whole blocks from unaligned memory: one bounce copy.
         let mut b = AlignedBuf::new(buf.len());
         b.copy_from_slice(buf);
@@ -137,7 +135,7 @@ pub fn write(
     let mut b = AlignedBuf::new((end - start) as usize);
     let _alone = rmw.write().unwrap_or_else(PoisonError::into_inner);
     let first_partial = off % ALIGN_U64 != 0;
-    let last_partial = !(off + buf.len() as u64).is_multiple_of(ALIGN_U64);
+    let last_partial = (off + buf.len() as u64) % ALIGN_U64 != 0;
     if end - start == ALIGN_U64 || (first_partial && last_partial && end - start <= 2 * ALIGN_U64) {
         raw_read(&mut b, start)?;
     } else {
@@ -180,7 +178,7 @@ mod tests {
     fn aligned_buffers_are_aligned_and_zeroed() {
         for n in [1, 4095, 4096, 4097, 1 << 20] {
             let b = AlignedBuf::new(n);
-            assert!(b.len() >= n && b.len().is_multiple_of(ALIGN));
+            assert!(b.len() >= n && b.len() % ALIGN == 0);
             assert!(is_aligned(b.as_ptr(), b.len(), 0));
             assert!(b.iter().all(|&x| x == 0));
         }

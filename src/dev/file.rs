@@ -127,7 +127,7 @@ impl FileDev {
         let md = file.metadata().map_err(|e| annotate(path, "stat", e))?;
         let cache = io.cache_for(md.file_type().is_block_device());
         if cache == Cache::None {
-            if !len.is_multiple_of(direct::ALIGN as u64) {
+            if len % direct::ALIGN as u64 != 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(

@@ -7,9 +7,13 @@
 //! its queues need no lock and a completion is never handed across threads: there is no
 //! submission thread, no wake-up latency and no matching of completions by `user_data` between
 //! callers (the `user_data` only orders a caller's own batch). The pool grows to the largest
-//! number of concurrent callers seen and keeps at most [`MAX_IDLE`] idle rings. Each ring has the
-//! file registered (fixed file 0), so the kernel skips the descriptor lookup on every operation.
-//! Batches ([`Rings::write_many`]) go to the kernel in one `io_uring_enter`.
+//! number of concurrent callers seen and keeps at most [`MAX_IDLE`] idle rings. Batches
+//! ([`Rings::write_many`]) go to the kernel in one `io_uring_enter`.
+//!
+//! Files are not registered with the rings: a registered file is held by the ring until the
+//! ring's teardown, which the kernel finishes asynchronously after the ring is closed (and
+//! after the process exits), so the PV's `flock` would outlive the device and a restarted
+//! server could find its own PV taken. The per-operation descriptor lookup is the price.
 //!
 //! A submitted operation points into the caller's buffer, so no call returns while one of its
 //! operations may still be in flight: waits are retried on `EINTR`/`EAGAIN`/`EBUSY`, and a ring
@@ -53,21 +57,9 @@ pub(super) fn probe() -> Result<(), String> {
     }
 }
 
-/// One ring with the device's file registered (or not, where registration failed).
+/// One ring.
 struct Ring {
     ring: IoUring,
-    fixed: bool,
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        // A registered file holds the file open (and its PV lock held) until the ring's
-        // deferred teardown ends; unregistering drops that reference now, so closing the
-        // device releases the PV at once.
-        if self.fixed {
-            let _ = self.ring.submitter().unregister_files();
-        }
-    }
 }
 
 /// The io_uring engine for one open file.
@@ -112,9 +104,9 @@ impl Rings {
     }
 
     fn new_ring(&self) -> io::Result<Ring> {
-        let ring = IoUring::new(DEPTH)?;
-        let fixed = ring.submitter().register_files(&[self.fd]).is_ok();
-        Ok(Ring { ring, fixed })
+        Ok(Ring {
+            ring: IoUring::new(DEPTH)?,
+        })
     }
 
     fn take(&self) -> io::Result<Ring> {
@@ -214,31 +206,15 @@ impl Rings {
         {
             let mut sq = ring.ring.submission();
             for (i, op) in ops.iter().enumerate() {
-                let entry: squeue::Entry = match (*op, ring.fixed) {
-                    (Op::Read { ptr, len, off }, true) => {
-                        opcode::Read::new(types::Fixed(0), ptr, len as u32)
-                            .offset(off)
-                            .build()
+                let fd = types::Fd(self.fd);
+                let entry: squeue::Entry = match *op {
+                    Op::Read { ptr, len, off } => {
+                        opcode::Read::new(fd, ptr, len as u32).offset(off).build()
                     }
-                    (Op::Read { ptr, len, off }, false) => {
-                        opcode::Read::new(types::Fd(self.fd), ptr, len as u32)
-                            .offset(off)
-                            .build()
+                    Op::Write { ptr, len, off } => {
+                        opcode::Write::new(fd, ptr, len as u32).offset(off).build()
                     }
-                    (Op::Write { ptr, len, off }, true) => {
-                        opcode::Write::new(types::Fixed(0), ptr, len as u32)
-                            .offset(off)
-                            .build()
-                    }
-                    (Op::Write { ptr, len, off }, false) => {
-                        opcode::Write::new(types::Fd(self.fd), ptr, len as u32)
-                            .offset(off)
-                            .build()
-                    }
-                    (Op::Sync, true) => opcode::Fsync::new(types::Fixed(0))
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build(),
-                    (Op::Sync, false) => opcode::Fsync::new(types::Fd(self.fd))
+                    Op::Sync => opcode::Fsync::new(fd)
                         .flags(types::FsyncFlags::DATASYNC)
                         .build(),
                 };
