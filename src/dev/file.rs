@@ -381,26 +381,39 @@ impl BlockDev for FileDev {
     }
 }
 
-/// Take an exclusive `flock` on a PV file without waiting; it is released when the file is
-/// closed (the lock belongs to this open file description, so a second open in the same
-/// process is refused too).
+/// Take an exclusive `flock` on a PV file without waiting for a live holder; it is released
+/// when the file is closed (the lock belongs to this open file description, so a second open in
+/// the same process is refused too). A holder that is no longer a live process (a killed
+/// process whose io_uring requests the kernel is still tearing down keeps its files open for a
+/// moment after it exited) is waited for, up to [`DEAD_HOLDER_WAIT`].
 fn lock_file(file: &File, path: &Path) -> io::Result<()> {
-    // SAFETY: flock on a valid, open descriptor; no memory is passed.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(());
+    let deadline = std::time::Instant::now() + DEAD_HOLDER_WAIT;
+    loop {
+        // SAFETY: flock on a valid, open descriptor; no memory is passed.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(annotate(path, "lock", e));
+        }
+        let holder = std::fs::metadata(path).ok().and_then(|m| flock_holder(&m));
+        let alive = holder
+            .as_ref()
+            .is_some_and(|(pid, _)| Path::new(&format!("/proc/{pid}")).exists());
+        if alive || std::time::Instant::now() >= deadline {
+            let who = holder
+                .map(|(pid, comm)| format!("process {pid} ({comm})"))
+                .unwrap_or_else(|| "another process".into());
+            return Err(busy(path, &format!("is in use: {who} holds its lock")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-        return Err(annotate(path, "lock", e));
-    }
-    let who = std::fs::metadata(path)
-        .ok()
-        .and_then(|m| flock_holder(&m))
-        .map(|(pid, comm)| format!("process {pid} ({comm})"))
-        .unwrap_or_else(|| "another process".into());
-    Err(busy(path, &format!("is in use: {who} holds its lock")))
 }
+
+/// How long a PV lock held by no live process is waited for.
+const DEAD_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn busy(path: &Path, what: &str) -> io::Error {
     io::Error::new(
