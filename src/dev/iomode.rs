@@ -102,7 +102,11 @@ impl IoConfig {
 
     /// The engine to use: `auto` is io_uring when [`uring_available`] says so.
     pub fn engine(&self) -> Result<Engine, String> {
-        resolve_engine(self.engine, uring_available())
+        match self.engine {
+            // Asked for sync: no probe (and no log line about io_uring).
+            EngineChoice::Sync => Ok(Engine::Sync),
+            e => resolve_engine(e, uring_available()),
+        }
     }
 }
 

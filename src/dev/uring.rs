@@ -57,6 +57,26 @@ pub(super) fn probe() -> Result<(), String> {
     }
 }
 
+/// The bytes one operation moved; `None`: it was interrupted (`EINTR`/`EAGAIN` as its result)
+/// and is to be submitted again, at most [`RETRIES`] times per transfer.
+fn retry(r: Option<io::Result<usize>>, tries: &mut u32) -> io::Result<Option<usize>> {
+    match r.unwrap_or(Ok(0)) {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if *tries < RETRIES
+                && matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) =>
+        {
+            *tries += 1;
+            std::thread::yield_now();
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Resubmissions of an interrupted transfer before its error is returned.
+const RETRIES: u32 = 1000;
+
 /// One ring.
 struct Ring {
     ring: IoUring,
@@ -132,6 +152,7 @@ impl Rings {
     /// `UnexpectedEof`).
     pub(super) fn read(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         let mut done = 0usize;
+        let mut tries = 0u32;
         while done < buf.len() {
             let rest = buf.get_mut(done..).unwrap_or_default();
             let op = Op::Read {
@@ -139,14 +160,15 @@ impl Rings {
                 len: rest.len().min(u32::MAX as usize),
                 off: off + done as u64,
             };
-            match self.run(&[op])?.into_iter().next().unwrap_or(Ok(0))? {
-                0 => {
+            match retry(self.run(&[op])?.into_iter().next(), &mut tries)? {
+                Some(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "read past the end of the file",
                     ))
                 }
-                n => done += n,
+                Some(n) => done += n,
+                None => {}
             }
         }
         Ok(())
@@ -171,7 +193,8 @@ impl Rings {
                 .collect();
             let results = self.run(&ops)?;
             for ((b, off), r) in group.iter().zip(results) {
-                let mut done = r?;
+                let mut tries = 0u32;
+                let mut done = retry(Some(r), &mut tries)?.unwrap_or(0);
                 while done < b.len() {
                     let rest = b.get(done..).unwrap_or_default();
                     let op = Op::Write {
@@ -179,9 +202,10 @@ impl Rings {
                         len: rest.len().min(u32::MAX as usize),
                         off: off + done as u64,
                     };
-                    match self.run(&[op])?.into_iter().next().unwrap_or(Ok(0))? {
-                        0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                        n => done += n,
+                    match retry(self.run(&[op])?.into_iter().next(), &mut tries)? {
+                        Some(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                        Some(n) => done += n,
+                        None => {}
                     }
                 }
             }
