@@ -160,7 +160,7 @@ impl Rings {
                 len: rest.len().min(u32::MAX as usize),
                 off: off + done as u64,
             };
-            match retry(self.run(&[op])?.into_iter().next(), &mut tries)? {
+            match retry(Some(self.run1(op)?), &mut tries)? {
                 Some(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -191,10 +191,12 @@ impl Rings {
                     off: *off,
                 })
                 .collect();
-            let results = self.run(&ops)?;
+            let mut results: Vec<Option<io::Result<usize>>> =
+                (0..ops.len()).map(|_| None).collect();
+            self.run(&ops, &mut results)?;
             for ((b, off), r) in group.iter().zip(results) {
                 let mut tries = 0u32;
-                let mut done = retry(Some(r), &mut tries)?.unwrap_or(0);
+                let mut done = retry(Some(unfinished(r)), &mut tries)?.unwrap_or(0);
                 while done < b.len() {
                     let rest = b.get(done..).unwrap_or_default();
                     let op = Op::Write {
@@ -202,7 +204,7 @@ impl Rings {
                         len: rest.len().min(u32::MAX as usize),
                         off: off + done as u64,
                     };
-                    match retry(self.run(&[op])?.into_iter().next(), &mut tries)? {
+                    match retry(Some(self.run1(op)?), &mut tries)? {
                         Some(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
                         Some(n) => done += n,
                         None => {}
@@ -215,16 +217,21 @@ impl Rings {
 
     /// Make completed writes durable (`IORING_OP_FSYNC` with `DATASYNC`, as `fdatasync`).
     pub(super) fn sync(&self) -> io::Result<()> {
-        self.run(&[Op::Sync])?
-            .into_iter()
-            .next()
-            .unwrap_or(Ok(0))
-            .map(|_| ())
+        self.run1(Op::Sync)?.map(|_| ())
+    }
+
+    /// [`Rings::run`] for one operation (no allocation): its result.
+    fn run1(&self, op: Op) -> io::Result<io::Result<usize>> {
+        let mut result = [None];
+        self.run(&[op], &mut result)?;
+        let [r] = result;
+        Ok(unfinished(r))
     }
 
     /// Submit `ops` (at most [`DEPTH`]) on one ring and wait for all of them; the result of each
-    /// (bytes moved), in order. The pointers in `ops` must be valid for the call.
-    fn run(&self, ops: &[Op]) -> io::Result<Vec<io::Result<usize>>> {
+    /// (bytes moved) lands in `results` at its index (`None`: not submitted, the queue was
+    /// full). The pointers in `ops` must be valid for the call.
+    fn run(&self, ops: &[Op], results: &mut [Option<io::Result<usize>>]) -> io::Result<()> {
         let mut ring = self.take()?;
         let mut pushed = 0usize;
         {
@@ -250,7 +257,6 @@ impl Rings {
                 pushed += 1;
             }
         }
-        let mut results: Vec<Option<io::Result<usize>>> = (0..ops.len()).map(|_| None).collect();
         let mut completed = 0usize;
         let mut submitted = false;
         while completed < pushed {
@@ -289,16 +295,16 @@ impl Rings {
             }
         }
         self.give(ring);
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        "io_uring submission queue full",
-                    ))
-                })
-            })
-            .collect())
+        Ok(())
     }
+}
+
+/// An operation's result; one never submitted (the queue was full) is an error.
+fn unfinished(r: Option<io::Result<usize>>) -> io::Result<usize> {
+    r.unwrap_or_else(|| {
+        Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "io_uring submission queue full",
+        ))
+    })
 }
