@@ -232,7 +232,18 @@ impl Rings {
     /// (bytes moved) lands in `results` at its index (`None`: not submitted, the queue was
     /// full). The pointers in `ops` must be valid for the call.
     fn run(&self, ops: &[Op], results: &mut [Option<io::Result<usize>>]) -> io::Result<()> {
-        let mut ring = self.take()?;
+        let mut ring = match self.take() {
+            Ok(r) => r,
+            Err(e) => {
+                // No ring to be had now (the descriptor or memory limit under a burst of
+                // callers): do these operations with plain system calls rather than fail I/O.
+                tracing::debug!("io_uring: no ring ({e}); using pread/pwrite for this call");
+                for (op, slot) in ops.iter().zip(results.iter_mut()) {
+                    *slot = Some(self.syscall(*op));
+                }
+                return Ok(());
+            }
+        };
         let mut pushed = 0usize;
         {
             let mut sq = ring.ring.submission();
@@ -299,6 +310,29 @@ impl Rings {
     }
 }
 
+impl Rings {
+    /// One operation as a plain system call (`pread`, `pwrite`, `fdatasync`).
+    fn syscall(&self, op: Op) -> io::Result<usize> {
+        let rc = match op {
+            Op::Read { ptr, len, off } => {
+                let off = libc::off_t::try_from(off)
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                // SAFETY: `ptr` is valid for writes of `len` bytes for the call (see `run`).
+                unsafe { libc::pread(self.fd, ptr.cast(), len, off) }
+            }
+            Op::Write { ptr, len, off } => {
+                let off = libc::off_t::try_from(off)
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                // SAFETY: `ptr` is valid for reads of `len` bytes for the call (see `run`).
+                unsafe { libc::pwrite(self.fd, ptr.cast(), len, off) }
+            }
+            // SAFETY: a plain call on a descriptor the owner keeps open.
+            Op::Sync => (unsafe { libc::fdatasync(self.fd) }) as isize,
+        };
+        usize::try_from(rc).map_err(|_| io::Error::last_os_error())
+    }
+}
+
 /// An operation's result; one never submitted (the queue was full) is an error.
 fn unfinished(r: Option<io::Result<usize>>) -> io::Result<usize> {
     r.unwrap_or_else(|| {
@@ -307,4 +341,47 @@ fn unfinished(r: Option<io::Result<usize>>) -> io::Result<usize> {
             "io_uring submission queue full",
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::io::AsRawFd;
+
+    #[test]
+    fn the_syscall_fallback_and_the_ring_see_the_same_bytes() {
+        if let Err(why) = probe() {
+            eprintln!("SKIPPED: io_uring unavailable ({why})");
+            return;
+        }
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        let r = Rings::new(f.as_raw_fd()).unwrap();
+        let data = vec![0x3Cu8; 5000];
+        let n = r
+            .syscall(Op::Write {
+                ptr: data.as_ptr(),
+                len: data.len(),
+                off: 100,
+            })
+            .unwrap();
+        assert_eq!(n, 5000);
+        r.syscall(Op::Sync).unwrap();
+        let mut back = vec![0u8; 5000];
+        r.read(&mut back, 100).unwrap();
+        assert_eq!(back, data);
+        r.write(&[7; 10], 8182).unwrap();
+        let mut tail = [0u8; 10];
+        let n = r
+            .syscall(Op::Read {
+                ptr: tail.as_mut_ptr(),
+                len: 10,
+                off: 8182,
+            })
+            .unwrap();
+        assert_eq!((n, tail), (10, [7; 10]));
+        // Past the end: the ring's read reports end of file.
+        let e = r.read(&mut [0; 4], 8190).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
 }
