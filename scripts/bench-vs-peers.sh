@@ -77,6 +77,8 @@ if [[ -n ${SSP_ENGINES:-}${SSP_CACHE:-} ]]; then
     done
     SERVERS=("${expanded[@]}")
 fi
+# sspd and sspctl read SSP_CACHE themselves (one mode): the list above is the script's.
+unset SSP_CACHE
 DOC=${BENCH_DOC:-$ROOT/docs/bench-vs-peers.md}
 EXPORT=bench
 TMPFS_GIB=$((PV_GIB > SIZE_GIB ? PV_GIB + 4 : SIZE_GIB + 4))
