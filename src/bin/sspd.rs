@@ -94,8 +94,8 @@ struct Args {
     /// Shut down cleanly when the parent process exits (for tests and programs embedding sspd)
     #[arg(long)]
     exit_with_parent: bool,
-    /// PV I/O engine: uring (io_uring), sync (pread/pwrite) or auto (uring where the host
-    /// allows it, else sync; the log says which and why). `pool status` shows the one in use
+    /// PV I/O engine: uring (io_uring), sync (pread/pwrite) or auto (uring for O_DIRECT PVs
+    /// where the host allows it, else sync; the log says which and why). `pool status` shows it
     #[arg(long, value_enum, env = "SSP_IO_ENGINE", default_value_t = ssp::dev::EngineChoice::Auto)]
     io_engine: ssp::dev::EngineChoice,
     /// PV cache mode: writeback (the host's page cache), none (O_DIRECT: no page cache; the

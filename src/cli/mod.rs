@@ -49,8 +49,8 @@ pub struct Cli {
     /// Listings: no header line; fields separated by a tab, sizes in exact bytes (for scripts)
     #[arg(short = 'H', long = "no-headers", global = true)]
     pub no_headers: bool,
-    /// Offline: PV I/O engine, uring (io_uring), sync (pread/pwrite) or auto (uring where the
-    /// host allows it, else sync)
+    /// Offline: PV I/O engine, uring (io_uring), sync (pread/pwrite) or auto (uring for O_DIRECT
+    /// PVs where the host allows it, else sync)
     #[arg(long, global = true, value_enum, env = "SSP_IO_ENGINE", default_value_t = crate::dev::EngineChoice::Auto)]
     pub io_engine: crate::dev::EngineChoice,
     /// Offline: PV cache mode, writeback (page cache), none (O_DIRECT) or auto (none for block

@@ -70,11 +70,12 @@ fn configs() -> Vec<(IoConfig, PathBuf, Option<tempfile::TempDir>)> {
 }
 
 fn expected_mode(cfg: &IoConfig) -> (Engine, Cache) {
-    let e = match cfg.engine {
-        EngineChoice::Sync => Engine::Sync,
+    let cache = cfg.cache_for(false);
+    let e = match (cfg.engine, cache) {
+        (EngineChoice::Sync, _) | (EngineChoice::Auto, Cache::Writeback) => Engine::Sync,
         _ => Engine::Uring,
     };
-    (e, cfg.cache_for(false))
+    (e, cache)
 }
 
 /// Checks beyond [`suite::run`]: batched writes, large and multi-block transfers from aligned

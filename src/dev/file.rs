@@ -149,7 +149,7 @@ impl FileDev {
                 )
             })?;
         }
-        let engine = io.engine().map_err(|why| {
+        let engine = io.engine(cache).map_err(|why| {
             io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!("{}: {why}", path.display()),
