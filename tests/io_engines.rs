@@ -201,3 +201,27 @@ fn cache_none_on_tmpfs_is_a_clear_error_and_loses_nothing() {
     assert!(nbdsh(&s.uri("vm1"), VERIFY).contains("verified"));
     assert!(s.stop().success());
 }
+
+#[test]
+fn a_uring_sspd_killed_mid_write_restarts_at_once() {
+    if ssp::dev::iomode::uring_available().is_err() {
+        eprintln!("SKIPPED: io_uring unavailable here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pool = make_pool(dir.path(), &[("vm1", "16M")]);
+    let flags = ["--io-engine", "uring"];
+    let mut s = Server::serve_with(pool.clone(), dir, &flags);
+    let w = Writer::start(&s, "vm1", 0, 512);
+    assert!(w.advances_from(w.writes() + 50));
+    // SIGKILL with writes going on: io_uring requests in flight at the kill keep the PV file
+    // open (and locked) until the kernel has torn the rings down; the next open waits for a
+    // lock whose holder is dead instead of failing.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    drop(w);
+    let dir = s.dir.take().unwrap();
+    let s = Server::serve_with(pool.clone(), dir, &flags);
+    assert_eq!(status(&pool, &[]).0, "uring");
+    assert!(s.stop().success());
+}
