@@ -40,6 +40,13 @@
 #   BENCH_WORKLOADS   ["randread randwrite seqread seqwrite"]
 #   BENCH_DOC         the Markdown report to write [docs/bench-vs-peers.md]
 #   BENCH_KEEP_DATA=1 keep the disk-backed export files after the run (default: removed)
+#   SSP_ENGINES       sspd's PV I/O engines to run side by side, e.g. "sync uring" (each is a
+#                     server of its own, sspd-ENGINE-CACHE); unset: one sspd with its defaults
+#   SSP_CACHE         sspd's cache modes to run side by side, e.g. "writeback none" [writeback
+#                     when SSP_ENGINES is set]; `none` (O_DIRECT) is skipped on tmpfs, which
+#                     has no O_DIRECT
+# Example: SSP_ENGINES="sync uring" SSP_CACHE="writeback none" BENCH_SERVERS="sspd nbdkit" \
+#          scripts/bench-vs-peers.sh
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -54,6 +61,24 @@ read -r -a SERVERS <<<"${BENCH_SERVERS:-sspd qemu-nbd nbdkit nbd-server}"
 read -r -a TRANSPORTS <<<"${BENCH_TRANSPORTS:-unix tcp}"
 read -r -a STORAGES <<<"${BENCH_STORAGES:-disk tmpfs}"
 read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-randread randwrite seqread seqwrite}"
+# sspd's engines and cache modes side by side: "sspd" becomes sspd-ENGINE-CACHE for each pair.
+if [[ -n ${SSP_ENGINES:-}${SSP_CACHE:-} ]]; then
+    read -r -a SSP_ENGINE_LIST <<<"${SSP_ENGINES:-auto}"
+    read -r -a SSP_CACHE_LIST <<<"${SSP_CACHE:-writeback}"
+    expanded=()
+    for s in "${SERVERS[@]}"; do
+        if [[ $s == sspd ]]; then
+            for e in "${SSP_ENGINE_LIST[@]}"; do
+                for c in "${SSP_CACHE_LIST[@]}"; do expanded+=("sspd-$e-$c"); done
+            done
+        else
+            expanded+=("$s")
+        fi
+    done
+    SERVERS=("${expanded[@]}")
+fi
+# sspd and sspctl read SSP_CACHE themselves (one mode): the list above is the script's.
+unset SSP_CACHE
 DOC=${BENCH_DOC:-$ROOT/docs/bench-vs-peers.md}
 EXPORT=bench
 TMPFS_GIB=$((PV_GIB > SIZE_GIB ? PV_GIB + 4 : SIZE_GIB + 4))
@@ -265,7 +290,7 @@ rows.sort(key=lambda r: (tr_o.get(r["transport"], 9), st_o.get(r["storage"], 9),
                          wl_o.get(r["workload"], 9), sv_o.get(r["server"], 9)))
 best = {}
 for r in rows:
-    if r["ok"] and r["server"] != "sspd":
+    if r["ok"] and not r["server"].startswith("sspd"):
         k = (r["transport"], r["storage"], r["workload"])
         best[k] = max(best.get(k, 0), r["iops"])
 def f(v, fmt):
@@ -277,7 +302,7 @@ notes = []
 for r in rows:
     k = (r["transport"], r["storage"], r["workload"])
     head = f"| {r['transport']} | {r['storage']} | {WL.get(r['workload'], r['workload'])} | "
-    name = f"**{r['server']}**" if r["server"] == "sspd" else r["server"]
+    name = f"**{r['server']}**" if r["server"].startswith("sspd") else r["server"]
     if not r["ok"] and r.get("iops") is None:
         lines.append(head + f"{name} | FAILED | | | | |")
     else:
@@ -295,17 +320,17 @@ for r in rows:
                      f"fio/server said: `{out}`")
 table = "\n".join(lines)
 # sspd's ratio per group, compactly.
-summ = ["| transport | storage | workload | sspd IOPS / best peer | best peer |",
-        "|---|---|---|--:|---|"]
+summ = ["| transport | storage | workload | sspd | sspd IOPS / best peer | best peer |",
+        "|---|---|---|---|--:|---|"]
 for r in rows:
-    if r["server"] != "sspd":
+    if not r["server"].startswith("sspd"):
         continue
     k = (r["transport"], r["storage"], r["workload"])
     b = best.get(k)
-    who = [p["server"] for p in rows if p["ok"] and p["server"] != "sspd" and
+    who = [p["server"] for p in rows if p["ok"] and not p["server"].startswith("sspd") and
            (p["transport"], p["storage"], p["workload"]) == k and p["iops"] == b]
     val = f"{r['iops'] / b:.2f}" if (b and r["ok"]) else "FAILED" if not r["ok"] else "–"
-    summ.append(f"| {k[0]} | {k[1]} | {WL.get(k[2], k[2])} | {val} | {who[0] if who else '–'} |")
+    summ.append(f"| {k[0]} | {k[1]} | {WL.get(k[2], k[2])} | {r['server']} | {val} | {who[0] if who else '–'} |")
 summary = "\n".join(summ)
 print()
 print(table)
@@ -361,10 +386,10 @@ RESULTS=$LOGS/results.jsonl
 backing_create() {
     local server=$1 dir=$2
     case $server in
-    sspd)
-        rm -rf "$dir/sspd-pool" "$dir/sspd-pv0.img"
-        "$SSPCTL" --pool "$dir/sspd-pool" pool create --pv "$dir/sspd-pv0.img:${PV_GIB}G" >&2 &&
-            "$SSPCTL" --pool "$dir/sspd-pool" lu create "$EXPORT" --size "${SIZE_GIB}G" >&2
+    sspd*)
+        rm -rf "$dir/$server-pool" "$dir/$server-pv0.img"
+        "$SSPCTL" --pool "$dir/$server-pool" pool create --pv "$dir/$server-pv0.img:${PV_GIB}G" >&2 &&
+            "$SSPCTL" --pool "$dir/$server-pool" lu create "$EXPORT" --size "${SIZE_GIB}G" >&2
         ;;
     *)
         rm -f "$dir/$server.img"
@@ -374,7 +399,7 @@ backing_create() {
 }
 backing_remove() {
     local server=$1 dir=$2
-    rm -rf "$dir/sspd-pool" "$dir/sspd-pv0.img" "$dir/$server.img"
+    rm -rf "$dir/$server-pool" "$dir/$server-pv0.img" "$dir/$server.img"
 }
 
 RUN_SEQ=0
@@ -392,9 +417,14 @@ start_server() {
     SRV_PID=""
     SRV_CHILD=""
     case $server in
-    sspd)
+    sspd*)
         if [[ $transport == unix ]]; then listen=(--unix "$sock"); else listen=(--listen "127.0.0.1:$port"); fi
-        "$SSPD" --pool "$dir/sspd-pool" "${listen[@]}" >"$srvlog" 2>&1 &
+        local io=()   # sspd-ENGINE-CACHE: that engine and cache mode
+        if [[ $server == sspd-*-* ]]; then
+            local ec=${server#sspd-}
+            io=(--io-engine "${ec%-*}" --cache "${ec##*-}")
+        fi
+        "$SSPD" --pool "$dir/$server-pool" "${listen[@]}" "${io[@]}" >"$srvlog" 2>&1 &
         SRV_CHILD=$!
         SRV_PID=$SRV_CHILD
         ;;
@@ -605,6 +635,10 @@ for storage in "${STORAGES[@]}"; do
             n=${#SERVERS[@]}
             for ((k = 0; k < n; k++)); do
                 server=${SERVERS[$(((group + k) % n))]}
+                if [[ $storage == tmpfs && $server == sspd-*-none ]]; then
+                    log "[$label $transport $wl] $server: skipped (tmpfs has no O_DIRECT)"
+                    continue
+                fi
                 if [[ $storage == disk && -z ${PREFILLED[$server]:-} ]]; then
                     log "[$label $transport $wl] $server: skipped (its export could not be prefilled)"
                     record_failure "$label" "$transport" "$wl" "$server" "export setup or prefill failed" \

@@ -903,14 +903,14 @@ fn failgrp_create(
     specs: &[String],
     force: bool,
 ) -> Result<(), PoolError> {
-    use crate::pool::dir::{config_add_pvs, config_remove_pvs, make_devs};
+    use crate::pool::dir::{config_add_pvs, config_remove_pvs};
     let specs = parse_specs(specs)?;
     let made: Vec<std::path::PathBuf> = specs
         .iter()
         .filter(|s| s.size.is_some())
         .map(|s| s.path.clone())
         .collect();
-    let devs = make_devs(&specs, force)?;
+    let devs = crate::pool::dir::make_devs_with(&specs, force, &ctx.pool.io_config())?;
     let paths: Vec<std::path::PathBuf> = devs.iter().map(|(p, _)| p.clone()).collect();
     let dir = ctx.maps.dir().to_owned();
     let undo = |err: PoolError| {
@@ -950,9 +950,9 @@ fn parse_specs(specs: &[String]) -> Result<Vec<crate::pool::dir::PvSpec>, PoolEr
 }
 
 fn pv_add(ctx: &AdminCtx, fg: &str, specs: &[String], force: bool) -> Result<(), PoolError> {
-    use crate::pool::dir::{config_add_pvs, config_remove_pvs, make_devs};
+    use crate::pool::dir::{config_add_pvs, config_remove_pvs};
     let specs = parse_specs(specs)?;
-    let devs = make_devs(&specs, force)?;
+    let devs = crate::pool::dir::make_devs_with(&specs, force, &ctx.pool.io_config())?;
     let paths: Vec<std::path::PathBuf> = devs.iter().map(|(p, _)| p.clone()).collect();
     let dir = ctx.maps.dir().to_owned();
     let undo = |e: PoolError| {
@@ -979,9 +979,9 @@ fn pv_replace(
     force: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), PoolError> {
-    use crate::pool::dir::{config_replace_pv, make_devs};
+    use crate::pool::dir::config_replace_pv;
     let specs = parse_specs(&[new.to_owned()])?;
-    let mut devs = make_devs(&specs, force)?;
+    let mut devs = crate::pool::dir::make_devs_with(&specs, force, &ctx.pool.io_config())?;
     let (path, dev) = devs
         .pop()
         .ok_or_else(|| PoolError::Internal(format!("no PV made for {new}")))?;

@@ -283,6 +283,7 @@ fn small_opts(read_only: bool) -> Options {
         read_only,
         host_id: 1,
         replay_to: None,
+        io: crate::dev::IoConfig::default(),
     }
 }
 

@@ -94,6 +94,14 @@ struct Args {
     /// Shut down cleanly when the parent process exits (for tests and programs embedding sspd)
     #[arg(long)]
     exit_with_parent: bool,
+    /// PV I/O engine: uring (io_uring), sync (pread/pwrite) or auto (uring for O_DIRECT PVs
+    /// where the host allows it, else sync; the log says which and why). `pool status` shows it
+    #[arg(long, value_enum, env = "SSP_IO_ENGINE", default_value_t = ssp::dev::EngineChoice::Auto)]
+    io_engine: ssp::dev::EngineChoice,
+    /// PV cache mode: writeback (the host's page cache), none (O_DIRECT: no page cache; the
+    /// PVs' file system must support it) or auto (none for block devices, writeback for files)
+    #[arg(long, value_enum, env = "SSP_CACHE", default_value_t = ssp::dev::CacheChoice::Auto)]
+    cache: ssp::dev::CacheChoice,
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -252,10 +260,13 @@ async fn run(args: Args, inherited: Vec<Inherited>) -> anyhow::Result<()> {
         &args.pool,
         Options {
             replay_to: args.replay_to_seal,
+            io: ssp::dev::IoConfig::new(args.io_engine, args.cache),
             ..Options::default()
         },
     )?;
     let (pool, _lock) = pd.into_shared();
+    let st = pool.status();
+    tracing::info!(io_engine = %st.io_engine, cache = %st.cache, "PV I/O");
     pool.set_maintenance_rates(args.scrub_rate, args.resync_rate);
     pool.set_reclaim_rate(args.reclaim_rate);
     let _cleaner = pool.spawn_cleaner(std::time::Duration::from_millis(200));

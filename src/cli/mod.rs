@@ -51,6 +51,14 @@ pub struct Cli {
     /// Listings: no header line; fields separated by a tab, sizes in exact bytes (for scripts)
     #[arg(short = 'H', long = "no-headers", global = true)]
     pub no_headers: bool,
+    /// Offline: PV I/O engine, uring (io_uring), sync (pread/pwrite) or auto (uring for O_DIRECT
+    /// PVs where the host allows it, else sync)
+    #[arg(long, global = true, value_enum, env = "SSP_IO_ENGINE", default_value_t = crate::dev::EngineChoice::Auto)]
+    pub io_engine: crate::dev::EngineChoice,
+    /// Offline: PV cache mode, writeback (page cache), none (O_DIRECT) or auto (none for block
+    /// devices, writeback for files)
+    #[arg(long, global = true, value_enum, env = "SSP_CACHE", default_value_t = crate::dev::CacheChoice::Auto)]
+    pub cache: crate::dev::CacheChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -376,6 +384,7 @@ fn open_mode(cli: &Cli, read_only: bool) -> Result<PoolDir> {
     let dir = pool_dir(cli)?;
     let opts = Options {
         read_only,
+        io: crate::dev::IoConfig::new(cli.io_engine, cli.cache),
         ..Options::default()
     };
     Ok(PoolDir::open(&dir, opts)?)
@@ -397,7 +406,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 name: c.name.clone(),
                 journal_blocks: c.journal_mb * 256,
             };
-            let made = PoolDir::create_with(&dir, &c.pvs, &copts, Options::default(), c.force);
+            let opts = Options {
+                io: crate::dev::IoConfig::new(cli.io_engine, cli.cache),
+                ..Options::default()
+            };
+            let made = PoolDir::create_with(&dir, &c.pvs, &copts, opts, c.force);
             let err = made.as_ref().err().map(|e| e.to_string());
             let pvs: Vec<String> = c.pvs.iter().map(|p| p.path.display().to_string()).collect();
             crate::audit::record_op(
@@ -727,6 +740,7 @@ fn lu(cli: &Cli, cmd: &LuCmd, out: &mut dyn Write) -> Result<()> {
     let dir = pool_dir(cli)?;
     let opts = Options {
         read_only: matches!(cmd, LuCmd::Export { .. }),
+        io: crate::dev::IoConfig::new(cli.io_engine, cli.cache),
         ..Options::default()
     };
     let pd = match PoolDir::open(&dir, opts) {
@@ -938,6 +952,8 @@ fn print_status(
     writeln!(out, "Snapshots:         {}", st.snapshots)?;
     writeln!(out, "Client Images:     {}", st.images)?;
     writeln!(out, "Block Size:        {}", st.block_size)?;
+    writeln!(out, "I/O Engine:        {}", st.io_engine)?;
+    writeln!(out, "Cache Mode:        {}", st.cache)?;
     let w = &st.writer;
     writeln!(
         out,

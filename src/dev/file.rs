@@ -11,8 +11,12 @@ use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use std::sync::RwLock;
+
+use super::iomode::{Cache, Engine, IoConfig};
 use super::mem::check_range;
-use super::BlockDev;
+use super::uring::Rings;
+use super::{direct, BlockDev};
 
 /// A regular file or block device. All I/O is positional (`pread`/`pwrite`), so concurrent
 /// `&self` calls never race on a shared file cursor.
@@ -30,6 +34,12 @@ pub struct FileDev {
     regular: bool,
     /// Whether its mode had a write bit at open (losing them all later fails the PV).
     mode_writable: bool,
+    /// The io_uring engine (`None`: `pread`/`pwrite` from the calling thread).
+    rings: Option<Rings>,
+    /// Opened with `O_DIRECT` (`--cache none`): I/O goes through [`direct`].
+    cache: Cache,
+    /// With `O_DIRECT`: aligned writes share it, a read-modify-write holds it alone.
+    rmw: RwLock<()>,
 }
 
 impl FileDev {
@@ -39,6 +49,11 @@ impl FileDev {
     /// regular file gets an exclusive `flock`. A PV that is taken fails with
     /// [`io::ErrorKind::ResourceBusy`] and a message naming the holder when it can be found.
     pub fn open(path: &Path) -> io::Result<FileDev> {
+        Self::open_with(path, &IoConfig::default())
+    }
+
+    /// [`FileDev::open`] with the engine and cache mode `io` asks for.
+    pub fn open_with(path: &Path, io: &IoConfig) -> io::Result<FileDev> {
         let is_blockdev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         let mut oo = OpenOptions::new();
         oo.read(true).write(true);
@@ -59,16 +74,21 @@ impl FileDev {
         if !is_blockdev {
             lock_file(&file, path)?;
         }
-        Self::from_file(file, path)
+        Self::from_file(file, path, io)
     }
 
     /// Create a sparse regular file of `size` bytes; an existing regular file is truncated, so
     /// its old content is discarded. An existing block device is opened as is (its content is
     /// kept), and refused if it is smaller than `size`.
     pub fn create(path: &Path, size: u64) -> io::Result<FileDev> {
+        Self::create_with(path, size, &IoConfig::default())
+    }
+
+    /// [`FileDev::create`] with the engine and cache mode `io` asks for.
+    pub fn create_with(path: &Path, size: u64, io: &IoConfig) -> io::Result<FileDev> {
         let is_blockdev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         if is_blockdev {
-            let dev = Self::open(path)?;
+            let dev = Self::open_with(path, io)?;
             if dev.len < size {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -95,16 +115,53 @@ impl FileDev {
         // Make the new file's size and directory entry durable, or a crash could lose the PV.
         file.sync_all().map_err(|e| annotate(path, "sync", e))?;
         sync_parent_dir(path).map_err(|e| annotate(path, "sync parent directory of", e))?;
-        Self::from_file(file, path)
+        Self::from_file(file, path, io)
     }
 
-    fn from_file(file: File, path: &Path) -> io::Result<FileDev> {
+    fn from_file(file: File, path: &Path, io: &IoConfig) -> io::Result<FileDev> {
         // Seeking to the end sizes block devices too (their metadata length is 0). The cursor is
         // otherwise unused since all I/O is positional.
         let len = (&file)
             .seek(SeekFrom::End(0))
             .map_err(|e| annotate(path, "get size of", e))?;
         let md = file.metadata().map_err(|e| annotate(path, "stat", e))?;
+        let cache = io.cache_for(md.file_type().is_block_device());
+        if cache == Cache::None {
+            if len % direct::ALIGN as u64 != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: cache mode none (O_DIRECT) needs a size that is a multiple of {} \
+                         bytes, not {len}; use --cache writeback",
+                        path.display(),
+                        direct::ALIGN
+                    ),
+                ));
+            }
+            direct::enable(file.as_raw_fd()).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: cache mode none needs O_DIRECT, which its file system refuses \
+                         ({e}); use --cache writeback",
+                        path.display()
+                    ),
+                )
+            })?;
+        }
+        let engine = io.engine(cache).map_err(|why| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{}: {why}", path.display()),
+            )
+        })?;
+        let rings = match engine {
+            Engine::Sync => None,
+            Engine::Uring => Some(
+                Rings::new(file.as_raw_fd())
+                    .map_err(|e| annotate(path, "set up io_uring for", e))?,
+            ),
+        };
         Ok(FileDev {
             file,
             name: path.display().to_string(),
@@ -114,7 +171,26 @@ impl FileDev {
             ident: (md.dev(), md.ino()),
             regular: md.file_type().is_file(),
             mode_writable: md.mode() & 0o222 != 0,
+            rings,
+            cache,
+            rmw: RwLock::new(()),
         })
+    }
+
+    /// Read exactly `buf.len()` bytes at `offset` with the engine (no alignment handling).
+    fn raw_read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match &self.rings {
+            Some(r) => r.read(buf, offset),
+            None => self.file.read_exact_at(buf, offset),
+        }
+    }
+
+    /// Write all of `buf` at `offset` with the engine (no alignment handling).
+    fn raw_write(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match &self.rings {
+            Some(r) => r.write(buf, offset),
+            None => self.file.write_all_at(buf, offset),
+        }
     }
 
     /// What changed under the open file, if anything (see [`BlockDev::health`]).
@@ -167,12 +243,18 @@ impl FileDev {
 impl BlockDev for FileDev {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         check_range(&self.name, "read", offset, buf.len(), self.len)?;
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| self.io_error("read", buf.len(), offset, e))
+        let r = match self.cache {
+            Cache::Writeback => self.raw_read(buf, offset),
+            Cache::None => direct::read(buf, offset, &|b, o| self.raw_read(b, o)),
+        };
+        r.map_err(|e| self.io_error("read", buf.len(), offset, e))
     }
 
     fn try_read_at(&self, buf: &mut [u8], offset: u64) -> bool {
+        // Without the page cache every read waits for the device.
+        if self.cache == Cache::None {
+            return false;
+        }
         if check_range(&self.name, "read", offset, buf.len(), self.len).is_err() {
             return false;
         }
@@ -203,15 +285,61 @@ impl BlockDev for FileDev {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         // Refuse to grow a regular file past its size, like a real disk would.
         check_range(&self.name, "write", offset, buf.len(), self.len)?;
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| self.io_error("write", buf.len(), offset, e))
+        let r = match self.cache {
+            Cache::Writeback => self.raw_write(buf, offset),
+            Cache::None => direct::write(
+                buf,
+                offset,
+                &self.rmw,
+                &|b, o| self.raw_read(b, o),
+                &|b, o| self.raw_write(b, o),
+            ),
+        };
+        r.map_err(|e| self.io_error("write", buf.len(), offset, e))
+    }
+
+    fn write_many_at(&self, writes: &[(&[u8], u64)]) -> io::Result<()> {
+        for (b, off) in writes {
+            check_range(&self.name, "write", *off, b.len(), self.len)?;
+        }
+        let aligned = writes
+            .iter()
+            .all(|(b, off)| direct::is_aligned(b.as_ptr(), b.len(), *off));
+        match &self.rings {
+            // One submission for the whole batch.
+            Some(r) if self.cache == Cache::Writeback || aligned => {
+                let _shared = (self.cache == Cache::None).then(|| {
+                    self.rmw
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                });
+                r.write_many(writes).map_err(|e| {
+                    let total: usize = writes.iter().map(|(b, _)| b.len()).sum();
+                    let at = writes.first().map_or(0, |w| w.1);
+                    self.io_error("batched write", total, at, e)
+                })
+            }
+            _ => writes
+                .iter()
+                .try_for_each(|(b, off)| self.write_at(b, *off)),
+        }
+    }
+
+    fn io_mode(&self) -> Option<(Engine, Cache)> {
+        let engine = if self.rings.is_some() {
+            Engine::Uring
+        } else {
+            Engine::Sync
+        };
+        Some((engine, self.cache))
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: sync: {e}", self.name)))
+        match &self.rings {
+            Some(r) => r.sync(),
+            None => self.file.sync_data(),
+        }
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: sync: {e}", self.name)))
     }
 
     fn len(&self) -> u64 {
@@ -253,26 +381,39 @@ impl BlockDev for FileDev {
     }
 }
 
-/// Take an exclusive `flock` on a PV file without waiting; it is released when the file is
-/// closed (the lock belongs to this open file description, so a second open in the same
-/// process is refused too).
+/// Take an exclusive `flock` on a PV file without waiting for a live holder; it is released
+/// when the file is closed (the lock belongs to this open file description, so a second open in
+/// the same process is refused too). A holder that is no longer a live process (a killed
+/// process whose io_uring requests the kernel is still tearing down keeps its files open for a
+/// moment after it exited) is waited for, up to [`DEAD_HOLDER_WAIT`].
 fn lock_file(file: &File, path: &Path) -> io::Result<()> {
-    // SAFETY: flock on a valid, open descriptor; no memory is passed.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(());
+    let deadline = std::time::Instant::now() + DEAD_HOLDER_WAIT;
+    loop {
+        // SAFETY: flock on a valid, open descriptor; no memory is passed.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(annotate(path, "lock", e));
+        }
+        let holder = std::fs::metadata(path).ok().and_then(|m| flock_holder(&m));
+        let alive = holder
+            .as_ref()
+            .is_some_and(|(pid, _)| Path::new(&format!("/proc/{pid}")).exists());
+        if alive || std::time::Instant::now() >= deadline {
+            let who = holder
+                .map(|(pid, comm)| format!("process {pid} ({comm})"))
+                .unwrap_or_else(|| "another process".into());
+            return Err(busy(path, &format!("is in use: {who} holds its lock")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-        return Err(annotate(path, "lock", e));
-    }
-    let who = std::fs::metadata(path)
-        .ok()
-        .and_then(|m| flock_holder(&m))
-        .map(|(pid, comm)| format!("process {pid} ({comm})"))
-        .unwrap_or_else(|| "another process".into());
-    Err(busy(path, &format!("is in use: {who} holds its lock")))
 }
+
+/// How long a PV lock held by no live process is waited for.
+const DEAD_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn busy(path: &Path, what: &str) -> io::Error {
     io::Error::new(

@@ -11,12 +11,19 @@
 
 use std::io;
 
+pub mod direct;
 mod fault;
 mod file;
+pub mod iomode;
 mod mem;
+mod uring;
+
+#[cfg(test)]
+mod conformance;
 
 pub use fault::{CrashMode, FaultControl, FaultDev};
 pub use file::FileDev;
+pub use iomode::{Cache, CacheChoice, Engine, EngineChoice, IoConfig};
 pub use mem::MemDev;
 
 /// Sector size used for torn-write simulation and the durability contract.
@@ -36,6 +43,19 @@ pub trait BlockDev: Send + Sync {
     }
     /// Write all of `buf` at `offset` (not durable until [`BlockDev::sync`]).
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Write every `(bytes, offset)` pair, as [`BlockDev::write_at`] each, in any order (the
+    /// ranges must not overlap). Engines that can submit a batch at once do (io_uring: one
+    /// `io_uring_enter`); the rest write them one by one. On an error, any subset may have
+    /// been written.
+    fn write_many_at(&self, writes: &[(&[u8], u64)]) -> io::Result<()> {
+        writes
+            .iter()
+            .try_for_each(|(b, off)| self.write_at(b, *off))
+    }
+    /// The engine and cache mode of a file or block device (`None`: memory, a test device).
+    fn io_mode(&self) -> Option<(Engine, Cache)> {
+        None
+    }
     /// Make every completed write durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
     /// Size of the device in bytes.

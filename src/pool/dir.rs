@@ -11,7 +11,7 @@
 
 use super::error::{PoolError, Result};
 use super::{CreateOptions, Options, Pool};
-use crate::dev::{BlockDev, FileDev};
+use crate::dev::{BlockDev, FileDev, IoConfig};
 use fs2::FileExt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -104,8 +104,8 @@ pub(super) fn lock(dir: &Path) -> Result<File> {
     Ok(f)
 }
 
-pub(super) fn open_dev(path: &Path) -> Result<Arc<dyn BlockDev>> {
-    let d = FileDev::open(path).map_err(|e| dev_error(path, "open", e))?;
+pub(super) fn open_dev(path: &Path, io: &IoConfig) -> Result<Arc<dyn BlockDev>> {
+    let d = FileDev::open_with(path, io).map_err(|e| dev_error(path, "open", e))?;
     Ok(Arc::new(d))
 }
 
@@ -210,7 +210,7 @@ impl PoolDir {
         }
         let l = lock(dir)?;
         let (paths, devs): (Vec<PathBuf>, Vec<Arc<dyn BlockDev>>) =
-            make_devs(pvs, force)?.into_iter().unzip();
+            make_devs_with(pvs, force, &opts.io)?.into_iter().unzip();
         let pool = Pool::create(devs, copts, opts)?;
         let abs: Vec<PathBuf> = paths
             .iter()
@@ -248,7 +248,7 @@ impl PoolDir {
         // sspctl, perhaps through a copy of this directory).
         let mut devs: Vec<Arc<dyn BlockDev>> = Vec::new();
         for p in &cfg.pvs {
-            devs.push(match open_dev(p) {
+            devs.push(match open_dev(p, &opts.io) {
                 Ok(d) => d,
                 Err(e @ PoolError::InUse(_)) => return Err(e),
                 Err(e) => {
@@ -275,8 +275,17 @@ impl PoolDir {
 /// superblock of any pool is refused unless `force`.
 /// On a refusal, the files made here are removed again.
 pub fn make_devs(specs: &[PvSpec], force: bool) -> Result<Vec<(PathBuf, Arc<dyn BlockDev>)>> {
+    make_devs_with(specs, force, &IoConfig::default())
+}
+
+/// [`make_devs`], opening the PVs with the engine and cache mode `io` asks for.
+pub fn make_devs_with(
+    specs: &[PvSpec],
+    force: bool,
+    io: &IoConfig,
+) -> Result<Vec<(PathBuf, Arc<dyn BlockDev>)>> {
     let mut made: Vec<PathBuf> = Vec::new();
-    let r = make_devs_into(specs, force, &mut made);
+    let r = make_devs_into(specs, force, io, &mut made);
     if r.is_err() {
         for p in &made {
             let _ = std::fs::remove_file(p);
@@ -288,6 +297,7 @@ pub fn make_devs(specs: &[PvSpec], force: bool) -> Result<Vec<(PathBuf, Arc<dyn 
 fn make_devs_into(
     specs: &[PvSpec],
     force: bool,
+    io: &IoConfig,
     made: &mut Vec<PathBuf>,
 ) -> Result<Vec<(PathBuf, Arc<dyn BlockDev>)>> {
     let mut out: Vec<(PathBuf, Arc<dyn BlockDev>)> = Vec::new();
@@ -307,7 +317,7 @@ fn make_devs_into(
                     )));
                 }
                 let new_file = !is_block_device(&spec.path);
-                let dev = FileDev::create(&spec.path, size)
+                let dev = FileDev::create_with(&spec.path, size, io)
                     .map_err(|e| dev_error(&spec.path, "create", e))?;
                 if new_file {
                     made.push(spec.path.clone());
@@ -317,7 +327,7 @@ fn make_devs_into(
                 Arc::new(dev)
             }
             None => {
-                let dev = open_dev(&spec.path)?;
+                let dev = open_dev(&spec.path, io)?;
                 check_unused(&spec.path, dev.as_ref(), force)?;
                 dev
             }

@@ -69,7 +69,7 @@ impl PoolDir {
                     p.display()
                 )));
             }
-            let dev = open_dev(&abs)?;
+            let dev = open_dev(&abs, &opts.io)?;
             let sb = read_superblock(dev.as_ref()).map_err(|e| {
                 PoolError::Config(format!(
                     "{} is not a PV of an ssp pool (no valid superblock: {e})",

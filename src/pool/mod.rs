@@ -28,6 +28,7 @@ mod gc;
 pub mod import;
 mod inner;
 mod io;
+mod iomode;
 mod journal;
 mod maps;
 mod mirror;
@@ -89,6 +90,8 @@ pub struct Options {
     /// Replay the last writer's journal only up to this seal (FORMAT.md §7.3); `None`: to the
     /// end of its log.
     pub replay_to: Option<crate::format::Seal>,
+    /// How PVs are opened: I/O engine and cache mode.
+    pub io: crate::dev::IoConfig,
 }
 
 impl Default for Options {
@@ -101,6 +104,7 @@ impl Default for Options {
             read_only: false,
             host_id: open::local_host_id(),
             replay_to: None,
+            io: crate::dev::IoConfig::default(),
         }
     }
 }
@@ -201,6 +205,11 @@ pub struct PoolStatus {
     pub log_end: Option<seal::SealInfo>,
     pub counters: Counters,
     pub write_amplification: f64,
+    /// The PVs' I/O engine (`uring`, `sync`) and cache mode (`writeback`, `none`).
+    #[serde(default)]
+    pub io_engine: String,
+    #[serde(default)]
+    pub cache: String,
 }
 
 /// An open pool. All methods may be called from several threads.
@@ -831,6 +840,7 @@ impl Pool {
     pub fn status(&self) -> PoolStatus {
         let mut st = self.status_inner();
         st.failure_groups = self.failgrp_list();
+        (st.io_engine, st.cache) = self.io_modes();
         st
     }
 
@@ -918,6 +928,8 @@ impl Pool {
             checkpoint_generation: g.generation,
             counters: c,
             write_amplification: if c.user_blocks_written == 0 { 0.0 } else { wa },
+            io_engine: String::new(),
+            cache: String::new(),
         }
     }
 
