@@ -1217,24 +1217,29 @@ pub(crate) fn decode_reply_line(line: &str) -> Result<AdminReply, ClientError> {
 /// Connect to the pool's sspd and send one request line; the socket carries what follows
 /// (a streaming request's bytes). `NotRunning` when nobody listens.
 pub(crate) fn connect_with(dir: &Path, req: &AdminRequest) -> Result<UnixStream, ClientError> {
-    let mut stream = match UnixStream::connect(socket_path(dir)) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(ClientError::NotRunning)
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let mut stream = connect(dir)?;
     let mut line = encode_request_line(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push('\n');
     stream
         .write_all(line.as_bytes())
         .map_err(ClientError::Send)?;
     Ok(stream)
+}
+
+/// Connect to the admin socket of the pool in `dir`; `NotRunning` when nobody listens.
+fn connect(dir: &Path) -> Result<UnixStream, ClientError> {
+    match UnixStream::connect(socket_path(dir)) {
+        Ok(s) => Ok(s),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Err(ClientError::NotRunning)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Errors of the client side.
@@ -1263,19 +1268,7 @@ pub fn call_with_progress(
     req: &AdminRequest,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<AdminReply, ClientError> {
-    let path = socket_path(dir);
-    let stream = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(ClientError::NotRunning)
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let stream = connect(dir)?;
     let mut w = stream.try_clone()?;
     let mut line = encode_request_line(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push('\n');

@@ -99,6 +99,21 @@ pub struct SendSummary {
     pub stream_bytes: u64,
 }
 
+impl SendSummary {
+    /// The summary of the stream with header `h` and end record `e`, `stream_bytes` long.
+    pub fn of(h: &Header, e: &End, stream_bytes: u64) -> SendSummary {
+        SendSummary {
+            snapshot: h.snap_name.clone(),
+            base: h.base_name.clone(),
+            records: e.records,
+            data_bytes: e.data_bytes,
+            zero_bytes: e.zero_bytes,
+            hole_bytes: e.hole_bytes,
+            stream_bytes,
+        }
+    }
+}
+
 /// A resolved send: the header to write and the volumes to read.
 pub struct SendPlan {
     pub header: Header,
@@ -262,15 +277,7 @@ pub fn write_stream(
     let eb = e.encode();
     out.write_all(&eb)?;
     out.flush()?;
-    Ok(SendSummary {
-        snapshot: h.snap_name.clone(),
-        base: h.base_name.clone(),
-        records: e.records,
-        data_bytes: e.data_bytes,
-        zero_bytes: e.zero_bytes,
-        hole_bytes: e.hole_bytes,
-        stream_bytes: t.bytes + eb.len() as u64,
-    })
+    Ok(SendSummary::of(h, &e, t.bytes + eb.len() as u64))
 }
 
 /// An encoded extent record, on its way from the reader thread to the stream.

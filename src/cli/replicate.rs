@@ -124,15 +124,11 @@ pub fn send(cli: &Cli, a: &SendArgs, out: &mut dyn Write) -> Result<()> {
                     .context("the stream from sspd is incomplete (see sspd's log)")?
                 {
                     Item::End(e) => {
-                        break replication::SendSummary {
-                            snapshot: h.snap_name.clone(),
-                            base: h.base_name.clone(),
-                            records: e.records,
-                            data_bytes: e.data_bytes,
-                            zero_bytes: e.zero_bytes,
-                            hole_bytes: e.hole_bytes,
-                            stream_bytes: r.bytes() + crate::stream::end::LEN as u64,
-                        }
+                        break replication::SendSummary::of(
+                            &h,
+                            &e,
+                            r.bytes() + crate::stream::end::LEN as u64,
+                        )
                     }
                     Item::Extent { offset, length, .. } => {
                         bar.tick(report, offset + length - h.resume_offset, total)

@@ -348,7 +348,9 @@ impl Inner {
     /// Store blocks `[lba, lba+count)` of `vol` as zero entries: one `Zero` record per chunk
     /// (chunks end on aligned boundaries, so no chunk splits a span the next one covers).
     fn zero_blocks(&mut self, vol: u64, lba: u64, count: u64) -> Result<()> {
-        self.enable_zero_entries()?;
+        // No older reader may take the sentinel for a VBA. A failed PV that comes back
+        // without the bit gets it at the next zero write.
+        self.require_incompat(INCOMPAT_ZERO, "INCOMPAT_ZERO (its first zero map entry)")?;
         let end = lba + count;
         let mut l = lba;
         while l < end {
@@ -364,21 +366,21 @@ impl Inner {
         Ok(())
     }
 
-    /// Before the first zero entry of a pool created without `INCOMPAT_ZERO`: set the bit in
-    /// the superblocks of every PV that is up (synced), so no older reader takes the sentinel
-    /// for a VBA. A failed PV that comes back without it gets it at the next zero write.
-    fn enable_zero_entries(&mut self) -> Result<()> {
+    /// Before the first record or entry that needs incompatible feature `bit`: set it in the
+    /// superblocks of every PV that is up (synced), so older code refuses the pool instead of
+    /// misreading it.
+    pub(super) fn require_incompat(&mut self, bit: u64, what: &str) -> Result<()> {
         if self
             .pvs
             .pvs
             .iter()
             .filter(|p| p.failed.is_none())
-            .all(|p| p.sb.incompat & INCOMPAT_ZERO != 0)
+            .all(|p| p.sb.incompat & bit != 0)
         {
             return Ok(());
         }
-        tracing::info!("pool stores its first zero map entry: setting INCOMPAT_ZERO");
-        self.rewrite_superblocks(&|sb| sb.incompat |= INCOMPAT_ZERO)
+        tracing::info!("pool sets {what}");
+        self.rewrite_superblocks(&|sb| sb.incompat |= bit)
     }
 
     /// Write one whole block.

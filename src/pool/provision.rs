@@ -150,22 +150,6 @@ impl Inner {
             .is_some_and(|v| Provision::of(v) == Provision::Thick)
     }
 
-    /// Before the first `VolProvision` record: set `INCOMPAT_THICK` on every PV that is up, so
-    /// no older reader stops replay at it or writes into the reservations.
-    fn enable_thick(&mut self) -> Result<()> {
-        if self
-            .pvs
-            .pvs
-            .iter()
-            .filter(|p| p.failed.is_none())
-            .all(|p| p.sb.incompat & INCOMPAT_THICK != 0)
-        {
-            return Ok(());
-        }
-        tracing::info!("pool gets its first thick LU: setting INCOMPAT_THICK");
-        self.rewrite_superblocks(&|sb| sb.incompat |= INCOMPAT_THICK)
-    }
-
     /// Make volume `id` thick or thin, checking the reservation first.
     fn set_provision(&mut self, id: u64, p: Provision, name: &str) -> Result<()> {
         let v = vol_rec(self, id, name)?;
@@ -176,7 +160,8 @@ impl Inner {
             let more = v.size.div_ceil(BLOCK_U64).saturating_sub(v.owned_blocks);
             self.ensure_reservable(more, &format!("making {name} thick"))?;
         }
-        self.enable_thick()?;
+        // No older reader stops replay at the record or writes into the reservations.
+        self.require_incompat(INCOMPAT_THICK, "INCOMPAT_THICK (its first thick LU)")?;
         self.log_and_apply(Record::VolProvision {
             id,
             thick: u8::from(p == Provision::Thick),
