@@ -28,9 +28,10 @@ use std::path::{Path, PathBuf};
 
 /// Volume bytes the sender examines per step (changed runs, then their allocation).
 const WINDOW: u64 = 64 << 20;
-/// A receiver makes its progress durable (a pool flush, then the state file) once at least
-/// this many stream bytes and [`CHECKPOINT_EVERY`] have passed since the last time, or
-/// [`CHECKPOINT_MAX_BYTES`] have: a flush per second at most, so syncs do not throttle it.
+/// A receiver makes its progress durable (a pool flush beside the applying, then the state
+/// file) once at least this many stream bytes and [`CHECKPOINT_EVERY`] have passed since the
+/// last time, or [`CHECKPOINT_MAX_BYTES`] have (and no flush is running): syncs do not
+/// throttle it.
 const CHECKPOINT_BYTES: u64 = 8 << 20;
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 const CHECKPOINT_MAX_BYTES: u64 = 1 << 30;
@@ -813,38 +814,62 @@ pub fn receive(
     let mut applied_to = h.resume_offset;
     let mut since_ckpt = 0u64;
     let mut last_ckpt = std::time::Instant::now();
-    let outcome: Result<End, ReplError> = (|| loop {
-        let before = r.bytes();
-        match r.next_item()? {
-            Item::End(e) => return Ok(e),
-            Item::Extent {
-                kind,
-                offset,
-                length,
-                data,
-            } => {
-                match kind {
-                    ExtentKind::Data => pool.write(staging, offset, data, false)?,
-                    ExtentKind::Zero => pool.write_zeroes(staging, offset, length, false)?,
-                    ExtentKind::Hole => pool.trim(staging, offset, length)?,
+    // Progress is made durable by a flush on another thread while the stream goes on being
+    // applied (a flush in the loop would stop it until the disk caught up): the flush covers
+    // what was applied when it started, which the state file records once it succeeded.
+    let outcome: Result<End, ReplError> = std::thread::scope(|scope| {
+        let mut pending: Option<(std::thread::ScopedJoinHandle<'_, bool>, u64)> = None;
+        let record = |st: &mut ReceiveState,
+                      done: (std::thread::ScopedJoinHandle<'_, bool>, u64)| {
+            let (flusher, upto) = done;
+            if flusher.join().unwrap_or(false) && upto > st.offset {
+                st.offset = upto;
+                save_state(dir, st)?;
+            }
+            Ok::<(), ReplError>(())
+        };
+        let applied: Result<End, ReplError> = (|| loop {
+            let before = r.bytes();
+            match r.next_item()? {
+                Item::End(e) => return Ok(e),
+                Item::Extent {
+                    kind,
+                    offset,
+                    length,
+                    data,
+                } => {
+                    match kind {
+                        ExtentKind::Data => pool.write(staging, offset, data, false)?,
+                        ExtentKind::Zero => pool.write_zeroes(staging, offset, length, false)?,
+                        ExtentKind::Hole => pool.trim(staging, offset, length)?,
+                    }
+                    applied_to = offset + length;
+                    progress(applied_to - resumed_from, total);
                 }
-                applied_to = offset + length;
-                progress(applied_to - resumed_from, total);
+            }
+            since_ckpt += r.bytes() - before;
+            if pending.as_ref().is_some_and(|(f, _)| f.is_finished()) {
+                if let Some(done) = pending.take() {
+                    record(&mut st, done)?;
+                }
+            }
+            if pending.is_none()
+                && ((since_ckpt >= CHECKPOINT_BYTES && last_ckpt.elapsed() >= CHECKPOINT_EVERY)
+                    || since_ckpt >= CHECKPOINT_MAX_BYTES)
+            {
+                since_ckpt = 0;
+                last_ckpt = std::time::Instant::now();
+                pending = Some((scope.spawn(|| pool.flush().is_ok()), applied_to));
+            }
+        })();
+        if let Some(done) = pending.take() {
+            let r = record(&mut st, done);
+            if applied.is_ok() {
+                r?;
             }
         }
-        since_ckpt += r.bytes() - before;
-        if (since_ckpt >= CHECKPOINT_BYTES && last_ckpt.elapsed() >= CHECKPOINT_EVERY)
-            || since_ckpt >= CHECKPOINT_MAX_BYTES
-        {
-            since_ckpt = 0;
-            last_ckpt = std::time::Instant::now();
-            pool.flush()?;
-            if applied_to > st.offset {
-                st.offset = applied_to;
-                save_state(dir, &st)?;
-            }
-        }
-    })();
+        applied
+    });
     let end = match outcome {
         Ok(e) => e,
         Err(e) => {
