@@ -88,6 +88,27 @@ fn prune_keeps_newest_young_cloned_and_held_snapshots() {
         text.contains("2 snapshot(s) of vm would be removed, 3 kept (dry run)"),
         "{text}"
     );
+    // Script-friendly columns, as every listing has them.
+    let cols = sspctl(
+        p,
+        &[
+            "snapshot",
+            "prune",
+            "vm",
+            "--keep",
+            "1",
+            "--dry-run",
+            "-H",
+            "-o",
+            "name,action",
+        ],
+    );
+    assert!(
+        cols.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["vm@s4", "remove"]),
+        "{cols}"
+    );
+    assert!(!cols.contains("NAME"), "{cols}");
 
     // --older-than: s4 is too young to go.
     let v = sspctl_json(
@@ -206,6 +227,11 @@ fn holds_block_removal_online_and_offline() {
         .map(|h| h["tag"].as_str().unwrap())
         .collect();
     assert_eq!(tags, ["backup", "send:peer1"]);
+    let cols = sspctl(p, &["snapshot", "holds", "vm@a", "-H", "-o", "tag"]);
+    assert_eq!(
+        cols.lines().map(str::trim).collect::<Vec<_>>(),
+        ["backup", "send:peer1"]
+    );
     assert!(v["holds"][0]["since"].as_str().unwrap().ends_with('Z'));
     let e = json_error(p, &["snapshot", "rm", "vm@a"]);
     assert!(
