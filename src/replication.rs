@@ -1004,7 +1004,11 @@ pub fn serve_stream(
             }
         },
         AdminRequest::Receive(spec) => {
-            let mut rd = std::io::Cursor::new(pending).chain(input);
+            // Buffered: a record's header and data would otherwise be a read call each.
+            let mut rd = std::io::BufReader::with_capacity(
+                1 << 20,
+                std::io::Cursor::new(pending).chain(input),
+            );
             let r = receive(
                 ctx.pool,
                 ctx.maps.dir(),
