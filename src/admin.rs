@@ -823,7 +823,8 @@ fn dispatch_inner(
         }
         AdminRequest::Scrub { wait: true, rate } => {
             // Join a scrub already running rather than refuse.
-            let st = match pool.scrub_start(*rate) {
+            // Offline the scrub runs inside this call: it reports progress as it goes.
+            let st = match pool.scrub_start_with(*rate, progress) {
                 Ok(st) => st,
                 Err(PoolError::InUse(_)) => pool.scrub_status(ctx.maps.dir()),
                 Err(e) => return Err(e),

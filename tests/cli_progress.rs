@@ -117,7 +117,7 @@ fn json_progress_is_paced_in_bytes_and_the_result_follows() {
     assert_paced("capture", &lines, 12 << 20, took);
     assert_eq!(doc["captured"][0]["name"], "img", "{doc}");
 
-    // Scrub the 24 MiB of data now in the pool, through sspd (offline a scrub runs in one go).
+    // Scrub the 24 MiB of data now in the pool, through sspd.
     let srv = Server::restart(pool.clone());
     let (lines, doc, took) = timed_json(&pool, &["scrub", "--wait", "--rate", "4M"]);
     srv.stop();
@@ -126,6 +126,16 @@ fn json_progress_is_paced_in_bytes_and_the_result_follows() {
         .and_then(|(_, v)| v["progress"]["total_bytes"].as_u64())
         .unwrap_or(0);
     assert!(total >= 24 << 20, "{lines:?}");
+    assert_paced("scrub", &lines, total, took);
+    assert_eq!(doc["errors_found"], 0, "{doc}");
+
+    // Offline the scrub runs inside sspctl: it reports progress the same way.
+    let (lines, doc, took) = timed_json(&pool, &["scrub", "--rate", "4M"]);
+    let total = lines
+        .first()
+        .and_then(|(_, v)| v["progress"]["total_bytes"].as_u64())
+        .unwrap_or(0);
+    assert!(total >= 24 << 20, "offline scrub: {lines:?}");
     assert_paced("scrub", &lines, total, took);
     assert_eq!(doc["errors_found"], 0, "{doc}");
 

@@ -494,6 +494,16 @@ impl Pool {
     /// (offline: nobody else uses the pool) the scrub runs here to the end, unthrottled unless
     /// a rate is given. Refused while a scrub is running.
     pub fn scrub_start(&self, rate: Option<u64>) -> Result<ScrubStatus> {
+        self.scrub_start_with(rate, &mut |_, _| {})
+    }
+
+    /// [`Pool::scrub_start`]; a scrub run here to the end (offline) reports
+    /// `progress(bytes done, bytes total)` at its start, about once a second and at its end.
+    pub fn scrub_start_with(
+        &self,
+        rate: Option<u64>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ScrubStatus> {
         let total = self.lock().scrub_total();
         let mut s = self.scrubber();
         let rate = rate.unwrap_or_else(|| if s.worker { self.rates.scrub() } else { 0 });
@@ -522,7 +532,7 @@ impl Pool {
         }
         drop(s);
         // Its own outcome: once it ends, another start may already have replaced the status.
-        Ok(self.scrub_worker_run())
+        Ok(self.scrub_worker_run(progress))
     }
 
     /// Wait for the running scrub (if any) to stop; `progress(done, total)` about once a
@@ -627,16 +637,17 @@ impl Pool {
                 s.status.running()
             };
             if run {
-                p.scrub_worker_run();
+                p.scrub_worker_run(&mut |_, _| {});
             }
         })
     }
 
     /// Run the scrub the scrubber holds from its position until it is done, cancelled or
     /// fails, keeping its status (and state file, with a worker) up to date; its final status.
-    fn scrub_worker_run(&self) -> ScrubStatus {
+    fn scrub_worker_run(&self, progress: &mut dyn FnMut(u64, u64)) -> ScrubStatus {
         let (mut pos, rate, mut rep) = {
             let s = self.scrubber();
+            progress(s.status.bytes_done, s.status.bytes_total);
             (s.pos, s.status.rate, s.status.report.clone())
         };
         let mut th = Throttle::new(rate);
@@ -674,6 +685,9 @@ impl Pool {
             if last_save.elapsed() >= SAVE_EVERY {
                 last_save = Instant::now();
                 self.save_state(&s);
+                let (done, total) = (s.status.bytes_done, s.status.bytes_total);
+                drop(s);
+                progress(done, total.max(done));
             }
         };
         let mut s = self.scrubber();
@@ -708,7 +722,10 @@ impl Pool {
         s.cancel = false;
         self.save_state(&s);
         self.scrubber.changed.notify_all();
-        s.status.clone()
+        let st = s.status.clone();
+        drop(s);
+        progress(st.bytes_done, st.bytes_total.max(st.bytes_done));
+        st
     }
 
     fn pool_hex(&self) -> String {
