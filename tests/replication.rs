@@ -69,6 +69,31 @@ fn export(pool: &Path, name: &str) -> Vec<u8> {
     b
 }
 
+/// The bytes of `export` read over NBD from a running sspd (through a scratch file beside the
+/// pool).
+fn read_nbd(s: &Server, export: &str) -> Vec<u8> {
+    let f = s
+        .pool
+        .parent()
+        .unwrap()
+        .join(format!("nbd-{}.raw", export.replace('@', "-")));
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &s.uri(export),
+            f.to_str().unwrap(),
+        ],
+    );
+    let b = std::fs::read(&f).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    b
+}
+
 fn names(pool: &Path) -> Vec<String> {
     let mut v = Vec::new();
     for verb in [["lu", "ls"], ["snapshot", "ls"]] {
@@ -170,22 +195,7 @@ fn full_then_three_incrementals_between_two_sspd_and_onward_to_a_third_pool() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let want = {
-        let f = a.pool.parent().unwrap().join("a-s3.raw");
-        run(
-            "qemu-img",
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "raw",
-                &a.uri("vm1@s3"),
-                f.to_str().unwrap(),
-            ],
-        );
-        std::fs::read(&f).unwrap()
-    };
+    let want = read_nbd(&a, "vm1@s3");
     assert_eq!(export(&cpool, "vm1@s3"), want);
     assert_eq!(export(&cpool, "vm1"), want);
     assert_eq!(
@@ -347,20 +357,7 @@ fn corrupt_truncated_and_wrong_base_streams_are_refused_with_nothing_visible() {
             assert_eq!(export(&c, "vm1"), before);
             assert_eq!(export(&c, "vm1@s1"), before);
         } else {
-            let f = dir.path().join("b-vm1.raw");
-            run(
-                "qemu-img",
-                &[
-                    "convert",
-                    "-f",
-                    "raw",
-                    "-O",
-                    "raw",
-                    &b.uri("vm1"),
-                    f.to_str().unwrap(),
-                ],
-            );
-            assert_eq!(std::fs::read(&f).unwrap(), before);
+            assert_eq!(read_nbd(&b, "vm1"), before);
         }
         // A fresh receive is refused while the partial one is kept.
         let (ok, out) = receive_bytes(pool, &["vm1"], &inc);
@@ -440,20 +437,7 @@ fn resume_after_kill_9_of_the_sender_and_of_the_receiver() {
     );
     let (ok, out) = receive_bytes(&b.pool, &["--resume", "vm1"], &rest);
     assert!(ok, "{out}");
-    let f = dir.path().join("b.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &b.uri("vm1@s1"),
-            f.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(std::fs::read(&f).unwrap(), want);
+    assert_eq!(read_nbd(&b, "vm1@s1"), want);
     assert!(sspctl_fails(&b.pool, &["receive", "--token", "vm1"]).contains("no partial receive"));
 
     // Receiver killed (offline: the process applying the stream dies) after a durable
