@@ -455,12 +455,17 @@ impl Inner {
     /// is short. A thin volume's writes leave the segments that cover thick volumes'
     /// reservations (see `provision.rs`).
     fn ensure_data_space(&mut self, vol: u64) -> Result<()> {
+        // Most writes fill the open segment: the reservations (a walk over the volumes) are
+        // looked at only when a new one is needed.
+        if !self.needs_segment(StreamId::Data) {
+            return Ok(());
+        }
         let floor = if self.is_thick(vol) {
             0
         } else {
             self.thin_floor()
         };
-        if !self.needs_segment(StreamId::Data) || self.free_for(StreamId::Data) > floor {
+        if self.free_for(StreamId::Data) > floor {
             return Ok(());
         }
         for _ in 0..8 {
